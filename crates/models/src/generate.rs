@@ -1,0 +1,349 @@
+//! Decoding: sampling settings, the sampler, and batched generation with streaming.
+
+use candle_core::Tensor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::llama::{KvCache, Llama};
+use crate::tokenizer::TextTokenizer;
+
+/// How to pick each next token. `temperature == 0` is greedy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: f64,
+    /// Keep only the `top_k` most likely tokens (0 = all).
+    pub top_k: usize,
+    pub seed: u64,
+    pub max_tokens: usize,
+    /// Generation stops before the first occurrence of any of these strings.
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+            max_tokens: 256,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Input(format!("temperature must be ≥ 0, got {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Input(format!("top_p must be in (0, 1], got {}", self.top_p)));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(Error::Input("stop strings must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Picks token ids from logits according to [`SamplingParams`], reproducibly for a seed.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = StdRng::seed_from_u64(params.seed);
+        Self { params, rng }
+    }
+
+    /// Next token for one row of logits (V).
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.params.temperature == 0.0 {
+            return argmax(logits);
+        }
+        let inv_t = 1.0 / self.params.temperature as f32;
+        let mut candidates: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, &l)| (i as u32, l * inv_t))
+            .collect();
+        if candidates.is_empty() {
+            return argmax(logits);
+        }
+        let k = self.params.top_k;
+        if k > 0 && k < candidates.len() {
+            candidates.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            candidates.truncate(k);
+        }
+        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        let max = candidates[0].1;
+        let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
+        let total: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= total);
+        if self.params.top_p < 1.0 {
+            let mut cumulative = 0.0;
+            let mut keep = probs.len();
+            for (i, p) in probs.iter().enumerate() {
+                cumulative += p;
+                if cumulative >= self.params.top_p as f32 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+            candidates.truncate(keep);
+        }
+        let total: f32 = probs.iter().sum();
+        let mut r = self.rng.gen::<f32>() * total;
+        for (i, p) in probs.iter().enumerate() {
+            r -= p;
+            if r <= 0.0 {
+                return candidates[i].0;
+            }
+        }
+        candidates[candidates.len() - 1].0
+    }
+}
+
+/// Index of the largest value (the first one on ties, as llama.cpp's greedy sampler).
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Why a completion ended, in OpenAI's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context ran out.
+    Length,
+}
+
+/// One generated completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+}
+
+/// Incremental detokenisation of one row: emits only text that is final (no partial UTF-8, no
+/// prefix of a stop string that may still complete).
+struct RowState {
+    ids: Vec<u32>,
+    emitted: usize,
+    text: String,
+    done: Option<FinishReason>,
+}
+
+/// Generates a continuation for every prompt (token ids) in one left-padded batch.
+///
+/// `on_text(row, piece)` receives each row's text as soon as it is final, for streaming.
+pub fn generate(
+    model: &Llama,
+    tokenizer: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    stop_ids: &[u32],
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Completion>> {
+    params.validate()?;
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(Error::Input(format!("prompt {i} has no tokens")));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let context = model.config().max_position_embeddings;
+    if longest >= context {
+        return Err(Error::Input(format!(
+            "a prompt of {longest} tokens leaves no room in the model's context of {context}"
+        )));
+    }
+    let max_new = params.max_tokens.min(context - longest);
+    let pad_id = tokenizer.eos_id().unwrap_or(0);
+    let left_pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let batch: Vec<u32> = prompts
+        .iter()
+        .zip(&left_pad)
+        .flat_map(|(p, &pad)| std::iter::repeat_n(pad_id, pad).chain(p.iter().copied()))
+        .collect();
+    let b = prompts.len();
+    let device = model.device();
+    let mut cache = KvCache::new(model.config(), left_pad);
+    let mut input = Tensor::from_vec(batch, (b, longest), device)?;
+    let mut samplers: Vec<Sampler> = (0..b)
+        .map(|row| {
+            Sampler::new(SamplingParams {
+                seed: params.seed.wrapping_add(row as u64),
+                ..params.clone()
+            })
+        })
+        .collect();
+    let mut rows: Vec<RowState> = (0..b)
+        .map(|_| RowState {
+            ids: Vec::new(),
+            emitted: 0,
+            text: String::new(),
+            done: None,
+        })
+        .collect();
+    for _ in 0..max_new {
+        let logits = model.step(&input, &mut cache)?.to_vec2::<f32>()?; // (B, V)
+        let mut next = Vec::with_capacity(b);
+        for (row, state) in rows.iter_mut().enumerate() {
+            if state.done.is_some() {
+                next.push(pad_id);
+                continue;
+            }
+            let token = samplers[row].sample(&logits[row]);
+            next.push(token);
+            if stop_ids.contains(&token) {
+                state.done = Some(FinishReason::Stop);
+            } else {
+                state.ids.push(token);
+            }
+            advance_text(tokenizer, state, &params.stop, row, &mut on_text)?;
+        }
+        if rows.iter().all(|r| r.done.is_some()) {
+            break;
+        }
+        input = Tensor::from_vec(next, (b, 1), device)?;
+    }
+    let mut out = Vec::with_capacity(b);
+    for (row, mut state) in rows.into_iter().enumerate() {
+        if state.done.is_none() {
+            state.done = Some(FinishReason::Length);
+            advance_text(tokenizer, &mut state, &params.stop, row, &mut on_text)?;
+        }
+        out.push(Completion {
+            text: state.text,
+            token_ids: state.ids,
+            finish_reason: state.done.unwrap_or(FinishReason::Length),
+        });
+    }
+    Ok(out)
+}
+
+/// Re-decodes a row after a new token, cuts at a stop string, and emits the final part.
+fn advance_text(
+    tokenizer: &TextTokenizer,
+    state: &mut RowState,
+    stop: &[String],
+    row: usize,
+    on_text: &mut impl FnMut(usize, &str),
+) -> Result<()> {
+    let mut text = tokenizer.decode(&state.ids, true)?;
+    if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        text.truncate(cut);
+        state.done = Some(FinishReason::Stop);
+    }
+    // While running, hold back an incomplete UTF-8 sequence and any tail that could still grow
+    // into a stop string.
+    let mut final_len = text.len();
+    if state.done.is_none() {
+        final_len = text.trim_end_matches('\u{FFFD}').len();
+        let settled = &text[..final_len];
+        let hold = stop
+            .iter()
+            .filter_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .find(|&k| s.is_char_boundary(k) && settled.ends_with(&s[..k]))
+            })
+            .max()
+            .unwrap_or(0);
+        final_len -= hold;
+    }
+    if final_len > state.emitted && text.is_char_boundary(final_len) && text.is_char_boundary(state.emitted) {
+        on_text(row, &text[state.emitted..final_len]);
+        state.emitted = final_len;
+    }
+    state.text = text;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_picks_the_first_maximum() {
+        assert_eq!(argmax(&[0.1, 3.0, 3.0, -1.0]), 1);
+        let mut s = Sampler::new(SamplingParams::default());
+        assert_eq!(s.sample(&[0.0, 1.0, 5.0]), 2);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_whatever_the_temperature() {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        });
+        for _ in 0..20 {
+            assert_eq!(s.sample(&[0.0, 2.0, 1.0, 1.9]), 1);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        // p ≈ [0.64, 0.24, 0.09, 0.03]: top_p 0.5 keeps the first token only.
+        let logits = [3.0, 2.0, 1.0, 0.0];
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            assert_eq!(s.sample(&logits), 0);
+        }
+    }
+
+    #[test]
+    fn sampling_is_reproducible_for_a_seed_and_follows_the_distribution() {
+        let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
+        let draw = |params: &SamplingParams| {
+            let mut s = Sampler::new(params.clone());
+            (0..4000).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        let a = draw(&params);
+        assert_eq!(a, draw(&params));
+        let ones = a.iter().filter(|&&t| t == 1).count() as f64 / a.len() as f64;
+        assert!((ones - 0.75).abs() < 0.03, "share of token 1 = {ones}");
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        let bad = [
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { stop: vec![String::new()], ..Default::default() },
+        ];
+        for p in bad {
+            assert!(p.validate().is_err(), "{p:?}");
+        }
+    }
+}

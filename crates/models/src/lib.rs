@@ -1,0 +1,25 @@
+//! Models for `distill`: the Llama-family architecture on candle, loading from GGUF, Hugging Face
+//! directories and the Hub, tokenizers, chat templates and generation.
+//!
+//! Shape letters used throughout: `B` batch, `T` time (new positions), `S` all attended positions
+//! (cache included), `C` hidden channels, `H` attention heads, `KVH` key/value heads, `D` head
+//! dimension, `I` MLP width, `V` vocabulary, `P` RoPE table positions.
+
+pub mod chat;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod hub;
+pub mod init;
+pub mod llama;
+pub mod loader;
+pub mod ops;
+pub mod tokenizer;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use error::{Error, Result};
+pub use generate::{generate, Completion, FinishReason, Sampler, SamplingParams};
+pub use gguf::GgufFile;
+pub use llama::{KvCache, Llama, LlamaConfig};
+pub use loader::{load, LoadedModel};
+pub use tokenizer::TextTokenizer;

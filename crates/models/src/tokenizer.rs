@@ -1,0 +1,220 @@
+//! Text ↔ token ids, built from a `tokenizer.json` or from GGUF `tokenizer.ggml.*` metadata.
+//!
+//! From GGUF the BPE vocabulary and merges are taken as they are and the pre-tokenizer is chosen
+//! from `tokenizer.ggml.pre`, the way llama.cpp does, so ids agree with llama.cpp's.
+
+use std::path::Path;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::unicode::NFC;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+/// GPT-2-style split used by Llama 3 (digits in groups of up to three).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split: like Llama 3's but single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// A tokenizer plus the facts about special tokens a generator needs.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    add_bos: bool,
+}
+
+impl TextTokenizer {
+    /// Loads a Hugging Face `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("cannot load {}: {e}", path.display())))?;
+        Ok(Self {
+            inner,
+            bos_id: None,
+            eos_id: None,
+            add_bos: false,
+        })
+    }
+
+    /// Sets the BOS/EOS ids (from a model config or tokenizer_config.json).
+    pub fn with_special_ids(mut self, bos_id: Option<u32>, eos_id: Option<u32>, add_bos: bool) -> Self {
+        self.bos_id = bos_id;
+        self.eos_id = eos_id;
+        self.add_bos = add_bos && bos_id.is_some();
+        self
+    }
+
+    /// Builds the tokenizer stored in a GGUF file's metadata.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let model = gguf.str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(Error::Tokenizer(format!(
+                "GGUF tokenizer model `{model}` is not supported yet (only byte-level BPE, `gpt2`)\nHINT: load the model from its Hugging Face directory, whose tokenizer.json is used as it is"
+            )));
+        }
+        let tokens = gguf.str_array("tokenizer.ggml.tokens")?;
+        let merges = gguf
+            .str_array("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| Error::Tokenizer(format!("merge `{m}` is not two tokens separated by a space")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, t)| (t.to_string(), id as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| Error::Tokenizer(format!("BPE from GGUF metadata: {e}")))?;
+        let mut inner = Tokenizer::new(bpe);
+
+        let pre = if gguf.has("tokenizer.ggml.pre") {
+            gguf.str("tokenizer.ggml.pre")?
+        } else {
+            "default"
+        };
+        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+        if pre == "qwen2" {
+            inner.with_normalizer(Some(NFC));
+        }
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+
+        if gguf.has("tokenizer.ggml.token_type") {
+            let types = gguf.int_array("tokenizer.ggml.token_type")?;
+            let mut special = Vec::new();
+            let mut user = Vec::new();
+            for (id, ty) in types.iter().enumerate() {
+                let Some(text) = tokens.get(id) else { break };
+                match *ty {
+                    TOKEN_TYPE_CONTROL => special.push(AddedToken::from(text.to_string(), true)),
+                    TOKEN_TYPE_USER_DEFINED => {
+                        user.push(AddedToken::from(text.to_string(), false).normalized(false))
+                    }
+                    _ => {}
+                }
+            }
+            inner.add_special_tokens(&special);
+            inner.add_tokens(&user);
+        }
+        let id = |key: &str| -> Result<Option<u32>> {
+            if !gguf.has(key) {
+                return Ok(None);
+            }
+            let id = gguf.u64(key)?;
+            if id as usize >= tokens.len() {
+                return Err(Error::Metadata {
+                    key: key.into(),
+                    problem: format!("is {id}, outside the vocabulary of {}", tokens.len()),
+                });
+            }
+            Ok(Some(id as u32))
+        };
+        let bos_id = id("tokenizer.ggml.bos_token_id")?;
+        let eos_id = id("tokenizer.ggml.eos_token_id")?;
+        let add_bos = gguf.has("tokenizer.ggml.add_bos_token") && gguf.bool("tokenizer.ggml.add_bos_token")?;
+        Ok(Self {
+            inner,
+            bos_id,
+            eos_id,
+            add_bos: add_bos && bos_id.is_some(),
+        })
+    }
+
+    /// Token ids for `text`. Special tokens written in the text (`<|im_start|>`) are recognised,
+    /// as chat templates need; `add_bos` prepends BOS when the model asks for it.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        if add_bos && self.add_bos {
+            ids.extend(self.bos_id);
+        }
+        ids.extend_from_slice(encoding.get_ids());
+        Ok(ids)
+    }
+
+    /// Text for `ids`; special tokens are dropped when `skip_special` is set.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer(format!("decode: {e}")))
+    }
+
+    /// Number of ids the tokenizer can produce, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+
+    /// Whether the model expects BOS in front of every sequence.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// The tokenizer in `tokenizer.json` form, for exports.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| Error::Tokenizer(format!("serialise: {e}")))
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+}
+
+/// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    let split = |regex: &str| -> Result<PreTokenizerWrapper> {
+        let split = Split::new(SplitPattern::Regex(regex.into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
+        Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()]).into())
+    };
+    Ok(match pre {
+        // Individual digits, then GPT-2's split (SmolLM, SmolLM2).
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
+        "default" | "gpt2" | "gpt-2" => ByteLevel::new(false, true, true).into(),
+        "llama3" | "llama-bpe" | "smaug-bpe" => split(LLAMA3_SPLIT)?,
+        "qwen2" | "deepseek-r1-qwen" => split(QWEN2_SPLIT)?,
+        other => {
+            return Err(Error::Tokenizer(format!(
+                "pre-tokenizer `{other}` (tokenizer.ggml.pre) is not supported yet; supported: smollm, gpt2, llama3/llama-bpe, qwen2\nHINT: load the model from its Hugging Face directory, whose tokenizer.json is used as it is"
+            )))
+        }
+    })
+}
