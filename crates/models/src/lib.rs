@@ -14,6 +14,7 @@ pub mod init;
 pub mod llama;
 pub mod loader;
 pub mod ops;
+pub mod teacher;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
