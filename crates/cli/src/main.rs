@@ -1,1 +1,37 @@
-fn main(){}
+//! `distill`: knowledge distillation of language models in one binary.
+
+mod commands;
+mod prompts;
+
+use clap::{Parser, Subcommand};
+
+/// Distil a large teacher language model into a small, fast student.
+#[derive(Parser)]
+#[command(name = "distill", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text with a model (GGUF file, Hugging Face directory or Hub id).
+    Generate(commands::generate::GenerateArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DISTILL_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => commands::generate::run(args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

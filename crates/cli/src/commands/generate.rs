@@ -1,0 +1,227 @@
+//! `distill generate`: text from a model, streamed for one prompt, batched JSONL for many.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use distill_models::{generate, ChatMessage, LoadedModel, SamplingParams};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::prompts::{read_prompt_file, Prompt};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  distill generate --chat \"How do I reset my password?\"
+  distill generate --model ./SmolLM2-135M-Instruct.Q4_1.gguf --temperature 0.7 --seed 1 \"Once upon a time\"
+  distill generate --prompts-file prompts.jsonl --max-tokens 64 > completions.jsonl")]
+pub struct GenerateArgs {
+    /// Prompt text; several prompts are generated as one batch.
+    #[arg(value_name = "PROMPT")]
+    prompts: Vec<String>,
+
+    /// Model: a .gguf file, a Hugging Face model directory, or a Hub id (org/name).
+    /// Defaults to the fetched default teacher (SmolLM2-135M-Instruct).
+    #[arg(long, short, env = "DISTILL_MODEL")]
+    model: Option<String>,
+
+    /// JSONL file of prompts: {"prompt": "..."} or {"messages": [{"role": ..., "content": ...}]}.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompts")]
+    prompts_file: Option<PathBuf>,
+
+    /// Wrap text prompts as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+
+    /// System message for --chat prompts (the template's default when absent).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+
+    /// Maximum number of new tokens per prompt.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+
+    /// Sampling temperature; 0 is greedy (deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+
+    /// Nucleus sampling: sample from the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+
+    /// Sample only among the K most likely tokens (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+
+    /// Random seed; the same seed and settings give the same text.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Stop before this string (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
+
+    /// Prompts decoded together in one batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+
+    /// Print JSON lines ({"index", "prompt", "text", "finish_reason", ...}) instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let prompts = collect_prompts(&args)?;
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        seed: args.seed,
+        max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+    };
+    params.validate()?;
+    let model = load_model(args.model.as_deref())?;
+    let rendered: Vec<String> = prompts
+        .iter()
+        .map(|p| render(&model, p, args.chat, args.system.as_deref()))
+        .collect::<Result<_>>()?;
+    let token_ids: Vec<Vec<u32>> = rendered
+        .iter()
+        .map(|text| model.tokenizer.encode(text, true))
+        .collect::<Result<_, _>>()?;
+
+    if prompts.len() == 1 && !args.json {
+        return stream_one(&model, &token_ids[0], &params);
+    }
+    let bar = ProgressBar::new(prompts.len() as u64).with_style(
+        ProgressStyle::with_template("{spinner} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("static template is valid"),
+    );
+    let started = Instant::now();
+    let mut generated = 0usize;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for (batch_index, batch) in token_ids.chunks(args.batch_size).enumerate() {
+        let completions = generate(&model.model, &model.tokenizer, batch, &params, &model.stop_ids, |_, _| {})?;
+        for (offset, completion) in completions.iter().enumerate() {
+            let index = batch_index * args.batch_size + offset;
+            generated += completion.token_ids.len();
+            let line = json!({
+                "index": index,
+                "prompt": rendered[index],
+                "text": completion.text,
+                "finish_reason": completion.finish_reason,
+                "prompt_tokens": token_ids[index].len(),
+                "completion_tokens": completion.token_ids.len(),
+            });
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+        bar.inc(batch.len() as u64);
+        bar.set_message(format!("{:.1} tok/s", generated as f64 / started.elapsed().as_secs_f64()));
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "{} prompts, {generated} tokens in {:.1} s ({:.1} tok/s)",
+        prompts.len(),
+        started.elapsed().as_secs_f64(),
+        generated as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn collect_prompts(args: &GenerateArgs) -> Result<Vec<Prompt>> {
+    if let Some(path) = &args.prompts_file {
+        return read_prompt_file(path);
+    }
+    if args.prompts.is_empty() {
+        bail!("no prompt given: pass PROMPT text or --prompts-file FILE (see `distill generate --help`)");
+    }
+    if let Some(i) = args.prompts.iter().position(String::is_empty) {
+        bail!("prompt {} is empty", i + 1);
+    }
+    Ok(args.prompts.iter().cloned().map(Prompt::Text).collect())
+}
+
+/// Loads `spec`, or the default teacher when none is given.
+pub fn load_model(spec: Option<&str>) -> Result<LoadedModel> {
+    let spec = match spec {
+        Some(s) => s.to_string(),
+        None => distill_models::teacher::default_teacher()
+            .with_context(|| format!("no --model given and the default teacher is not fetched\n{}", distill_models::teacher::FETCH_HINT))?
+            .display()
+            .to_string(),
+    };
+    let started = Instant::now();
+    let model = distill_models::load(&spec, &Device::Cpu).with_context(|| format!("loading model `{spec}`"))?;
+    let cfg = model.model.config();
+    eprintln!(
+        "loaded {spec}: {:.1}M parameters, vocab {}, context {} ({:.1} s)",
+        cfg.num_parameters() as f64 / 1e6,
+        cfg.vocab_size,
+        cfg.max_position_embeddings,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(model)
+}
+
+fn render(model: &LoadedModel, prompt: &Prompt, chat: bool, system: Option<&str>) -> Result<String> {
+    let messages = match prompt {
+        Prompt::Text(text) if !chat => return Ok(text.clone()),
+        Prompt::Text(text) => {
+            let mut m = Vec::new();
+            if let Some(s) = system {
+                m.push(ChatMessage::new("system", s));
+            }
+            m.push(ChatMessage::new("user", text.as_str()));
+            m
+        }
+        Prompt::Chat(messages) => messages.clone(),
+    };
+    let template = model.chat_template.as_ref().with_context(|| {
+        format!("model `{}` has no chat template; drop --chat and `messages` prompts, or use a chat model", model.source)
+    })?;
+    Ok(template.render(&messages, true)?)
+}
+
+fn stream_one(model: &LoadedModel, prompt: &[u32], params: &SamplingParams) -> Result<()> {
+    let started = Instant::now();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_error = None;
+    let completions = generate(
+        &model.model,
+        &model.tokenizer,
+        &[prompt.to_vec()],
+        params,
+        &model.stop_ids,
+        |_, piece| {
+            if write_error.is_none() {
+                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                    write_error = Some(e);
+                }
+            }
+        },
+    )?;
+    if let Some(e) = write_error {
+        return Err(e).context("writing to stdout");
+    }
+    writeln!(out)?;
+    let c = &completions[0];
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} prompt + {} generated tokens in {secs:.1} s, {:.1} tok/s, finish: {:?}]",
+        prompt.len(),
+        c.token_ids.len(),
+        c.token_ids.len() as f64 / secs,
+        c.finish_reason
+    );
+    Ok(())
+}
