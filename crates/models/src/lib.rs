@@ -6,7 +6,9 @@
 //! dimension, `I` MLP width, `V` vocabulary, `P` RoPE table positions.
 
 pub mod chat;
+pub mod checkpoint;
 pub mod error;
+pub mod fixtures;
 pub mod generate;
 pub mod gguf;
 pub mod hub;

@@ -148,36 +148,50 @@ fn optional_u32(gguf: &GgufFile, key: &str) -> Result<Option<u32>> {
     }
 }
 
+/// llama.cpp tensor names and their HF counterparts: whole names, then per-block suffixes.
+const TOP_LEVEL_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+const BLOCK_NAMES: [(&str, &str); 12] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_q.bias", "self_attn.q_proj.bias"),
+    ("attn_k.bias", "self_attn.k_proj.bias"),
+    ("attn_v.bias", "self_attn.v_proj.bias"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
+
 /// HF tensor name for a llama.cpp tensor name, if it is one the architecture uses.
-fn hf_name(gguf_name: &str) -> Option<String> {
-    let fixed = match gguf_name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
+pub fn hf_name(gguf_name: &str) -> Option<String> {
+    translate(gguf_name, "blk.", "model.layers.", |(g, h)| (g, h))
+}
+
+/// llama.cpp tensor name for an HF tensor name, if it is one the architecture uses.
+pub fn gguf_name(hf_name: &str) -> Option<String> {
+    translate(hf_name, "model.layers.", "blk.", |(g, h)| (h, g))
+}
+
+fn translate(
+    name: &str,
+    from_prefix: &str,
+    to_prefix: &str,
+    orient: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
+) -> Option<String> {
+    if let Some((_, to)) = TOP_LEVEL_NAMES.into_iter().map(&orient).find(|(from, _)| *from == name) {
+        return Some(to.to_string());
     }
-    let rest = gguf_name.strip_prefix("blk.")?;
-    let (layer, tail) = rest.split_once('.')?;
+    let (layer, tail) = name.strip_prefix(from_prefix)?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let hf_tail = match tail {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_q.bias" => "self_attn.q_proj.bias",
-        "attn_k.bias" => "self_attn.k_proj.bias",
-        "attn_v.bias" => "self_attn.v_proj.bias",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf_tail}"))
+    let (_, to) = BLOCK_NAMES.into_iter().map(&orient).find(|(from, _)| *from == tail)?;
+    Some(format!("{to_prefix}{layer}.{to}"))
 }
 
 /// Undoes llama.cpp's q/k row permutation: within each head GGUF stores the rotated pairs

@@ -1,0 +1,78 @@
+//! Writing a model as a Hugging Face directory: `config.json`, `model.safetensors`,
+//! `tokenizer.json`, `tokenizer_config.json` (with the chat template) and
+//! `generation_config.json`. `loader::load` reads it back.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::llama::Llama;
+use crate::tokenizer::TextTokenizer;
+
+/// Writes `model` and its tokenizer to `dir` (created if missing). Files are written under a
+/// temporary name and renamed, so a reader never sees half a file.
+pub fn save_hf_dir(dir: &Path, model: &Llama, tokenizer: &TextTokenizer, chat_template: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let cfg = model.config();
+    let mut config = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
+    config["architectures"] = json!([if cfg.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }]);
+    config["torch_dtype"] = json!("float32");
+    config["attention_bias"] = json!(cfg.qkv_bias());
+    write_atomic(&dir.join("config.json"), &pretty(&config)?)?;
+
+    let tensors: HashMap<String, candle_core::Tensor> = model.named_parameters().into_iter().collect();
+    let tmp = dir.join("model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    rename(&tmp, &dir.join("model.safetensors"))?;
+
+    write_atomic(&dir.join("tokenizer.json"), &tokenizer.to_json()?)?;
+    let token = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
+    let mut tok_cfg = json!({
+        "add_bos_token": tokenizer.adds_bos(),
+        "add_eos_token": false,
+        "model_max_length": cfg.max_position_embeddings,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Some(t) = token(tokenizer.bos_id()) {
+        tok_cfg["bos_token"] = json!(t);
+    }
+    if let Some(t) = token(tokenizer.eos_id()) {
+        tok_cfg["eos_token"] = json!(t);
+        tok_cfg["pad_token"] = json!(t);
+    }
+    if let Some(src) = chat_template {
+        tok_cfg["chat_template"] = json!(src);
+    }
+    write_atomic(&dir.join("tokenizer_config.json"), &pretty(&tok_cfg)?)?;
+
+    let mut generation = json!({ "do_sample": false });
+    if let Some(id) = tokenizer.bos_id().or(cfg.bos_token_id) {
+        generation["bos_token_id"] = json!(id);
+    }
+    if let Some(id) = tokenizer.eos_id() {
+        generation["eos_token_id"] = json!(id);
+        generation["pad_token_id"] = json!(id);
+    }
+    write_atomic(&dir.join("generation_config.json"), &pretty(&generation)?)
+}
+
+fn pretty(v: &serde_json::Value) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::Config(e.to_string()))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| Error::io(to, e))
+}
+
+/// Writes `text` to `path` through a temporary file, fsynced before the rename.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(text.as_bytes()).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    rename(&tmp, path)
+}
