@@ -17,7 +17,8 @@ pub enum Prompt {
 
 /// Reads a JSONL prompt file; errors name the line and the field.
 pub fn read_prompt_file(path: &Path) -> Result<Vec<Prompt>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read prompt file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read prompt file {}", path.display()))?;
     let mut prompts = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -35,7 +36,9 @@ pub fn read_prompt_file(path: &Path) -> Result<Vec<Prompt>> {
 
 fn parse_line(line: &str) -> Result<Prompt> {
     let value: Value = serde_json::from_str(line).context("not valid JSON")?;
-    let obj = value.as_object().context("expected a JSON object with `prompt` or `messages`")?;
+    let obj = value
+        .as_object()
+        .context("expected a JSON object with `prompt` or `messages`")?;
     match (obj.get("prompt"), obj.get("messages")) {
         (Some(_), Some(_)) => bail!("has both `prompt` and `messages`; keep one"),
         (Some(p), None) => {
@@ -84,14 +87,27 @@ mod tests {
         .unwrap();
         let prompts = read_prompt_file(&path).unwrap();
         assert_eq!(prompts[0], Prompt::Text("hello".into()));
-        assert_eq!(prompts[1], Prompt::Chat(vec![ChatMessage::new("user", "hi")]));
+        assert_eq!(
+            prompts[1],
+            Prompt::Chat(vec![ChatMessage::new("user", "hi")])
+        );
 
-        std::fs::write(&path, "{\"prompt\": \"ok\"}\n{\"messages\": [{\"role\": \"user\"}]}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"prompt\": \"ok\"}\n{\"messages\": [{\"role\": \"user\"}]}\n",
+        )
+        .unwrap();
         let err = format!("{:#}", read_prompt_file(&path).unwrap_err());
-        assert!(err.contains("p.jsonl:2") && err.contains("messages[0].content"), "{err}");
+        assert!(
+            err.contains("p.jsonl:2") && err.contains("messages[0].content"),
+            "{err}"
+        );
 
         std::fs::write(&path, "not json\n").unwrap();
         let err = format!("{:#}", read_prompt_file(&path).unwrap_err());
-        assert!(err.contains("p.jsonl:1") && err.contains("not valid JSON"), "{err}");
+        assert!(
+            err.contains("p.jsonl:1") && err.contains("not valid JSON"),
+            "{err}"
+        );
     }
 }

@@ -39,9 +39,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| Error::ChatTemplate(format!("does not compile: {e:#}")))?;
         Ok(Self {
@@ -97,9 +100,18 @@ mod tests {
     fn python_string_methods_and_raise_exception_work() {
         let src = "{% if messages[0].role != 'user' %}{{ raise_exception('first message must be user') }}{% endif %}{{ messages[0].content.strip().upper() }}";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "  ok ")], false).unwrap(), "OK");
-        let err = t.render(&[ChatMessage::new("system", "x")], false).unwrap_err();
-        assert!(err.to_string().contains("first message must be user"), "{err}");
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  ok ")], false)
+                .unwrap(),
+            "OK"
+        );
+        let err = t
+            .render(&[ChatMessage::new("system", "x")], false)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("first message must be user"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -40,10 +40,16 @@ impl Default for SamplingParams {
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::Input(format!("temperature must be ≥ 0, got {}", self.temperature)));
+            return Err(Error::Input(format!(
+                "temperature must be ≥ 0, got {}",
+                self.temperature
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Input(format!("top_p must be in (0, 1], got {}", self.top_p)));
+            return Err(Error::Input(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(Error::Input("stop strings must not be empty".into()));
@@ -272,7 +278,10 @@ fn advance_text(
             .unwrap_or(0);
         final_len -= hold;
     }
-    if final_len > state.emitted && text.is_char_boundary(final_len) && text.is_char_boundary(state.emitted) {
+    if final_len > state.emitted
+        && text.is_char_boundary(final_len)
+        && text.is_char_boundary(state.emitted)
+    {
         on_text(row, &text[state.emitted..final_len]);
         state.emitted = final_len;
     }
@@ -338,9 +347,18 @@ mod tests {
     #[test]
     fn invalid_settings_are_rejected() {
         let bad = [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { stop: vec![String::new()], ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                stop: vec![String::new()],
+                ..Default::default()
+            },
         ];
         for p in bad {
             assert!(p.validate().is_err(), "{p:?}");

@@ -76,10 +76,13 @@ impl GgufFile {
     }
 
     fn value(&self, key: &str) -> Result<&Value> {
-        self.content.metadata.get(key).ok_or_else(|| Error::Metadata {
-            key: key.into(),
-            problem: "is missing".into(),
-        })
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| Error::Metadata {
+                key: key.into(),
+                problem: "is missing".into(),
+            })
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -189,7 +192,9 @@ fn validate_directory(content: &Content, file_len: u64) -> Result<(), String> {
         let elems = dims
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| format!("tensor `{name}` has dimensions {dims:?} whose product overflows"))?;
+            .ok_or_else(|| {
+                format!("tensor `{name}` has dimensions {dims:?} whose product overflows")
+            })?;
         let block = info.ggml_dtype.block_size();
         if elems % block != 0 {
             return Err(format!(

@@ -8,7 +8,11 @@ use hf_hub::{Cache, Repo};
 use crate::error::{Error, Result};
 
 const REQUIRED: [&str; 2] = ["config.json", "tokenizer.json"];
-const OPTIONAL: [&str; 3] = ["tokenizer_config.json", "generation_config.json", "chat_template.jinja"];
+const OPTIONAL: [&str; 3] = [
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
 
 /// Returns a local directory holding `id`'s config, tokenizer and safetensors weights, using the
 /// Hub cache first and the network only for what is missing.
@@ -22,7 +26,12 @@ pub fn download(id: &str) -> Result<PathBuf> {
     let api = if offline {
         None
     } else {
-        Some(ApiBuilder::from_env().build().map_err(|e| fail(e.to_string()))?.model(id.to_string()))
+        Some(
+            ApiBuilder::from_env()
+                .build()
+                .map_err(|e| fail(e.to_string()))?
+                .model(id.to_string()),
+        )
     };
     let get = |file: &str| -> Result<PathBuf> {
         if let Some(path) = cache.get(file) {
@@ -30,7 +39,9 @@ pub fn download(id: &str) -> Result<PathBuf> {
         }
         match &api {
             Some(api) => api.get(file).map_err(|e| fail(format!("{file}: {e}"))),
-            None => Err(fail(format!("{file} is not in the local cache and HF_HUB_OFFLINE=1"))),
+            None => Err(fail(format!(
+                "{file} is not in the local cache and HF_HUB_OFFLINE=1"
+            ))),
         }
     };
     let mut dir = None;
@@ -48,7 +59,11 @@ pub fn download(id: &str) -> Result<PathBuf> {
                 serde_json::from_str(&text).map_err(|e| fail(format!("index: {e}")))?;
             let mut files: Vec<String> = json["weight_map"]
                 .as_object()
-                .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             files.sort();
             files.dedup();

@@ -160,7 +160,10 @@ impl LlamaConfig {
     }
 
     pub fn eos_token_ids(&self) -> Vec<u32> {
-        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
     }
 
     /// Rejects configurations the architecture cannot run, naming the field.
@@ -179,21 +182,24 @@ impl LlamaConfig {
                 return fail(format!("{name} must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
             return fail(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.num_kv_heads()
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
-            return fail(format!("head_dim {} must be even for RoPE", self.head_dim()));
+        if !self.head_dim().is_multiple_of(2) {
+            return fail(format!(
+                "head_dim {} must be even for RoPE",
+                self.head_dim()
+            ));
         }
         if self.hidden_act != "silu" {
             return fail(format!(
@@ -251,9 +257,17 @@ impl LlamaConfig {
     /// Number of parameters (tied embeddings counted once).
     pub fn num_parameters(&self) -> usize {
         let (c, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let (h, kv, d) = (self.num_attention_heads, self.num_kv_heads(), self.head_dim());
+        let (h, kv, d) = (
+            self.num_attention_heads,
+            self.num_kv_heads(),
+            self.head_dim(),
+        );
         let attn = c * h * d * 2 + c * kv * d * 2;
-        let bias = if self.qkv_bias() { h * d + 2 * kv * d } else { 0 };
+        let bias = if self.qkv_bias() {
+            h * d + 2 * kv * d
+        } else {
+            0
+        };
         let block = attn + bias + 3 * c * i + 2 * c;
         let head = if self.tie_word_embeddings { 0 } else { v * c };
         v * c + self.num_hidden_layers * block + c + head
@@ -412,19 +426,36 @@ impl Llama {
 
     /// All parameters under their HF names (a tied head appears once, as the embedding).
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
         for (layer, b) in self.blocks.iter().enumerate() {
             let n = block_names(layer);
             let tensors = [
-                &b.attn_norm, &b.q_proj, &b.k_proj, &b.v_proj, &b.o_proj, &b.mlp_norm,
-                &b.gate_proj, &b.up_proj, &b.down_proj,
+                &b.attn_norm,
+                &b.q_proj,
+                &b.k_proj,
+                &b.v_proj,
+                &b.o_proj,
+                &b.mlp_norm,
+                &b.gate_proj,
+                &b.up_proj,
+                &b.down_proj,
             ];
             for ((_, name), t) in n.into_iter().zip(tensors) {
                 out.push((name, t.clone()));
             }
-            for (proj, bias) in [("q_proj", &b.q_bias), ("k_proj", &b.k_bias), ("v_proj", &b.v_bias)] {
+            for (proj, bias) in [
+                ("q_proj", &b.q_bias),
+                ("k_proj", &b.k_bias),
+                ("v_proj", &b.v_bias),
+            ] {
                 if let Some(t) = bias {
-                    out.push((format!("model.layers.{layer}.self_attn.{proj}.bias"), t.clone()));
+                    out.push((
+                        format!("model.layers.{layer}.self_attn.{proj}.bias"),
+                        t.clone(),
+                    ));
                 }
             }
         }
@@ -491,8 +522,14 @@ impl Llama {
         let device = self.device();
         let positions = Tensor::from_vec(positions, b * t, device)?;
         let half = self.cfg.head_dim() / 2;
-        let cos = self.cos.index_select(&positions, 0)?.reshape((b, 1, t, half))?;
-        let sin = self.sin.index_select(&positions, 0)?.reshape((b, 1, t, half))?;
+        let cos = self
+            .cos
+            .index_select(&positions, 0)?
+            .reshape((b, 1, t, half))?;
+        let sin = self
+            .sin
+            .index_select(&positions, 0)?
+            .reshape((b, 1, t, half))?;
         let mask = Tensor::from_vec(mask, (b, 1, t, past + t), device)?.to_dtype(self.dtype())?;
         let mut x = self.embed(ids)?; // (B, T, C)
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -560,7 +597,11 @@ impl Llama {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (h, kv, d) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
+        let (h, kv, d) = (
+            self.cfg.num_attention_heads,
+            self.cfg.num_kv_heads(),
+            self.cfg.head_dim(),
+        );
         let heads = |proj: &Tensor, bias: Option<&Tensor>, n: usize| -> Result<Tensor> {
             Ok(ops::linear(x, proj, bias)?
                 .reshape((b, t, n, d))?

@@ -50,7 +50,12 @@ impl TextTokenizer {
     }
 
     /// Sets the BOS/EOS ids (from a model config or tokenizer_config.json).
-    pub fn with_special_ids(mut self, bos_id: Option<u32>, eos_id: Option<u32>, add_bos: bool) -> Self {
+    pub fn with_special_ids(
+        mut self,
+        bos_id: Option<u32>,
+        eos_id: Option<u32>,
+        add_bos: bool,
+    ) -> Self {
         self.bos_id = bos_id;
         self.eos_id = eos_id;
         self.add_bos = add_bos && bos_id.is_some();
@@ -72,7 +77,11 @@ impl TextTokenizer {
             .map(|m| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| Error::Tokenizer(format!("merge `{m}` is not two tokens separated by a space")))
+                    .ok_or_else(|| {
+                        Error::Tokenizer(format!(
+                            "merge `{m}` is not two tokens separated by a space"
+                        ))
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
         let vocab: Vocab = tokens
@@ -129,7 +138,8 @@ impl TextTokenizer {
         };
         let bos_id = id("tokenizer.ggml.bos_token_id")?;
         let eos_id = id("tokenizer.ggml.eos_token_id")?;
-        let add_bos = gguf.has("tokenizer.ggml.add_bos_token") && gguf.bool("tokenizer.ggml.add_bos_token")?;
+        let add_bos = gguf.has("tokenizer.ggml.add_bos_token")
+            && gguf.bool("tokenizer.ggml.add_bos_token")?;
         Ok(Self {
             inner,
             bos_id,
@@ -201,9 +211,17 @@ impl TextTokenizer {
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     let split = |regex: &str| -> Result<PreTokenizerWrapper> {
-        let split = Split::new(SplitPattern::Regex(regex.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
-        Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()]).into())
+        let split = Split::new(
+            SplitPattern::Regex(regex.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
+        Ok(Sequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, false, false).into(),
+        ])
+        .into())
     };
     Ok(match pre {
         // Individual digits, then GPT-2's split (SmolLM, SmolLM2).

@@ -101,15 +101,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         return stream_one(&model, &token_ids[0], &params);
     }
     let bar = ProgressBar::new(prompts.len() as u64).with_style(
-        ProgressStyle::with_template("{spinner} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("static template is valid"),
+        ProgressStyle::with_template(
+            "{spinner} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("static template is valid"),
     );
     let started = Instant::now();
     let mut generated = 0usize;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for (batch_index, batch) in token_ids.chunks(args.batch_size).enumerate() {
-        let completions = generate(&model.model, &model.tokenizer, batch, &params, &model.stop_ids, |_, _| {})?;
+        let completions = generate(
+            &model.model,
+            &model.tokenizer,
+            batch,
+            &params,
+            &model.stop_ids,
+            |_, _| {},
+        )?;
         for (offset, completion) in completions.iter().enumerate() {
             let index = batch_index * args.batch_size + offset;
             generated += completion.token_ids.len();
@@ -125,7 +134,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         out.flush()?;
         bar.inc(batch.len() as u64);
-        bar.set_message(format!("{:.1} tok/s", generated as f64 / started.elapsed().as_secs_f64()));
+        bar.set_message(format!(
+            "{:.1} tok/s",
+            generated as f64 / started.elapsed().as_secs_f64()
+        ));
     }
     bar.finish_and_clear();
     eprintln!(
@@ -155,12 +167,18 @@ pub fn load_model(spec: Option<&str>) -> Result<LoadedModel> {
     let spec = match spec {
         Some(s) => s.to_string(),
         None => distill_models::teacher::default_teacher()
-            .with_context(|| format!("no --model given and the default teacher is not fetched\n{}", distill_models::teacher::FETCH_HINT))?
+            .with_context(|| {
+                format!(
+                    "no --model given and the default teacher is not fetched\n{}",
+                    distill_models::teacher::FETCH_HINT
+                )
+            })?
             .display()
             .to_string(),
     };
     let started = Instant::now();
-    let model = distill_models::load(&spec, &Device::Cpu).with_context(|| format!("loading model `{spec}`"))?;
+    let model = distill_models::load(&spec, &Device::Cpu)
+        .with_context(|| format!("loading model `{spec}`"))?;
     let cfg = model.model.config();
     eprintln!(
         "loaded {spec}: {:.1}M parameters, vocab {}, context {} ({:.1} s)",
@@ -172,7 +190,12 @@ pub fn load_model(spec: Option<&str>) -> Result<LoadedModel> {
     Ok(model)
 }
 
-fn render(model: &LoadedModel, prompt: &Prompt, chat: bool, system: Option<&str>) -> Result<String> {
+fn render(
+    model: &LoadedModel,
+    prompt: &Prompt,
+    chat: bool,
+    system: Option<&str>,
+) -> Result<String> {
     let messages = match prompt {
         Prompt::Text(text) if !chat => return Ok(text.clone()),
         Prompt::Text(text) => {

@@ -1,0 +1,160 @@
+//! `distill generate` as a user runs it: the real binary on a tiny model file and on the teacher.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use distill_models::fixtures::tiny_gguf;
+
+fn distill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .env_remove("DISTILL_MODEL")
+        .output()
+        .expect("the distill binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn tiny(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny.gguf");
+    tiny_gguf(&path, 11).unwrap();
+    path
+}
+
+#[test]
+fn greedy_generation_is_deterministic_and_respects_max_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let args = [
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        "--max-tokens",
+        "7",
+        "the hello",
+    ];
+    let a = distill(&args);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let b = distill(&args);
+    assert_eq!(a.stdout, b.stdout);
+    let line: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    assert!(line["completion_tokens"].as_u64().unwrap() <= 7);
+}
+
+#[test]
+fn many_prompts_come_back_as_jsonl_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"a\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}]}\n{\"prompt\": \"the end\"}\n",
+    )
+    .unwrap();
+    let out = distill(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts-file",
+        prompts.to_str().unwrap(),
+        "--max-tokens",
+        "5",
+        "--batch-size",
+        "2",
+        "--temperature",
+        "0.9",
+        "--seed",
+        "4",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], i);
+    }
+    assert!(lines[1]["prompt"]
+        .as_str()
+        .unwrap()
+        .starts_with("<|im_start|>user\nhello there"));
+}
+
+#[test]
+fn bad_input_fails_with_a_message_and_nonzero_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let m = model.to_str().unwrap();
+    let broken = dir.path().join("broken.gguf");
+    std::fs::write(&broken, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let bad_prompts = dir.path().join("bad.jsonl");
+    std::fs::write(&bad_prompts, "{\"prompt\": 3}\n").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["generate", "--model", broken.to_str().unwrap(), "hi"],
+            "not a usable GGUF",
+        ),
+        (
+            vec!["generate", "--model", m, "--top-p", "0", "hi"],
+            "top_p",
+        ),
+        (
+            vec!["generate", "--model", m, "--stop", "", "hi"],
+            "stop strings",
+        ),
+        (vec!["generate", "--model", m], "no prompt given"),
+        (
+            vec![
+                "generate",
+                "--model",
+                m,
+                "--prompts-file",
+                bad_prompts.to_str().unwrap(),
+            ],
+            "bad.jsonl:1",
+        ),
+        (
+            vec!["generate", "--model", m, "--batch-size", "0", "hi"],
+            "--batch-size",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = distill(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected `{expected}` in:\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    }
+}
+
+#[test]
+fn streams_the_default_teacher_reply_to_a_chat_prompt() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(root)
+        .args([
+            "generate",
+            "--chat",
+            "--max-tokens",
+            "24",
+            "What is the capital of France?",
+        ])
+        .env_remove("DISTILL_MODEL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        distill_models::teacher::FETCH_HINT
+    );
+    let reply = text(&out.stdout);
+    assert!(reply.contains("Paris"), "reply: {reply:?}");
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The quickstart: fetch the default teacher, build distill, and run the main job on it.
+# Today the main job is generation with the teacher; distillation (`distill run`) joins it as it lands.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/fetch-teacher.sh
+cargo build --release --locked -j "${CARGO_BUILD_JOBS:-2}" -p distill-cli
+distill=target/release/distill
+echo
+echo "== one prompt, streamed (greedy) =="
+"$distill" generate --chat --max-tokens 96 "A customer writes: my order arrived damaged. Reply politely and explain the next steps."
+echo
+echo "== a batch of prompts from a JSONL file =="
+"$distill" generate --prompts-file examples/prompts.jsonl --max-tokens 48 --temperature 0.7 --top-p 0.9 --seed 1
