@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Generate text with a model (GGUF file, Hugging Face directory or Hub id).
     Generate(commands::generate::GenerateArgs),
+    /// Summarise a teacher-signal dataset: sequences, tokens, size, teacher, k, entropy.
+    Inspect(commands::inspect::InspectArgs),
 }
 
 fn main() {
@@ -30,6 +32,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -147,6 +147,8 @@ pub struct Completion {
     pub text: String,
     pub token_ids: Vec<u32>,
     pub finish_reason: FinishReason,
+    /// The end-of-sequence token that ended the completion (not in `token_ids`).
+    pub stop_token: Option<u32>,
 }
 
 /// Incremental detokenisation of one row: emits only text that is final (no partial UTF-8, no
@@ -156,6 +158,7 @@ struct RowState {
     emitted: usize,
     text: String,
     done: Option<FinishReason>,
+    stop_token: Option<u32>,
 }
 
 /// Generates a continuation for every prompt (token ids) in one left-padded batch.
@@ -209,6 +212,7 @@ pub fn generate(
             emitted: 0,
             text: String::new(),
             done: None,
+            stop_token: None,
         })
         .collect();
     for _ in 0..max_new {
@@ -223,6 +227,7 @@ pub fn generate(
             next.push(token);
             if stop_ids.contains(&token) {
                 state.done = Some(FinishReason::Stop);
+                state.stop_token = Some(token);
             } else {
                 state.ids.push(token);
             }
@@ -243,6 +248,7 @@ pub fn generate(
             text: state.text,
             token_ids: state.ids,
             finish_reason: state.done.unwrap_or(FinishReason::Length),
+            stop_token: state.stop_token,
         });
     }
     Ok(out)

@@ -203,6 +203,19 @@ impl TextTokenizer {
             .map_err(|e| Error::Tokenizer(format!("serialise: {e}")))
     }
 
+    /// SHA-256 over the id → token table (added tokens included): equal fingerprints mean every
+    /// id denotes the same token.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for id in 0..self.vocab_size() as u32 {
+            hasher.update(id.to_le_bytes());
+            hasher.update(self.inner.id_to_token(id).unwrap_or_default().as_bytes());
+            hasher.update([0u8]);
+        }
+        hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }

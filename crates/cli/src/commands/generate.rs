@@ -17,7 +17,8 @@ use crate::prompts::{read_prompt_file, Prompt};
 #[command(after_help = "Examples:
   distill generate --chat \"How do I reset my password?\"
   distill generate --model ./SmolLM2-135M-Instruct.Q4_1.gguf --temperature 0.7 --seed 1 \"Once upon a time\"
-  distill generate --prompts-file prompts.jsonl --max-tokens 64 > completions.jsonl")]
+  distill generate --prompts-file prompts.jsonl --max-tokens 64 > completions.jsonl
+  distill generate --dataset data/support --prompts-file prompts.jsonl --chat --k 32 --max-tokens 64")]
 pub struct GenerateArgs {
     /// Prompt text; several prompts are generated as one batch.
     #[arg(value_name = "PROMPT")]
@@ -71,13 +72,34 @@ pub struct GenerateArgs {
     /// Print JSON lines ({"index", "prompt", "text", "finish_reason", ...}) instead of streaming text.
     #[arg(long)]
     json: bool,
+
+    /// Build a teacher-signal dataset in DIR from --prompts-file instead of printing text:
+    /// completions plus the teacher's top-k log-probabilities, as Parquet shards. Re-running the
+    /// same command resumes an interrupted run.
+    #[arg(long, value_name = "DIR", requires = "prompts_file", help_heading = "Dataset")]
+    dataset: Option<PathBuf>,
+
+    /// Top-k entries stored per completion token.
+    #[arg(long, default_value_t = 32, help_heading = "Dataset")]
+    k: usize,
+
+    /// Completions generated per prompt (a prompt with a given completion is scored once).
+    #[arg(long, default_value_t = 1, help_heading = "Dataset")]
+    completions: usize,
+
+    /// Prompts per Parquet shard (the unit of resumption).
+    #[arg(long, default_value_t = 64, help_heading = "Dataset")]
+    prompts_per_shard: usize,
+
+    /// Temperature of the stored teacher distributions (softmax(logits / T)).
+    #[arg(long, default_value_t = 1.0, help_heading = "Dataset")]
+    logprob_temperature: f32,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let prompts = collect_prompts(&args)?;
     let params = SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -87,6 +109,22 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         stop: args.stop.clone(),
     };
     params.validate()?;
+    if let Some(output) = &args.dataset {
+        return super::dataset::run(super::dataset::DatasetOptions {
+            output: output.clone(),
+            prompts_file: args.prompts_file.clone().expect("clap requires --prompts-file with --dataset"),
+            model: args.model.clone(),
+            chat: args.chat,
+            system: args.system.clone(),
+            sampling: params,
+            k: args.k,
+            completions: args.completions,
+            prompts_per_shard: args.prompts_per_shard,
+            batch_size: args.batch_size,
+            logprob_temperature: args.logprob_temperature,
+        });
+    }
+    let prompts = collect_prompts(&args)?;
     let model = load_model(args.model.as_deref())?;
     let rendered: Vec<String> = prompts
         .iter()
@@ -151,7 +189,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
 fn collect_prompts(args: &GenerateArgs) -> Result<Vec<Prompt>> {
     if let Some(path) = &args.prompts_file {
-        return read_prompt_file(path);
+        return Ok(read_prompt_file(path)?.into_iter().map(|r| r.prompt).collect());
     }
     if args.prompts.is_empty() {
         bail!("no prompt given: pass PROMPT text or --prompts-file FILE (see `distill generate --help`)");
@@ -190,7 +228,7 @@ pub fn load_model(spec: Option<&str>) -> Result<LoadedModel> {
     Ok(model)
 }
 
-fn render(
+pub fn render(
     model: &LoadedModel,
     prompt: &Prompt,
     chat: bool,

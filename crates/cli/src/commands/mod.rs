@@ -1,1 +1,3 @@
+pub mod dataset;
 pub mod generate;
+pub mod inspect;

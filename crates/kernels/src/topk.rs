@@ -1,0 +1,122 @@
+//! Top-k log-probabilities with the remaining tail mass, in one pass over each row of logits.
+//!
+//! For a row of logits `z` (V) at temperature τ: `lse = log Σ exp(z/τ)`, the K largest entries
+//! `(id, z_id/τ − lse)` in descending order, and `log(1 − Σ_topk p)` as the tail. Rows run in
+//! parallel; nothing of size V is allocated per row beyond an index buffer reused per thread.
+
+use rayon::prelude::*;
+
+/// Top-K of many rows: `ids` and `logprobs` are (R, K) row-major, `tail_logprob` is (R).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopK {
+    pub k: usize,
+    pub ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    /// `ln(1 − Σ_topk p)`; `-inf` when the top-K hold all the mass.
+    pub tail_logprob: Vec<f32>,
+}
+
+impl TopK {
+    pub fn rows(&self) -> usize {
+        self.tail_logprob.len()
+    }
+}
+
+/// Computes top-`k` log-probabilities of each row of `logits` (R, V) at `temperature`.
+///
+/// Panics if `logits.len()` is not a multiple of `vocab` or `k > vocab` (caller bugs, not data).
+pub fn topk_logprobs(logits: &[f32], vocab: usize, k: usize, temperature: f32) -> TopK {
+    assert!(vocab > 0 && logits.len() % vocab == 0, "logits length {} is not a multiple of vocab {vocab}", logits.len());
+    assert!(k <= vocab, "k {k} exceeds vocab {vocab}");
+    let rows = logits.len() / vocab;
+    let inv_t = 1.0 / temperature;
+    let mut ids = vec![0u32; rows * k];
+    let mut logprobs = vec![0f32; rows * k];
+    let mut tail = vec![0f32; rows];
+    ids.par_chunks_mut(k.max(1))
+        .zip(logprobs.par_chunks_mut(k.max(1)))
+        .zip(tail.par_iter_mut())
+        .zip(logits.par_chunks(vocab))
+        .for_each_init(
+            || Vec::with_capacity(vocab),
+            |order, (((row_ids, row_lp), row_tail), row)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) * inv_t;
+                // f64 accumulation: V terms of very different sizes.
+                let sum: f64 = row.iter().map(|&z| ((z * inv_t - max) as f64).exp()).sum();
+                let lse = max as f64 + sum.ln();
+                order.clear();
+                order.extend(0..row.len() as u32);
+                if k > 0 && k < vocab {
+                    order.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+                }
+                let top = &mut order[..k];
+                top.sort_unstable_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+                let mut kept = 0f64;
+                for (j, &id) in top.iter().enumerate() {
+                    let lp = (row[id as usize] * inv_t) as f64 - lse;
+                    row_ids[j] = id;
+                    row_lp[j] = lp as f32;
+                    kept += lp.exp();
+                }
+                *row_tail = if k == 0 { 0.0 } else { (1.0 - kept).max(0.0).ln() as f32 };
+            },
+        );
+    if k == 0 {
+        tail.iter_mut().for_each(|t| *t = 0.0);
+    }
+    TopK { k, ids, logprobs, tail_logprob: tail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straightforward reference: full softmax in f64, full sort.
+    fn reference(row: &[f32], k: usize, t: f32) -> (Vec<u32>, Vec<f64>, f64) {
+        let scaled: Vec<f64> = row.iter().map(|&z| z as f64 / t as f64).collect();
+        let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + scaled.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+        let mut order: Vec<u32> = (0..row.len() as u32).collect();
+        order.sort_by(|&a, &b| scaled[b as usize].total_cmp(&scaled[a as usize]).then(a.cmp(&b)));
+        let ids: Vec<u32> = order[..k].to_vec();
+        let lps: Vec<f64> = ids.iter().map(|&i| scaled[i as usize] - lse).collect();
+        let tail = (1.0 - lps.iter().map(|l| l.exp()).sum::<f64>()).ln();
+        (ids, lps, tail)
+    }
+
+    fn pseudo_random_logits(rows: usize, vocab: usize) -> Vec<f32> {
+        let mut state = 12345u64;
+        (0..rows * vocab)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 33) as f32 / (1u64 << 31) as f32) * 20.0 - 10.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_a_full_sort_reference() {
+        let (rows, vocab) = (7, 1000);
+        let logits = pseudo_random_logits(rows, vocab);
+        for (k, t) in [(1, 1.0), (32, 1.0), (32, 2.0), (100, 0.5)] {
+            let got = topk_logprobs(&logits, vocab, k, t);
+            for r in 0..rows {
+                let (ids, lps, tail) = reference(&logits[r * vocab..(r + 1) * vocab], k, t);
+                assert_eq!(&got.ids[r * k..(r + 1) * k], ids.as_slice(), "row {r} k {k}");
+                for (a, b) in got.logprobs[r * k..(r + 1) * k].iter().zip(&lps) {
+                    assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+                }
+                assert!((got.tail_logprob[r] as f64 - tail).abs() < 1e-4, "tail {} vs {tail}", got.tail_logprob[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn ties_break_towards_the_lower_id_and_full_k_has_no_tail() {
+        let logits = vec![1.0, 3.0, 3.0, 0.0];
+        let got = topk_logprobs(&logits, 4, 2, 1.0);
+        assert_eq!(got.ids, vec![1, 2]);
+        let all = topk_logprobs(&logits, 4, 4, 1.0);
+        assert!(all.tail_logprob[0] < -10.0 || all.tail_logprob[0] == f32::NEG_INFINITY);
+    }
+}
