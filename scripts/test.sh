@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-teacher.sh
+# Real external clients the tests use: pyarrow reads our Parquet shards.
+python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 cargo test --workspace --locked -j "${CARGO_BUILD_JOBS:-2}"

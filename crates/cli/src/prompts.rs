@@ -39,7 +39,8 @@ pub fn read_prompt_file(path: &Path) -> Result<Vec<PromptRecord>> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut prompt = parse_line(line).with_context(|| format!("{}:{line_no}", path.display()))?;
+        let mut prompt =
+            parse_line(line).with_context(|| format!("{}:{line_no}", path.display()))?;
         prompt.line = line_no;
         prompts.push(prompt);
     }
@@ -73,7 +74,9 @@ fn parse_line(line: &str) -> Result<PromptRecord> {
             }
             let last = messages.pop().expect("checked non-empty");
             if messages.is_empty() {
-                bail!("`messages` holds only an assistant reply; a prompt needs a message before it");
+                bail!(
+                    "`messages` holds only an assistant reply; a prompt needs a message before it"
+                );
             }
             completion = Some(last.content);
         }
@@ -136,7 +139,10 @@ mod tests {
         let prompts = read_prompt_file(&path).unwrap();
         assert_eq!(prompts[0].prompt, Prompt::Text("hello".into()));
         assert_eq!((prompts[0].line, prompts[1].line), (1, 3));
-        assert_eq!(prompts[1].prompt, Prompt::Chat(vec![ChatMessage::new("user", "hi")]));
+        assert_eq!(
+            prompts[1].prompt,
+            Prompt::Chat(vec![ChatMessage::new("user", "hi")])
+        );
 
         std::fs::write(
             &path,
@@ -144,8 +150,14 @@ mod tests {
         )
         .unwrap();
         let prompts = read_prompt_file(&path).unwrap();
-        assert_eq!((prompts[0].completion.as_deref(), prompts[0].id.as_deref()), (Some("a"), Some("7")));
-        assert_eq!(prompts[1].prompt, Prompt::Chat(vec![ChatMessage::new("user", "q")]));
+        assert_eq!(
+            (prompts[0].completion.as_deref(), prompts[0].id.as_deref()),
+            (Some("a"), Some("7"))
+        );
+        assert_eq!(
+            prompts[1].prompt,
+            Prompt::Chat(vec![ChatMessage::new("user", "q")])
+        );
         assert_eq!(prompts[1].completion.as_deref(), Some("a"));
 
         std::fs::write(

@@ -213,7 +213,11 @@ impl TextTokenizer {
             hasher.update(self.inner.id_to_token(id).unwrap_or_default().as_bytes());
             hasher.update([0u8]);
         }
-        hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     pub fn inner(&self) -> &Tokenizer {

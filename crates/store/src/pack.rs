@@ -157,8 +157,10 @@ fn place(batch: &mut Batch, row: usize, offset: usize, segment: u32, seq: &Seque
             if i + 1 >= prompt_len {
                 let j = i + 1 - prompt_len;
                 batch.loss_mask[at] = 1.0;
-                batch.topk_ids[at * k..(at + 1) * k].copy_from_slice(&seq.topk_ids[j * k..(j + 1) * k]);
-                batch.topk_logprobs[at * k..(at + 1) * k].copy_from_slice(&seq.topk_logprobs[j * k..(j + 1) * k]);
+                batch.topk_ids[at * k..(at + 1) * k]
+                    .copy_from_slice(&seq.topk_ids[j * k..(j + 1) * k]);
+                batch.topk_logprobs[at * k..(at + 1) * k]
+                    .copy_from_slice(&seq.topk_logprobs[j * k..(j + 1) * k]);
                 batch.tail_logprobs[at] = seq.tail_logprobs[j];
             }
         }

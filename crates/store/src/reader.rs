@@ -45,7 +45,12 @@ impl Dataset {
     }
 
     /// Refuses a student whose tokenizer or output layer does not match the teacher's.
-    pub fn check_student(&self, tokenizer_hash: &str, tokenizer_vocab: usize, model_vocab: usize) -> Result<()> {
+    pub fn check_student(
+        &self,
+        tokenizer_hash: &str,
+        tokenizer_vocab: usize,
+        model_vocab: usize,
+    ) -> Result<()> {
         let spec = &self.manifest.spec;
         if tokenizer_hash != spec.tokenizer_hash || tokenizer_vocab != spec.tokenizer_vocab {
             return Err(Error::Mismatch(format!(
@@ -67,13 +72,21 @@ impl Dataset {
 
     /// All sequences of shard `index`, log-probabilities reconstructed.
     pub fn read_shard(&self, index: usize) -> Result<Vec<Sequence>> {
-        let info = self.manifest.shards.get(index).ok_or_else(|| Error::Invalid(format!("no shard {index}")))?;
+        let info = self
+            .manifest
+            .shards
+            .get(index)
+            .ok_or_else(|| Error::Invalid(format!("no shard {index}")))?;
         let spec = &self.manifest.spec;
         let sequences = read_shard(&self.dir.join(&info.file), spec.k, &spec.quantization)?;
         if sequences.len() != info.sequences {
             return Err(Error::corrupt(
                 &self.dir.join(&info.file),
-                format!("holds {} sequences, the manifest says {}", sequences.len(), info.sequences),
+                format!(
+                    "holds {} sequences, the manifest says {}",
+                    sequences.len(),
+                    info.sequences
+                ),
             ));
         }
         Ok(sequences)
@@ -91,6 +104,12 @@ impl Dataset {
 /// Entropy (nats) of one position's stored distribution: the top-K plus the tail as one bucket,
 /// a lower bound of the teacher's full entropy.
 pub fn topk_entropy(logprobs: &[f32], tail_logprob: f32) -> f64 {
-    let term = |lp: f32| if lp.is_finite() { -(lp as f64).exp() * lp as f64 } else { 0.0 };
+    let term = |lp: f32| {
+        if lp.is_finite() {
+            -(lp as f64).exp() * lp as f64
+        } else {
+            0.0
+        }
+    };
     logprobs.iter().map(|&lp| term(lp)).sum::<f64>() + term(tail_logprob)
 }

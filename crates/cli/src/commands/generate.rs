@@ -76,7 +76,12 @@ pub struct GenerateArgs {
     /// Build a teacher-signal dataset in DIR from --prompts-file instead of printing text:
     /// completions plus the teacher's top-k log-probabilities, as Parquet shards. Re-running the
     /// same command resumes an interrupted run.
-    #[arg(long, value_name = "DIR", requires = "prompts_file", help_heading = "Dataset")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "prompts_file",
+        help_heading = "Dataset"
+    )]
     dataset: Option<PathBuf>,
 
     /// Top-k entries stored per completion token.
@@ -112,7 +117,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(output) = &args.dataset {
         return super::dataset::run(super::dataset::DatasetOptions {
             output: output.clone(),
-            prompts_file: args.prompts_file.clone().expect("clap requires --prompts-file with --dataset"),
+            prompts_file: args
+                .prompts_file
+                .clone()
+                .expect("clap requires --prompts-file with --dataset"),
             model: args.model.clone(),
             chat: args.chat,
             system: args.system.clone(),
@@ -189,7 +197,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
 fn collect_prompts(args: &GenerateArgs) -> Result<Vec<Prompt>> {
     if let Some(path) = &args.prompts_file {
-        return Ok(read_prompt_file(path)?.into_iter().map(|r| r.prompt).collect());
+        return Ok(read_prompt_file(path)?
+            .into_iter()
+            .map(|r| r.prompt)
+            .collect());
     }
     if args.prompts.is_empty() {
         bail!("no prompt given: pass PROMPT text or --prompts-file FILE (see `distill generate --help`)");
