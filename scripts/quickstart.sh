@@ -12,3 +12,9 @@ echo "== one prompt, streamed (greedy) =="
 echo
 echo "== a batch of prompts from a JSONL file =="
 "$distill" generate --prompts-file examples/prompts.jsonl --max-tokens 48 --temperature 0.7 --top-p 0.9 --seed 1
+echo
+echo "== a teacher-signal dataset from the shipped support prompts (first 16), then its summary =="
+head -16 examples/support/train.jsonl > target/quickstart-prompts.jsonl
+"$distill" generate --dataset target/quickstart-dataset --prompts-file target/quickstart-prompts.jsonl \
+  --k 32 --max-tokens 48 --temperature 0.7 --top-p 0.95 --seed 1
+"$distill" inspect target/quickstart-dataset
