@@ -16,6 +16,7 @@ pub mod init;
 pub mod llama;
 pub mod loader;
 pub mod ops;
+pub mod prune;
 pub mod teacher;
 pub mod tokenizer;
 
