@@ -4,5 +4,6 @@
 //! a "bucket" distribution has K + 1 entries: the teacher's top-K tokens and everything else (tail).
 
 pub mod loss;
+pub mod optim;
 
 pub use loss::{Divergence, LossConfig, PlainTargets, TeacherTargets};
