@@ -31,16 +31,14 @@ pub struct PromptRecord {
 
 /// Reads a JSONL prompt file; errors name the line and the field.
 pub fn read_prompt_file(path: &Path) -> Result<Vec<PromptRecord>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read prompt file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read prompt file {}", path.display()))?;
     let mut prompts = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         if line.trim().is_empty() {
             continue;
         }
-        let mut prompt =
-            parse_line(line).with_context(|| format!("{}:{line_no}", path.display()))?;
+        let mut prompt = parse_line(line).with_context(|| format!("{}:{line_no}", path.display()))?;
         prompt.line = line_no;
         prompts.push(prompt);
     }
@@ -52,9 +50,7 @@ pub fn read_prompt_file(path: &Path) -> Result<Vec<PromptRecord>> {
 
 fn parse_line(line: &str) -> Result<PromptRecord> {
     let value: Value = serde_json::from_str(line).context("not valid JSON")?;
-    let obj = value
-        .as_object()
-        .context("expected a JSON object with `prompt` or `messages`")?;
+    let obj = value.as_object().context("expected a JSON object with `prompt` or `messages`")?;
     let id = match obj.get("metadata").and_then(|m| m.get("id")) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -74,19 +70,12 @@ fn parse_line(line: &str) -> Result<PromptRecord> {
             }
             let last = messages.pop().expect("checked non-empty");
             if messages.is_empty() {
-                bail!(
-                    "`messages` holds only an assistant reply; a prompt needs a message before it"
-                );
+                bail!("`messages` holds only an assistant reply; a prompt needs a message before it");
             }
             completion = Some(last.content);
         }
     }
-    Ok(PromptRecord {
-        prompt,
-        completion,
-        id,
-        line: 0,
-    })
+    Ok(PromptRecord { prompt, completion, id, line: 0 })
 }
 
 fn parse_prompt(obj: &serde_json::Map<String, Value>) -> Result<Prompt> {
@@ -139,10 +128,7 @@ mod tests {
         let prompts = read_prompt_file(&path).unwrap();
         assert_eq!(prompts[0].prompt, Prompt::Text("hello".into()));
         assert_eq!((prompts[0].line, prompts[1].line), (1, 3));
-        assert_eq!(
-            prompts[1].prompt,
-            Prompt::Chat(vec![ChatMessage::new("user", "hi")])
-        );
+        assert_eq!(prompts[1].prompt, Prompt::Chat(vec![ChatMessage::new("user", "hi")]));
 
         std::fs::write(
             &path,
@@ -150,32 +136,16 @@ mod tests {
         )
         .unwrap();
         let prompts = read_prompt_file(&path).unwrap();
-        assert_eq!(
-            (prompts[0].completion.as_deref(), prompts[0].id.as_deref()),
-            (Some("a"), Some("7"))
-        );
-        assert_eq!(
-            prompts[1].prompt,
-            Prompt::Chat(vec![ChatMessage::new("user", "q")])
-        );
+        assert_eq!((prompts[0].completion.as_deref(), prompts[0].id.as_deref()), (Some("a"), Some("7")));
+        assert_eq!(prompts[1].prompt, Prompt::Chat(vec![ChatMessage::new("user", "q")]));
         assert_eq!(prompts[1].completion.as_deref(), Some("a"));
 
-        std::fs::write(
-            &path,
-            "{\"prompt\": \"ok\"}\n{\"messages\": [{\"role\": \"user\"}]}\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "{\"prompt\": \"ok\"}\n{\"messages\": [{\"role\": \"user\"}]}\n").unwrap();
         let err = format!("{:#}", read_prompt_file(&path).unwrap_err());
-        assert!(
-            err.contains("p.jsonl:2") && err.contains("messages[0].content"),
-            "{err}"
-        );
+        assert!(err.contains("p.jsonl:2") && err.contains("messages[0].content"), "{err}");
 
         std::fs::write(&path, "not json\n").unwrap();
         let err = format!("{:#}", read_prompt_file(&path).unwrap_err());
-        assert!(
-            err.contains("p.jsonl:1") && err.contains("not valid JSON"),
-            "{err}"
-        );
+        assert!(err.contains("p.jsonl:1") && err.contains("not valid JSON"), "{err}");
     }
 }

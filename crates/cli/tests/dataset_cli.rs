@@ -25,19 +25,16 @@ fn prompts(dir: &Path, n: usize) -> PathBuf {
         if i % 5 == 0 {
             lines.push_str(&format!("{{\"prompt\": \"the hello {i}\", \"completion\": \"er all {i}\", \"metadata\": {{\"id\": \"given-{i}\"}}}}\n"));
         } else {
-            lines.push_str(&format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"hello there number {i}\"}}]}}\n"));
+            lines.push_str(&format!(
+                "{{\"messages\": [{{\"role\": \"user\", \"content\": \"hello there number {i}\"}}]}}\n"
+            ));
         }
     }
     std::fs::write(&path, lines).unwrap();
     path
 }
 
-fn dataset_args<'a>(
-    model: &'a str,
-    prompts: &'a str,
-    out: &'a str,
-    per_shard: &'a str,
-) -> Vec<&'a str> {
+fn dataset_args<'a>(model: &'a str, prompts: &'a str, out: &'a str, per_shard: &'a str) -> Vec<&'a str> {
     vec![
         "generate",
         "--model",
@@ -91,12 +88,7 @@ fn killed_run_resumes_without_losing_or_duplicating_prompts() {
     let args = dataset_args(m, p, resumed.to_str().unwrap(), "1");
     let mut kills = 0;
     for _ in 0..2 {
-        let mut child = distill()
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = distill().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let before = Dataset::open(&resumed).map(|d| d.num_shards()).unwrap_or(0);
         let started = Instant::now();
         // Kill once a few more shards have landed, mid-run.
@@ -111,18 +103,11 @@ fn killed_run_resumes_without_losing_or_duplicating_prompts() {
         child.wait().unwrap();
         kills += 1;
         let ds = Dataset::open(&resumed).unwrap();
-        assert!(
-            !ds.manifest().complete,
-            "the run finished before kill {kills}; the test did not interrupt it"
-        );
+        assert!(!ds.manifest().complete, "the run finished before kill {kills}; the test did not interrupt it");
     }
     let out = run(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("resuming"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("resuming"), "{}", text(&out.stderr));
 
     let want = all_sequences(&reference);
     let got = all_sequences(&resumed);
@@ -135,10 +120,7 @@ fn killed_run_resumes_without_losing_or_duplicating_prompts() {
         }
     }
     assert_eq!(ids, expected, "every prompt exactly once per completion");
-    assert_eq!(
-        got, want,
-        "the resumed dataset equals an uninterrupted run's"
-    );
+    assert_eq!(got, want, "the resumed dataset equals an uninterrupted run's");
     assert_eq!(got[0].prompt_id, "given-0");
     assert_eq!(got[1].prompt_id, "line-2");
 }
@@ -150,11 +132,7 @@ fn rerun_with_other_settings_is_refused_and_inspect_summarises() {
     tiny_gguf(&model, 22).unwrap();
     let prompts = prompts(dir.path(), 6);
     let out_dir = dir.path().join("data");
-    let (m, p, o) = (
-        model.to_str().unwrap(),
-        prompts.to_str().unwrap(),
-        out_dir.to_str().unwrap(),
-    );
+    let (m, p, o) = (model.to_str().unwrap(), prompts.to_str().unwrap(), out_dir.to_str().unwrap());
     let out = run(&dataset_args(m, p, o, "4"));
     assert!(out.status.success(), "{}", text(&out.stderr));
 
@@ -163,21 +141,13 @@ fn rerun_with_other_settings_is_refused_and_inspect_summarises() {
     other_k[pos] = "16";
     let out = run(&other_k);
     assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("k: dataset has 8, this run has 16"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("k: dataset has 8, this run has 16"), "{}", text(&out.stderr));
 
     let other_model = dir.path().join("other.gguf");
     tiny_gguf(&other_model, 23).unwrap();
     let out = run(&dataset_args(other_model.to_str().unwrap(), p, o, "4"));
     assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("teacher"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("teacher"), "{}", text(&out.stderr));
 
     let out = run(&["inspect", o, "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -189,11 +159,7 @@ fn rerun_with_other_settings_is_refused_and_inspect_summarises() {
     assert!(summary["quantization_kl_max_nats"].as_f64().unwrap() < 1e-3);
     let out = run(&["inspect", dir.path().to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("not a distill dataset"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("not a distill dataset"), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -203,12 +169,7 @@ fn shards_open_in_pyarrow_as_they_are() {
     tiny_gguf(&model, 24).unwrap();
     let prompts = prompts(dir.path(), 7);
     let out_dir = dir.path().join("data");
-    let out = run(&dataset_args(
-        model.to_str().unwrap(),
-        prompts.to_str().unwrap(),
-        out_dir.to_str().unwrap(),
-        "3",
-    ));
+    let out = run(&dataset_args(model.to_str().unwrap(), prompts.to_str().unwrap(), out_dir.to_str().unwrap(), "3"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let script = r#"
 import glob, json, sys
@@ -223,17 +184,8 @@ for path in sorted(glob.glob(sys.argv[1] + "/shard-*.parquet")):
     entries += sum(len(x) for x in ids)
 print(json.dumps({"rows": rows, "tokens": tokens, "entries": entries}))
 "#;
-    let py = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&out_dir)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        py.status.success(),
-        "pyarrow could not read the shards (pip install pyarrow):\n{}",
-        text(&py.stderr)
-    );
+    let py = Command::new("python3").arg("-c").arg(script).arg(&out_dir).output().expect("python3 runs");
+    assert!(py.status.success(), "pyarrow could not read the shards (pip install pyarrow):\n{}", text(&py.stderr));
     let got: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
     let ds = Dataset::open(&out_dir).unwrap();
     assert_eq!(got["rows"], ds.manifest().sequences());

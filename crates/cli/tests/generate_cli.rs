@@ -27,15 +27,7 @@ fn tiny(dir: &Path) -> PathBuf {
 fn greedy_generation_is_deterministic_and_respects_max_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());
-    let args = [
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--json",
-        "--max-tokens",
-        "7",
-        "the hello",
-    ];
+    let args = ["generate", "--model", model.to_str().unwrap(), "--json", "--max-tokens", "7", "the hello"];
     let a = distill(&args);
     assert!(a.status.success(), "{}", text(&a.stderr));
     let b = distill(&args);
@@ -70,18 +62,12 @@ fn many_prompts_come_back_as_jsonl_in_order() {
         "4",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["index"], i);
     }
-    assert!(lines[1]["prompt"]
-        .as_str()
-        .unwrap()
-        .starts_with("<|im_start|>user\nhello there"));
+    assert!(lines[1]["prompt"].as_str().unwrap().starts_with("<|im_start|>user\nhello there"));
 }
 
 #[test]
@@ -94,42 +80,18 @@ fn bad_input_fails_with_a_message_and_nonzero_status() {
     let bad_prompts = dir.path().join("bad.jsonl");
     std::fs::write(&bad_prompts, "{\"prompt\": 3}\n").unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (
-            vec!["generate", "--model", broken.to_str().unwrap(), "hi"],
-            "not a usable GGUF",
-        ),
-        (
-            vec!["generate", "--model", m, "--top-p", "0", "hi"],
-            "top_p",
-        ),
-        (
-            vec!["generate", "--model", m, "--stop", "", "hi"],
-            "stop strings",
-        ),
+        (vec!["generate", "--model", broken.to_str().unwrap(), "hi"], "not a usable GGUF"),
+        (vec!["generate", "--model", m, "--top-p", "0", "hi"], "top_p"),
+        (vec!["generate", "--model", m, "--stop", "", "hi"], "stop strings"),
         (vec!["generate", "--model", m], "no prompt given"),
-        (
-            vec![
-                "generate",
-                "--model",
-                m,
-                "--prompts-file",
-                bad_prompts.to_str().unwrap(),
-            ],
-            "bad.jsonl:1",
-        ),
-        (
-            vec!["generate", "--model", m, "--batch-size", "0", "hi"],
-            "--batch-size",
-        ),
+        (vec!["generate", "--model", m, "--prompts-file", bad_prompts.to_str().unwrap()], "bad.jsonl:1"),
+        (vec!["generate", "--model", m, "--batch-size", "0", "hi"], "--batch-size"),
     ];
     for (args, expected) in cases {
         let out = distill(&args);
         assert!(!out.status.success(), "{args:?} succeeded");
         let err = text(&out.stderr);
-        assert!(
-            err.contains(expected),
-            "{args:?}: expected `{expected}` in:\n{err}"
-        );
+        assert!(err.contains(expected), "{args:?}: expected `{expected}` in:\n{err}");
         assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
     }
 }
@@ -139,22 +101,11 @@ fn streams_the_default_teacher_reply_to_a_chat_prompt() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let out = Command::new(env!("CARGO_BIN_EXE_distill"))
         .current_dir(root)
-        .args([
-            "generate",
-            "--chat",
-            "--max-tokens",
-            "24",
-            "What is the capital of France?",
-        ])
+        .args(["generate", "--chat", "--max-tokens", "24", "What is the capital of France?"])
         .env_remove("DISTILL_MODEL")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        distill_models::teacher::FETCH_HINT
-    );
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), distill_models::teacher::FETCH_HINT);
     let reply = text(&out.stdout);
     assert!(reply.contains("Paris"), "reply: {reply:?}");
 }

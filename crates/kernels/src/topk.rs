@@ -56,9 +56,7 @@ pub fn topk_logprobs(logits: &[f32], vocab: usize, k: usize, temperature: f32) -
                     });
                 }
                 let top = &mut order[..k];
-                top.sort_unstable_by(|&a, &b| {
-                    row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
-                });
+                top.sort_unstable_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
                 let mut kept = 0f64;
                 for (j, &id) in top.iter().enumerate() {
                     let lp = (row[id as usize] * inv_t) as f64 - lse;
@@ -66,22 +64,13 @@ pub fn topk_logprobs(logits: &[f32], vocab: usize, k: usize, temperature: f32) -
                     row_lp[j] = lp as f32;
                     kept += lp.exp();
                 }
-                *row_tail = if k == 0 {
-                    0.0
-                } else {
-                    (1.0 - kept).max(0.0).ln() as f32
-                };
+                *row_tail = if k == 0 { 0.0 } else { (1.0 - kept).max(0.0).ln() as f32 };
             },
         );
     if k == 0 {
         tail.iter_mut().for_each(|t| *t = 0.0);
     }
-    TopK {
-        k,
-        ids,
-        logprobs,
-        tail_logprob: tail,
-    }
+    TopK { k, ids, logprobs, tail_logprob: tail }
 }
 
 #[cfg(test)]
@@ -94,11 +83,7 @@ mod tests {
         let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let lse = max + scaled.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
         let mut order: Vec<u32> = (0..row.len() as u32).collect();
-        order.sort_by(|&a, &b| {
-            scaled[b as usize]
-                .total_cmp(&scaled[a as usize])
-                .then(a.cmp(&b))
-        });
+        order.sort_by(|&a, &b| scaled[b as usize].total_cmp(&scaled[a as usize]).then(a.cmp(&b)));
         let ids: Vec<u32> = order[..k].to_vec();
         let lps: Vec<f64> = ids.iter().map(|&i| scaled[i as usize] - lse).collect();
         let tail = (1.0 - lps.iter().map(|l| l.exp()).sum::<f64>()).ln();
@@ -109,9 +94,7 @@ mod tests {
         let mut state = 12345u64;
         (0..rows * vocab)
             .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((state >> 33) as f32 / (1u64 << 31) as f32) * 20.0 - 10.0
             })
             .collect()
@@ -125,19 +108,11 @@ mod tests {
             let got = topk_logprobs(&logits, vocab, k, t);
             for r in 0..rows {
                 let (ids, lps, tail) = reference(&logits[r * vocab..(r + 1) * vocab], k, t);
-                assert_eq!(
-                    &got.ids[r * k..(r + 1) * k],
-                    ids.as_slice(),
-                    "row {r} k {k}"
-                );
+                assert_eq!(&got.ids[r * k..(r + 1) * k], ids.as_slice(), "row {r} k {k}");
                 for (a, b) in got.logprobs[r * k..(r + 1) * k].iter().zip(&lps) {
                     assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
                 }
-                assert!(
-                    (got.tail_logprob[r] as f64 - tail).abs() < 1e-4,
-                    "tail {} vs {tail}",
-                    got.tail_logprob[r]
-                );
+                assert!((got.tail_logprob[r] as f64 - tail).abs() < 1e-4, "tail {} vs {tail}", got.tail_logprob[r]);
             }
         }
     }

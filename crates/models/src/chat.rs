@@ -14,10 +14,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
 }
 
@@ -39,20 +36,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| Error::ChatTemplate(format!("does not compile: {e:#}")))?;
-        Ok(Self {
-            env,
-            source: source.to_string(),
-            bos_token: bos_token.to_string(),
-            eos_token: eos_token.to_string(),
-        })
+        Ok(Self { env, source: source.to_string(), bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
     }
 
     /// The prompt text for `messages`; with `add_generation_prompt` it ends where the assistant's
@@ -61,10 +50,7 @@ impl ChatTemplate {
         if messages.is_empty() {
             return Err(Error::Input("a chat needs at least one message".into()));
         }
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| Error::ChatTemplate(e.to_string()))?;
         template
             .render(context! {
                 messages => messages,
@@ -100,18 +86,9 @@ mod tests {
     fn python_string_methods_and_raise_exception_work() {
         let src = "{% if messages[0].role != 'user' %}{{ raise_exception('first message must be user') }}{% endif %}{{ messages[0].content.strip().upper() }}";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        assert_eq!(
-            t.render(&[ChatMessage::new("user", "  ok ")], false)
-                .unwrap(),
-            "OK"
-        );
-        let err = t
-            .render(&[ChatMessage::new("system", "x")], false)
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("first message must be user"),
-            "{err}"
-        );
+        assert_eq!(t.render(&[ChatMessage::new("user", "  ok ")], false).unwrap(), "OK");
+        let err = t.render(&[ChatMessage::new("system", "x")], false).unwrap_err();
+        assert!(err.to_string().contains("first message must be user"), "{err}");
     }
 
     #[test]

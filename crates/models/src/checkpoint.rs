@@ -13,26 +13,16 @@ use crate::tokenizer::TextTokenizer;
 
 /// Writes `model` and its tokenizer to `dir` (created if missing). Files are written under a
 /// temporary name and renamed, so a reader never sees half a file.
-pub fn save_hf_dir(
-    dir: &Path,
-    model: &Llama,
-    tokenizer: &TextTokenizer,
-    chat_template: Option<&str>,
-) -> Result<()> {
+pub fn save_hf_dir(dir: &Path, model: &Llama, tokenizer: &TextTokenizer, chat_template: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = model.config();
     let mut config = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
-    config["architectures"] = json!([if cfg.model_type == "qwen2" {
-        "Qwen2ForCausalLM"
-    } else {
-        "LlamaForCausalLM"
-    }]);
+    config["architectures"] = json!([if cfg.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }]);
     config["torch_dtype"] = json!("float32");
     config["attention_bias"] = json!(cfg.qkv_bias());
     write_atomic(&dir.join("config.json"), &pretty(&config)?)?;
 
-    let tensors: HashMap<String, candle_core::Tensor> =
-        model.named_parameters().into_iter().collect();
+    let tensors: HashMap<String, candle_core::Tensor> = model.named_parameters().into_iter().collect();
     let tmp = dir.join("model.safetensors.tmp");
     candle_core::safetensors::save(&tensors, &tmp)?;
     rename(&tmp, &dir.join("model.safetensors"))?;
@@ -82,8 +72,7 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(text.as_bytes()).map_err(|e| Error::io(&tmp, e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     rename(&tmp, path)
 }

@@ -44,16 +44,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub(crate) fn tensor(name: impl Into<String>, problem: impl Into<String>) -> Self {
-        Error::Tensor {
-            name: name.into(),
-            problem: problem.into(),
-        }
+        Error::Tensor { name: name.into(), problem: problem.into() }
     }
 }

@@ -18,31 +18,20 @@ use crate::loader::{gguf_name, permute_qk};
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
-const MERGES: [(&str, &str); 6] = [
-    ("h", "e"),
-    ("Ġ", "t"),
-    ("Ġt", "he"),
-    ("l", "l"),
-    ("e", "r"),
-    ("Ġ", "a"),
-];
+const MERGES: [(&str, &str); 6] = [("h", "e"), ("Ġ", "t"), ("Ġt", "he"), ("l", "l"), ("e", "r"), ("Ġ", "a")];
 
 /// Vocabulary (specials first, then the byte alphabet, then merge results), merges and GGUF
 /// token types of the tiny tokenizer.
 pub fn tiny_vocab() -> (Vec<String>, Vec<String>, Vec<i32>) {
     let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
-    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
-        .into_iter()
-        .collect();
+    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
     alphabet.sort_unstable();
     tokens.extend(alphabet.iter().map(char::to_string));
     for (a, b) in MERGES {
         tokens.push(format!("{a}{b}"));
     }
     let merges = MERGES.iter().map(|(a, b)| format!("{a} {b}")).collect();
-    let types = (0..tokens.len())
-        .map(|i| if i < SPECIALS.len() { 3 } else { 1 })
-        .collect();
+    let types = (0..tokens.len()).map(|i| if i < SPECIALS.len() { 3 } else { 1 }).collect();
     (tokens, merges, types)
 }
 
@@ -71,61 +60,32 @@ pub fn tiny_config() -> LlamaConfig {
 
 /// Writes a GGUF file the way llama.cpp's converter would: llama.cpp tensor names, q/k rows
 /// permuted, f32 data, tokenizer and chat template in the metadata.
-pub fn write_tiny_gguf(
-    path: &Path,
-    cfg: &LlamaConfig,
-    weights: &HashMap<String, Tensor>,
-) -> Result<()> {
+pub fn write_tiny_gguf(path: &Path, cfg: &LlamaConfig, weights: &HashMap<String, Tensor>) -> Result<()> {
     let (tokens, merges, types) = tiny_vocab();
-    let arch = if cfg.model_type == "qwen2" {
-        "qwen2"
-    } else {
-        "llama"
-    };
+    let arch = if cfg.model_type == "qwen2" { "qwen2" } else { "llama" };
     let k = |s: &str| format!("{arch}.{s}");
     let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
     let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
         ("general.name".into(), Value::String("tiny".into())),
         (k("block_count"), Value::U32(cfg.num_hidden_layers as u32)),
-        (
-            k("context_length"),
-            Value::U32(cfg.max_position_embeddings as u32),
-        ),
+        (k("context_length"), Value::U32(cfg.max_position_embeddings as u32)),
         (k("embedding_length"), Value::U32(cfg.hidden_size as u32)),
-        (
-            k("feed_forward_length"),
-            Value::U32(cfg.intermediate_size as u32),
-        ),
-        (
-            k("attention.head_count"),
-            Value::U32(cfg.num_attention_heads as u32),
-        ),
-        (
-            k("attention.head_count_kv"),
-            Value::U32(cfg.num_kv_heads() as u32),
-        ),
-        (
-            k("attention.layer_norm_rms_epsilon"),
-            Value::F32(cfg.rms_norm_eps as f32),
-        ),
+        (k("feed_forward_length"), Value::U32(cfg.intermediate_size as u32)),
+        (k("attention.head_count"), Value::U32(cfg.num_attention_heads as u32)),
+        (k("attention.head_count_kv"), Value::U32(cfg.num_kv_heads() as u32)),
+        (k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
         (k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
         (k("vocab_size"), Value::U32(cfg.vocab_size as u32)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
         ("tokenizer.ggml.tokens".into(), strings(&tokens)),
         ("tokenizer.ggml.merges".into(), strings(&merges)),
-        (
-            "tokenizer.ggml.token_type".into(),
-            Value::Array(types.into_iter().map(Value::I32).collect()),
-        ),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect())),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        (
-            "tokenizer.chat_template".into(),
-            Value::String(CHATML_TEMPLATE.into()),
-        ),
+        ("tokenizer.chat_template".into(), Value::String(CHATML_TEMPLATE.into())),
     ];
     meta.sort_by(|a, b| a.0.cmp(&b.0));
     let mut tensors: Vec<(String, QTensor)> = Vec::new();

@@ -26,30 +26,17 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self {
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            seed: 0,
-            max_tokens: 256,
-            stop: Vec::new(),
-        }
+        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, max_tokens: 256, stop: Vec::new() }
     }
 }
 
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::Input(format!(
-                "temperature must be ≥ 0, got {}",
-                self.temperature
-            )));
+            return Err(Error::Input(format!("temperature must be ≥ 0, got {}", self.temperature)));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Input(format!(
-                "top_p must be in (0, 1], got {}",
-                self.top_p
-            )));
+            return Err(Error::Input(format!("top_p must be in (0, 1], got {}", self.top_p)));
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(Error::Input("stop strings must not be empty".into()));
@@ -76,12 +63,8 @@ impl Sampler {
             return argmax(logits);
         }
         let inv_t = 1.0 / self.params.temperature as f32;
-        let mut candidates: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l * inv_t))
-            .collect();
+        let mut candidates: Vec<(u32, f32)> =
+            logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l * inv_t)).collect();
         if candidates.is_empty() {
             return argmax(logits);
         }
@@ -199,21 +182,10 @@ pub fn generate(
     let mut cache = KvCache::new(model.config(), left_pad);
     let mut input = Tensor::from_vec(batch, (b, longest), device)?;
     let mut samplers: Vec<Sampler> = (0..b)
-        .map(|row| {
-            Sampler::new(SamplingParams {
-                seed: params.seed.wrapping_add(row as u64),
-                ..params.clone()
-            })
-        })
+        .map(|row| Sampler::new(SamplingParams { seed: params.seed.wrapping_add(row as u64), ..params.clone() }))
         .collect();
     let mut rows: Vec<RowState> = (0..b)
-        .map(|_| RowState {
-            ids: Vec::new(),
-            emitted: 0,
-            text: String::new(),
-            done: None,
-            stop_token: None,
-        })
+        .map(|_| RowState { ids: Vec::new(), emitted: 0, text: String::new(), done: None, stop_token: None })
         .collect();
     for _ in 0..max_new {
         let logits = model.step(&input, &mut cache)?.to_vec2::<f32>()?; // (B, V)
@@ -275,19 +247,12 @@ fn advance_text(
         let settled = &text[..final_len];
         let hold = stop
             .iter()
-            .filter_map(|s| {
-                (1..s.len())
-                    .rev()
-                    .find(|&k| s.is_char_boundary(k) && settled.ends_with(&s[..k]))
-            })
+            .filter_map(|s| (1..s.len()).rev().find(|&k| s.is_char_boundary(k) && settled.ends_with(&s[..k])))
             .max()
             .unwrap_or(0);
         final_len -= hold;
     }
-    if final_len > state.emitted
-        && text.is_char_boundary(final_len)
-        && text.is_char_boundary(state.emitted)
-    {
+    if final_len > state.emitted && text.is_char_boundary(final_len) && text.is_char_boundary(state.emitted) {
         on_text(row, &text[state.emitted..final_len]);
         state.emitted = final_len;
     }
@@ -308,11 +273,7 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_whatever_the_temperature() {
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 5.0,
-            top_k: 1,
-            ..Default::default()
-        });
+        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, ..Default::default() });
         for _ in 0..20 {
             assert_eq!(s.sample(&[0.0, 2.0, 1.0, 1.9]), 1);
         }
@@ -322,11 +283,7 @@ mod tests {
     fn top_p_keeps_only_the_nucleus() {
         // p ≈ [0.64, 0.24, 0.09, 0.03]: top_p 0.5 keeps the first token only.
         let logits = [3.0, 2.0, 1.0, 0.0];
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_p: 0.5,
-            ..Default::default()
-        });
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.5, ..Default::default() });
         for _ in 0..50 {
             assert_eq!(s.sample(&logits), 0);
         }
@@ -335,11 +292,7 @@ mod tests {
     #[test]
     fn sampling_is_reproducible_for_a_seed_and_follows_the_distribution() {
         let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
-        let params = SamplingParams {
-            temperature: 1.0,
-            seed: 7,
-            ..Default::default()
-        };
+        let params = SamplingParams { temperature: 1.0, seed: 7, ..Default::default() };
         let draw = |params: &SamplingParams| {
             let mut s = Sampler::new(params.clone());
             (0..4000).map(|_| s.sample(&logits)).collect::<Vec<_>>()
@@ -353,18 +306,9 @@ mod tests {
     #[test]
     fn invalid_settings_are_rejected() {
         let bad = [
-            SamplingParams {
-                temperature: -1.0,
-                ..Default::default()
-            },
-            SamplingParams {
-                top_p: 0.0,
-                ..Default::default()
-            },
-            SamplingParams {
-                stop: vec![String::new()],
-                ..Default::default()
-            },
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { stop: vec![String::new()], ..Default::default() },
         ];
         for p in bad {
             assert!(p.validate().is_err(), "{p:?}");

@@ -31,15 +31,8 @@ impl GgufFile {
             path: path.clone(),
             reason: format!("{e} (is the file truncated or not GGUF at all?)"),
         })?;
-        validate_directory(&content, file_len).map_err(|reason| Error::BadGguf {
-            path: path.clone(),
-            reason,
-        })?;
-        Ok(Self {
-            path,
-            content,
-            reader,
-        })
+        validate_directory(&content, file_len).map_err(|reason| Error::BadGguf { path: path.clone(), reason })?;
+        Ok(Self { path, content, reader })
     }
 
     pub fn path(&self) -> &Path {
@@ -68,21 +61,12 @@ impl GgufFile {
         let qtensor = self
             .content
             .tensor(&mut self.reader, name, device)
-            .map_err(|e| Error::BadGguf {
-                path: self.path.clone(),
-                reason: format!("tensor `{name}`: {e}"),
-            })?;
+            .map_err(|e| Error::BadGguf { path: self.path.clone(), reason: format!("tensor `{name}`: {e}") })?;
         Ok(qtensor.dequantize(device)?)
     }
 
     fn value(&self, key: &str) -> Result<&Value> {
-        self.content
-            .metadata
-            .get(key)
-            .ok_or_else(|| Error::Metadata {
-                key: key.into(),
-                problem: "is missing".into(),
-            })
+        self.content.metadata.get(key).ok_or_else(|| Error::Metadata { key: key.into(), problem: "is missing".into() })
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -102,10 +86,8 @@ impl GgufFile {
     }
 
     pub fn usize(&self, key: &str) -> Result<usize> {
-        usize::try_from(self.u64(key)?).map_err(|_| Error::Metadata {
-            key: key.into(),
-            problem: "does not fit in usize".into(),
-        })
+        usize::try_from(self.u64(key)?)
+            .map_err(|_| Error::Metadata { key: key.into(), problem: "does not fit in usize".into() })
     }
 
     pub fn f64(&self, key: &str) -> Result<f64> {
@@ -113,9 +95,7 @@ impl GgufFile {
         match v {
             Value::F32(x) => Ok(*x as f64),
             Value::F64(x) => Ok(*x),
-            other => value_as_u64(other)
-                .map(|x| x as f64)
-                .ok_or_else(|| type_error(key, "a number", other)),
+            other => value_as_u64(other).map(|x| x as f64).ok_or_else(|| type_error(key, "a number", other)),
         }
     }
 
@@ -143,18 +123,12 @@ impl GgufFile {
         let Value::Array(items) = self.value(key)? else {
             return Err(type_error(key, "an array of integers", self.value(key)?));
         };
-        items
-            .iter()
-            .map(|v| value_as_i64(v).ok_or_else(|| type_error(key, "an array of integers", v)))
-            .collect()
+        items.iter().map(|v| value_as_i64(v).ok_or_else(|| type_error(key, "an array of integers", v))).collect()
     }
 }
 
 fn type_error(key: &str, wanted: &str, got: &Value) -> Error {
-    Error::Metadata {
-        key: key.into(),
-        problem: format!("should be {wanted}, found {:?}", got.value_type()),
-    }
+    Error::Metadata { key: key.into(), problem: format!("should be {wanted}, found {:?}", got.value_type()) }
 }
 
 fn value_as_u64(v: &Value) -> Option<u64> {
@@ -192,9 +166,7 @@ fn validate_directory(content: &Content, file_len: u64) -> Result<(), String> {
         let elems = dims
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| {
-                format!("tensor `{name}` has dimensions {dims:?} whose product overflows")
-            })?;
+            .ok_or_else(|| format!("tensor `{name}` has dimensions {dims:?} whose product overflows"))?;
         let block = info.ggml_dtype.block_size();
         if elems % block != 0 {
             return Err(format!(

@@ -14,11 +14,7 @@ use crate::llama::LlamaConfig;
 pub const INIT_STD: f32 = 0.02;
 
 /// Every parameter `cfg` needs, under HF names, drawn reproducibly from `seed`.
-pub fn random_weights(
-    cfg: &LlamaConfig,
-    seed: u64,
-    device: &Device,
-) -> Result<HashMap<String, Tensor>> {
+pub fn random_weights(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<HashMap<String, Tensor>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, INIT_STD).map_err(|e| crate::Error::Config(e.to_string()))?;
     let mut weights = HashMap::new();

@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod hub;
 pub mod init;
 pub mod llama;
+pub mod llama_config;
 pub mod loader;
 pub mod ops;
 pub mod prune;

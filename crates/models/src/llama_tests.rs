@@ -45,22 +45,11 @@ fn weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
 }
 
 fn ids(b: usize, t: usize, vocab: usize, seed: usize) -> Vec<u32> {
-    (0..b * t)
-        .map(|i| ((i * 7919 + seed * 104_729) % vocab) as u32)
-        .collect()
+    (0..b * t).map(|i| ((i * 7919 + seed * 104_729) % vocab) as u32).collect()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 fn configs() -> Vec<LlamaConfig> {
@@ -74,13 +63,7 @@ fn configs() -> Vec<LlamaConfig> {
         high_freq_factor: 4.0,
         original_max_position_embeddings: Some(16),
     });
-    vec![
-        tiny("llama", true, 2),
-        tiny("llama", false, 4),
-        tiny("qwen2", false, 1),
-        with_head_dim,
-        scaled,
-    ]
+    vec![tiny("llama", true, 2), tiny("llama", false, 4), tiny("qwen2", false, 1), with_head_dim, scaled]
 }
 
 #[test]
@@ -90,10 +73,7 @@ fn forward_returns_logits_for_every_position() {
         let input = Tensor::from_vec(ids(3, 5, cfg.vocab_size, 0), (3, 5), &Device::Cpu).unwrap();
         let logits = model.forward(&input).unwrap();
         assert_eq!(logits.dims(), &[3, 5, cfg.vocab_size], "{cfg:?}");
-        assert_eq!(
-            model.named_parameters().len(),
-            crate::init::parameter_shapes(&cfg).len()
-        );
+        assert_eq!(model.named_parameters().len(), crate::init::parameter_shapes(&cfg).len());
     }
 }
 
@@ -109,21 +89,13 @@ fn cached_step_matches_all_position_forward() {
         let first = input.narrow(1, 0, prefill).unwrap();
         let mut got = vec![model.step(&first, &mut cache).unwrap()];
         for pos in prefill..t {
-            got.push(
-                model
-                    .step(&input.narrow(1, pos, 1).unwrap(), &mut cache)
-                    .unwrap(),
-            );
+            got.push(model.step(&input.narrow(1, pos, 1).unwrap(), &mut cache).unwrap());
         }
         for (i, logits) in got.iter().enumerate() {
             let pos = prefill - 1 + i;
             let want = full.narrow(1, pos, 1).unwrap().squeeze(1).unwrap();
             let diff = max_abs_diff(logits, &want);
-            assert!(
-                diff < 1e-4,
-                "{} position {pos}: diff {diff}",
-                cfg.model_type
-            );
+            assert!(diff < 1e-4, "{} position {pos}: diff {diff}", cfg.model_type);
         }
     }
 }
@@ -134,10 +106,8 @@ fn left_padded_batch_matches_each_row_alone() {
     let model = Llama::from_weights(cfg.clone(), &weights(&cfg, 4)).unwrap();
     let rows = [vec![5u32, 9, 11, 3, 7, 2], vec![8u32, 1]];
     let longest = 6;
-    let padded: Vec<u32> = rows
-        .iter()
-        .flat_map(|r| std::iter::repeat_n(0u32, longest - r.len()).chain(r.iter().copied()))
-        .collect();
+    let padded: Vec<u32> =
+        rows.iter().flat_map(|r| std::iter::repeat_n(0u32, longest - r.len()).chain(r.iter().copied())).collect();
     let mut cache = KvCache::new(&cfg, rows.iter().map(|r| longest - r.len()).collect());
     let batch_input = Tensor::from_vec(padded, (2, longest), &Device::Cpu).unwrap();
     let batch_prefill = model.step(&batch_input, &mut cache).unwrap(); // (B, V)
@@ -147,56 +117,27 @@ fn left_padded_batch_matches_each_row_alone() {
         let mut alone = KvCache::new(&cfg, vec![0]);
         let input = Tensor::from_vec(row.clone(), (1, row.len()), &Device::Cpu).unwrap();
         let a = model.step(&input, &mut alone).unwrap();
-        let b = model
-            .step(&next.narrow(0, r, 1).unwrap(), &mut alone)
-            .unwrap();
-        assert!(
-            max_abs_diff(&a, &batch_prefill.narrow(0, r, 1).unwrap()) < 1e-4,
-            "row {r} prefill"
-        );
-        assert!(
-            max_abs_diff(&b, &batch_next.narrow(0, r, 1).unwrap()) < 1e-4,
-            "row {r} next"
-        );
+        let b = model.step(&next.narrow(0, r, 1).unwrap(), &mut alone).unwrap();
+        assert!(max_abs_diff(&a, &batch_prefill.narrow(0, r, 1).unwrap()) < 1e-4, "row {r} prefill");
+        assert!(max_abs_diff(&b, &batch_next.narrow(0, r, 1).unwrap()) < 1e-4, "row {r} next");
     }
 }
 
 #[test]
 fn every_parameter_receives_a_gradient() {
     for cfg in [tiny("llama", true, 2), tiny("qwen2", false, 2)] {
-        let vars: HashMap<String, Var> = weights(&cfg, 5)
-            .into_iter()
-            .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
-            .collect();
-        let tensors: HashMap<String, Tensor> = vars
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
+        let vars: HashMap<String, Var> =
+            weights(&cfg, 5).into_iter().map(|(n, t)| (n, Var::from_tensor(&t).unwrap())).collect();
+        let tensors: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
         let model = Llama::from_weights(cfg.clone(), &tensors).unwrap();
         let input = Tensor::from_vec(ids(2, 6, cfg.vocab_size, 6), (2, 6), &Device::Cpu).unwrap();
         let logits = model.forward(&input).unwrap();
-        let loss = ops::log_softmax_last_dim(&logits)
-            .unwrap()
-            .mean_all()
-            .unwrap()
-            .neg()
-            .unwrap();
+        let loss = ops::log_softmax_last_dim(&logits).unwrap().mean_all().unwrap().neg().unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in &vars {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{}: no gradient for {name}", cfg.model_type));
-            let norm = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(
-                norm > 0.0 && norm.is_finite(),
-                "{name}: gradient norm {norm}"
-            );
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{}: no gradient for {name}", cfg.model_type));
+            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
         }
     }
 }
@@ -210,12 +151,7 @@ fn gradients_match_finite_differences() {
     let loss_of = |w: &HashMap<String, Tensor>| -> Tensor {
         let model = Llama::from_weights(cfg.clone(), w).unwrap();
         let logits = model.forward(&input).unwrap().to_dtype(DType::F64).unwrap();
-        ops::log_softmax_last_dim(&logits)
-            .unwrap()
-            .mean_all()
-            .unwrap()
-            .neg()
-            .unwrap()
+        ops::log_softmax_last_dim(&logits).unwrap().mean_all().unwrap().neg().unwrap()
     };
     for name in [
         "model.layers.0.self_attn.q_proj.weight",
@@ -227,13 +163,7 @@ fn gradients_match_finite_differences() {
         let mut with_var = w.clone();
         with_var.insert(name.into(), var.as_tensor().clone());
         let grads = loss_of(&with_var).backward().unwrap();
-        let analytic = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let analytic = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let base = w[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for idx in [0, base.len() / 2, base.len() - 1] {
             let eps = 1e-2f32;
@@ -241,10 +171,7 @@ fn gradients_match_finite_differences() {
                 let mut v = base.clone();
                 v[idx] += delta;
                 let mut w2 = w.clone();
-                w2.insert(
-                    name.into(),
-                    Tensor::from_vec(v, w[name].dims(), &Device::Cpu).unwrap(),
-                );
+                w2.insert(name.into(), Tensor::from_vec(v, w[name].dims(), &Device::Cpu).unwrap());
                 loss_of(&w2).to_scalar::<f64>().unwrap()
             };
             let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
@@ -262,24 +189,12 @@ fn wrong_shapes_and_missing_tensors_are_named() {
     let cfg = tiny("llama", false, 2);
     let mut w = weights(&cfg, 9);
     w.remove("lm_head.weight");
-    let err = Llama::from_weights(cfg.clone(), &w)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("lm_head.weight") && err.contains("missing"),
-        "{err}"
-    );
+    let err = Llama::from_weights(cfg.clone(), &w).err().unwrap().to_string();
+    assert!(err.contains("lm_head.weight") && err.contains("missing"), "{err}");
     let mut w = weights(&cfg, 9);
-    w.insert(
-        "model.norm.weight".into(),
-        Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
-    );
+    w.insert("model.norm.weight".into(), Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap());
     let err = Llama::from_weights(cfg, &w).err().unwrap().to_string();
-    assert!(
-        err.contains("model.norm.weight") && err.contains("[7]"),
-        "{err}"
-    );
+    assert!(err.contains("model.norm.weight") && err.contains("[7]"), "{err}");
 }
 
 #[test]
@@ -289,11 +204,7 @@ fn out_of_vocabulary_ids_and_overlong_inputs_are_errors() {
     let bad = Tensor::new(&[[1u32, 61]], &Device::Cpu).unwrap();
     assert!(model.forward(&bad).is_err());
     let long = Tensor::zeros((1, 65), DType::U32, &Device::Cpu).unwrap();
-    assert!(model
-        .forward(&long)
-        .unwrap_err()
-        .to_string()
-        .contains("context"));
+    assert!(model.forward(&long).unwrap_err().to_string().contains("context"));
 }
 
 #[test]
@@ -307,11 +218,7 @@ fn config_reads_hf_json_and_rejects_what_it_cannot_run() {
     assert_eq!(cfg.num_parameters(), 134_515_008);
     let mut bad = cfg.clone();
     bad.num_key_value_heads = Some(4);
-    assert!(bad
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("num_key_value_heads"));
+    assert!(bad.validate().unwrap_err().to_string().contains("num_key_value_heads"));
     let llama3: LlamaConfig = serde_json::from_str(
         r#"{"vocab_size":10,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,
         "num_attention_heads":2,"eos_token_id":[1,2],
@@ -320,4 +227,26 @@ fn config_reads_hf_json_and_rejects_what_it_cannot_run() {
     .unwrap();
     assert_eq!(llama3.eos_token_ids(), vec![1, 2]);
     llama3.validate().unwrap();
+}
+
+#[test]
+fn packed_rows_equal_each_sequence_run_alone() {
+    let cfg = tiny("qwen2", false, 2);
+    let model = Llama::from_weights(cfg.clone(), &weights(&cfg, 12)).unwrap();
+    let a = [5u32, 9, 11, 3];
+    let b = [8u32, 1, 40];
+    // One row: a, then b, then one padding token (segment 0).
+    let row: Vec<u32> = a.iter().chain(&b).copied().chain([0]).collect();
+    let positions = [0u32, 1, 2, 3, 0, 1, 2, 0];
+    let segments = [1u32, 1, 1, 1, 2, 2, 2, 0];
+    let ids = Tensor::from_vec(row, (1, 8), &Device::Cpu).unwrap();
+    let packed = model.forward_packed_hidden(&ids, &positions, &segments).unwrap(); // (1, 8, C)
+    for (seq, start) in [(&a[..], 0usize), (&b[..], 4)] {
+        let alone =
+            model.forward_hidden(&Tensor::from_vec(seq.to_vec(), (1, seq.len()), &Device::Cpu).unwrap()).unwrap();
+        let part = packed.narrow(1, start, seq.len()).unwrap();
+        assert!(max_abs_diff(&part, &alone) < 1e-4, "segment at {start}");
+    }
+    let err = model.forward_packed_hidden(&ids, &positions[..3], &segments).unwrap_err().to_string();
+    assert!(err.contains("positions"), "{err}");
 }

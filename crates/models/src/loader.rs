@@ -40,8 +40,7 @@ pub fn resolve(spec: &str) -> Result<ModelLocation> {
     if path.is_dir() {
         return Ok(ModelLocation::HfDir(path.to_path_buf()));
     }
-    let looks_like_id =
-        spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.ends_with(".gguf");
+    let looks_like_id = spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.ends_with(".gguf");
     if !looks_like_id {
         return Err(Error::Input(format!(
             "model `{spec}` is neither a file, a directory nor a Hub id like `HuggingFaceTB/SmolLM2-135M-Instruct`"
@@ -75,11 +74,7 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
     let embed_shape = gguf
         .tensor_shape("token_embd.weight")
         .ok_or_else(|| Error::tensor("token_embd.weight", "is missing from the GGUF file"))?;
-    let vocab_size = if gguf.has(&key("vocab_size")) {
-        gguf.usize(&key("vocab_size"))?
-    } else {
-        embed_shape[0]
-    };
+    let vocab_size = if gguf.has(&key("vocab_size")) { gguf.usize(&key("vocab_size"))? } else { embed_shape[0] };
     let heads = gguf.usize(&key("attention.head_count"))?;
     let hidden = gguf.usize(&key("embedding_length"))?;
     let head_dim = if gguf.has(&key("attention.key_length")) {
@@ -98,11 +93,7 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
                 high_freq_factor: 4.0,
                 original_max_position_embeddings: None,
             }),
-            other => {
-                return Err(Error::Config(format!(
-                    "GGUF rope scaling `{other}` is not supported yet"
-                )))
-            }
+            other => return Err(Error::Config(format!("GGUF rope scaling `{other}` is not supported yet"))),
         }
     } else {
         None
@@ -113,11 +104,7 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
         ));
     }
     let cfg = LlamaConfig {
-        model_type: if arch == "qwen2" {
-            "qwen2".into()
-        } else {
-            "llama".into()
-        },
+        model_type: if arch == "qwen2" { "qwen2".into() } else { "llama".into() },
         vocab_size,
         hidden_size: hidden,
         intermediate_size: gguf.usize(&key("feed_forward_length"))?,
@@ -130,11 +117,7 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
         },
         head_dim,
         rms_norm_eps: gguf.f64(&key("attention.layer_norm_rms_epsilon"))?,
-        rope_theta: if gguf.has(&key("rope.freq_base")) {
-            gguf.f64(&key("rope.freq_base"))?
-        } else {
-            10_000.0
-        },
+        rope_theta: if gguf.has(&key("rope.freq_base")) { gguf.f64(&key("rope.freq_base"))? } else { 10_000.0 },
         rope_scaling,
         max_position_embeddings: gguf.usize(&key("context_length"))?,
         tie_word_embeddings: !gguf.has_tensor("output.weight"),
@@ -192,19 +175,12 @@ fn translate(
     to_prefix: &str,
     orient: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
 ) -> Option<String> {
-    if let Some((_, to)) = TOP_LEVEL_NAMES
-        .into_iter()
-        .map(&orient)
-        .find(|(from, _)| *from == name)
-    {
+    if let Some((_, to)) = TOP_LEVEL_NAMES.into_iter().map(&orient).find(|(from, _)| *from == name) {
         return Some(to.to_string());
     }
     let (layer, tail) = name.strip_prefix(from_prefix)?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let (_, to) = BLOCK_NAMES
-        .into_iter()
-        .map(&orient)
-        .find(|(from, _)| *from == tail)?;
+    let (_, to) = BLOCK_NAMES.into_iter().map(&orient).find(|(from, _)| *from == tail)?;
     Some(format!("{to_prefix}{layer}.{to}"))
 }
 
@@ -235,11 +211,7 @@ pub fn permute_qk(t: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
 }
 
 /// Reads every tensor of a GGUF model, dequantised to f32 and renamed to HF names.
-pub fn gguf_weights(
-    gguf: &mut GgufFile,
-    cfg: &LlamaConfig,
-    device: &Device,
-) -> Result<HashMap<String, Tensor>> {
+pub fn gguf_weights(gguf: &mut GgufFile, cfg: &LlamaConfig, device: &Device) -> Result<HashMap<String, Tensor>> {
     let arch = gguf.str("general.architecture")?.to_string();
     let permuted = PERMUTED_QK_ARCHS.contains(&arch.as_str());
     let names: Vec<String> = gguf.tensor_names().map(str::to_string).collect();
@@ -267,10 +239,7 @@ fn load_gguf(path: &Path, device: &Device, source: &str) -> Result<LoadedModel> 
     let weights = gguf_weights(&mut gguf, &cfg, device)?;
     let model = Llama::from_weights(cfg, &weights)?;
     let chat_template = if gguf.has("tokenizer.chat_template") {
-        let token = |id: Option<u32>| {
-            id.and_then(|id| tokenizer.id_to_token(id))
-                .unwrap_or_default()
-        };
+        let token = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default();
         Some(ChatTemplate::new(
             gguf.str("tokenizer.chat_template")?,
             &token(tokenizer.bos_id()),
@@ -301,13 +270,7 @@ fn finish(
     }
     stop_ids.sort_unstable();
     stop_ids.dedup();
-    LoadedModel {
-        model,
-        tokenizer,
-        chat_template,
-        stop_ids,
-        source: source.to_string(),
-    }
+    LoadedModel { model, tokenizer, chat_template, stop_ids, source: source.to_string() }
 }
 
 fn check_vocab(cfg: &LlamaConfig, tokenizer: &TextTokenizer) -> Result<()> {
@@ -324,26 +287,22 @@ fn check_vocab(cfg: &LlamaConfig, tokenizer: &TextTokenizer) -> Result<()> {
 
 fn read_json(path: &Path) -> Result<Json> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("{} is not valid JSON: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{} is not valid JSON: {e}", path.display())))
 }
 
 /// Loads the config of an HF directory.
 pub fn hf_config(dir: &Path) -> Result<LlamaConfig> {
     let path = dir.join("config.json");
     let json = read_json(&path)?;
-    let model_type = json
-        .get("model_type")
-        .and_then(Json::as_str)
-        .unwrap_or("llama");
+    let model_type = json.get("model_type").and_then(Json::as_str).unwrap_or("llama");
     if !matches!(model_type, "llama" | "mistral" | "qwen2") {
         return Err(Error::Config(format!(
             "{}: model_type `{model_type}` is not supported yet (llama, mistral, qwen2)",
             path.display()
         )));
     }
-    let cfg: LlamaConfig = serde_json::from_value(json)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let cfg: LlamaConfig =
+        serde_json::from_value(json).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -357,18 +316,14 @@ pub fn safetensors_weights(dir: &Path, device: &Device) -> Result<HashMap<String
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::Input(format!(
-            "{} holds no *.safetensors weights",
-            dir.display()
-        )));
+        return Err(Error::Input(format!("{} holds no *.safetensors weights", dir.display())));
     }
     let mut weights = HashMap::new();
     for file in files {
-        let tensors =
-            candle_core::safetensors::load(&file, device).map_err(|e| Error::BadGguf {
-                path: file.clone(),
-                reason: format!("not a readable safetensors file: {e}"),
-            })?;
+        let tensors = candle_core::safetensors::load(&file, device).map_err(|e| Error::BadGguf {
+            path: file.clone(),
+            reason: format!("not a readable safetensors file: {e}"),
+        })?;
         for (name, t) in tensors {
             weights.insert(name, t.to_dtype(DType::F32)?);
         }
@@ -384,22 +339,13 @@ fn load_hf_dir(dir: &Path, device: &Device, source: &str) -> Result<LoadedModel>
     };
     let token_str = |field: &str| -> Option<String> {
         let v = tok_cfg.as_ref()?.get(field)?;
-        v.as_str()
-            .map(str::to_string)
-            .or_else(|| v.get("content").and_then(Json::as_str).map(str::to_string))
+        v.as_str().map(str::to_string).or_else(|| v.get("content").and_then(Json::as_str).map(str::to_string))
     };
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-    let bos_id = token_str("bos_token")
-        .and_then(|t| tokenizer.token_to_id(&t))
-        .or(cfg.bos_token_id);
-    let eos_id = token_str("eos_token")
-        .and_then(|t| tokenizer.token_to_id(&t))
-        .or_else(|| cfg.eos_token_ids().first().copied());
-    let add_bos = tok_cfg
-        .as_ref()
-        .and_then(|c| c.get("add_bos_token"))
-        .and_then(Json::as_bool)
-        .unwrap_or(false);
+    let bos_id = token_str("bos_token").and_then(|t| tokenizer.token_to_id(&t)).or(cfg.bos_token_id);
+    let eos_id =
+        token_str("eos_token").and_then(|t| tokenizer.token_to_id(&t)).or_else(|| cfg.eos_token_ids().first().copied());
+    let add_bos = tok_cfg.as_ref().and_then(|c| c.get("add_bos_token")).and_then(Json::as_bool).unwrap_or(false);
     let tokenizer = tokenizer.with_special_ids(bos_id, eos_id, add_bos);
     check_vocab(&cfg, &tokenizer)?;
     let template_src = match dir.join("chat_template.jinja") {

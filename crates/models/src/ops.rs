@@ -70,15 +70,8 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 pub const MASKED: f32 = -1e9;
 
 /// Builds a (1, 1, T, S) causal mask for `t` new queries after `past` cached keys.
-pub fn causal_mask(
-    t: usize,
-    past: usize,
-    dtype: DType,
-    device: &candle_core::Device,
-) -> Result<Tensor> {
+pub fn causal_mask(t: usize, past: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
     let s = past + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { MASKED }))
-        .collect();
+    let mask: Vec<f32> = (0..t).flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { MASKED })).collect();
     Tensor::from_vec(mask, (1, 1, t, s), device)?.to_dtype(dtype)
 }

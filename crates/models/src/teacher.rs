@@ -31,9 +31,7 @@ pub fn default_teacher_candidates() -> Vec<PathBuf> {
 
 /// The default teacher's GGUF file, if it has been fetched.
 pub fn default_teacher() -> Option<PathBuf> {
-    default_teacher_candidates()
-        .into_iter()
-        .find(|p| p.is_file())
+    default_teacher_candidates().into_iter().find(|p| p.is_file())
 }
 
 /// What to tell a user whose default teacher is missing.

@@ -21,7 +21,8 @@ use crate::gguf::GgufFile;
 /// GPT-2-style split used by Llama 3 (digits in groups of up to three).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split: like Llama 3's but single digits.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -39,23 +40,13 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Loads a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer(format!("cannot load {}: {e}", path.display())))?;
-        Ok(Self {
-            inner,
-            bos_id: None,
-            eos_id: None,
-            add_bos: false,
-        })
+        let inner =
+            Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("cannot load {}: {e}", path.display())))?;
+        Ok(Self { inner, bos_id: None, eos_id: None, add_bos: false })
     }
 
     /// Sets the BOS/EOS ids (from a model config or tokenizer_config.json).
-    pub fn with_special_ids(
-        mut self,
-        bos_id: Option<u32>,
-        eos_id: Option<u32>,
-        add_bos: bool,
-    ) -> Self {
+    pub fn with_special_ids(mut self, bos_id: Option<u32>, eos_id: Option<u32>, add_bos: bool) -> Self {
         self.bos_id = bos_id;
         self.eos_id = eos_id;
         self.add_bos = add_bos && bos_id.is_some();
@@ -77,29 +68,17 @@ impl TextTokenizer {
             .map(|m| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| {
-                        Error::Tokenizer(format!(
-                            "merge `{m}` is not two tokens separated by a space"
-                        ))
-                    })
+                    .ok_or_else(|| Error::Tokenizer(format!("merge `{m}` is not two tokens separated by a space")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(id, t)| (t.to_string(), id as u32))
-            .collect();
+        let vocab: Vocab = tokens.iter().enumerate().map(|(id, t)| (t.to_string(), id as u32)).collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
             .map_err(|e| Error::Tokenizer(format!("BPE from GGUF metadata: {e}")))?;
         let mut inner = Tokenizer::new(bpe);
 
-        let pre = if gguf.has("tokenizer.ggml.pre") {
-            gguf.str("tokenizer.ggml.pre")?
-        } else {
-            "default"
-        };
+        let pre = if gguf.has("tokenizer.ggml.pre") { gguf.str("tokenizer.ggml.pre")? } else { "default" };
         inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
         if pre == "qwen2" {
             inner.with_normalizer(Some(NFC));
@@ -114,9 +93,7 @@ impl TextTokenizer {
                 let Some(text) = tokens.get(id) else { break };
                 match *ty {
                     TOKEN_TYPE_CONTROL => special.push(AddedToken::from(text.to_string(), true)),
-                    TOKEN_TYPE_USER_DEFINED => {
-                        user.push(AddedToken::from(text.to_string(), false).normalized(false))
-                    }
+                    TOKEN_TYPE_USER_DEFINED => user.push(AddedToken::from(text.to_string(), false).normalized(false)),
                     _ => {}
                 }
             }
@@ -138,23 +115,14 @@ impl TextTokenizer {
         };
         let bos_id = id("tokenizer.ggml.bos_token_id")?;
         let eos_id = id("tokenizer.ggml.eos_token_id")?;
-        let add_bos = gguf.has("tokenizer.ggml.add_bos_token")
-            && gguf.bool("tokenizer.ggml.add_bos_token")?;
-        Ok(Self {
-            inner,
-            bos_id,
-            eos_id,
-            add_bos: add_bos && bos_id.is_some(),
-        })
+        let add_bos = gguf.has("tokenizer.ggml.add_bos_token") && gguf.bool("tokenizer.ggml.add_bos_token")?;
+        Ok(Self { inner, bos_id, eos_id, add_bos: add_bos && bos_id.is_some() })
     }
 
     /// Token ids for `text`. Special tokens written in the text (`<|im_start|>`) are recognised,
     /// as chat templates need; `add_bos` prepends BOS when the model asks for it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
+        let encoding = self.inner.encode_fast(text, false).map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
         let mut ids = Vec::with_capacity(encoding.len() + 1);
         if add_bos && self.add_bos {
             ids.extend(self.bos_id);
@@ -165,9 +133,7 @@ impl TextTokenizer {
 
     /// Text for `ids`; special tokens are dropped when `skip_special` is set.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| Error::Tokenizer(format!("decode: {e}")))
+        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer(format!("decode: {e}")))
     }
 
     /// Number of ids the tokenizer can produce, added tokens included.
@@ -198,9 +164,7 @@ impl TextTokenizer {
 
     /// The tokenizer in `tokenizer.json` form, for exports.
     pub fn to_json(&self) -> Result<String> {
-        self.inner
-            .to_string(false)
-            .map_err(|e| Error::Tokenizer(format!("serialise: {e}")))
+        self.inner.to_string(false).map_err(|e| Error::Tokenizer(format!("serialise: {e}")))
     }
 
     /// SHA-256 over the id → token table (added tokens included): equal fingerprints mean every
@@ -213,11 +177,7 @@ impl TextTokenizer {
             hasher.update(self.inner.id_to_token(id).unwrap_or_default().as_bytes());
             hasher.update([0u8]);
         }
-        hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     pub fn inner(&self) -> &Tokenizer {
@@ -228,17 +188,9 @@ impl TextTokenizer {
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     let split = |regex: &str| -> Result<PreTokenizerWrapper> {
-        let split = Split::new(
-            SplitPattern::Regex(regex.into()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
-        Ok(Sequence::new(vec![
-            split.into(),
-            ByteLevel::new(false, false, false).into(),
-        ])
-        .into())
+        let split = Split::new(SplitPattern::Regex(regex.into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
+        Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()]).into())
     };
     Ok(match pre {
         // Individual digits, then GPT-2's split (SmolLM, SmolLM2).

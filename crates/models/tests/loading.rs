@@ -11,13 +11,8 @@ fn logits(model: &Llama) -> Vec<Vec<Vec<f32>>> {
 }
 
 fn assert_close(a: &[Vec<Vec<f32>>], b: &[Vec<Vec<f32>>], tol: f32) {
-    let worst = a
-        .iter()
-        .flatten()
-        .flatten()
-        .zip(b.iter().flatten().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let worst =
+        a.iter().flatten().flatten().zip(b.iter().flatten().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(worst <= tol, "max abs diff {worst} > {tol}");
 }
 
@@ -29,28 +24,13 @@ fn gguf_round_trip_restores_hf_layout_weights() {
     let loaded = load(path.to_str().unwrap(), &Device::Cpu).unwrap();
     let got = loaded.model.config();
     assert_eq!(
-        (
-            got.vocab_size,
-            got.hidden_size,
-            got.num_hidden_layers,
-            got.num_kv_heads(),
-            got.tie_word_embeddings
-        ),
-        (
-            cfg.vocab_size,
-            cfg.hidden_size,
-            cfg.num_hidden_layers,
-            cfg.num_kv_heads(),
-            cfg.tie_word_embeddings
-        )
+        (got.vocab_size, got.hidden_size, got.num_hidden_layers, got.num_kv_heads(), got.tie_word_embeddings),
+        (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_kv_heads(), cfg.tie_word_embeddings)
     );
     // The q/k rows were permuted on the way in; the loader must undo it exactly.
     let reference = Llama::from_weights(cfg, &weights).unwrap();
     assert_close(&logits(&loaded.model), &logits(&reference), 0.0);
-    assert!(
-        loaded.stop_ids.contains(&2),
-        "EOS / <|im_end|> ends generation"
-    );
+    assert!(loaded.stop_ids.contains(&2), "EOS / <|im_end|> ends generation");
 }
 
 #[test]
@@ -62,13 +42,9 @@ fn hf_directory_round_trip_keeps_logits_tokenizer_and_template() {
     let hf = dir.path().join("hf");
     let template = from_gguf.chat_template.as_ref().map(|t| t.source());
     checkpoint::save_hf_dir(&hf, &from_gguf.model, &from_gguf.tokenizer, template).unwrap();
-    for file in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
+    for file in
+        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+    {
         assert!(hf.join(file).is_file(), "{file} missing");
     }
     let from_hf = load(hf.to_str().unwrap(), &Device::Cpu).unwrap();
@@ -80,23 +56,10 @@ fn hf_directory_round_trip_keeps_logits_tokenizer_and_template() {
     assert_eq!(from_hf.tokenizer.decode(&ids, false).unwrap(), text);
     let messages = [ChatMessage::new("user", "hi")];
     assert_eq!(
-        from_hf
-            .chat_template
-            .as_ref()
-            .unwrap()
-            .render(&messages, true)
-            .unwrap(),
-        from_gguf
-            .chat_template
-            .as_ref()
-            .unwrap()
-            .render(&messages, true)
-            .unwrap()
+        from_hf.chat_template.as_ref().unwrap().render(&messages, true).unwrap(),
+        from_gguf.chat_template.as_ref().unwrap().render(&messages, true).unwrap()
     );
-    assert_eq!(
-        from_hf.chat_template.as_ref().unwrap().source(),
-        CHATML_TEMPLATE
-    );
+    assert_eq!(from_hf.chat_template.as_ref().unwrap().source(), CHATML_TEMPLATE);
     assert_eq!(from_hf.stop_ids, from_gguf.stop_ids);
 }
 
@@ -116,10 +79,7 @@ fn truncated_gguf_is_an_error_at_every_cut() {
             Ok(_) => panic!("a file cut at byte {cut} of {} loaded", bytes.len()),
             Err(e) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.contains("cut.gguf"),
-                    "error does not name the file: {msg}"
-                );
+                assert!(msg.contains("cut.gguf"), "error does not name the file: {msg}");
             }
         }
     }
@@ -143,13 +103,9 @@ fn corrupted_gguf_headers_are_errors() {
         let mut bytes = good.clone();
         bytes[at..at + patch.len()].copy_from_slice(&patch);
         std::fs::write(&bad_path, &bytes).unwrap();
-        let err = load(bad_path.to_str().unwrap(), &Device::Cpu)
-            .err()
-            .unwrap_or_else(|| panic!("corrupt {what} loaded"));
-        assert!(
-            err.to_string().contains("not a usable GGUF"),
-            "{what}: {err}"
-        );
+        let err =
+            load(bad_path.to_str().unwrap(), &Device::Cpu).err().unwrap_or_else(|| panic!("corrupt {what} loaded"));
+        assert!(err.to_string().contains("not a usable GGUF"), "{what}: {err}");
     }
     // Random garbage in the middle of the metadata must not panic either.
     for seed in 0..40usize {
@@ -168,22 +124,13 @@ fn not_a_model_gives_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("notes.gguf");
     std::fs::write(&text, "hello, I am a text file\n").unwrap();
-    let err = load(text.to_str().unwrap(), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load(text.to_str().unwrap(), &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("not a usable GGUF"), "{err}");
     let empty_dir = dir.path().join("empty");
     std::fs::create_dir(&empty_dir).unwrap();
-    let err = load(empty_dir.to_str().unwrap(), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load(empty_dir.to_str().unwrap(), &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("config.json"), "{err}");
-    let err = load("./no/such/model.gguf", &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load("./no/such/model.gguf", &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("neither a file"), "{err}");
 }
 
@@ -197,16 +144,9 @@ fn mismatched_tokenizer_is_refused() {
     checkpoint::save_hf_dir(&hf, &model.model, &model.tokenizer, None).unwrap();
     // Shrink the model's vocabulary below the tokenizer's.
     let cfg_path = hf.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["vocab_size"] = serde_json::json!(100);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let err = load(hf.to_str().unwrap(), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("tokenizer has") && err.contains("100"),
-        "{err}"
-    );
+    let err = load(hf.to_str().unwrap(), &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("tokenizer has") && err.contains("100"), "{err}");
 }

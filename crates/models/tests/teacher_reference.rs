@@ -10,10 +10,7 @@ use serde_json::Value;
 fn fixture() -> &'static Value {
     static FIXTURE: OnceLock<Value> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/smollm2_reference.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/smollm2_reference.json");
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     })
 }
@@ -35,19 +32,11 @@ fn teacher() -> &'static LoadedModel {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 #[test]
@@ -58,10 +47,7 @@ fn tokenizer_ids_match_llama_cpp_on_mixed_text() {
     assert!(want.len() > 3000, "fixture has {} tokens", want.len());
     let got = tok.encode(text, true).unwrap();
     if let Some(i) = (0..want.len().min(got.len())).find(|&i| want[i] != got[i]) {
-        let window = |v: &[u32]| {
-            tok.decode(&v[i.saturating_sub(3)..(i + 3).min(v.len())], false)
-                .unwrap()
-        };
+        let window = |v: &[u32]| tok.decode(&v[i.saturating_sub(3)..(i + 3).min(v.len())], false).unwrap();
         panic!(
             "first mismatch at token {i}: llama.cpp {} {:?}, ours {} {:?}",
             want[i],
@@ -71,34 +57,17 @@ fn tokenizer_ids_match_llama_cpp_on_mixed_text() {
         );
     }
     assert_eq!(got.len(), want.len());
-    assert_eq!(
-        tok.decode(&got, false).unwrap(),
-        text,
-        "decode(encode(text)) != text"
-    );
+    assert_eq!(tok.decode(&got, false).unwrap(), text, "decode(encode(text)) != text");
 }
 
 #[test]
 fn chat_template_renders_the_reference_prompt() {
     let model = teacher();
-    let template = model
-        .chat_template
-        .as_ref()
-        .expect("SmolLM2 ships a chat template");
-    let rendered = template
-        .render(
-            &[ChatMessage::new(
-                "user",
-                "My package arrived damaged. What should I do?",
-            )],
-            true,
-        )
-        .unwrap();
+    let template = model.chat_template.as_ref().expect("SmolLM2 ships a chat template");
+    let rendered =
+        template.render(&[ChatMessage::new("user", "My package arrived damaged. What should I do?")], true).unwrap();
     assert_eq!(rendered, fixture()["logits"]["prompt"].as_str().unwrap());
-    assert_eq!(
-        model.tokenizer.encode(&rendered, true).unwrap(),
-        ids(&fixture()["logits"]["ids"])
-    );
+    assert_eq!(model.tokenizer.encode(&rendered, true).unwrap(), ids(&fixture()["logits"]["ids"]));
 }
 
 /// llama.cpp multiplies Q4_1 weights with activations quantised to 8 bits; we dequantise the
@@ -113,14 +82,8 @@ const F32_MAX_TOLERANCE: f32 = 1e-3;
 
 fn teacher_logits(prompt: &[u32]) -> Vec<Vec<f32>> {
     let input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), &Device::Cpu).unwrap();
-    teacher()
-        .model
-        .forward(&input)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap() // (T, V)
+    teacher().model.forward(&input).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap()
+    // (T, V)
 }
 
 #[test]
@@ -129,27 +92,15 @@ fn all_position_logits_match_an_f32_reference_forward() {
     let logits = teacher_logits(&ids(&reference["ids"]));
     let columns = ids(&reference["columns"]);
     let mut worst = 0f32;
-    for (t, position) in fixture()["logits_f32"]["positions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
+    for (t, position) in fixture()["logits_f32"]["positions"].as_array().unwrap().iter().enumerate() {
         for (c, want) in columns.iter().zip(floats(&position["column_logits"])) {
             worst = worst.max((logits[t][*c as usize] - want).abs());
         }
         let argmax = position["argmax"].as_u64().unwrap() as u32;
-        assert_eq!(
-            distill_models::generate::argmax(&logits[t]),
-            argmax,
-            "position {t}"
-        );
+        assert_eq!(distill_models::generate::argmax(&logits[t]), argmax, "position {t}");
     }
     eprintln!("logits vs f32 reference: max abs diff {worst:.5}");
-    assert!(
-        worst < F32_MAX_TOLERANCE,
-        "max abs logit difference {worst} ≥ {F32_MAX_TOLERANCE}"
-    );
+    assert!(worst < F32_MAX_TOLERANCE, "max abs logit difference {worst} ≥ {F32_MAX_TOLERANCE}");
 }
 
 #[test]
@@ -158,19 +109,12 @@ fn all_position_logits_match_llama_cpp() {
     let logits = teacher_logits(&ids(&reference["ids"]));
     let columns = ids(&reference["columns"]);
     let (mut worst, mut sum, mut count) = (0f32, 0f64, 0usize);
-    for (t, position) in reference["positions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
+    for (t, position) in reference["positions"].as_array().unwrap().iter().enumerate() {
         let row = &logits[t];
         let top_ids = ids(&position["top_ids"]);
         let top_logits = floats(&position["top_logits"]);
-        let pairs = columns
-            .iter()
-            .zip(floats(&position["column_logits"]))
-            .chain(top_ids.iter().zip(top_logits.clone()));
+        let pairs =
+            columns.iter().zip(floats(&position["column_logits"])).chain(top_ids.iter().zip(top_logits.clone()));
         for (id, want) in pairs {
             let d = (row[*id as usize] - want).abs();
             worst = worst.max(d);
@@ -179,23 +123,13 @@ fn all_position_logits_match_llama_cpp() {
         }
         // Where llama.cpp's winner is clear beyond the noise, ours must be the same token.
         if top_logits[0] - top_logits[1] > 2.0 * LLAMA_CPP_MAX_TOLERANCE {
-            assert_eq!(
-                distill_models::generate::argmax(row),
-                top_ids[0],
-                "position {t}: top-1 differs from llama.cpp"
-            );
+            assert_eq!(distill_models::generate::argmax(row), top_ids[0], "position {t}: top-1 differs from llama.cpp");
         }
     }
     let mean = sum / count as f64;
     eprintln!("logits vs llama.cpp: max abs diff {worst:.4}, mean {mean:.4}");
-    assert!(
-        mean < LLAMA_CPP_MEAN_TOLERANCE,
-        "mean abs logit difference {mean} ≥ {LLAMA_CPP_MEAN_TOLERANCE}"
-    );
-    assert!(
-        worst < LLAMA_CPP_MAX_TOLERANCE,
-        "max abs logit difference {worst} ≥ {LLAMA_CPP_MAX_TOLERANCE}"
-    );
+    assert!(mean < LLAMA_CPP_MEAN_TOLERANCE, "mean abs logit difference {mean} ≥ {LLAMA_CPP_MEAN_TOLERANCE}");
+    assert!(worst < LLAMA_CPP_MAX_TOLERANCE, "max abs logit difference {worst} ≥ {LLAMA_CPP_MAX_TOLERANCE}");
 }
 
 #[test]
@@ -204,27 +138,17 @@ fn greedy_continuation_matches_llama_cpp() {
     let reference = &fixture()["greedy"];
     let prompt = ids(&reference["prompt_ids"]);
     let want = ids(&reference["ids"]);
-    let params = SamplingParams {
-        max_tokens: want.len(),
-        ..Default::default()
-    };
-    let out = generate(
-        &model.model,
-        &model.tokenizer,
-        &[prompt],
-        &params,
-        &model.stop_ids,
-        |_, _| {},
-    )
-    .unwrap();
+    let params = SamplingParams { max_tokens: want.len(), ..Default::default() };
+    let out = generate(&model.model, &model.tokenizer, &[prompt], &params, &model.stop_ids, |_, _| {}).unwrap();
     let got = &out[0].token_ids;
     let agree = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-    eprintln!(
-        "greedy: {agree} of {} tokens agree with llama.cpp: {:?}",
-        want.len(),
-        out[0].text
+    eprintln!("greedy: {agree} of {} tokens agree with llama.cpp: {:?}", want.len(), out[0].text);
+    assert!(
+        agree >= 32,
+        "only the first {agree} greedy tokens agree with llama.cpp\nours:      {:?}\nllama.cpp: {:?}",
+        out[0].text,
+        reference["text"]
     );
-    assert!(agree >= 32, "only the first {agree} greedy tokens agree with llama.cpp\nours:      {:?}\nllama.cpp: {:?}", out[0].text, reference["text"]);
 }
 
 #[test]
@@ -233,39 +157,14 @@ fn batched_generation_equals_one_prompt_at_a_time() {
     let tmpl = model.chat_template.as_ref().unwrap();
     let prompts: Vec<Vec<u32>> = ["Hi!", "List three colours of the rainbow, one per line."]
         .iter()
-        .map(|q| {
-            model
-                .tokenizer
-                .encode(
-                    &tmpl.render(&[ChatMessage::new("user", *q)], true).unwrap(),
-                    true,
-                )
-                .unwrap()
-        })
+        .map(|q| model.tokenizer.encode(&tmpl.render(&[ChatMessage::new("user", *q)], true).unwrap(), true).unwrap())
         .collect();
-    let params = SamplingParams {
-        max_tokens: 12,
-        ..Default::default()
-    };
-    let batched = generate(
-        &model.model,
-        &model.tokenizer,
-        &prompts,
-        &params,
-        &model.stop_ids,
-        |_, _| {},
-    )
-    .unwrap();
+    let params = SamplingParams { max_tokens: 12, ..Default::default() };
+    let batched = generate(&model.model, &model.tokenizer, &prompts, &params, &model.stop_ids, |_, _| {}).unwrap();
     for (i, p) in prompts.iter().enumerate() {
-        let alone = generate(
-            &model.model,
-            &model.tokenizer,
-            std::slice::from_ref(p),
-            &params,
-            &model.stop_ids,
-            |_, _| {},
-        )
-        .unwrap();
+        let alone =
+            generate(&model.model, &model.tokenizer, std::slice::from_ref(p), &params, &model.stop_ids, |_, _| {})
+                .unwrap();
         assert_eq!(batched[i].token_ids, alone[0].token_ids, "prompt {i}");
     }
 }

@@ -20,16 +20,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.to_path_buf(), source }
     }
 
     pub(crate) fn corrupt(path: &Path, reason: impl std::fmt::Display) -> Self {
-        Error::Corrupt {
-            path: path.to_path_buf(),
-            reason: reason.to_string(),
-        }
+        Error::Corrupt { path: path.to_path_buf(), reason: reason.to_string() }
     }
 }

@@ -77,8 +77,8 @@ impl Manifest {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| Error::corrupt(&path, format!("not a distill manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| Error::corrupt(&path, format!("not a distill manifest: {e}")))?;
         if manifest.format_version != FORMAT_VERSION {
             return Err(Error::Mismatch(format!(
                 "{} has format version {}, this distill reads version {FORMAT_VERSION}\nHINT: re-create the dataset with this version of `distill generate`",
@@ -96,8 +96,7 @@ impl Manifest {
         let tmp = dir.join("manifest.json.tmp");
         let text = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(text.as_bytes()).map_err(|e| Error::io(&tmp, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
         crate::shard::sync_dir(&path)
@@ -134,48 +133,20 @@ impl DatasetSpec {
             format!("{} ({})", self.teacher, short(&self.teacher_hash)),
             format!("{} ({})", other.teacher, short(&other.teacher_hash)),
         );
-        check(
-            "tokenizer",
-            short(&self.tokenizer_hash).into(),
-            short(&other.tokenizer_hash).into(),
-        );
-        check(
-            "model vocab",
-            self.model_vocab.to_string(),
-            other.model_vocab.to_string(),
-        );
+        check("tokenizer", short(&self.tokenizer_hash).into(), short(&other.tokenizer_hash).into());
+        check("model vocab", self.model_vocab.to_string(), other.model_vocab.to_string());
         check("k", self.k.to_string(), other.k.to_string());
-        check(
-            "logprob temperature",
-            self.logprob_temperature.to_string(),
-            other.logprob_temperature.to_string(),
-        );
-        check(
-            "sampling",
-            self.sampling.to_string(),
-            other.sampling.to_string(),
-        );
+        check("logprob temperature", self.logprob_temperature.to_string(), other.logprob_temperature.to_string());
+        check("sampling", self.sampling.to_string(), other.sampling.to_string());
         check(
             "completions per prompt",
             self.completions_per_prompt.to_string(),
             other.completions_per_prompt.to_string(),
         );
         check("chat", self.chat.to_string(), other.chat.to_string());
-        check(
-            "prompt file",
-            short(&self.prompts_hash).into(),
-            short(&other.prompts_hash).into(),
-        );
-        check(
-            "prompts per shard",
-            self.prompts_per_shard.to_string(),
-            other.prompts_per_shard.to_string(),
-        );
-        check(
-            "quantization",
-            format!("{:?}", self.quantization),
-            format!("{:?}", other.quantization),
-        );
+        check("prompt file", short(&self.prompts_hash).into(), short(&other.prompts_hash).into());
+        check("prompts per shard", self.prompts_per_shard.to_string(), other.prompts_per_shard.to_string());
+        check("quantization", format!("{:?}", self.quantization), format!("{:?}", other.quantization));
         out
     }
 }

@@ -84,15 +84,7 @@ impl<'a> Packer<'a> {
         let mut rng = StdRng::seed_from_u64(options.seed);
         let mut shard_order: Vec<usize> = (0..dataset.num_shards()).collect();
         shard_order.shuffle(&mut rng);
-        Self {
-            dataset,
-            options,
-            shard_order,
-            next_shard: 0,
-            pending: Vec::new(),
-            rng,
-            truncated: 0,
-        }
+        Self { dataset, options, shard_order, next_shard: 0, pending: Vec::new(), rng, truncated: 0 }
     }
 
     fn refill(&mut self) -> Result<bool> {
@@ -157,10 +149,8 @@ fn place(batch: &mut Batch, row: usize, offset: usize, segment: u32, seq: &Seque
             if i + 1 >= prompt_len {
                 let j = i + 1 - prompt_len;
                 batch.loss_mask[at] = 1.0;
-                batch.topk_ids[at * k..(at + 1) * k]
-                    .copy_from_slice(&seq.topk_ids[j * k..(j + 1) * k]);
-                batch.topk_logprobs[at * k..(at + 1) * k]
-                    .copy_from_slice(&seq.topk_logprobs[j * k..(j + 1) * k]);
+                batch.topk_ids[at * k..(at + 1) * k].copy_from_slice(&seq.topk_ids[j * k..(j + 1) * k]);
+                batch.topk_logprobs[at * k..(at + 1) * k].copy_from_slice(&seq.topk_logprobs[j * k..(j + 1) * k]);
                 batch.tail_logprobs[at] = seq.tail_logprobs[j];
             }
         }

@@ -32,11 +32,7 @@ pub enum QuantScheme {
 /// The default: steps of 1/16 nat keep the reconstruction KL around 1e-4 nats.
 impl Default for Quantization {
     fn default() -> Self {
-        Self {
-            scheme: QuantScheme::DeltaU8,
-            step: 1.0 / 16.0,
-            tail_scale: 256.0,
-        }
+        Self { scheme: QuantScheme::DeltaU8, step: 1.0 / 16.0, tail_scale: 256.0 }
     }
 }
 
@@ -48,11 +44,8 @@ impl Quantization {
     pub fn encode_logprobs(&self, logprobs: &[f32], out: &mut Vec<u8>) {
         let mut previous = 0i64;
         for &lp in logprobs {
-            let code = if lp.is_finite() {
-                (-(lp as f64) / self.step as f64).round().max(0.0) as i64
-            } else {
-                i64::MAX / 2
-            };
+            let code =
+                if lp.is_finite() { (-(lp as f64) / self.step as f64).round().max(0.0) as i64 } else { i64::MAX / 2 };
             let code = code.max(previous);
             let delta = (code - previous).min(255);
             previous += delta;
@@ -64,9 +57,7 @@ impl Quantization {
         if !tail_logprob.is_finite() {
             return NO_TAIL;
         }
-        ((-tail_logprob as f64) * self.tail_scale as f64)
-            .round()
-            .clamp(0.0, (NO_TAIL - 1) as f64) as u16
+        ((-tail_logprob as f64) * self.tail_scale as f64).round().clamp(0.0, (NO_TAIL - 1) as f64) as u16
     }
 
     /// Reconstructs one position: writes K log-probabilities and returns the tail log-probability.
@@ -113,9 +104,7 @@ mod tests {
     fn round_trip_error_is_small_and_mass_sums_to_one() {
         let q = Quantization::default();
         // A peaked distribution with a long top-k tail and residual mass.
-        let raw: Vec<f64> = (0..32)
-            .map(|j| -0.05 - 0.6 * j as f64 - 0.01 * (j * j) as f64)
-            .collect();
+        let raw: Vec<f64> = (0..32).map(|j| -0.05 - 0.6 * j as f64 - 0.01 * (j * j) as f64).collect();
         let total: f64 = raw.iter().map(|l| l.exp()).sum::<f64>() / 0.97;
         let lps: Vec<f32> = raw.iter().map(|l| (l - total.ln()) as f32).collect();
         let tail = (0.03f64).ln() as f32;
@@ -123,8 +112,7 @@ mod tests {
         q.encode_logprobs(&lps, &mut codes);
         let mut out = vec![0f32; 32];
         let tail_back = q.decode_position(&codes, q.encode_tail(tail), &mut out);
-        let mass: f64 =
-            out.iter().map(|l| (*l as f64).exp()).sum::<f64>() + (tail_back as f64).exp();
+        let mass: f64 = out.iter().map(|l| (*l as f64).exp()).sum::<f64>() + (tail_back as f64).exp();
         assert!((mass - 1.0).abs() < 1e-5, "mass {mass}");
         let kl = kl_with_tail(&lps, tail, &out, tail_back);
         assert!(kl < 1e-3, "kl {kl}");
@@ -138,10 +126,7 @@ mod tests {
         q.encode_logprobs(&lps, &mut codes);
         assert_eq!(codes[2], 255, "the jump to -40 is clamped, not wrapped");
         let mut out = [0f32; 3];
-        assert_eq!(
-            q.decode_position(&codes, q.encode_tail(f32::NEG_INFINITY), &mut out),
-            f32::NEG_INFINITY
-        );
+        assert_eq!(q.decode_position(&codes, q.encode_tail(f32::NEG_INFINITY), &mut out), f32::NEG_INFINITY);
         assert!(out[0] <= 0.0 && out[1] < out[0] && out[2] < out[1]);
     }
 }

@@ -26,10 +26,7 @@ impl Dataset {
                 return Err(Error::corrupt(&path, "listed in the manifest but missing"));
             }
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            manifest,
-        })
+        Ok(Self { dir: dir.to_path_buf(), manifest })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -45,12 +42,7 @@ impl Dataset {
     }
 
     /// Refuses a student whose tokenizer or output layer does not match the teacher's.
-    pub fn check_student(
-        &self,
-        tokenizer_hash: &str,
-        tokenizer_vocab: usize,
-        model_vocab: usize,
-    ) -> Result<()> {
+    pub fn check_student(&self, tokenizer_hash: &str, tokenizer_vocab: usize, model_vocab: usize) -> Result<()> {
         let spec = &self.manifest.spec;
         if tokenizer_hash != spec.tokenizer_hash || tokenizer_vocab != spec.tokenizer_vocab {
             return Err(Error::Mismatch(format!(
@@ -72,21 +64,13 @@ impl Dataset {
 
     /// All sequences of shard `index`, log-probabilities reconstructed.
     pub fn read_shard(&self, index: usize) -> Result<Vec<Sequence>> {
-        let info = self
-            .manifest
-            .shards
-            .get(index)
-            .ok_or_else(|| Error::Invalid(format!("no shard {index}")))?;
+        let info = self.manifest.shards.get(index).ok_or_else(|| Error::Invalid(format!("no shard {index}")))?;
         let spec = &self.manifest.spec;
         let sequences = read_shard(&self.dir.join(&info.file), spec.k, &spec.quantization)?;
         if sequences.len() != info.sequences {
             return Err(Error::corrupt(
                 &self.dir.join(&info.file),
-                format!(
-                    "holds {} sequences, the manifest says {}",
-                    sequences.len(),
-                    info.sequences
-                ),
+                format!("holds {} sequences, the manifest says {}", sequences.len(), info.sequences),
             ));
         }
         Ok(sequences)

@@ -25,9 +25,7 @@ impl DatasetWriter {
     /// Opens `dir` for `spec`: starts a new dataset, or resumes one made with the same spec.
     pub fn open(dir: &Path, spec: DatasetSpec, prompts_path: &str) -> Result<Self> {
         if spec.k == 0 || spec.prompts_per_shard == 0 {
-            return Err(Error::Invalid(
-                "k and prompts per shard must be positive".into(),
-            ));
+            return Err(Error::Invalid("k and prompts per shard must be positive".into()));
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let manifest = match Manifest::read(dir)? {
@@ -43,11 +41,7 @@ impl DatasetWriter {
                 existing
             }
             None => {
-                if let Some(entry) = std::fs::read_dir(dir)
-                    .map_err(|e| Error::io(dir, e))?
-                    .flatten()
-                    .next()
-                {
+                if let Some(entry) = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten().next() {
                     return Err(Error::Mismatch(format!(
                         "{} is not empty (found {}) and holds no distill manifest\nHINT: choose a new or empty output directory",
                         dir.display(),
@@ -66,19 +60,13 @@ impl DatasetWriter {
                 manifest
             }
         };
-        let writer = Self {
-            dir: dir.to_path_buf(),
-            manifest,
-        };
+        let writer = Self { dir: dir.to_path_buf(), manifest };
         writer.remove_unlisted_files()?;
         Ok(writer)
     }
 
     fn remove_unlisted_files(&self) -> Result<()> {
-        for entry in std::fs::read_dir(&self.dir)
-            .map_err(|e| Error::io(&self.dir, e))?
-            .flatten()
-        {
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let listed = self.manifest.shards.iter().any(|s| s.file == name);
             let ours = name.starts_with("shard-") || name.ends_with(".tmp");
@@ -106,21 +94,14 @@ impl DatasetWriter {
 
     /// Writes the sequences of the prompts `range` (from [`Self::next_shard`]) as one shard and
     /// records it in the manifest.
-    pub fn write_shard(
-        &mut self,
-        range: Range<usize>,
-        sequences: &[Sequence],
-    ) -> Result<&ShardInfo> {
+    pub fn write_shard(&mut self, range: Range<usize>, sequences: &[Sequence]) -> Result<&ShardInfo> {
         if Some(range.clone()) != self.next_shard() {
             return Err(Error::Invalid(format!(
                 "shard for prompts {range:?} is out of order (expected {:?})",
                 self.next_shard()
             )));
         }
-        if let Some(s) = sequences
-            .iter()
-            .find(|s| !range.contains(&(s.prompt_index as usize)))
-        {
+        if let Some(s) = sequences.iter().find(|s| !range.contains(&(s.prompt_index as usize))) {
             return Err(Error::Invalid(format!(
                 "sequence of prompt {} does not belong to shard {range:?}",
                 s.prompt_index

@@ -13,9 +13,7 @@ const VOCAB: u32 = 500;
 fn sequence(rng: &mut StdRng, prompt_index: u32, sample: u16) -> Sequence {
     let prompt_len = rng.gen_range(1..6);
     let completion = rng.gen_range(1..12);
-    let token_ids: Vec<u32> = (0..prompt_len + completion)
-        .map(|_| rng.gen_range(0..VOCAB))
-        .collect();
+    let token_ids: Vec<u32> = (0..prompt_len + completion).map(|_| rng.gen_range(0..VOCAB)).collect();
     let mut topk_ids = Vec::new();
     let mut topk_logprobs = Vec::new();
     let mut tail_logprobs = Vec::new();
@@ -102,10 +100,7 @@ fn resuming_continues_after_the_last_listed_shard_and_drops_partial_files() {
         let mut w = DatasetWriter::open(dir.path(), spec(10, 4), "p.jsonl").unwrap();
         let range = w.next_shard().unwrap();
         assert_eq!(range, 0..4);
-        let seqs: Vec<Sequence> = range
-            .clone()
-            .map(|i| sequence(&mut rng, i as u32, 0))
-            .collect();
+        let seqs: Vec<Sequence> = range.clone().map(|i| sequence(&mut rng, i as u32, 0)).collect();
         w.write_shard(range, &seqs).unwrap();
     }
     // What a crash leaves behind: a renamed but unlisted shard and a temp file.
@@ -118,10 +113,7 @@ fn resuming_continues_after_the_last_listed_shard_and_drops_partial_files() {
     let err = w.write_shard(0..4, &[]).unwrap_err().to_string();
     assert!(err.contains("out of order"), "{err}");
     while let Some(range) = w.next_shard() {
-        let seqs: Vec<Sequence> = range
-            .clone()
-            .map(|i| sequence(&mut rng, i as u32, 0))
-            .collect();
+        let seqs: Vec<Sequence> = range.clone().map(|i| sequence(&mut rng, i as u32, 0)).collect();
         w.write_shard(range, &seqs).unwrap();
     }
     assert!(w.manifest().complete);
@@ -138,23 +130,14 @@ fn a_run_with_other_settings_is_refused_with_the_reason() {
     let mut other = spec(10, 4);
     other.k = 16;
     other.teacher_hash = "dd".repeat(32);
-    let err = DatasetWriter::open(dir.path(), other, "p.jsonl")
-        .err()
-        .unwrap()
-        .to_string();
+    let err = DatasetWriter::open(dir.path(), other, "p.jsonl").err().unwrap().to_string();
     assert!(err.contains("k: dataset has 8, this run has 16"), "{err}");
     assert!(err.contains("teacher"), "{err}");
     let busy = tempfile::tempdir().unwrap();
     std::fs::write(busy.path().join("notes.txt"), "mine").unwrap();
-    let err = DatasetWriter::open(busy.path(), spec(10, 4), "p.jsonl")
-        .err()
-        .unwrap()
-        .to_string();
+    let err = DatasetWriter::open(busy.path(), spec(10, 4), "p.jsonl").err().unwrap().to_string();
     assert!(err.contains("not empty"), "{err}");
-    assert!(
-        busy.path().join("notes.txt").exists(),
-        "nothing of the user's is deleted"
-    );
+    assert!(busy.path().join("notes.txt").exists(), "nothing of the user's is deleted");
 }
 
 #[test]
@@ -164,17 +147,10 @@ fn student_with_another_tokenizer_or_padded_vocab_is_refused() {
     s.model_vocab = 151_936;
     DatasetWriter::open(dir.path(), s.clone(), "p.jsonl").unwrap();
     let ds = Dataset::open(dir.path()).unwrap();
-    ds.check_student(&s.tokenizer_hash, s.tokenizer_vocab, 151_936)
-        .unwrap();
-    let err = ds
-        .check_student(&s.tokenizer_hash, s.tokenizer_vocab, 152_064)
-        .unwrap_err()
-        .to_string();
+    ds.check_student(&s.tokenizer_hash, s.tokenizer_vocab, 151_936).unwrap();
+    let err = ds.check_student(&s.tokenizer_hash, s.tokenizer_vocab, 152_064).unwrap_err().to_string();
     assert!(err.contains("152064") && err.contains("151936"), "{err}");
-    let err = ds
-        .check_student(&"ee".repeat(32), 32_000, 151_936)
-        .unwrap_err()
-        .to_string();
+    let err = ds.check_student(&"ee".repeat(32), 32_000, 151_936).unwrap_err().to_string();
     assert!(err.contains("another teacher"), "{err}");
     let missing = tempfile::tempdir().unwrap();
     let err = Dataset::open(missing.path()).err().unwrap().to_string();
@@ -188,20 +164,12 @@ fn packing_aligns_targets_masks_every_completion_token_and_is_seeded() {
     let mut w = DatasetWriter::open(dir.path(), spec(30, 8), "p.jsonl").unwrap();
     let mut all = Vec::new();
     while let Some(range) = w.next_shard() {
-        let seqs: Vec<Sequence> = range
-            .clone()
-            .map(|i| sequence(&mut rng, i as u32, 0))
-            .collect();
+        let seqs: Vec<Sequence> = range.clone().map(|i| sequence(&mut rng, i as u32, 0)).collect();
         all.extend(seqs.clone());
         w.write_shard(range, &seqs).unwrap();
     }
     let ds = Dataset::open(dir.path()).unwrap();
-    let options = PackOptions {
-        seq_len: 24,
-        batch_size: 3,
-        seed: 9,
-        pad_id: 0,
-    };
+    let options = PackOptions { seq_len: 24, batch_size: 3, seed: 9, pad_id: 0 };
     let epoch = |options: &PackOptions| {
         let mut packer = Packer::new(&ds, options.clone());
         let mut batches = Vec::new();
@@ -213,12 +181,8 @@ fn packing_aligns_targets_masks_every_completion_token_and_is_seeded() {
     let batches = epoch(&options);
     let masked: usize = batches.iter().map(|b| b.target_tokens()).sum();
     let completion: usize = all.iter().map(|s| s.completion_len()).sum();
-    assert_eq!(
-        masked, completion,
-        "every completion token is a target exactly once"
-    );
-    let by_id: std::collections::HashMap<String, &Sequence> =
-        all.iter().map(|s| (s.prompt_id.clone(), s)).collect();
+    assert_eq!(masked, completion, "every completion token is a target exactly once");
+    let by_id: std::collections::HashMap<String, &Sequence> = all.iter().map(|s| (s.prompt_id.clone(), s)).collect();
     for b in &batches {
         for row in 0..b.batch_size {
             for pos in 0..b.seq_len {
@@ -228,35 +192,20 @@ fn packing_aligns_targets_masks_every_completion_token_and_is_seeded() {
                 }
                 // The segment's first position holds token 0 of some sequence; find it by content.
                 let seg = b.segment_ids[at];
-                let start = (0..=pos)
-                    .rev()
-                    .take_while(|&p| b.segment_ids[row * b.seq_len + p] == seg)
-                    .last()
-                    .unwrap();
-                let len = (start..b.seq_len)
-                    .take_while(|&p| b.segment_ids[row * b.seq_len + p] == seg)
-                    .count();
+                let start = (0..=pos).rev().take_while(|&p| b.segment_ids[row * b.seq_len + p] == seg).last().unwrap();
+                let len = (start..b.seq_len).take_while(|&p| b.segment_ids[row * b.seq_len + p] == seg).count();
                 let tokens = &b.input_ids[row * b.seq_len + start..row * b.seq_len + start + len];
-                let seq = by_id
-                    .values()
-                    .find(|s| s.token_ids == tokens)
-                    .expect("segment is a whole sequence");
+                let seq = by_id.values().find(|s| s.token_ids == tokens).expect("segment is a whole sequence");
                 let i = pos - start;
                 assert_eq!(b.position_ids[at] as usize, i);
                 assert_eq!(b.target_ids[at], seq.token_ids[i + 1]);
                 let j = i + 1 - seq.prompt_len as usize;
-                assert_eq!(
-                    &b.topk_ids[at * K..(at + 1) * K],
-                    &seq.topk_ids[j * K..(j + 1) * K]
-                );
+                assert_eq!(&b.topk_ids[at * K..(at + 1) * K], &seq.topk_ids[j * K..(j + 1) * K]);
             }
         }
     }
     assert_eq!(epoch(&options), batches, "same seed, same batches");
-    let other = epoch(&PackOptions {
-        seed: 10,
-        ..options
-    });
+    let other = epoch(&PackOptions { seed: 10, ..options });
     assert_ne!(
         other.first().unwrap().input_ids,
         batches.first().unwrap().input_ids,

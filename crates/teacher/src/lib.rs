@@ -75,14 +75,7 @@ impl Teacher for LocalTeacher {
     }
 
     fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<Vec<Completion>> {
-        Ok(generate(
-            &self.model.model,
-            &self.model.tokenizer,
-            prompts,
-            params,
-            &self.model.stop_ids,
-            |_, _| {},
-        )?)
+        Ok(generate(&self.model.model, &self.model.tokenizer, prompts, params, &self.model.stop_ids, |_, _| {})?)
     }
 
     fn score(&self, requests: &[ScoreRequest], k: usize, temperature: f32) -> Result<Vec<TopK>> {
@@ -94,9 +87,7 @@ impl Teacher for LocalTeacher {
             return Err(Error::Input(format!("k must be in 1..={vocab}, got {k}")));
         }
         if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(Error::Input(format!(
-                "temperature must be positive, got {temperature}"
-            )));
+            return Err(Error::Input(format!("temperature must be positive, got {temperature}")));
         }
         for (i, r) in requests.iter().enumerate() {
             if r.from == 0 || r.from > r.token_ids.len() {
@@ -109,20 +100,11 @@ impl Teacher for LocalTeacher {
         }
         let model = &self.model.model;
         let device: &Device = model.device();
-        let longest = requests
-            .iter()
-            .map(|r| r.token_ids.len())
-            .max()
-            .unwrap_or(0);
+        let longest = requests.iter().map(|r| r.token_ids.len()).max().unwrap_or(0);
         // Right padding: causal attention keeps real positions from seeing it.
         let padded: Vec<u32> = requests
             .iter()
-            .flat_map(|r| {
-                r.token_ids
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(0, longest - r.token_ids.len()))
-            })
+            .flat_map(|r| r.token_ids.iter().copied().chain(std::iter::repeat_n(0, longest - r.token_ids.len())))
             .collect();
         let ids = Tensor::from_vec(padded, (requests.len(), longest), device)?;
         let hidden = model.forward_hidden(&ids)?; // (B, T, C)

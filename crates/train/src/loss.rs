@@ -47,11 +47,7 @@ pub struct LossConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        Self {
-            divergence: Divergence::ForwardKl,
-            kd_weight: 1.0,
-            temperature: 1.0,
-        }
+        Self { divergence: Divergence::ForwardKl, kd_weight: 1.0, temperature: 1.0 }
     }
 }
 
@@ -73,11 +69,7 @@ pub struct TeacherTargets {
 const NEG_BIG: f64 = -1e9;
 
 /// Mean loss over masked positions. `student_logits`: (N, V).
-pub fn distillation_loss(
-    student_logits: &Tensor,
-    targets: &TeacherTargets,
-    cfg: &LossConfig,
-) -> Result<Tensor> {
+pub fn distillation_loss(student_logits: &Tensor, targets: &TeacherTargets, cfg: &LossConfig) -> Result<Tensor> {
     let per_position = per_position_loss(student_logits, targets, cfg)?; // (N)
     let mask = targets.mask.to_dtype(per_position.dtype())?;
     let count = mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
@@ -85,11 +77,7 @@ pub fn distillation_loss(
 }
 
 /// Loss of each position (N), before masking.
-pub fn per_position_loss(
-    student_logits: &Tensor,
-    targets: &TeacherTargets,
-    cfg: &LossConfig,
-) -> Result<Tensor> {
+pub fn per_position_loss(student_logits: &Tensor, targets: &TeacherTargets, cfg: &LossConfig) -> Result<Tensor> {
     let (n, v) = student_logits.dims2()?;
     let tau = cfg.temperature;
     let student_lp = log_softmax(&(student_logits / tau)?)?; // (N, V)
@@ -101,11 +89,7 @@ pub fn per_position_loss(
     };
     let ce = if cfg.kd_weight < 1.0 {
         // Cross-entropy uses the untempered student, as SFT would.
-        let lp = if tau == 1.0 {
-            student_lp.clone()
-        } else {
-            log_softmax(student_logits)?
-        };
+        let lp = if tau == 1.0 { student_lp.clone() } else { log_softmax(student_logits)? };
         let idx = targets.target_ids.reshape((n, 1))?;
         Some(lp.gather(&idx, 1)?.squeeze(1)?.neg()?) // (N)
     } else {
@@ -127,13 +111,7 @@ fn log_softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Student and teacher log-probabilities over the K + 1 buckets: (N, K+1) each.
-fn buckets(
-    student_lp: &Tensor,
-    targets: &TeacherTargets,
-    tau: f64,
-    n: usize,
-    v: usize,
-) -> Result<(Tensor, Tensor)> {
+fn buckets(student_lp: &Tensor, targets: &TeacherTargets, tau: f64, n: usize, v: usize) -> Result<(Tensor, Tensor)> {
     let k = targets.topk_ids.dim(1)?;
     let student_topk = student_lp.gather(&targets.topk_ids, 1)?; // (N, K)
                                                                  // Student tail: log-sum-exp over the ids outside the top-K, via an additive mask.
@@ -145,8 +123,7 @@ fn buckets(
     let student_tail = logsumexp(&(student_lp + mask)?)?.unsqueeze(1)?; // (N, 1)
     let student = Tensor::cat(&[student_topk, student_tail], 1)?; // (N, K+1)
     let tail = targets.tail_logprobs.clamp(NEG_BIG, 0.0)?.unsqueeze(1)?;
-    let mut teacher =
-        Tensor::cat(&[targets.topk_logprobs.clone(), tail], 1)?.to_dtype(student.dtype())?;
+    let mut teacher = Tensor::cat(&[targets.topk_logprobs.clone(), tail], 1)?.to_dtype(student.dtype())?;
     if tau != 1.0 {
         teacher = log_softmax(&(teacher / tau)?)?;
     }
@@ -155,12 +132,7 @@ fn buckets(
 
 fn logsumexp(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
-    (x.broadcast_sub(&max)?
-        .exp()?
-        .sum_keepdim(D::Minus1)?
-        .log()?
-        + max)?
-        .squeeze(D::Minus1)
+    (x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?.squeeze(D::Minus1)
 }
 
 /// Σ exp(a)(a − b) over the last dimension: KL(exp a ‖ exp b).
@@ -208,12 +180,7 @@ pub struct PlainTargets {
 
 impl PlainTargets {
     /// Tensors for `n` positions of `k` entries each.
-    pub fn to_tensors(
-        self,
-        n: usize,
-        k: usize,
-        device: &candle_core::Device,
-    ) -> Result<TeacherTargets> {
+    pub fn to_tensors(self, n: usize, k: usize, device: &candle_core::Device) -> Result<TeacherTargets> {
         Ok(TeacherTargets {
             topk_ids: Tensor::from_vec(self.topk_ids, (n, k), device)?,
             topk_logprobs: Tensor::from_vec(self.topk_logprobs, (n, k), device)?,

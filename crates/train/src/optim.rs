@@ -21,13 +21,7 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        }
+        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
     }
 }
 
@@ -48,13 +42,7 @@ impl AdamW {
             m.insert(name.clone(), var.as_tensor().zeros_like()?);
             v.insert(name.clone(), var.as_tensor().zeros_like()?);
         }
-        Ok(Self {
-            config,
-            params,
-            m,
-            v,
-            step: 0,
-        })
+        Ok(Self { config, params, m, v, step: 0 })
     }
 
     pub fn steps_taken(&self) -> u64 {
@@ -101,9 +89,8 @@ impl AdamW {
         for (name, var) in &self.params {
             for (prefix, store) in [("m", &mut self.m), ("v", &mut self.v)] {
                 let key = format!("{prefix}.{name}");
-                let t = state.get(&key).ok_or_else(|| {
-                    candle_core::Error::Msg(format!("optimizer state lacks `{key}`"))
-                })?;
+                let t =
+                    state.get(&key).ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks `{key}`")))?;
                 if t.dims() != var.as_tensor().dims() {
                     return Err(candle_core::Error::Msg(format!(
                         "optimizer state `{key}` has shape {:?}, parameter has {:?}",
@@ -142,19 +129,11 @@ impl Schedule {
 }
 
 /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm(
-    grads: &mut GradStore,
-    params: &[(String, Var)],
-    max_norm: f64,
-) -> Result<f64> {
+pub fn clip_grad_norm(grads: &mut GradStore, params: &[(String, Var)], max_norm: f64) -> Result<f64> {
     let mut total = 0f64;
     for (_, var) in params {
         if let Some(g) = grads.get(var.as_tensor()) {
-            total += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
+            total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         }
     }
     let norm = total.sqrt();
@@ -195,41 +174,18 @@ mod tests {
 
     #[test]
     fn adamw_matches_the_written_out_update_and_resumes_exactly() {
-        let c = AdamWConfig {
-            lr: 0.1,
-            weight_decay: 0.1,
-            ..Default::default()
-        };
+        let c = AdamWConfig { lr: 0.1, weight_decay: 0.1, ..Default::default() };
         let p0 = [0.5f64, -1.0, 2.0];
         let dev = Device::Cpu;
         // Loss Σ (p − target)² with targets chosen so gradients change sign over the steps.
         let target = Tensor::new(&[1.0f32, 0.0, -1.0], &dev).unwrap();
-        let sched = Schedule {
-            peak: 0.1,
-            warmup: 2,
-            total: 6,
-            min_ratio: 0.1,
-        };
-        let run = |steps: std::ops::Range<u64>,
-                   opt: &mut AdamW,
-                   var: &Var,
-                   grads_seen: &mut Vec<Vec<f64>>| {
+        let sched = Schedule { peak: 0.1, warmup: 2, total: 6, min_ratio: 0.1 };
+        let run = |steps: std::ops::Range<u64>, opt: &mut AdamW, var: &Var, grads_seen: &mut Vec<Vec<f64>>| {
             for s in steps {
-                let loss = (var.as_tensor() - &target)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap();
+                let loss = (var.as_tensor() - &target).unwrap().sqr().unwrap().sum_all().unwrap();
                 let g = loss.backward().unwrap();
                 grads_seen.push(
-                    g.get(var.as_tensor())
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap()
-                        .iter()
-                        .map(|x| *x as f64)
-                        .collect(),
+                    g.get(var.as_tensor()).unwrap().to_vec1::<f32>().unwrap().iter().map(|x| *x as f64).collect(),
                 );
                 opt.step(&g, sched.lr(s)).unwrap();
             }
@@ -259,12 +215,7 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_the_floor() {
-        let s = Schedule {
-            peak: 1.0,
-            warmup: 4,
-            total: 14,
-            min_ratio: 0.1,
-        };
+        let s = Schedule { peak: 1.0, warmup: 4, total: 14, min_ratio: 0.1 };
         assert_eq!(s.lr(0), 0.25);
         assert_eq!(s.lr(3), 1.0);
         assert!((s.lr(9) - 0.55).abs() < 1e-12, "midpoint {}", s.lr(9));
@@ -277,10 +228,8 @@ mod tests {
         let dev = Device::Cpu;
         let a = Var::new(&[3.0f32], &dev).unwrap();
         let b = Var::new(&[4.0f32], &dev).unwrap();
-        let loss = ((a.as_tensor().sqr().unwrap() + b.as_tensor().sqr().unwrap()).unwrap() * 0.5)
-            .unwrap()
-            .sum_all()
-            .unwrap();
+        let loss =
+            ((a.as_tensor().sqr().unwrap() + b.as_tensor().sqr().unwrap()).unwrap() * 0.5).unwrap().sum_all().unwrap();
         let mut grads = loss.backward().unwrap();
         let params = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
         let norm = clip_grad_norm(&mut grads, &params, 1.0).unwrap();

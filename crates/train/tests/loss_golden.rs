@@ -6,33 +6,19 @@ use distill_train::loss::{distillation_loss, LossConfig, PlainTargets};
 use serde_json::Value;
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 fn ints(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 #[test]
 fn every_loss_and_gradient_matches_the_numpy_reference() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/losses.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/losses.json");
     let f: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let (n, v, k) = (
-        f["n"].as_u64().unwrap() as usize,
-        f["v"].as_u64().unwrap() as usize,
-        f["k"].as_u64().unwrap() as usize,
-    );
+    let (n, v, k) =
+        (f["n"].as_u64().unwrap() as usize, f["v"].as_u64().unwrap() as usize, f["k"].as_u64().unwrap() as usize);
     let dev = Device::Cpu;
     let targets = PlainTargets {
         topk_ids: ints(&f["topk_ids"]),
@@ -43,39 +29,21 @@ fn every_loss_and_gradient_matches_the_numpy_reference() {
     }
     .to_tensors(n, k, &dev)
     .unwrap();
-    let logits =
-        Var::from_tensor(&Tensor::from_vec(floats(&f["student_logits"]), (n, v), &dev).unwrap())
-            .unwrap();
+    let logits = Var::from_tensor(&Tensor::from_vec(floats(&f["student_logits"]), (n, v), &dev).unwrap()).unwrap();
     for case in f["cases"].as_array().unwrap() {
         let cfg: LossConfig = serde_json::from_value(case["config"].clone()).unwrap();
         let loss = distillation_loss(logits.as_tensor(), &targets, &cfg).unwrap();
         let value = loss.to_scalar::<f32>().unwrap() as f64;
         let want = case["loss"].as_f64().unwrap();
-        assert!(
-            (value - want).abs() <= 1e-5 * want.abs().max(1.0),
-            "{cfg:?}: loss {value} vs {want}"
-        );
+        assert!((value - want).abs() <= 1e-5 * want.abs().max(1.0), "{cfg:?}: loss {value} vs {want}");
         let grads = loss.backward().unwrap();
-        let grad = grads
-            .get(logits.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let grad = grads.get(logits.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let want_grad = floats(&case["grad"]);
-        let worst = grad
-            .iter()
-            .zip(&want_grad)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = grad.iter().zip(&want_grad).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst < 2e-4, "{cfg:?}: gradient differs by {worst}");
         // Masked positions get no gradient.
         let masked_row = &grad[2 * v..3 * v];
-        assert!(
-            masked_row.iter().all(|g| *g == 0.0),
-            "{cfg:?}: masked position has a gradient"
-        );
+        assert!(masked_row.iter().all(|g| *g == 0.0), "{cfg:?}: masked position has a gradient");
     }
 }
 
@@ -104,14 +72,8 @@ fn divergences_vanish_when_the_student_equals_the_teacher() {
         distill_train::Divergence::SkewKl { alpha: 0.1 },
         distill_train::Divergence::TotalVariation,
     ] {
-        let cfg = LossConfig {
-            divergence,
-            ..Default::default()
-        };
-        let value = distillation_loss(&logits, &targets, &cfg)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let cfg = LossConfig { divergence, ..Default::default() };
+        let value = distillation_loss(&logits, &targets, &cfg).unwrap().to_scalar::<f32>().unwrap();
         assert!(value.abs() < 1e-5, "{divergence:?}: {value}");
     }
 }

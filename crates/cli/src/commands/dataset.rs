@@ -57,38 +57,25 @@ pub fn run(opts: DatasetOptions) -> Result<()> {
         prompts_per_shard: opts.prompts_per_shard,
         quantization: Quantization::default(),
     };
-    let mut writer =
-        DatasetWriter::open(&opts.output, spec, &opts.prompts_file.display().to_string())?;
+    let mut writer = DatasetWriter::open(&opts.output, spec, &opts.prompts_file.display().to_string())?;
     let teacher = LocalTeacher::new(model);
     let already = writer.manifest().prompts_done();
     if already > 0 {
-        eprintln!(
-            "resuming {}: {already} of {} prompts already done",
-            opts.output.display(),
-            records.len()
-        );
+        eprintln!("resuming {}: {already} of {} prompts already done", opts.output.display(), records.len());
     }
     let bar = ProgressBar::new(records.len() as u64).with_style(
-        ProgressStyle::with_template(
-            "{spinner} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("static template is valid"),
+        ProgressStyle::with_template("{spinner} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("static template is valid"),
     );
     bar.set_position(already as u64);
     let started = Instant::now();
     let mut tokens = 0usize;
     while let Some(range) = writer.next_shard() {
         let sequences = teacher_pass(&teacher, &records[range.clone()], range.start, &opts)?;
-        tokens += sequences
-            .iter()
-            .map(Sequence::completion_len)
-            .sum::<usize>();
+        tokens += sequences.iter().map(Sequence::completion_len).sum::<usize>();
         writer.write_shard(range.clone(), &sequences)?;
         bar.set_position(range.end as u64);
-        bar.set_message(format!(
-            "{:.1} tok/s",
-            tokens as f64 / started.elapsed().as_secs_f64()
-        ));
+        bar.set_message(format!("{:.1} tok/s", tokens as f64 / started.elapsed().as_secs_f64()));
     }
     bar.finish_and_clear();
     let m = writer.manifest();
@@ -116,10 +103,7 @@ fn weights_hash(source: &str) -> Result<String> {
                 .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
                 .collect();
             files.sort();
-            let hashes = files
-                .iter()
-                .map(|f| distill_store::sha256_file(f))
-                .collect::<Result<Vec<_>, _>>()?;
+            let hashes = files.iter().map(|f| distill_store::sha256_file(f)).collect::<Result<Vec<_>, _>>()?;
             distill_store::sha256_hex(hashes.join("\n").as_bytes())
         }
     })
@@ -153,9 +137,7 @@ fn teacher_pass(
             pending.push((offset, 0, ids));
         }
     }
-    let to_generate: Vec<usize> = (0..records.len())
-        .filter(|&i| records[i].completion.is_none())
-        .collect();
+    let to_generate: Vec<usize> = (0..records.len()).filter(|&i| records[i].completion.is_none()).collect();
     for sample in 0..opts.completions {
         for batch in to_generate.chunks(opts.batch_size) {
             let prompts: Vec<Vec<u32>> = batch.iter().map(|&i| prompt_ids[i].clone()).collect();
@@ -189,17 +171,12 @@ fn teacher_pass(
             })
             .collect();
         let scored = teacher.score(&requests, opts.k, opts.logprob_temperature)?;
-        let kept = chunk
-            .iter()
-            .filter(|(_, _, completion)| !completion.is_empty());
+        let kept = chunk.iter().filter(|(_, _, completion)| !completion.is_empty());
         for ((i, sample, _), (request, top)) in kept.zip(requests.into_iter().zip(scored)) {
             let index = first_index + i;
             sequences.push(Sequence {
                 prompt_index: index as u32,
-                prompt_id: records[*i]
-                    .id
-                    .clone()
-                    .unwrap_or_else(|| format!("line-{}", records[*i].line)),
+                prompt_id: records[*i].id.clone().unwrap_or_else(|| format!("line-{}", records[*i].line)),
                 sample: *sample,
                 prompt_len: request.from as u32,
                 token_ids: request.token_ids,

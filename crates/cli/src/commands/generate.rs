@@ -76,12 +76,7 @@ pub struct GenerateArgs {
     /// Build a teacher-signal dataset in DIR from --prompts-file instead of printing text:
     /// completions plus the teacher's top-k log-probabilities, as Parquet shards. Re-running the
     /// same command resumes an interrupted run.
-    #[arg(
-        long,
-        value_name = "DIR",
-        requires = "prompts_file",
-        help_heading = "Dataset"
-    )]
+    #[arg(long, value_name = "DIR", requires = "prompts_file", help_heading = "Dataset")]
     dataset: Option<PathBuf>,
 
     /// Top-k entries stored per completion token.
@@ -117,10 +112,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(output) = &args.dataset {
         return super::dataset::run(super::dataset::DatasetOptions {
             output: output.clone(),
-            prompts_file: args
-                .prompts_file
-                .clone()
-                .expect("clap requires --prompts-file with --dataset"),
+            prompts_file: args.prompts_file.clone().expect("clap requires --prompts-file with --dataset"),
             model: args.model.clone(),
             chat: args.chat,
             system: args.system.clone(),
@@ -134,37 +126,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let prompts = collect_prompts(&args)?;
     let model = load_model(args.model.as_deref())?;
-    let rendered: Vec<String> = prompts
-        .iter()
-        .map(|p| render(&model, p, args.chat, args.system.as_deref()))
-        .collect::<Result<_>>()?;
-    let token_ids: Vec<Vec<u32>> = rendered
-        .iter()
-        .map(|text| model.tokenizer.encode(text, true))
-        .collect::<Result<_, _>>()?;
+    let rendered: Vec<String> =
+        prompts.iter().map(|p| render(&model, p, args.chat, args.system.as_deref())).collect::<Result<_>>()?;
+    let token_ids: Vec<Vec<u32>> =
+        rendered.iter().map(|text| model.tokenizer.encode(text, true)).collect::<Result<_, _>>()?;
 
     if prompts.len() == 1 && !args.json {
         return stream_one(&model, &token_ids[0], &params);
     }
     let bar = ProgressBar::new(prompts.len() as u64).with_style(
-        ProgressStyle::with_template(
-            "{spinner} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("static template is valid"),
+        ProgressStyle::with_template("{spinner} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("static template is valid"),
     );
     let started = Instant::now();
     let mut generated = 0usize;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for (batch_index, batch) in token_ids.chunks(args.batch_size).enumerate() {
-        let completions = generate(
-            &model.model,
-            &model.tokenizer,
-            batch,
-            &params,
-            &model.stop_ids,
-            |_, _| {},
-        )?;
+        let completions = generate(&model.model, &model.tokenizer, batch, &params, &model.stop_ids, |_, _| {})?;
         for (offset, completion) in completions.iter().enumerate() {
             let index = batch_index * args.batch_size + offset;
             generated += completion.token_ids.len();
@@ -180,10 +159,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         out.flush()?;
         bar.inc(batch.len() as u64);
-        bar.set_message(format!(
-            "{:.1} tok/s",
-            generated as f64 / started.elapsed().as_secs_f64()
-        ));
+        bar.set_message(format!("{:.1} tok/s", generated as f64 / started.elapsed().as_secs_f64()));
     }
     bar.finish_and_clear();
     eprintln!(
@@ -197,10 +173,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
 fn collect_prompts(args: &GenerateArgs) -> Result<Vec<Prompt>> {
     if let Some(path) = &args.prompts_file {
-        return Ok(read_prompt_file(path)?
-            .into_iter()
-            .map(|r| r.prompt)
-            .collect());
+        return Ok(read_prompt_file(path)?.into_iter().map(|r| r.prompt).collect());
     }
     if args.prompts.is_empty() {
         bail!("no prompt given: pass PROMPT text or --prompts-file FILE (see `distill generate --help`)");
@@ -226,8 +199,7 @@ pub fn load_model(spec: Option<&str>) -> Result<LoadedModel> {
             .to_string(),
     };
     let started = Instant::now();
-    let model = distill_models::load(&spec, &Device::Cpu)
-        .with_context(|| format!("loading model `{spec}`"))?;
+    let model = distill_models::load(&spec, &Device::Cpu).with_context(|| format!("loading model `{spec}`"))?;
     let cfg = model.model.config();
     eprintln!(
         "loaded {spec}: {:.1}M parameters, vocab {}, context {} ({:.1} s)",
@@ -239,12 +211,7 @@ pub fn load_model(spec: Option<&str>) -> Result<LoadedModel> {
     Ok(model)
 }
 
-pub fn render(
-    model: &LoadedModel,
-    prompt: &Prompt,
-    chat: bool,
-    system: Option<&str>,
-) -> Result<String> {
+pub fn render(model: &LoadedModel, prompt: &Prompt, chat: bool, system: Option<&str>) -> Result<String> {
     let messages = match prompt {
         Prompt::Text(text) if !chat => return Ok(text.clone()),
         Prompt::Text(text) => {
@@ -258,7 +225,10 @@ pub fn render(
         Prompt::Chat(messages) => messages.clone(),
     };
     let template = model.chat_template.as_ref().with_context(|| {
-        format!("model `{}` has no chat template; drop --chat and `messages` prompts, or use a chat model", model.source)
+        format!(
+            "model `{}` has no chat template; drop --chat and `messages` prompts, or use a chat model",
+            model.source
+        )
     })?;
     Ok(template.render(&messages, true)?)
 }
@@ -268,20 +238,14 @@ fn stream_one(model: &LoadedModel, prompt: &[u32], params: &SamplingParams) -> R
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
-    let completions = generate(
-        &model.model,
-        &model.tokenizer,
-        &[prompt.to_vec()],
-        params,
-        &model.stop_ids,
-        |_, piece| {
+    let completions =
+        generate(&model.model, &model.tokenizer, &[prompt.to_vec()], params, &model.stop_ids, |_, piece| {
             if write_error.is_none() {
                 if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
                     write_error = Some(e);
                 }
             }
-        },
-    )?;
+        })?;
     if let Some(e) = write_error {
         return Err(e).context("writing to stdout");
     }

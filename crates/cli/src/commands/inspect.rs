@@ -27,18 +27,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
         let seq = seq?;
         prompt_tokens += seq.prompt_len as usize;
         for (pos, tail) in seq.tail_logprobs.iter().enumerate() {
-            entropy_sum +=
-                topk_entropy(&seq.topk_logprobs[pos * spec.k..(pos + 1) * spec.k], *tail);
+            entropy_sum += topk_entropy(&seq.topk_logprobs[pos * spec.k..(pos + 1) * spec.k], *tail);
             positions += 1;
         }
     }
     let tokens = m.tokens();
-    let kl_mean = m
-        .shards
-        .iter()
-        .map(|s| s.quant_kl_mean * s.tokens as f64)
-        .sum::<f64>()
-        / tokens.max(1) as f64;
+    let kl_mean = m.shards.iter().map(|s| s.quant_kl_mean * s.tokens as f64).sum::<f64>() / tokens.max(1) as f64;
     let kl_max = m.shards.iter().map(|s| s.quant_kl_max).fold(0f64, f64::max);
     let summary = json!({
         "dir": args.dir.display().to_string(),
@@ -71,47 +65,15 @@ pub fn run(args: InspectArgs) -> Result<()> {
     println!(
         "dataset      {}{}",
         args.dir.display(),
-        if m.complete {
-            ""
-        } else {
-            "  (incomplete: re-run the same `distill generate` to finish)"
-        }
+        if m.complete { "" } else { "  (incomplete: re-run the same `distill generate` to finish)" }
     );
-    println!(
-        "teacher      {} (sha256 {})",
-        spec.teacher,
-        &spec.teacher_hash[..12]
-    );
-    println!(
-        "tokenizer    sha256 {}, vocab {}",
-        &spec.tokenizer_hash[..12],
-        spec.model_vocab
-    );
-    println!(
-        "prompts      {} of {} done, {} per prompt",
-        m.prompts_done(),
-        spec.prompts,
-        spec.completions_per_prompt
-    );
-    println!(
-        "sequences    {} in {} shards",
-        m.sequences(),
-        m.shards.len()
-    );
-    println!(
-        "tokens       {tokens} completion (with top-{}), {prompt_tokens} prompt",
-        spec.k
-    );
-    println!(
-        "size         {} bytes, {:.1} bytes/token",
-        m.bytes(),
-        m.bytes() as f64 / tokens.max(1) as f64
-    );
-    println!(
-        "entropy      {:.3} nats mean over top-{} + tail",
-        entropy_sum / positions.max(1) as f64,
-        spec.k
-    );
+    println!("teacher      {} (sha256 {})", spec.teacher, &spec.teacher_hash[..12]);
+    println!("tokenizer    sha256 {}, vocab {}", &spec.tokenizer_hash[..12], spec.model_vocab);
+    println!("prompts      {} of {} done, {} per prompt", m.prompts_done(), spec.prompts, spec.completions_per_prompt);
+    println!("sequences    {} in {} shards", m.sequences(), m.shards.len());
+    println!("tokens       {tokens} completion (with top-{}), {prompt_tokens} prompt", spec.k);
+    println!("size         {} bytes, {:.1} bytes/token", m.bytes(), m.bytes() as f64 / tokens.max(1) as f64);
+    println!("entropy      {:.3} nats mean over top-{} + tail", entropy_sum / positions.max(1) as f64, spec.k);
     println!(
         "quantisation {:?} step {} nats: KL mean {kl_mean:.2e}, max {kl_max:.2e} nats",
         spec.quantization.scheme, spec.quantization.step
