@@ -19,6 +19,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Summarise a teacher-signal dataset: sequences, tokens, size, teacher, k, entropy.
     Inspect(commands::inspect::InspectArgs),
+    /// Train a student on a teacher-signal dataset, configured by a TOML file.
+    Train(commands::train::TrainArgs),
 }
 
 fn main() {
@@ -30,6 +32,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Train(args) => commands::train::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -38,6 +38,7 @@ pub enum Divergence {
 
 /// How the training loss is made.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LossConfig {
     pub divergence: Divergence,
     /// Weight of the divergence; `1 − kd_weight` goes to cross-entropy on the teacher's tokens.

@@ -11,6 +11,7 @@ use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     pub lr: f64,
     pub beta1: f64,

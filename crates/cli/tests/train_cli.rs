@@ -1,0 +1,98 @@
+//! `distill train` end to end on a tiny teacher: the pruned student's held-out KL falls, the run
+//! directory holds the resolved config, metrics and a loadable student.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use distill_models::fixtures::tiny_gguf;
+
+fn distill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).env_remove("DISTILL_MODEL").output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn dataset(dir: &Path, model: &str, name: &str, prompts: usize, seed: usize) -> String {
+    let file = dir.join(format!("{name}.jsonl"));
+    let lines: String = (0..prompts)
+        .map(|i| {
+            format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"hello the {} there\"}}]}}\n", i * 7 + seed)
+        })
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let out_dir = dir.join(name);
+    let out = distill(&[
+        "generate",
+        "--model",
+        model,
+        "--prompts-file",
+        file.to_str().unwrap(),
+        "--dataset",
+        out_dir.to_str().unwrap(),
+        "--chat",
+        "--k",
+        "8",
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "1.0",
+        "--seed",
+        &seed.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    out_dir.to_str().unwrap().to_string()
+}
+
+#[test]
+fn pruned_student_learns_from_the_teacher_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("teacher.gguf");
+    tiny_gguf(&model, 31).unwrap();
+    let m = model.to_str().unwrap();
+    let train = dataset(dir.path(), m, "train", 24, 1);
+    let heldout = dataset(dir.path(), m, "heldout", 8, 2);
+    let run = dir.path().join("run");
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "dataset = {train:?}\neval_dataset = {heldout:?}\noutput = {:?}\nsteps = 40\nbatch_size = 4\nseq_len = 64\neval_every = 20\n\n[student]\ntype = \"prune\"\nfrom = {m:?}\nkeep_layers = [0]\n\n[optimizer]\nlr = 0.002\n",
+            run.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = distill(&["train", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let evals: Vec<f64> = metrics.iter().filter_map(|m| m["eval_kl"].as_f64()).collect();
+    assert_eq!(evals.len(), 3, "evaluations at steps 0, 20, 40");
+    eprintln!("held-out KL at steps 0, 20, 40: {evals:?}");
+    assert!(evals[2] < evals[0] * 0.8, "held-out KL did not fall enough: {evals:?}");
+    assert!(run.join("config.toml").is_file());
+    let student = run.join("final");
+    let out = distill(&["generate", "--model", student.to_str().unwrap(), "--max-tokens", "4", "--json", "the"]);
+    assert!(out.status.success(), "the trained student does not load: {}", text(&out.stderr));
+}
+
+#[test]
+fn bad_run_configs_are_refused_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("dataset = \"d\"\noutput = \"o\"\nstepz = 3\n[student]\ntype = \"prune\"\nfrom = \"m\"\nkeep_every = 2\n", "stepz"),
+        ("dataset = \"d\"\noutput = \"o\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\n", "keep_every or keep_layers"),
+        ("dataset = \"d\"\noutput = \"o\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\nkeep_every = 2\n[loss]\nkd_weight = 2.0\n", "kd_weight"),
+    ];
+    for (i, (toml, needle)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let out = distill(&["train", path.to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(needle), "case {i}: expected `{needle}` in {}", text(&out.stderr));
+    }
+}

@@ -1,0 +1,135 @@
+//! The TOML run configuration of `distill train`. Every field has the default a user would want;
+//! the resolved configuration is written into the run directory before training starts.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::loss::LossConfig;
+use crate::optim::AdamWConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Teacher-signal dataset to train on (made by `distill generate --dataset`).
+    pub dataset: PathBuf,
+    /// Optional held-out dataset (same teacher) for periodic evaluation.
+    #[serde(default)]
+    pub eval_dataset: Option<PathBuf>,
+    /// Run directory: resolved config, metrics.jsonl, checkpoints.
+    pub output: PathBuf,
+    pub student: StudentConfig,
+    #[serde(default)]
+    pub loss: LossConfig,
+    #[serde(default)]
+    pub optimizer: AdamWConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Optimiser steps.
+    #[serde(default = "default_steps")]
+    pub steps: u64,
+    /// Packed rows per step.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Tokens per packed row.
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    /// Clip the global gradient norm to this value (none when absent).
+    #[serde(default = "default_clip")]
+    pub clip_grad_norm: Option<f64>,
+    /// Seed of the data order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Evaluate on `eval_dataset` every this many steps (and at the end).
+    #[serde(default = "default_eval_every")]
+    pub eval_every: u64,
+}
+
+/// Where the student comes from (`type = "prune" | "preset" | "pretrained"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StudentConfig {
+    /// Cut from a model (usually the teacher) by keeping some of its layers.
+    Prune {
+        /// Model to cut: GGUF, HF directory or Hub id.
+        from: String,
+        /// Keep layers 0, n, 2n, … (DistilBERT-style).
+        #[serde(default)]
+        keep_every: Option<usize>,
+        /// Or list the layers to keep explicitly.
+        #[serde(default)]
+        keep_layers: Option<Vec<usize>>,
+    },
+    /// A named preset (e.g. `smollm2-135m`) with fresh weights; the tokenizer comes from `tokenizer_from`.
+    Preset {
+        name: String,
+        tokenizer_from: String,
+        #[serde(default)]
+        init_seed: u64,
+    },
+    /// A smaller pretrained model that shares the teacher's tokenizer.
+    Pretrained { from: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Linear warmup steps.
+    #[serde(default = "default_warmup")]
+    pub warmup: u64,
+    /// Final learning rate as a fraction of the peak (cosine decay).
+    #[serde(default = "default_min_ratio")]
+    pub min_lr_ratio: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self { warmup: default_warmup(), min_lr_ratio: default_min_ratio() }
+    }
+}
+
+fn default_steps() -> u64 {
+    200
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn default_seq_len() -> usize {
+    256
+}
+fn default_clip() -> Option<f64> {
+    Some(1.0)
+}
+fn default_eval_every() -> u64 {
+    50
+}
+fn default_warmup() -> u64 {
+    10
+}
+fn default_min_ratio() -> f64 {
+    0.1
+}
+
+impl TrainConfig {
+    /// Checks values a run cannot use, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.steps == 0 || self.batch_size == 0 || self.seq_len < 2 || self.eval_every == 0 {
+            return Err("steps, batch_size, eval_every must be ≥ 1 and seq_len ≥ 2".into());
+        }
+        if !(0.0..=1.0).contains(&self.loss.kd_weight) {
+            return Err(format!("loss.kd_weight must be in [0, 1], got {}", self.loss.kd_weight));
+        }
+        if self.loss.temperature <= 0.0 {
+            return Err(format!("loss.temperature must be positive, got {}", self.loss.temperature));
+        }
+        if self.optimizer.lr <= 0.0 {
+            return Err(format!("optimizer.lr must be positive, got {}", self.optimizer.lr));
+        }
+        if let StudentConfig::Prune { keep_every, keep_layers, .. } = &self.student {
+            if keep_every.is_some() == keep_layers.is_some() {
+                return Err("student: give exactly one of keep_every or keep_layers".into());
+            }
+        }
+        Ok(())
+    }
+}
