@@ -96,3 +96,70 @@ fn bad_run_configs_are_refused_with_the_field_named() {
         assert!(text(&out.stderr).contains(needle), "case {i}: expected `{needle}` in {}", text(&out.stderr));
     }
 }
+
+fn losses(run: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].to_string()))
+        .collect()
+}
+
+#[test]
+fn a_run_killed_mid_training_resumes_to_the_same_losses_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("teacher.gguf");
+    tiny_gguf(&model, 32).unwrap();
+    let m = model.to_str().unwrap();
+    let train = dataset(dir.path(), m, "train", 24, 3);
+    let write_config = |name: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        let out = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "dataset = {train:?}\noutput = {:?}\nsteps = 400\nbatch_size = 2\nseq_len = 48\ncheckpoint_every = 7\n\n[student]\ntype = \"prune\"\nfrom = {m:?}\nkeep_layers = [1]\n\n[optimizer]\nlr = 0.002\n",
+                out.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        (path, out)
+    };
+    let (reference_cfg, reference) = write_config("reference");
+    let out = distill(&["train", reference_cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let (cfg, run) = write_config("interrupted");
+    for round in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(["train", cfg.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        // Lines may be half-written while the run goes on: count complete ones.
+        let lines = || std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.matches('\n').count()).unwrap_or(0);
+        let before = lines();
+        loop {
+            let now = lines();
+            if now >= before + 60 || started.elapsed() > std::time::Duration::from_secs(120) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        child.kill().unwrap(); // SIGKILL: no chance to save anything
+        child.wait().unwrap();
+        let done = lines();
+        assert!(done < 400, "round {round}: the run finished before it was killed");
+    }
+    let out = distill(&["train", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("resuming"), "{}", text(&out.stderr));
+    let want = losses(&reference);
+    let got = losses(&run);
+    assert_eq!(want.len(), 400);
+    assert_eq!(got, want, "per-step losses after kill -9 and resume differ from an uninterrupted run");
+}

@@ -43,6 +43,10 @@ pub struct TrainConfig {
     /// Evaluate on `eval_dataset` every this many steps (and at the end).
     #[serde(default = "default_eval_every")]
     pub eval_every: u64,
+    /// Save a resumable checkpoint every this many steps (and at the end). Re-running the same
+    /// config after an interruption continues from the last one, bit for bit on CPU.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
 }
 
 /// Where the student comes from (`type = "prune" | "preset" | "pretrained"`).
@@ -100,6 +104,9 @@ fn default_seq_len() -> usize {
 fn default_clip() -> Option<f64> {
     Some(1.0)
 }
+fn default_checkpoint_every() -> u64 {
+    50
+}
 fn default_eval_every() -> u64 {
     50
 }
@@ -113,8 +120,13 @@ fn default_min_ratio() -> f64 {
 impl TrainConfig {
     /// Checks values a run cannot use, naming the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.steps == 0 || self.batch_size == 0 || self.seq_len < 2 || self.eval_every == 0 {
-            return Err("steps, batch_size, eval_every must be ≥ 1 and seq_len ≥ 2".into());
+        if self.steps == 0
+            || self.batch_size == 0
+            || self.seq_len < 2
+            || self.eval_every == 0
+            || self.checkpoint_every == 0
+        {
+            return Err("steps, batch_size, eval_every, checkpoint_every must be ≥ 1 and seq_len ≥ 2".into());
         }
         if !(0.0..=1.0).contains(&self.loss.kd_weight) {
             return Err(format!("loss.kd_weight must be in [0, 1], got {}", self.loss.kd_weight));

@@ -3,6 +3,7 @@
 //! Shape letters: `N` scored positions (B·T flattened), `V` vocabulary, `K` teacher top-k entries;
 //! a "bucket" distribution has K + 1 entries: the teacher's top-K tokens and everything else (tail).
 
+pub mod checkpoint;
 pub mod config;
 pub mod loss;
 pub mod optim;

@@ -9,6 +9,7 @@ use candle_core::Device;
 use clap::Args;
 use distill_models::{checkpoint, init, prune, LlamaConfig, LoadedModel};
 use distill_store::{Dataset, PackOptions, Packer};
+use distill_train::checkpoint::{self as ckpt, TrainerState};
 use distill_train::config::{StudentConfig, TrainConfig};
 use distill_train::optim::Schedule;
 use distill_train::trainer::{Optimizer, Student};
@@ -40,11 +41,33 @@ pub fn run(args: TrainArgs) -> Result<()> {
         toml::from_str(&text).with_context(|| format!("{} is not a valid run config", args.config.display()))?;
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create {}", cfg.output.display()))?;
-    std::fs::write(cfg.output.join("config.toml"), toml::to_string(&cfg)?)?;
+    let resolved = toml::to_string(&cfg)?;
+    let resume_from = ckpt::find(&cfg.output);
+    let config_path = cfg.output.join("config.toml");
+    if resume_from.is_some() {
+        let saved = std::fs::read_to_string(&config_path).unwrap_or_default();
+        if saved != resolved {
+            bail!(
+                "{} holds a checkpoint of a run with another configuration\nHINT: use a new `output` directory, or delete {} to start over",
+                cfg.output.display(),
+                cfg.output.display()
+            );
+        }
+    } else {
+        std::fs::write(&config_path, &resolved)?;
+    }
 
     let dataset = Dataset::open(&cfg.dataset)?;
     let eval = cfg.eval_dataset.as_ref().map(|p| Dataset::open(p)).transpose()?;
-    let (student_cfg, weights, source) = build_student(&cfg.student)?;
+    let (student_cfg, weights, source) = match &resume_from {
+        Some(dir) => {
+            let loaded = distill_models::load(&dir.display().to_string(), &Device::Cpu)
+                .with_context(|| format!("loading the checkpoint in {}", dir.display()))?;
+            let weights = loaded.model.named_parameters().into_iter().collect();
+            (loaded.model.config().clone(), weights, loaded)
+        }
+        None => build_student(&cfg.student)?,
+    };
     let tok = &source.tokenizer;
     dataset.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;
     if let Some(eval) = &eval {
@@ -66,7 +89,30 @@ pub fn run(args: TrainArgs) -> Result<()> {
         min_ratio: cfg.schedule.min_lr_ratio,
     };
     let mut optimizer = Optimizer::new(&student, cfg.optimizer, schedule, cfg.clip_grad_norm)?;
-    let mut metrics = std::fs::File::create(cfg.output.join("metrics.jsonl"))?;
+    let mut state = TrainerState { step: 0, epoch: 0, batches_in_epoch: 0, tokens: 0, optimizer_steps: 0 };
+    let metrics_path = cfg.output.join("metrics.jsonl");
+    if let Some(dir) = &resume_from {
+        let (saved, moments) = ckpt::load_state(dir).map_err(|e| anyhow::anyhow!("checkpoint: {e}"))?;
+        optimizer.adamw.load_state(&moments, saved.optimizer_steps)?;
+        state = saved;
+        // Lines written after the checkpoint belong to steps that will be redone.
+        let kept: String = std::fs::read_to_string(&metrics_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= state.step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&metrics_path, kept)?;
+        eprintln!("resuming from the checkpoint at step {} of {}", state.step, cfg.steps);
+    } else {
+        std::fs::write(&metrics_path, "")?;
+    }
+    let mut metrics = std::fs::OpenOptions::new().append(true).open(&metrics_path)?;
     let mut log = |line: serde_json::Value| -> Result<()> {
         writeln!(metrics, "{line}")?;
         metrics.flush()?;
@@ -77,47 +123,61 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let e = student.evaluate(eval, cfg.seq_len, cfg.batch_size)?;
         Ok(Some(json!({"step": step, "eval_kl": e.kl, "eval_top1": e.top1_agreement, "eval_tokens": e.tokens})))
     };
-    if let Some(line) = evaluate(0, &student)? {
-        log(line)?;
+    if resume_from.is_none() {
+        if let Some(line) = evaluate(0, &student)? {
+            log(line)?;
+        }
     }
+    let template = source.chat_template.as_ref().map(|t| t.source().to_string());
+    let save_checkpoint = |student: &Student, optimizer: &Optimizer, state: TrainerState| -> Result<()> {
+        ckpt::save(&cfg.output, &student.model, &source.tokenizer, template.as_deref(), &optimizer.adamw, state)
+            .map_err(|e| anyhow::anyhow!("writing the checkpoint: {e}"))
+    };
 
     let bar = ProgressBar::new(cfg.steps).with_style(
         ProgressStyle::with_template("{spinner} step {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
             .expect("static template is valid"),
     );
     let started = Instant::now();
-    let (mut epoch, mut tokens) = (0u64, 0usize);
+    let session_start_tokens = state.tokens;
     let options = |epoch: u64| PackOptions {
         seq_len: cfg.seq_len,
         batch_size: cfg.batch_size,
         seed: cfg.seed.wrapping_add(epoch),
         pad_id: 0,
     };
-    let mut packer = Packer::new(&dataset, options(epoch));
-    let mut step = 0u64;
-    while step < cfg.steps {
+    let mut packer = Packer::new(&dataset, options(state.epoch));
+    for _ in 0..state.batches_in_epoch {
+        packer.next_batch()?;
+    }
+    bar.set_position(state.step);
+    while state.step < cfg.steps {
         let batch = match packer.next_batch()? {
             Some(b) => b,
             None => {
-                epoch += 1;
-                packer = Packer::new(&dataset, options(epoch));
+                state.epoch += 1;
+                state.batches_in_epoch = 0;
+                packer = Packer::new(&dataset, options(state.epoch));
                 match packer.next_batch()? {
                     Some(b) => b,
                     None => bail!("{} holds no completion tokens to train on", cfg.dataset.display()),
                 }
             }
         };
+        state.batches_in_epoch += 1;
         let Some((loss, n)) = student.batch_loss(&batch, &cfg.loss)? else { continue };
         let (lr, grad_norm) = optimizer.step(&loss)?;
-        step += 1;
-        tokens += n;
+        state.step += 1;
+        state.optimizer_steps = optimizer.adamw.steps_taken();
+        state.tokens += n as u64;
+        let step = state.step;
         let loss = loss.to_scalar::<f32>()?;
         if !loss.is_finite() {
             bail!("the loss became {loss} at step {step}\nHINT: lower optimizer.lr or set clip_grad_norm");
         }
-        let tok_s = tokens as f64 / started.elapsed().as_secs_f64();
+        let tok_s = (state.tokens - session_start_tokens) as f64 / started.elapsed().as_secs_f64();
         log(
-            json!({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tok_s}),
+            json!({"step": step, "epoch": state.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state.tokens, "tokens_per_s": tok_s}),
         )?;
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4}, {tok_s:.0} tok/s"));
@@ -127,13 +187,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 log(line)?;
             }
         }
+        if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps {
+            save_checkpoint(&student, &optimizer, state)?;
+        }
     }
     bar.finish_and_clear();
     let final_dir = cfg.output.join("final");
-    let template = source.chat_template.as_ref().map(|t| t.source());
-    checkpoint::save_hf_dir(&final_dir, &student.model, &source.tokenizer, template)?;
+    checkpoint::save_hf_dir(&final_dir, &student.model, &source.tokenizer, template.as_deref())?;
     eprintln!(
-        "trained {step} steps ({tokens} target tokens) in {:.1} s; student saved to {}; metrics in {}",
+        "trained {} steps ({} target tokens; {:.1} s in this session); student saved to {}; metrics in {}",
+        state.step,
+        state.tokens,
         started.elapsed().as_secs_f64(),
         final_dir.display(),
         cfg.output.join("metrics.jsonl").display()

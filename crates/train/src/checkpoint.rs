@@ -1,0 +1,85 @@
+//! Resumable training checkpoints: the student in HF layout, the optimizer moments, and where the
+//! run stood (step, epoch, batches consumed in the epoch). A checkpoint directory is complete or
+//! absent: it is written under a temporary name and renamed into place.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use distill_models::{checkpoint::save_hf_dir, Llama, TextTokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::AdamW;
+
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Where a run stood when its checkpoint was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub step: u64,
+    pub epoch: u64,
+    /// Batches of `epoch` already consumed.
+    pub batches_in_epoch: u64,
+    pub tokens: u64,
+    pub optimizer_steps: u64,
+}
+
+pub fn checkpoint_dir(output: &Path) -> PathBuf {
+    output.join(CHECKPOINT_DIR)
+}
+
+/// Writes a checkpoint of the run into `output/checkpoint`, replacing the previous one atomically.
+pub fn save(
+    output: &Path,
+    model: &Llama,
+    tokenizer: &TextTokenizer,
+    chat_template: Option<&str>,
+    optimizer: &AdamW,
+    state: TrainerState,
+) -> Result<(), String> {
+    let dir = checkpoint_dir(output);
+    let tmp = output.join(format!("{CHECKPOINT_DIR}.tmp"));
+    let old = output.join(format!("{CHECKPOINT_DIR}.old"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    save_hf_dir(&tmp, model, tokenizer, chat_template).map_err(|e| e.to_string())?;
+    let (moments, _) = optimizer.state();
+    candle_core::safetensors::save(&moments, tmp.join(OPTIMIZER_FILE)).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&state).map_err(|e| e.to_string())?;
+    distill_models::checkpoint::write_atomic(&tmp.join(STATE_FILE), &json).map_err(|e| e.to_string())?;
+    // Swap: the previous checkpoint stays until the new one is in place.
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(&dir, &old).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
+    std::fs::File::open(output).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", output.display()))?;
+    Ok(())
+}
+
+/// The checkpoint in `output`, if a complete one exists (a half-swapped one is recovered).
+pub fn find(output: &Path) -> Option<PathBuf> {
+    let dir = checkpoint_dir(output);
+    let old = output.join(format!("{CHECKPOINT_DIR}.old"));
+    if dir.join(STATE_FILE).is_file() {
+        return Some(dir);
+    }
+    // Killed between the two renames: the previous checkpoint is intact under `.old`.
+    if old.join(STATE_FILE).is_file() {
+        std::fs::rename(&old, &dir).ok()?;
+        return Some(dir);
+    }
+    None
+}
+
+/// Reads the trainer state and optimizer moments of a checkpoint.
+pub fn load_state(dir: &Path) -> Result<(TrainerState, HashMap<String, Tensor>), String> {
+    let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", dir.join(STATE_FILE).display()))?;
+    let moments = candle_core::safetensors::load(dir.join(OPTIMIZER_FILE), &candle_core::Device::Cpu)
+        .map_err(|e| format!("{}: {e}", dir.join(OPTIMIZER_FILE).display()))?;
+    Ok((state, moments))
+}
