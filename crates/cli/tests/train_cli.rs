@@ -163,3 +163,39 @@ fn a_run_killed_mid_training_resumes_to_the_same_losses_bit_for_bit() {
     assert_eq!(want.len(), 400);
     assert_eq!(got, want, "per-step losses after kill -9 and resume differ from an uninterrupted run");
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("teacher.gguf");
+    tiny_gguf(&model, 33).unwrap();
+    let m = model.to_str().unwrap();
+    let train = dataset(dir.path(), m, "train", 12, 4);
+    let run = dir.path().join("run");
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "dataset = {train:?}\noutput = {:?}\nsteps = 100000\nbatch_size = 2\nseq_len = 48\ngrad_accum = 2\ncheckpoint_every = 100000\n\n[student]\ntype = \"prune\"\nfrom = {m:?}\nkeep_layers = [0]\n",
+            run.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["train", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.matches('\n').count()).unwrap_or(0) < 5 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("interrupted at step"), "{}", text(&out.stderr));
+    assert!(run.join("checkpoint").join("trainer_state.json").is_file());
+}

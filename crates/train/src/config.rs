@@ -31,6 +31,9 @@ pub struct TrainConfig {
     /// Packed rows per step.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Micro-batches whose gradients are averaged into one optimiser step.
+    #[serde(default = "default_grad_accum")]
+    pub grad_accum: u64,
     /// Tokens per packed row.
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
@@ -104,6 +107,9 @@ fn default_seq_len() -> usize {
 fn default_clip() -> Option<f64> {
     Some(1.0)
 }
+fn default_grad_accum() -> u64 {
+    1
+}
 fn default_checkpoint_every() -> u64 {
     50
 }
@@ -125,8 +131,11 @@ impl TrainConfig {
             || self.seq_len < 2
             || self.eval_every == 0
             || self.checkpoint_every == 0
+            || self.grad_accum == 0
         {
-            return Err("steps, batch_size, eval_every, checkpoint_every must be ≥ 1 and seq_len ≥ 2".into());
+            return Err(
+                "steps, batch_size, grad_accum, eval_every, checkpoint_every must be ≥ 1 and seq_len ≥ 2".into()
+            );
         }
         if !(0.0..=1.0).contains(&self.loss.kd_weight) {
             return Err(format!("loss.kd_weight must be in [0, 1], got {}", self.loss.kd_weight));

@@ -191,3 +191,12 @@ impl PlainTargets {
         })
     }
 }
+
+/// Mean negative log-probability over every position and token of logits (1, T, V): a simple
+/// differentiable loss for optimiser tests.
+#[doc(hidden)]
+pub fn ce_for_tests(logits: &Tensor) -> Result<Tensor> {
+    let (_, t, v) = logits.dims3()?;
+    let lp = log_softmax(&logits.reshape((t, v))?)?;
+    lp.narrow(0, 0, t - 1)?.mean_all()?.neg()
+}

@@ -110,25 +110,111 @@ pub struct Evaluation {
     pub tokens: usize,
 }
 
-/// Optimiser, schedule and clipping around a [`Student`].
+/// Optimiser, schedule, clipping and gradient accumulation around a [`Student`].
 pub struct Optimizer {
     pub adamw: AdamW,
     pub schedule: Schedule,
     pub clip: Option<f64>,
     params: Vec<(String, Var)>,
+    pending: Option<candle_core::backprop::GradStore>,
 }
 
 impl Optimizer {
     pub fn new(student: &Student, config: AdamWConfig, schedule: Schedule, clip: Option<f64>) -> Result<Self> {
-        Ok(Self { adamw: AdamW::new(student.vars.clone(), config)?, schedule, clip, params: student.vars.clone() })
+        Ok(Self {
+            adamw: AdamW::new(student.vars.clone(), config)?,
+            schedule,
+            clip,
+            params: student.vars.clone(),
+            pending: None,
+        })
     }
 
     /// Backward through `loss`, clip, update. Returns (learning rate, gradient norm before clipping).
     pub fn step(&mut self, loss: &Tensor) -> Result<(f64, f64)> {
-        let mut grads = loss.backward()?;
+        self.accumulate(loss, 1.0)?;
+        self.apply()
+    }
+
+    /// Adds `weight ·` ∇`loss` to the pending gradients; the micro-batch's graph is freed here.
+    pub fn accumulate(&mut self, loss: &Tensor, weight: f64) -> Result<()> {
+        let grads = loss.backward()?;
+        match &mut self.pending {
+            None => {
+                let mut scaled = grads;
+                if weight != 1.0 {
+                    for (_, var) in &self.params {
+                        if let Some(g) = scaled.get(var.as_tensor()) {
+                            let g = (g * weight)?;
+                            scaled.insert(var.as_tensor(), g);
+                        }
+                    }
+                }
+                self.pending = Some(scaled);
+            }
+            Some(pending) => {
+                for (_, var) in &self.params {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        let sum = match pending.get(var.as_tensor()) {
+                            Some(p) => (p + (g * weight)?)?,
+                            None => (g * weight)?,
+                        };
+                        pending.insert(var.as_tensor(), sum);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Clips and applies the accumulated gradients. Returns (learning rate, norm before clipping).
+    pub fn apply(&mut self) -> Result<(f64, f64)> {
+        let Some(mut grads) = self.pending.take() else {
+            return Err(candle_core::Error::Msg("apply() without accumulated gradients".into()));
+        };
         let norm = clip_grad_norm(&mut grads, &self.params, self.clip.unwrap_or(f64::INFINITY))?;
         let lr = self.schedule.lr(self.adamw.steps_taken());
         self.adamw.step(&grads, lr)?;
         Ok((lr, norm))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn accumulated_micro_batches_equal_one_batch() {
+        // Two identical students; one sees 0.5·(L1 + L2) at once, the other L1 and L2 accumulated.
+        let cfg = distill_models::fixtures::tiny_config();
+        let weights = distill_models::init::random_weights(&cfg, 5, &Device::Cpu).unwrap();
+        let schedule = Schedule { peak: 0.01, warmup: 1, total: 10, min_ratio: 0.1 };
+        let a = Student::new(cfg.clone(), &weights).unwrap();
+        let b = Student::new(cfg, &weights).unwrap();
+        let loss = |s: &Student, ids: &[u32]| -> Tensor {
+            let ids = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
+            let logits = s.model.forward(&ids).unwrap();
+            crate::loss::ce_for_tests(&logits).unwrap()
+        };
+        let mut oa = Optimizer::new(&a, AdamWConfig::default(), schedule, Some(1.0)).unwrap();
+        let mut ob = Optimizer::new(&b, AdamWConfig::default(), schedule, Some(1.0)).unwrap();
+        let (x, y) = ([5u32, 9, 40, 7], [100u32, 3, 3, 8]);
+        let together = ((loss(&a, &x) + loss(&a, &y)).unwrap() * 0.5).unwrap();
+        oa.step(&together).unwrap();
+        ob.accumulate(&loss(&b, &x), 0.5).unwrap();
+        ob.accumulate(&loss(&b, &y), 0.5).unwrap();
+        ob.apply().unwrap();
+        for ((name, va), (_, vb)) in a.vars.iter().zip(&b.vars) {
+            let d = (va.as_tensor() - vb.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-6, "{name}: {d}");
+        }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -151,27 +153,44 @@ pub fn run(args: TrainArgs) -> Result<()> {
         packer.next_batch()?;
     }
     bar.set_position(state.step);
-    while state.step < cfg.steps {
-        let batch = match packer.next_batch()? {
-            Some(b) => b,
-            None => {
-                state.epoch += 1;
-                state.batches_in_epoch = 0;
-                packer = Packer::new(&dataset, options(state.epoch));
-                match packer.next_batch()? {
-                    Some(b) => b,
-                    None => bail!("{} holds no completion tokens to train on", cfg.dataset.display()),
-                }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        // Ctrl-C finishes the current step, writes a checkpoint and stops; a second one kills.
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
             }
-        };
-        state.batches_in_epoch += 1;
-        let Some((loss, n)) = student.batch_loss(&batch, &cfg.loss)? else { continue };
-        let (lr, grad_norm) = optimizer.step(&loss)?;
+        });
+    }
+    while state.step < cfg.steps {
+        let mut micro_losses = Vec::with_capacity(cfg.grad_accum as usize);
+        let mut n = 0usize;
+        while (micro_losses.len() as u64) < cfg.grad_accum {
+            let batch = match packer.next_batch()? {
+                Some(b) => b,
+                None => {
+                    state.epoch += 1;
+                    state.batches_in_epoch = 0;
+                    packer = Packer::new(&dataset, options(state.epoch));
+                    match packer.next_batch()? {
+                        Some(b) => b,
+                        None => bail!("{} holds no completion tokens to train on", cfg.dataset.display()),
+                    }
+                }
+            };
+            state.batches_in_epoch += 1;
+            let Some((loss, count)) = student.batch_loss(&batch, &cfg.loss)? else { continue };
+            optimizer.accumulate(&loss, 1.0 / cfg.grad_accum as f64)?;
+            micro_losses.push(loss.to_scalar::<f32>()?);
+            n += count;
+        }
+        let (lr, grad_norm) = optimizer.apply()?;
         state.step += 1;
         state.optimizer_steps = optimizer.adamw.steps_taken();
         state.tokens += n as u64;
         let step = state.step;
-        let loss = loss.to_scalar::<f32>()?;
+        let loss = micro_losses.iter().sum::<f32>() / micro_losses.len() as f32;
         if !loss.is_finite() {
             bail!("the loss became {loss} at step {step}\nHINT: lower optimizer.lr or set clip_grad_norm");
         }
@@ -187,8 +206,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 log(line)?;
             }
         }
-        if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps {
+        let stop = interrupted.load(Ordering::SeqCst);
+        if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || stop {
             save_checkpoint(&student, &optimizer, state)?;
+        }
+        if stop {
+            bar.finish_and_clear();
+            eprintln!(
+                "interrupted at step {step}: checkpoint saved in {}; run the same command to continue",
+                ckpt::checkpoint_dir(&cfg.output).display()
+            );
+            return Ok(());
         }
     }
     bar.finish_and_clear();
