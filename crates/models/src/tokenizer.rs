@@ -97,8 +97,8 @@ impl TextTokenizer {
                     _ => {}
                 }
             }
-            inner.add_special_tokens(&special);
-            inner.add_tokens(&user);
+            inner.add_special_tokens(special);
+            inner.add_tokens(user);
         }
         let id = |key: &str| -> Result<Option<u32>> {
             if !gguf.has(key) {
