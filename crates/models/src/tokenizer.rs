@@ -81,7 +81,7 @@ impl TextTokenizer {
         let pre = if gguf.has("tokenizer.ggml.pre") { gguf.str("tokenizer.ggml.pre")? } else { "default" };
         inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
         if pre == "qwen2" {
-            inner.with_normalizer(Some(NFC));
+            inner.with_normalizer(Some(NFC)).map_err(|e| Error::Tokenizer(format!("normalizer: {e}")))?;
         }
         inner.with_decoder(Some(ByteLevelDecoder::default()));
 
@@ -97,8 +97,8 @@ impl TextTokenizer {
                     _ => {}
                 }
             }
-            inner.add_special_tokens(special);
-            inner.add_tokens(user);
+            inner.add_special_tokens(special).map_err(|e| Error::Tokenizer(format!("special tokens: {e}")))?;
+            inner.add_tokens(user).map_err(|e| Error::Tokenizer(format!("added tokens: {e}")))?;
         }
         let id = |key: &str| -> Result<Option<u32>> {
             if !gguf.has(key) {
