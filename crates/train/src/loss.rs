@@ -67,7 +67,7 @@ pub struct TeacherTargets {
 }
 
 /// Stand-in for −∞ that keeps `0 · x` at zero.
-const NEG_BIG: f64 = -1e9;
+pub(crate) const NEG_BIG: f64 = -1e9;
 
 /// Mean loss over masked positions. `student_logits`: (N, V).
 pub fn distillation_loss(student_logits: &Tensor, targets: &TeacherTargets, cfg: &LossConfig) -> Result<Tensor> {
@@ -82,20 +82,30 @@ pub fn per_position_loss(student_logits: &Tensor, targets: &TeacherTargets, cfg:
     let (n, v) = student_logits.dims2()?;
     let tau = cfg.temperature;
     let student_lp = log_softmax(&(student_logits / tau)?)?; // (N, V)
+    let student = student_buckets(&student_lp, targets, n, v)?; // (N, K+1)
+                                                                // Cross-entropy uses the untempered student, as SFT would.
+    let lp = if tau == 1.0 { student_lp.clone() } else { log_softmax(student_logits)? };
+    let target_lp = lp.gather(&targets.target_ids.reshape((n, 1))?, 1)?.squeeze(1)?; // (N)
+    loss_from_buckets(&student, &target_lp, targets, cfg)
+}
+
+/// Loss of each position (N) from what the student puts on the buckets: `student` (N, K+1) holds
+/// ln q over the teacher's K ids and the tail at temperature τ, `target_lp` (N) the untempered
+/// ln q of the sampled token. Everything a loss needs from the (N, V) logits is in these two, which
+/// is what lets the fused head ([`crate::fused`]) skip the full logits.
+pub fn loss_from_buckets(
+    student: &Tensor,
+    target_lp: &Tensor,
+    targets: &TeacherTargets,
+    cfg: &LossConfig,
+) -> Result<Tensor> {
     let kd = if cfg.kd_weight > 0.0 {
-        let (s, t) = buckets(&student_lp, targets, tau, n, v)?; // (N, K+1) each
-        Some(divergence(&s, &t, cfg.divergence)?)
+        let teacher = teacher_buckets(targets, cfg.temperature)?.to_dtype(student.dtype())?;
+        Some(divergence(student, &teacher, cfg.divergence)?)
     } else {
         None
     };
-    let ce = if cfg.kd_weight < 1.0 {
-        // Cross-entropy uses the untempered student, as SFT would.
-        let lp = if tau == 1.0 { student_lp.clone() } else { log_softmax(student_logits)? };
-        let idx = targets.target_ids.reshape((n, 1))?;
-        Some(lp.gather(&idx, 1)?.squeeze(1)?.neg()?) // (N)
-    } else {
-        None
-    };
+    let ce = if cfg.kd_weight < 1.0 { Some(target_lp.neg()?) } else { None };
     match (kd, ce) {
         (Some(kd), Some(ce)) => (kd * cfg.kd_weight)? + (ce * (1.0 - cfg.kd_weight))?,
         (Some(kd), None) => Ok(kd),
@@ -111,8 +121,8 @@ fn log_softmax(x: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// Student and teacher log-probabilities over the K + 1 buckets: (N, K+1) each.
-fn buckets(student_lp: &Tensor, targets: &TeacherTargets, tau: f64, n: usize, v: usize) -> Result<(Tensor, Tensor)> {
+/// Student log-probabilities over the K + 1 buckets (N, K+1) from its log-softmax (N, V).
+fn student_buckets(student_lp: &Tensor, targets: &TeacherTargets, n: usize, v: usize) -> Result<Tensor> {
     let k = targets.topk_ids.dim(1)?;
     let student_topk = student_lp.gather(&targets.topk_ids, 1)?; // (N, K)
                                                                  // Student tail: log-sum-exp over the ids outside the top-K, via an additive mask.
@@ -122,13 +132,17 @@ fn buckets(student_lp: &Tensor, targets: &TeacherTargets, tau: f64, n: usize, v:
         1,
     )?;
     let student_tail = logsumexp(&(student_lp + mask)?)?.unsqueeze(1)?; // (N, 1)
-    let student = Tensor::cat(&[student_topk, student_tail], 1)?; // (N, K+1)
+    Tensor::cat(&[student_topk, student_tail], 1)
+}
+
+/// The teacher's log-probabilities over the K + 1 buckets (N, K+1), softened at `tau`; no gradient.
+fn teacher_buckets(targets: &TeacherTargets, tau: f64) -> Result<Tensor> {
     let tail = targets.tail_logprobs.clamp(NEG_BIG, 0.0)?.unsqueeze(1)?;
-    let mut teacher = Tensor::cat(&[targets.topk_logprobs.clone(), tail], 1)?.to_dtype(student.dtype())?;
+    let mut teacher = Tensor::cat(&[targets.topk_logprobs.clone(), tail], 1)?;
     if tau != 1.0 {
         teacher = log_softmax(&(teacher / tau)?)?;
     }
-    Ok((student, teacher.detach()))
+    Ok(teacher.detach())
 }
 
 fn logsumexp(x: &Tensor) -> Result<Tensor> {

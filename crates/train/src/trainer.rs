@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 use distill_models::{Llama, LlamaConfig};
 use distill_store::{Batch, Dataset, PackOptions, Packer};
 
-use crate::loss::{distillation_loss, per_position_loss, Divergence, LossConfig, PlainTargets};
+use crate::fused;
+use crate::loss::{distillation_loss, loss_from_buckets, Divergence, LossConfig, PlainTargets};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 
 /// A student whose parameters are trainable variables.
@@ -36,16 +37,37 @@ impl Student {
     }
 
     /// Loss on the positions of `batch` that carry a teacher signal (None when there are none).
-    pub fn batch_loss(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<(Tensor, usize)>> {
-        let Some((logits, targets, n)) = self.logits_and_targets(batch)? else {
-            return Ok(None);
-        };
-        let targets = targets.to_tensors(n, batch.k, self.model.device())?;
-        Ok(Some((distillation_loss(&logits, &targets, loss)?, n)))
+    /// On CPU the head and loss run fused ([`crate::fused`]); elsewhere the composed reference.
+    pub fn batch_loss(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
+        if self.model.device().is_cpu() {
+            self.batch_loss_fused(batch, loss)
+        } else {
+            self.batch_loss_composed(batch, loss)
+        }
     }
 
-    /// Student logits (N, V) at the signal-carrying positions, with their targets.
-    fn logits_and_targets(&self, batch: &Batch) -> Result<Option<(Tensor, PlainTargets, usize)>> {
+    /// [`Self::batch_loss`] through the fused, chunked head and loss.
+    pub fn batch_loss_fused(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
+        let Some((hidden, targets, n)) = self.hidden_and_targets(batch)? else {
+            return Ok(None);
+        };
+        let out = fused::head_loss(&hidden, self.model.lm_head_weight(), &targets, batch.k, loss)?;
+        Ok(Some(StepLoss { loss: out.loss, objective: out.objective, tokens: n }))
+    }
+
+    /// [`Self::batch_loss`] through (N, V) logits and the composed, autograd-differentiated loss.
+    pub fn batch_loss_composed(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
+        let Some((hidden, targets, n)) = self.hidden_and_targets(batch)? else {
+            return Ok(None);
+        };
+        let logits = hidden.matmul(&self.model.lm_head_weight().t()?)?; // (N, V)
+        let targets = targets.to_tensors(n, batch.k, self.model.device())?;
+        let value = distillation_loss(&logits, &targets, loss)?;
+        Ok(Some(StepLoss { loss: value.to_scalar::<f32>()? as f64, objective: value, tokens: n }))
+    }
+
+    /// Final hidden states (N, C) at the signal-carrying positions, with their targets.
+    fn hidden_and_targets(&self, batch: &Batch) -> Result<Option<(Tensor, PlainTargets, usize)>> {
         let positions: Vec<u32> =
             batch.loss_mask.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(i, _)| i as u32).collect();
         let n = positions.len();
@@ -62,7 +84,6 @@ impl Student {
         let c = hidden.dim(2)?;
         let index = Tensor::from_vec(positions.clone(), n, device)?;
         let selected = hidden.reshape((b * l, c))?.index_select(&index, 0)?; // (N, C)
-        let logits = selected.matmul(&self.model.lm_head_weight().t()?)?; // (N, V)
         let pick = |i: &u32| *i as usize;
         let targets = PlainTargets {
             topk_ids: positions.iter().flat_map(|i| batch.topk_ids[pick(i) * k..(pick(i) + 1) * k].to_vec()).collect(),
@@ -74,7 +95,7 @@ impl Student {
             target_ids: positions.iter().map(|i| batch.target_ids[pick(i)]).collect(),
             mask: vec![1.0; n],
         };
-        Ok(Some((logits, targets, n)))
+        Ok(Some((selected, targets, n)))
     }
 
     /// Token-level KL(teacher‖student) (over top-K + tail) and top-1 agreement on a dataset.
@@ -83,12 +104,15 @@ impl Student {
         let kl = LossConfig { divergence: Divergence::ForwardKl, kd_weight: 1.0, temperature: 1.0 };
         let (mut kl_sum, mut agree, mut count) = (0f64, 0usize, 0usize);
         while let Some(batch) = packer.next_batch().map_err(|e| candle_core::Error::Msg(e.to_string()))? {
-            let Some((logits, targets, n)) = self.logits_and_targets(&batch)? else { continue };
+            let Some((hidden, targets, n)) = self.hidden_and_targets(&batch)? else { continue };
             let top1: Vec<u32> = targets.topk_ids.chunks(batch.k).map(|c| c[0]).collect();
-            let t = targets.to_tensors(n, batch.k, self.model.device())?;
-            let per = per_position_loss(&logits, &t, &kl)?.to_vec1::<f32>()?;
+            let (buckets, student_top1) = fused::head_buckets(&hidden, self.model.lm_head_weight(), &targets, batch.k)?;
+            let device = self.model.device();
+            let student = Tensor::from_vec(buckets, (n, batch.k + 1), device)?;
+            let t = targets.to_tensors(n, batch.k, device)?;
+            let unused_ce = Tensor::zeros(n, DType::F32, device)?; // KL only: no cross-entropy term
+            let per = loss_from_buckets(&student, &unused_ce, &t, &kl)?.to_vec1::<f32>()?;
             kl_sum += per.iter().map(|x| *x as f64).sum::<f64>();
-            let student_top1 = logits.argmax(1)?.to_vec1::<u32>()?;
             agree += student_top1.iter().zip(&top1).filter(|(a, b)| a == b).count();
             count += n;
         }
@@ -98,6 +122,14 @@ impl Student {
             tokens: count,
         })
     }
+}
+
+/// A micro-batch's loss: its value, the tensor to differentiate (the loss itself, or an objective
+/// with the same gradient), and how many positions it covers.
+pub struct StepLoss {
+    pub loss: f64,
+    pub objective: Tensor,
+    pub tokens: usize,
 }
 
 /// Held-out figures.

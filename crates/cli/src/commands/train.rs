@@ -180,10 +180,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 }
             };
             state.batches_in_epoch += 1;
-            let Some((loss, count)) = student.batch_loss(&batch, &cfg.loss)? else { continue };
-            optimizer.accumulate(&loss, 1.0 / cfg.grad_accum as f64)?;
-            micro_losses.push(loss.to_scalar::<f32>()?);
-            n += count;
+            let Some(micro) = student.batch_loss(&batch, &cfg.loss)? else { continue };
+            optimizer.accumulate(&micro.objective, 1.0 / cfg.grad_accum as f64)?;
+            micro_losses.push(micro.loss as f32);
+            n += micro.tokens;
         }
         let (lr, grad_norm) = optimizer.apply()?;
         state.step += 1;

@@ -1,0 +1,350 @@
+//! The LM head and the distillation loss, fused and chunked so no (N, V) logits tensor outlives a
+//! chunk of rows.
+//!
+//! Every loss in [`crate::loss`] reads the student's logits only through the K + 1 bucket
+//! log-probabilities at temperature τ and the untempered log-probability of the sampled token
+//! (see [`loss_from_buckets`]). So, per chunk of R positions:
+//!
+//! 1. z = h W^T (R, V), then per row: max, Σ exp((z − m)/τ), the K ids' terms, the tail as their
+//!    difference (in f64), and the target's untempered log-probability — the (R, K+2) inputs.
+//! 2. The loss of the chunk on those inputs, differentiated by autograd on the small tensors:
+//!    G = ∂L/∂(bucket log-probs), (R, K+1), and g = ∂L/∂(target log-prob), (R).
+//! 3. The hand-written backward of the head, with p = softmax(z/τ), q_b the student's bucket mass:
+//!    ∂L/∂z_v = (1/τ)·(G_b(v)·[v ∈ ids ? 1 : p_v/q_tail] − p_v·Σ_b G_b) + g·(1[v = target] − p¹_v)
+//!    where p¹ = softmax(z); then dh = dz W and dW += dz^T h.
+//!
+//! The logits chunk is computed once and overwritten in place by its gradient. What comes back is
+//! the loss value and an *objective* tensor, Σ h ⊙ dh + Σ W ⊙ dW (with dh, dW constants), whose
+//! gradient through the model equals the loss's: backward on it trains the student, including a
+//! head tied to the embeddings. The composed path ([`crate::loss::per_position_loss`]) is the
+//! reference this is tested against.
+
+use candle_core::{Result, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::loss::{loss_from_buckets, LossConfig, PlainTargets, NEG_BIG};
+
+/// Upper bound on the floats of one logits chunk (rows × vocabulary): 64 MiB of f32.
+const CHUNK_FLOATS: usize = 16 << 20;
+
+/// Rows per chunk for a vocabulary of `v`.
+fn chunk_rows(v: usize) -> usize {
+    (CHUNK_FLOATS / v.max(1)).clamp(1, 1024)
+}
+
+/// Loss value and the objective to call `backward` on (same gradient as the loss).
+pub struct HeadLoss {
+    pub loss: f64,
+    pub objective: Tensor,
+}
+
+/// Per-row statistics of one logits row.
+#[derive(Debug, Clone, Copy)]
+struct RowStats {
+    max: f32,
+    /// Σ exp((z − max)/τ), f64
+    sum_tau: f64,
+    /// Σ exp((z − max)/τ) over the non-top-K ids
+    tail_sum: f64,
+    /// Σ exp(z − max) (untempered)
+    sum_one: f64,
+}
+
+fn row_stats(z: &[f32], ids: &[u32], tau: f32, need_one: bool) -> RowStats {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let inv = 1.0 / tau;
+    let term = |x: f32| ((x - max) * inv).exp() as f64;
+    let sum_tau: f64 = z.iter().map(|&x| term(x)).sum();
+    let ids_sum: f64 = ids.iter().map(|&i| term(z[i as usize])).sum();
+    let sum_one = if !need_one {
+        0.0
+    } else if tau == 1.0 {
+        sum_tau
+    } else {
+        z.iter().map(|&x| (x - max).exp() as f64).sum()
+    };
+    RowStats { max, sum_tau, tail_sum: (sum_tau - ids_sum).max(0.0), sum_one }
+}
+
+/// Fills `buckets` (K + 1) with the student's bucket log-probabilities at τ; returns the target's
+/// untempered log-probability.
+fn row_buckets(z: &[f32], ids: &[u32], target: u32, tau: f32, s: &RowStats, buckets: &mut [f32]) -> f32 {
+    let lse_tau = (s.max / tau) as f64 + s.sum_tau.ln();
+    for (b, &i) in buckets.iter_mut().zip(ids) {
+        *b = ((z[i as usize] / tau) as f64 - lse_tau) as f32;
+    }
+    buckets[ids.len()] = if s.tail_sum > 0.0 { (s.tail_sum / s.sum_tau).ln() as f32 } else { NEG_BIG as f32 };
+    if s.sum_one > 0.0 {
+        ((z[target as usize] - s.max) as f64 - s.sum_one.ln()) as f32
+    } else {
+        0.0
+    }
+}
+
+/// Overwrites the logits row `z` with ∂L/∂z given the bucket gradients `g` (K + 1) and the
+/// target's `g_ce`.
+#[allow(clippy::too_many_arguments)]
+fn row_backward(z: &mut [f32], ids: &[u32], target: u32, tau: f32, s: &RowStats, g: &[f32], g_ce: f32) {
+    let k = ids.len();
+    let inv = 1.0 / tau;
+    let g_tail = g[k];
+    let g_sum: f32 = g.iter().sum();
+    let p_scale = (1.0 / s.sum_tau) as f32;
+    let tail_scale = if s.tail_sum > 0.0 { (g_tail as f64 / s.tail_sum) as f32 } else { 0.0 };
+    let one_scale = if g_ce != 0.0 { (1.0 / s.sum_one) as f32 } else { 0.0 };
+    let (max, tempered) = (s.max, tau != 1.0);
+    // Each id's own term, computed exactly as in the sweep so the corrections below cancel it.
+    let id_terms: Vec<f32> = ids.iter().map(|&i| ((z[i as usize] - max) * inv).exp()).collect();
+    for x in z.iter_mut() {
+        let e = ((*x - max) * inv).exp();
+        let mut d = (e * tail_scale - e * p_scale * g_sum) * inv;
+        if g_ce != 0.0 {
+            let e1 = if tempered { (*x - max).exp() } else { e };
+            d -= g_ce * e1 * one_scale;
+        }
+        *x = d;
+    }
+    for ((&i, &e), &gk) in ids.iter().zip(&id_terms).zip(g) {
+        z[i as usize] += (gk - e * tail_scale) * inv;
+    }
+    z[target as usize] += g_ce;
+}
+
+/// Rows [r0, r1) of the targets as tensors.
+fn slice_targets(t: &PlainTargets, k: usize, r0: usize, r1: usize) -> PlainTargets {
+    PlainTargets {
+        topk_ids: t.topk_ids[r0 * k..r1 * k].to_vec(),
+        topk_logprobs: t.topk_logprobs[r0 * k..r1 * k].to_vec(),
+        tail_logprobs: t.tail_logprobs[r0..r1].to_vec(),
+        target_ids: t.target_ids[r0..r1].to_vec(),
+        mask: t.mask[r0..r1].to_vec(),
+    }
+}
+
+/// Mean loss over the masked rows of `hidden` (N, C) under the head `head` (V, C), with its
+/// gradient carried by the returned objective.
+pub fn head_loss(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &PlainTargets,
+    k: usize,
+    cfg: &LossConfig,
+) -> Result<HeadLoss> {
+    head_loss_in_chunks(hidden, head, targets, k, cfg, chunk_rows(head.dim(0)?))
+}
+
+/// [`head_loss`] with `rows` positions per chunk.
+pub fn head_loss_in_chunks(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &PlainTargets,
+    k: usize,
+    cfg: &LossConfig,
+    rows: usize,
+) -> Result<HeadLoss> {
+    let (n, c) = hidden.dims2()?;
+    let v = head.dim(0)?;
+    let device = hidden.device();
+    let (h, w) = (hidden.detach(), head.detach());
+    let wt = w.t()?;
+    let count = targets.mask.iter().map(|&m| m as f64).sum::<f64>().max(1.0);
+    let tau = cfg.temperature as f32;
+    let need_one = cfg.kd_weight < 1.0;
+    let mut loss = 0f64;
+    let mut dh_chunks = Vec::new();
+    let mut dw: Option<Tensor> = None;
+    for r0 in (0..n).step_by(rows) {
+        let r = rows.min(n - r0);
+        let hc = h.narrow(0, r0, r)?;
+        let mut z = hc.matmul(&wt)?.flatten_all()?.to_vec1::<f32>()?; // (R·V)
+        let tc = slice_targets(targets, k, r0, r0 + r);
+        let mut buckets = vec![0f32; r * (k + 1)];
+        let mut target_lp = vec![0f32; r];
+        let stats: Vec<RowStats> = z
+            .par_chunks(v)
+            .zip(buckets.par_chunks_mut(k + 1))
+            .zip(target_lp.par_iter_mut())
+            .enumerate()
+            .map(|(i, ((zr, br), tl))| {
+                let ids = &tc.topk_ids[i * k..(i + 1) * k];
+                let s = row_stats(zr, ids, tau, need_one);
+                *tl = row_buckets(zr, ids, tc.target_ids[i], tau, &s, br);
+                s
+            })
+            .collect();
+        let student = Var::from_tensor(&Tensor::from_vec(buckets, (r, k + 1), device)?)?;
+        let target = Var::from_tensor(&Tensor::from_vec(target_lp, r, device)?)?;
+        let tt = tc.clone().to_tensors(r, k, device)?;
+        let per = loss_from_buckets(student.as_tensor(), target.as_tensor(), &tt, cfg)?;
+        let chunk_loss = ((per * &tt.mask)?.sum_all()? / count)?;
+        loss += chunk_loss.to_scalar::<f32>()? as f64;
+        let grads = chunk_loss.backward()?;
+        let g = match grads.get(student.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0.0; r * (k + 1)],
+        };
+        let g_ce = match grads.get(target.as_tensor()) {
+            Some(g) => g.to_vec1::<f32>()?,
+            None => vec![0.0; r],
+        };
+        z.par_chunks_mut(v).enumerate().for_each(|(i, zr)| {
+            let ids = &tc.topk_ids[i * k..(i + 1) * k];
+            row_backward(zr, ids, tc.target_ids[i], tau, &stats[i], &g[i * (k + 1)..(i + 1) * (k + 1)], g_ce[i]);
+        });
+        let dz = Tensor::from_vec(z, (r, v), device)?;
+        dh_chunks.push(dz.matmul(&w)?); // (R, C)
+        let dwc = dz.t()?.matmul(&hc)?; // (V, C)
+        dw = Some(match dw {
+            None => dwc,
+            Some(acc) => (acc + dwc)?,
+        });
+    }
+    let objective = match dw {
+        None => Tensor::zeros((), hidden.dtype(), device)?,
+        Some(dw) => {
+            let dh = Tensor::cat(&dh_chunks, 0)?;
+            debug_assert_eq!(dh.dims(), &[n, c]);
+            ((hidden * dh)?.sum_all()? + (head * dw)?.sum_all()?)?
+        }
+    };
+    Ok(HeadLoss { loss, objective })
+}
+
+/// Forward-only figures per row: the student's bucket log-probabilities at τ = 1 (N, K+1) flat,
+/// and its argmax token.
+pub fn head_buckets(hidden: &Tensor, head: &Tensor, targets: &PlainTargets, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+    let n = hidden.dim(0)?;
+    let v = head.dim(0)?;
+    let wt = head.detach().t()?;
+    let rows = chunk_rows(v);
+    let mut buckets = vec![0f32; n * (k + 1)];
+    let mut argmax = vec![0u32; n];
+    for r0 in (0..n).step_by(rows) {
+        let r = rows.min(n - r0);
+        let z = hidden.detach().narrow(0, r0, r)?.matmul(&wt)?.flatten_all()?.to_vec1::<f32>()?;
+        z.par_chunks(v)
+            .zip(buckets[r0 * (k + 1)..(r0 + r) * (k + 1)].par_chunks_mut(k + 1))
+            .zip(argmax[r0..r0 + r].par_iter_mut())
+            .enumerate()
+            .for_each(|(i, ((zr, br), am))| {
+                let row = r0 + i;
+                let ids = &targets.topk_ids[row * k..(row + 1) * k];
+                let s = row_stats(zr, ids, 1.0, false);
+                row_buckets(zr, ids, targets.target_ids[row], 1.0, &s, br);
+                *am =
+                    zr.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (j, &x)| if x > a.1 { (j, x) } else { a }).0
+                        as u32;
+            });
+    }
+    Ok((buckets, argmax))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::{distillation_loss, Divergence};
+    use candle_core::{Device, D};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// Random hidden states, head, and a teacher signal taken from a random "teacher" softmax.
+    fn case(n: usize, c: usize, v: usize, k: usize, seed: u64) -> (Var, Var, PlainTargets) {
+        let dev = Device::Cpu;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut normal =
+            |len: usize, scale: f32| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-1.0..1.0f32) * scale).collect() };
+        let hidden = Var::from_tensor(&Tensor::from_vec(normal(n * c, 1.0), (n, c), &dev).unwrap()).unwrap();
+        let head = Var::from_tensor(&Tensor::from_vec(normal(v * c, 0.5), (v, c), &dev).unwrap()).unwrap();
+        let teacher = Tensor::from_vec(normal(n * v, 3.0), (n, v), &dev).unwrap();
+        let lp = candle_core::Tensor::log(
+            &candle_core::Tensor::exp(&teacher)
+                .unwrap()
+                .broadcast_div(&candle_core::Tensor::exp(&teacher).unwrap().sum_keepdim(D::Minus1).unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+        let mut t = PlainTargets {
+            topk_ids: vec![],
+            topk_logprobs: vec![],
+            tail_logprobs: vec![],
+            target_ids: vec![],
+            mask: vec![],
+        };
+        for (i, row) in lp.iter().enumerate() {
+            let mut order: Vec<usize> = (0..v).collect();
+            order.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
+            let top = &order[..k];
+            t.topk_ids.extend(top.iter().map(|&j| j as u32));
+            t.topk_logprobs.extend(top.iter().map(|&j| row[j]));
+            let mass: f64 = top.iter().map(|&j| (row[j] as f64).exp()).sum();
+            t.tail_logprobs.push((1.0 - mass).max(1e-30).ln() as f32);
+            t.target_ids.push(order[i % v] as u32);
+            t.mask.push(if i % 5 == 3 { 0.0 } else { 1.0 });
+        }
+        (hidden, head, t)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fused_matches_composed_in_value_and_gradient() {
+        let (n, c, v, k) = (11, 8, 50, 6);
+        let configs = [
+            LossConfig { divergence: Divergence::ForwardKl, kd_weight: 1.0, temperature: 1.0 },
+            LossConfig { divergence: Divergence::ReverseKl, kd_weight: 1.0, temperature: 1.0 },
+            LossConfig { divergence: Divergence::Jsd { beta: 0.5 }, kd_weight: 0.7, temperature: 2.0 },
+            LossConfig { divergence: Divergence::SkewKl { alpha: 0.1 }, kd_weight: 1.0, temperature: 1.0 },
+            LossConfig { divergence: Divergence::TotalVariation, kd_weight: 0.5, temperature: 1.0 },
+            LossConfig { divergence: Divergence::ForwardKl, kd_weight: 0.0, temperature: 1.0 },
+            LossConfig { divergence: Divergence::ForwardKl, kd_weight: 0.5, temperature: 0.5 },
+        ];
+        for (ci, cfg) in configs.iter().enumerate() {
+            let (hidden, head, targets) = case(n, c, v, k, ci as u64);
+            let logits = hidden.as_tensor().matmul(&head.as_tensor().t().unwrap()).unwrap();
+            let reference =
+                distillation_loss(&logits, &targets.clone().to_tensors(n, k, &Device::Cpu).unwrap(), cfg).unwrap();
+            let ref_grads = reference.backward().unwrap();
+            for rows in [3, 64] {
+                let fused = head_loss_in_chunks(hidden.as_tensor(), head.as_tensor(), &targets, k, cfg, rows).unwrap();
+                let expected = reference.to_scalar::<f32>().unwrap() as f64;
+                assert!(
+                    (fused.loss - expected).abs() < 1e-5 * expected.abs().max(1.0),
+                    "{cfg:?}: {} vs {expected}",
+                    fused.loss
+                );
+                let grads = fused.objective.backward().unwrap();
+                for var in [&hidden, &head] {
+                    let (a, b) = (grads.get(var.as_tensor()).unwrap(), ref_grads.get(var.as_tensor()).unwrap());
+                    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+                    let d = max_diff(a, b);
+                    assert!(d < 1e-4 * scale.max(1.0), "{cfg:?}, {rows} rows: gradient differs by {d} (scale {scale})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn forward_buckets_match_composed() {
+        let (n, c, v, k) = (9, 8, 40, 5);
+        let (hidden, head, targets) = case(n, c, v, k, 42);
+        let (buckets, argmax) = head_buckets(hidden.as_tensor(), head.as_tensor(), &targets, k).unwrap();
+        let logits = hidden.as_tensor().matmul(&head.as_tensor().t().unwrap()).unwrap();
+        let lp = (&logits - logits.exp().unwrap().sum_keepdim(1).unwrap().log().unwrap().broadcast_as((n, v)).unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for i in 0..n {
+            let ids = &targets.topk_ids[i * k..(i + 1) * k];
+            let tail: f64 = (0..v).filter(|j| !ids.contains(&(*j as u32))).map(|j| (lp[i][j] as f64).exp()).sum();
+            for (b, id) in ids.iter().enumerate() {
+                assert!((buckets[i * (k + 1) + b] - lp[i][*id as usize]).abs() < 1e-5);
+            }
+            assert!((buckets[i * (k + 1) + k] as f64 - tail.ln()).abs() < 1e-5);
+            let best = (0..v).max_by(|a, b| lp[i][*a].total_cmp(&lp[i][*b])).unwrap();
+            assert_eq!(argmax[i] as usize, best);
+        }
+    }
+}
