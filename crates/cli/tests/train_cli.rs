@@ -199,3 +199,55 @@ fn ctrl_c_saves_a_checkpoint_and_stops_cleanly() {
     assert!(text(&out.stderr).contains("interrupted at step"), "{}", text(&out.stderr));
     assert!(run.join("checkpoint").join("trainer_state.json").is_file());
 }
+
+#[test]
+fn width_pruned_student_trains_and_the_reference_export_holds_its_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("teacher.gguf");
+    tiny_gguf(&model, 31).unwrap();
+    let m = model.to_str().unwrap();
+    let train = dataset(dir.path(), m, "train", 12, 1);
+    let heldout = dataset(dir.path(), m, "heldout", 4, 2);
+    let run = dir.path().join("run");
+    let write = |heads: usize| {
+        let config = dir.path().join(format!("run{heads}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "dataset = {train:?}\neval_dataset = {heldout:?}\noutput = {:?}\nsteps = 3\ngrad_accum = 2\nbatch_size = 2\nseq_len = 48\n\n[student]\ntype = \"prune\"\nfrom = {m:?}\nkeep_layers = [0, 1]\nintermediate_size = 40\nnum_attention_heads = {heads}\n",
+                run.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        config
+    };
+    // The tiny teacher has 4 query heads over 2 key/value heads: 3 would split a group.
+    let out = distill(&["train", write(3).to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("choose one of 2, 4"), "{}", text(&out.stderr));
+    std::fs::remove_dir_all(&run).unwrap();
+
+    let config = write(2);
+    let out = distill(&["train", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let student: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("final/config.json")).unwrap()).unwrap();
+    assert_eq!(student["intermediate_size"], 40);
+    assert_eq!(student["num_attention_heads"], 2);
+    assert_eq!(student["num_key_value_heads"], 1);
+
+    let reference = dir.path().join("reference");
+    let out = distill(&["train", config.to_str().unwrap(), "--export-reference", reference.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let initial: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reference.join("student/config.json")).unwrap()).unwrap();
+    assert_eq!(initial["intermediate_size"], 40);
+    let batches =
+        candle_core::safetensors::load(reference.join("train_batches.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(batches["input_ids"].dims(), &[6, 2, 48], "steps × grad_accum micro-batches");
+    assert_eq!(batches["topk_ids"].dims(), &[6, 2, 48, 8]);
+    let mask = batches["loss_mask"].sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(mask > 0.0, "every exported micro-batch carries a teacher signal");
+    assert!(reference.join("eval_batches.safetensors").is_file());
+    assert!(reference.join("config.toml").is_file());
+}

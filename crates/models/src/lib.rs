@@ -25,6 +25,6 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
 pub use generate::{generate, Completion, FinishReason, Sampler, SamplingParams};
 pub use gguf::GgufFile;
-pub use llama::{KvCache, Llama, LlamaConfig};
+pub use llama::{ActivationProbe, KvCache, Llama, LlamaConfig};
 pub use loader::{load, LoadedModel};
 pub use tokenizer::TextTokenizer;

@@ -193,9 +193,10 @@ impl Llama {
         let cos = self.cos.narrow(0, 0, t)?; // (T, D/2)
         let sin = self.sin.narrow(0, 0, t)?;
         let mask = ops::causal_mask(t, 0, self.dtype(), self.device())?; // (1, 1, T, T)
+        let frame = Frame { cos: &cos, sin: &sin, mask: &mask };
         let mut x = self.embed(ids)?; // (B, T, C)
         for block in &self.blocks {
-            x = self.block_forward(block, &x, &cos, &sin, &mask, None)?;
+            x = self.block_forward(block, &x, &frame, None, None)?;
         }
         Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
     }
@@ -231,9 +232,10 @@ impl Llama {
         }
         let (cos, sin) = self.rope_at(positions, b, t)?;
         let mask = Tensor::from_vec(mask, (b, 1, t, past + t), self.device())?.to_dtype(self.dtype())?;
+        let frame = Frame { cos: &cos, sin: &sin, mask: &mask };
         let mut x = self.embed(ids)?; // (B, T, C)
         for (layer, block) in self.blocks.iter().enumerate() {
-            x = self.block_forward(block, &x, &cos, &sin, &mask, Some(&mut cache.layers[layer]))?;
+            x = self.block_forward(block, &x, &frame, Some(&mut cache.layers[layer]), None)?;
         }
         cache.len += t;
         let last = x.narrow(1, t - 1, 1)?; // (B, 1, C)
@@ -245,6 +247,32 @@ impl Llama {
     /// sequences one after another. `position_ids` restart at 0 for each sequence and
     /// `segment_ids` tell them apart; attention never crosses a segment. Both are (B·T).
     pub fn forward_packed_hidden(&self, ids: &Tensor, position_ids: &[u32], segment_ids: &[u32]) -> Result<Tensor> {
+        self.packed_hidden(ids, position_ids, segment_ids, None)
+    }
+
+    /// [`Self::forward_packed_hidden`] that also adds each layer's activation energy (sums of
+    /// squares over the non-padding positions) to `probes`, one per layer: what width pruning
+    /// ranks MLP channels and attention heads by.
+    pub fn probe_activations(
+        &self,
+        ids: &Tensor,
+        position_ids: &[u32],
+        segment_ids: &[u32],
+        probes: &mut [ActivationProbe],
+    ) -> Result<()> {
+        if probes.len() != self.blocks.len() {
+            return Err(Error::Input(format!("{} probes for {} layers", probes.len(), self.blocks.len())));
+        }
+        self.packed_hidden(ids, position_ids, segment_ids, Some(probes)).map(|_| ())
+    }
+
+    fn packed_hidden(
+        &self,
+        ids: &Tensor,
+        position_ids: &[u32],
+        segment_ids: &[u32],
+        mut probes: Option<&mut [ActivationProbe]>,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if position_ids.len() != b * t || segment_ids.len() != b * t {
             return Err(Error::Input(format!(
@@ -275,9 +303,13 @@ impl Llama {
             }
         }
         let mask = Tensor::from_vec(mask, (b, 1, t, t), self.device())?.to_dtype(self.dtype())?;
+        let valid: Vec<f32> = segment_ids.iter().map(|&s| if s > 0 { 1.0 } else { 0.0 }).collect();
+        let valid = Tensor::from_vec(valid, (b, t), self.device())?.to_dtype(self.dtype())?;
+        let frame = Frame { cos: &cos, sin: &sin, mask: &mask };
         let mut x = self.embed(ids)?; // (B, T, C)
-        for block in &self.blocks {
-            x = self.block_forward(block, &x, &cos, &sin, &mask, None)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let probe = probes.as_deref_mut().map(|p| (&mut p[i], &valid));
+            x = self.block_forward(block, &x, &frame, None, probe)?;
         }
         Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
     }
@@ -319,19 +351,23 @@ impl Llama {
         &self,
         block: &Block,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
+        frame: &Frame,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        mut probe: Option<(&mut ActivationProbe, &Tensor)>,
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps;
         let h = ops::rms_norm(x, &block.attn_norm, eps)?;
-        let attn = self.attention(block, &h, cos, sin, mask, cache)?;
+        let attn = self.attention(block, &h, frame, cache, probe.as_mut().map(|(p, v)| (&mut **p, *v)))?;
         let x = (x + attn)?;
         let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
         let gate = ops::linear(&h, &block.gate_proj, None)?; // (B, T, I)
         let up = ops::linear(&h, &block.up_proj, None)?;
-        let mlp = ops::linear(&ops::swiglu(&gate, &up)?, &block.down_proj, None)?; // (B, T, C)
+        let act = ops::swiglu(&gate, &up)?; // (B, T, I)
+        if let Some((probe, valid)) = probe {
+            let energy = act.detach().sqr()?.broadcast_mul(&valid.unsqueeze(2)?)?.sum((0, 1))?; // (I)
+            probe.add_mlp(&energy.to_dtype(DType::F32)?.to_vec1::<f32>()?, valid)?;
+        }
+        let mlp = ops::linear(&act, &block.down_proj, None)?; // (B, T, C)
         Ok((x + mlp)?)
     }
 
@@ -339,12 +375,12 @@ impl Llama {
         &self,
         block: &Block,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
+        frame: &Frame,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        probe: Option<(&mut ActivationProbe, &Tensor)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        let Frame { cos, sin, mask } = *frame;
         let (h, kv, d) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
         let heads = |proj: &Tensor, bias: Option<&Tensor>, n: usize| -> Result<Tensor> {
             Ok(ops::linear(x, proj, bias)?.reshape((b, t, n, d))?.transpose(1, 2)?)
@@ -370,8 +406,60 @@ impl Llama {
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?; // (B, H, T, S)
         let probs = ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?; // (B, H, T, D)
+        if let Some((probe, valid)) = probe {
+            let energy = out.detach().sqr()?.sum(3)?.broadcast_mul(&valid.unsqueeze(1)?)?.sum((0, 2))?; // (H)
+            probe.add_heads(&energy.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        }
         let out = out.transpose(1, 2)?.reshape((b, t, h * d))?; // (B, T, H·D)
         Ok(ops::linear(&out, &block.o_proj, None)?)
+    }
+}
+
+/// What every layer of one forward pass shares: RoPE tables at the positions, and the additive mask.
+#[derive(Clone, Copy)]
+struct Frame<'a> {
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    mask: &'a Tensor,
+}
+
+/// Activation energy of one layer, summed over the positions probed: per MLP channel (the SwiGLU
+/// output) and per attention head (its output before `o_proj`, squared norm).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActivationProbe {
+    pub mlp: Vec<f64>,
+    pub heads: Vec<f64>,
+    pub positions: usize,
+}
+
+impl ActivationProbe {
+    fn add_mlp(&mut self, energy: &[f32], valid: &Tensor) -> Result<()> {
+        add(&mut self.mlp, energy);
+        self.positions += valid.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? as usize;
+        Ok(())
+    }
+
+    fn add_heads(&mut self, energy: &[f32]) {
+        add(&mut self.heads, energy);
+    }
+
+    /// Root-mean-square activation per MLP channel.
+    pub fn mlp_scores(&self) -> Vec<f64> {
+        self.mlp.iter().map(|e| (e / self.positions.max(1) as f64).sqrt()).collect()
+    }
+
+    /// Root-mean-square output norm per attention head.
+    pub fn head_scores(&self) -> Vec<f64> {
+        self.heads.iter().map(|e| (e / self.positions.max(1) as f64).sqrt()).collect()
+    }
+}
+
+fn add(acc: &mut Vec<f64>, x: &[f32]) {
+    if acc.is_empty() {
+        acc.resize(x.len(), 0.0);
+    }
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a += *b as f64;
     }
 }
 

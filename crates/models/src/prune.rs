@@ -1,11 +1,13 @@
-//! Students made from a teacher by dropping whole layers (DistilBERT-style layer selection).
+//! Students made from a teacher by dropping whole layers (DistilBERT-style layer selection) and,
+//! optionally, the least important MLP channels and attention-head groups (Minitron-style width
+//! pruning, ranked by activation energy on calibration data: see [`crate::llama::ActivationProbe`]).
 
 use std::collections::HashMap;
 
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::llama::LlamaConfig;
+use crate::llama::{ActivationProbe, LlamaConfig};
 
 /// Teacher layers 0, n, 2n, …: every `stride`-th layer.
 pub fn every_nth_layer(num_layers: usize, stride: usize) -> Vec<usize> {
@@ -51,6 +53,100 @@ pub fn prune_layers(
     }
     let student = LlamaConfig { num_hidden_layers: keep.len(), ..cfg.clone() };
     Ok((student, out))
+}
+
+/// How wide the pruned student is; `None` keeps the dimension.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Width {
+    pub intermediate_size: Option<usize>,
+    /// Must be a multiple of the query heads per key/value head: whole GQA groups are dropped.
+    pub num_attention_heads: Option<usize>,
+}
+
+/// Drops, in every layer, the MLP channels and attention-head groups with the lowest scores in
+/// `probes` (one per layer, gathered on this model). Kept channels and heads stay in their order.
+/// A group's score is the sum of its query heads' scores; its key/value head goes with it.
+pub fn prune_width(
+    cfg: &LlamaConfig,
+    weights: &HashMap<String, Tensor>,
+    probes: &[ActivationProbe],
+    width: Width,
+) -> Result<(LlamaConfig, HashMap<String, Tensor>)> {
+    let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+    let group = h / kv;
+    let inter = width.intermediate_size.unwrap_or(cfg.intermediate_size);
+    let heads = width.num_attention_heads.unwrap_or(h);
+    if inter == 0 || inter > cfg.intermediate_size {
+        return Err(Error::Config(format!(
+            "intermediate_size {inter} must be between 1 and the model's {}",
+            cfg.intermediate_size
+        )));
+    }
+    if heads == 0 || heads > h || !heads.is_multiple_of(group) {
+        let options: Vec<String> = (1..=kv).map(|g| (g * group).to_string()).collect();
+        return Err(Error::Config(format!(
+            "num_attention_heads {heads}: whole groups of {group} query heads (one per key/value head) are pruned, so choose one of {}",
+            options.join(", ")
+        )));
+    }
+    if probes.len() != cfg.num_hidden_layers {
+        return Err(Error::Config(format!("{} probes for {} layers", probes.len(), cfg.num_hidden_layers)));
+    }
+    let mut out = weights.clone();
+    for (layer, probe) in probes.iter().enumerate() {
+        let p = format!("model.layers.{layer}.");
+        let get = |name: &str| -> Result<&Tensor> {
+            weights.get(&format!("{p}{name}")).ok_or_else(|| Error::tensor(format!("{p}{name}"), "is missing"))
+        };
+        let device = get("mlp.up_proj.weight")?.device().clone();
+        let index =
+            |ids: &[usize]| Tensor::from_vec(ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), ids.len(), &device);
+        if inter < cfg.intermediate_size {
+            let keep = index(&top(&probe.mlp_scores(), inter))?;
+            for name in ["mlp.gate_proj.weight", "mlp.up_proj.weight"] {
+                out.insert(format!("{p}{name}"), get(name)?.index_select(&keep, 0)?);
+            }
+            out.insert(format!("{p}mlp.down_proj.weight"), get("mlp.down_proj.weight")?.index_select(&keep, 1)?);
+        }
+        if heads < h {
+            let scores = probe.head_scores();
+            let groups: Vec<f64> = scores.chunks(group).map(|c| c.iter().sum()).collect();
+            let kept_groups = top(&groups, heads / group);
+            let rows = |per: usize| -> Vec<usize> {
+                kept_groups.iter().flat_map(|g| (g * per * d..(g + 1) * per * d).collect::<Vec<_>>()).collect()
+            };
+            let (q_rows, kv_rows) = (index(&rows(group))?, index(&rows(1))?);
+            for (name, rows) in [("q_proj", &q_rows), ("k_proj", &kv_rows), ("v_proj", &kv_rows)] {
+                for kind in ["weight", "bias"] {
+                    let key = format!("{p}self_attn.{name}.{kind}");
+                    if let Some(t) = weights.get(&key) {
+                        out.insert(key, t.index_select(rows, 0)?);
+                    }
+                }
+            }
+            out.insert(
+                format!("{p}self_attn.o_proj.weight"),
+                get("self_attn.o_proj.weight")?.index_select(&q_rows, 1)?,
+            );
+        }
+    }
+    let student = LlamaConfig {
+        intermediate_size: inter,
+        num_attention_heads: heads,
+        num_key_value_heads: Some(heads / group),
+        head_dim: Some(d),
+        ..cfg.clone()
+    };
+    Ok((student, out))
+}
+
+/// Indices of the `n` highest scores, ascending.
+fn top(scores: &[f64], n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b)));
+    let mut kept = order[..n.min(order.len())].to_vec();
+    kept.sort_unstable();
+    kept
 }
 
 #[cfg(test)]
@@ -105,5 +201,67 @@ mod tests {
             let err = prune_layers(&cfg, &w, &keep).unwrap_err().to_string();
             assert!(err.contains(needle), "{keep:?}: {err}");
         }
+    }
+
+    /// Probes of `model` over one packed row of `ids`.
+    fn probe(model: &Llama, ids: &[u32]) -> Vec<ActivationProbe> {
+        let t = ids.len();
+        let input = Tensor::from_vec(ids.to_vec(), (1, t), &Device::Cpu).unwrap();
+        let positions: Vec<u32> = (0..t as u32).collect();
+        let mut probes = vec![ActivationProbe::default(); model.config().num_hidden_layers];
+        model.probe_activations(&input, &positions, &vec![1; t], &mut probes).unwrap();
+        probes
+    }
+
+    fn zero_rows(w: &mut HashMap<String, Tensor>, name: &str, rows: std::ops::Range<usize>) {
+        let t = &w[name];
+        let mask: Vec<f32> = (0..t.dim(0).unwrap()).map(|r| if rows.contains(&r) { 0.0 } else { 1.0 }).collect();
+        let mask = Tensor::from_vec(mask, (t.dim(0).unwrap(), 1), &Device::Cpu).unwrap();
+        let zeroed = t.broadcast_mul(&mask).unwrap();
+        w.insert(name.to_string(), zeroed);
+    }
+
+    #[test]
+    fn width_pruning_drops_exactly_the_channels_and_heads_that_do_nothing() {
+        // Channels 5..13 of every MLP and key/value head 1 (query heads 2, 3) are made inert; pruning
+        // to the remaining width must pick exactly those, leaving the logits unchanged.
+        let cfg = tiny_config(); // 4 heads, 2 kv heads, intermediate 64
+        let mut w = random_weights(&cfg, 7, &Device::Cpu).unwrap();
+        let d = cfg.head_dim();
+        for layer in 0..cfg.num_hidden_layers {
+            zero_rows(&mut w, &format!("model.layers.{layer}.mlp.up_proj.weight"), 5..13);
+            zero_rows(&mut w, &format!("model.layers.{layer}.self_attn.v_proj.weight"), d..2 * d);
+        }
+        let ids = [3u32, 40, 7, 99, 12, 5, 61];
+        let model = Llama::from_weights(cfg.clone(), &w).unwrap();
+        let probes = probe(&model, &ids);
+        assert_eq!(probes[0].positions, ids.len());
+        assert!(probes[0].mlp_scores()[5..13].iter().all(|&s| s == 0.0));
+        assert!(probes[0].head_scores()[2..].iter().all(|&s| s == 0.0) && probes[0].head_scores()[0] > 0.0);
+        let width = Width { intermediate_size: Some(56), num_attention_heads: Some(2) };
+        let (small_cfg, small) = prune_width(&cfg, &w, &probes, width).unwrap();
+        assert_eq!((small_cfg.intermediate_size, small_cfg.num_attention_heads, small_cfg.num_kv_heads()), (56, 2, 1));
+        assert!(small_cfg.num_parameters() < cfg.num_parameters());
+        let student = Llama::from_weights(small_cfg, &small).unwrap();
+        let input = Tensor::new(&ids[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let full = model.forward(&input).unwrap();
+        let pruned = student.forward(&input).unwrap();
+        let diff = (full - pruned).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "logits moved by {diff}");
+    }
+
+    #[test]
+    fn width_that_splits_a_head_group_is_refused_with_the_options() {
+        let cfg = tiny_config();
+        let w = random_weights(&cfg, 7, &Device::Cpu).unwrap();
+        let probes = probe(&Llama::from_weights(cfg.clone(), &w).unwrap(), &[1, 2, 3]);
+        let err = prune_width(&cfg, &w, &probes, Width { num_attention_heads: Some(3), ..Width::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("choose one of 2, 4"), "{err}");
+        let err = prune_width(&cfg, &w, &probes, Width { intermediate_size: Some(65), ..Width::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("between 1 and the model's 64"), "{err}");
     }
 }

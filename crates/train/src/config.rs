@@ -66,6 +66,17 @@ pub enum StudentConfig {
         /// Or list the layers to keep explicitly.
         #[serde(default)]
         keep_layers: Option<Vec<usize>>,
+        /// Minitron-style width: keep this many MLP channels per layer, the ones with the largest
+        /// activations on calibration batches of the run's dataset (default: all).
+        #[serde(default)]
+        intermediate_size: Option<usize>,
+        /// Keep this many attention heads per layer, dropping whole groups of query heads with
+        /// their key/value head, least active first (default: all).
+        #[serde(default)]
+        num_attention_heads: Option<usize>,
+        /// Batches (of batch_size × seq_len) the importance is measured on.
+        #[serde(default = "default_calibration_batches")]
+        calibration_batches: usize,
     },
     /// A named preset (e.g. `smollm2-135m`) with fresh weights; the tokenizer comes from `tokenizer_from`.
     Preset {
@@ -95,6 +106,9 @@ impl Default for ScheduleConfig {
     }
 }
 
+fn default_calibration_batches() -> usize {
+    4
+}
 fn default_steps() -> u64 {
     200
 }

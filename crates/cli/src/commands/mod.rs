@@ -1,4 +1,5 @@
 pub mod dataset;
 pub mod generate;
 pub mod inspect;
+pub mod reference;
 pub mod train;

@@ -10,9 +10,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use distill_models::{checkpoint, init, prune, LlamaConfig, LoadedModel};
-use distill_store::{Dataset, PackOptions, Packer};
+use distill_store::Dataset;
 use distill_train::checkpoint::{self as ckpt, TrainerState};
 use distill_train::config::{StudentConfig, TrainConfig};
+use distill_train::data::BatchStream;
 use distill_train::optim::Schedule;
 use distill_train::trainer::{Optimizer, Student};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -34,6 +35,11 @@ use serde_json::json;
 pub struct TrainArgs {
     /// Run configuration (TOML).
     config: PathBuf,
+    /// Instead of training, write the initial student, the resolved config and the exact batches
+    /// the run would train and evaluate on to DIR (safetensors), to train the same run with
+    /// another framework (see bench/reference/).
+    #[arg(long, value_name = "DIR")]
+    export_reference: Option<PathBuf>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -42,6 +48,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let cfg: TrainConfig =
         toml::from_str(&text).with_context(|| format!("{} is not a valid run config", args.config.display()))?;
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    if let Some(dir) = &args.export_reference {
+        return super::reference::export(&cfg, dir);
+    }
     std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create {}", cfg.output.display()))?;
     let resolved = toml::to_string(&cfg)?;
     let resume_from = ckpt::find(&cfg.output);
@@ -68,7 +77,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let weights = loaded.model.named_parameters().into_iter().collect();
             (loaded.model.config().clone(), weights, loaded)
         }
-        None => build_student(&cfg.student)?,
+        None => build_student(&cfg, &dataset)?,
     };
     let tok = &source.tokenizer;
     dataset.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;
@@ -142,16 +151,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     let started = Instant::now();
     let session_start_tokens = state.tokens;
-    let options = |epoch: u64| PackOptions {
-        seq_len: cfg.seq_len,
-        batch_size: cfg.batch_size,
-        seed: cfg.seed.wrapping_add(epoch),
-        pad_id: 0,
-    };
-    let mut packer = Packer::new(&dataset, options(state.epoch));
-    for _ in 0..state.batches_in_epoch {
-        packer.next_batch()?;
-    }
+    let mut stream =
+        BatchStream::new(&dataset, cfg.seq_len, cfg.batch_size, cfg.seed, state.epoch, state.batches_in_epoch)?;
     bar.set_position(state.step);
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -167,19 +168,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let mut micro_losses = Vec::with_capacity(cfg.grad_accum as usize);
         let mut n = 0usize;
         while (micro_losses.len() as u64) < cfg.grad_accum {
-            let batch = match packer.next_batch()? {
-                Some(b) => b,
-                None => {
-                    state.epoch += 1;
-                    state.batches_in_epoch = 0;
-                    packer = Packer::new(&dataset, options(state.epoch));
-                    match packer.next_batch()? {
-                        Some(b) => b,
-                        None => bail!("{} holds no completion tokens to train on", cfg.dataset.display()),
-                    }
-                }
-            };
-            state.batches_in_epoch += 1;
+            let batch = stream.next_batch()?;
+            (state.epoch, state.batches_in_epoch) = (stream.epoch, stream.batches_in_epoch);
             let Some(micro) = student.batch_loss(&batch, &cfg.loss)? else { continue };
             optimizer.accumulate(&micro.objective, 1.0 / cfg.grad_accum as f64)?;
             micro_losses.push(micro.loss as f32);
@@ -234,12 +224,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 /// The student's config and initial weights, and the loaded model its tokenizer comes from.
-fn build_student(
-    cfg: &StudentConfig,
+/// Width pruning measures importance on `calibration` (the run's dataset).
+pub(crate) fn build_student(
+    cfg: &TrainConfig,
+    calibration: &Dataset,
 ) -> Result<(LlamaConfig, std::collections::HashMap<String, candle_core::Tensor>, LoadedModel)> {
     let load = |spec: &str| distill_models::load(spec, &Device::Cpu).with_context(|| format!("loading `{spec}`"));
-    Ok(match cfg {
-        StudentConfig::Prune { from, keep_every, keep_layers } => {
+    Ok(match &cfg.student {
+        StudentConfig::Prune {
+            from,
+            keep_every,
+            keep_layers,
+            intermediate_size,
+            num_attention_heads,
+            calibration_batches,
+        } => {
             let source = load(from)?;
             let teacher_cfg = source.model.config().clone();
             let keep = match (keep_every, keep_layers) {
@@ -248,7 +247,15 @@ fn build_student(
                 _ => bail!("student: give keep_every or keep_layers"),
             };
             let weights = source.model.named_parameters().into_iter().collect();
-            let (student_cfg, weights) = prune::prune_layers(&teacher_cfg, &weights, &keep)?;
+            let (mut student_cfg, mut weights) = prune::prune_layers(&teacher_cfg, &weights, &keep)?;
+            let width =
+                prune::Width { intermediate_size: *intermediate_size, num_attention_heads: *num_attention_heads };
+            if width != prune::Width::default() {
+                let tok = &source.tokenizer;
+                calibration.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;
+                let probes = calibrate(&student_cfg, &weights, calibration, cfg, *calibration_batches)?;
+                (student_cfg, weights) = prune::prune_width(&student_cfg, &weights, &probes, width)?;
+            }
             (student_cfg, weights, source)
         }
         StudentConfig::Preset { name, tokenizer_from, init_seed } => {
@@ -264,4 +271,31 @@ fn build_student(
             (source.model.config().clone(), weights, source)
         }
     })
+}
+
+/// Activation energy of the layer-pruned student on the first `batches` packed batches of the
+/// dataset (seed 0), for width pruning.
+fn calibrate(
+    cfg: &LlamaConfig,
+    weights: &std::collections::HashMap<String, candle_core::Tensor>,
+    dataset: &Dataset,
+    run: &TrainConfig,
+    batches: usize,
+) -> Result<Vec<distill_models::ActivationProbe>> {
+    let model = distill_models::Llama::from_weights(cfg.clone(), weights)?;
+    let options = distill_store::PackOptions { seq_len: run.seq_len, batch_size: run.batch_size, seed: 0, pad_id: 0 };
+    let mut packer = distill_store::Packer::new(dataset, options);
+    let mut probes = vec![distill_models::ActivationProbe::default(); cfg.num_hidden_layers];
+    let bar = ProgressBar::new(batches as u64).with_style(
+        ProgressStyle::with_template("{spinner} measuring importance {pos}/{len} batches").expect("static"),
+    );
+    for _ in 0..batches.max(1) {
+        let Some(batch) = packer.next_batch()? else { break };
+        let ids =
+            candle_core::Tensor::from_vec(batch.input_ids.clone(), (batch.batch_size, batch.seq_len), &Device::Cpu)?;
+        model.probe_activations(&ids, &batch.position_ids, &batch.segment_ids, &mut probes)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(probes)
 }

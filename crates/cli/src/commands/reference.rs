@@ -1,0 +1,77 @@
+//! `distill train CONFIG --export-reference DIR`: everything another framework needs to train the
+//! same student on the same data, for cross-checking (`bench/reference/train_reference.py`).
+//!
+//! DIR/student/            the initial student, HF layout (config.json, model.safetensors, tokenizer)
+//! DIR/config.toml         the resolved run config (defaults filled in)
+//! DIR/train_batches.safetensors  the steps × grad_accum micro-batches the run trains on, in order
+//! DIR/eval_batches.safetensors   the held-out batches its evaluation uses (when eval_dataset is set)
+//!
+//! Batch tensors are stacked along a leading S axis: input_ids, position_ids, segment_ids,
+//! target_ids (S, B, L) u32; loss_mask, tail_logprobs (S, B, L) f32; topk_ids (S, B, L, K) u32,
+//! topk_logprobs (S, B, L, K) f32. Fields mean what they mean in `distill_store::Batch`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use distill_models::{checkpoint, Llama};
+use distill_store::{Batch, Dataset, PackOptions, Packer};
+use distill_train::config::TrainConfig;
+use distill_train::data::BatchStream;
+
+pub fn export(cfg: &TrainConfig, dir: &Path) -> Result<()> {
+    let dataset = Dataset::open(&cfg.dataset)?;
+    let (student_cfg, weights, source) = super::train::build_student(cfg, &dataset)?;
+    let tok = &source.tokenizer;
+    dataset.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let model = Llama::from_weights(student_cfg, &weights)?;
+    let template = source.chat_template.as_ref().map(|t| t.source().to_string());
+    checkpoint::save_hf_dir(&dir.join("student"), &model, tok, template.as_deref())?;
+    std::fs::write(dir.join("config.toml"), toml::to_string(cfg)?)?;
+
+    let mut stream = BatchStream::new(&dataset, cfg.seq_len, cfg.batch_size, cfg.seed, 0, 0)?;
+    let train = (0..cfg.steps * cfg.grad_accum).map(|_| stream.next_batch()).collect::<Result<Vec<_>, _>>()?;
+    save_batches(&dir.join("train_batches.safetensors"), &train)?;
+    let mut written = format!("{} training micro-batches", train.len());
+    if let Some(path) = &cfg.eval_dataset {
+        let eval = Dataset::open(path)?;
+        let mut packer =
+            Packer::new(&eval, PackOptions { seq_len: cfg.seq_len, batch_size: cfg.batch_size, seed: 0, pad_id: 0 });
+        let mut batches = Vec::new();
+        while let Some(b) = packer.next_batch()? {
+            if b.target_tokens() > 0 {
+                batches.push(b);
+            }
+        }
+        save_batches(&dir.join("eval_batches.safetensors"), &batches)?;
+        written += &format!(", {} held-out batches", batches.len());
+    }
+    eprintln!("wrote the initial student and {written} to {}", dir.display());
+    Ok(())
+}
+
+fn save_batches(path: &Path, batches: &[Batch]) -> Result<()> {
+    let Some(first) = batches.first() else {
+        anyhow::bail!("no batches to write to {}", path.display());
+    };
+    let (s, b, l, k) = (batches.len(), first.batch_size, first.seq_len, first.k);
+    let dev = Device::Cpu;
+    let ints = |f: fn(&Batch) -> &Vec<u32>, shape: &[usize]| -> Result<Tensor> {
+        Ok(Tensor::from_vec(batches.iter().flat_map(|x| f(x).iter().copied()).collect::<Vec<_>>(), shape, &dev)?)
+    };
+    let floats = |f: fn(&Batch) -> &Vec<f32>, shape: &[usize]| -> Result<Tensor> {
+        Ok(Tensor::from_vec(batches.iter().flat_map(|x| f(x).iter().copied()).collect::<Vec<_>>(), shape, &dev)?)
+    };
+    let mut tensors = HashMap::new();
+    tensors.insert("input_ids", ints(|x| &x.input_ids, &[s, b, l])?);
+    tensors.insert("position_ids", ints(|x| &x.position_ids, &[s, b, l])?);
+    tensors.insert("segment_ids", ints(|x| &x.segment_ids, &[s, b, l])?);
+    tensors.insert("target_ids", ints(|x| &x.target_ids, &[s, b, l])?);
+    tensors.insert("topk_ids", ints(|x| &x.topk_ids, &[s, b, l, k])?);
+    tensors.insert("loss_mask", floats(|x| &x.loss_mask, &[s, b, l])?);
+    tensors.insert("tail_logprobs", floats(|x| &x.tail_logprobs, &[s, b, l])?);
+    tensors.insert("topk_logprobs", floats(|x| &x.topk_logprobs, &[s, b, l, k])?);
+    candle_core::safetensors::save(&tensors, path).with_context(|| format!("writing {}", path.display()))
+}
