@@ -251,3 +251,42 @@ fn width_pruned_student_trains_and_the_reference_export_holds_its_batches() {
     assert!(reference.join("eval_batches.safetensors").is_file());
     assert!(reference.join("config.toml").is_file());
 }
+
+#[test]
+fn explicit_config_student_trains_and_a_padded_vocabulary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("teacher.gguf");
+    tiny_gguf(&model, 31).unwrap();
+    let m = model.to_str().unwrap();
+    let train = dataset(dir.path(), m, "train", 6, 1);
+    let run = dir.path().join("run");
+    let tiny = distill_models::fixtures::tiny_config();
+    let write = |vocab: usize| {
+        let arch =
+            distill_models::LlamaConfig { num_hidden_layers: 1, hidden_size: 16, vocab_size: vocab, ..tiny.clone() };
+        let arch_path = dir.path().join(format!("student{vocab}.json"));
+        std::fs::write(&arch_path, serde_json::to_string(&arch).unwrap()).unwrap();
+        let config = dir.path().join(format!("run{vocab}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "dataset = {train:?}\noutput = {:?}\nsteps = 2\nbatch_size = 2\nseq_len = 48\n\n[student]\ntype = \"config\"\nconfig = {:?}\ntokenizer_from = {m:?}\ninit_seed = 3\n",
+                run.to_str().unwrap(),
+                arch_path.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        config
+    };
+    let out = distill(&["train", write(tiny.vocab_size + 64).to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("give the student vocab_size = {}", tiny.vocab_size)), "{err}");
+    std::fs::remove_dir_all(&run).unwrap();
+
+    let out = distill(&["train", write(tiny.vocab_size).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let student: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("final/config.json")).unwrap()).unwrap();
+    assert_eq!((student["num_hidden_layers"].as_u64(), student["hidden_size"].as_u64()), (Some(1), Some(16)));
+}

@@ -292,7 +292,12 @@ fn read_json(path: &Path) -> Result<Json> {
 
 /// Loads the config of an HF directory.
 pub fn hf_config(dir: &Path) -> Result<LlamaConfig> {
-    let path = dir.join("config.json");
+    config_file(&dir.join("config.json"))
+}
+
+/// Reads and validates an HF `config.json` (any file name).
+pub fn config_file(path: &Path) -> Result<LlamaConfig> {
+    let path = path.to_path_buf();
     let json = read_json(&path)?;
     let model_type = json.get("model_type").and_then(Json::as_str).unwrap_or("llama");
     if !matches!(model_type, "llama" | "mistral" | "qwen2") {

@@ -52,7 +52,7 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
 }
 
-/// Where the student comes from (`type = "prune" | "preset" | "pretrained"`).
+/// Where the student comes from (`type = "prune" | "preset" | "config" | "pretrained"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StudentConfig {
@@ -81,6 +81,14 @@ pub enum StudentConfig {
     /// A named preset (e.g. `smollm2-135m`) with fresh weights; the tokenizer comes from `tokenizer_from`.
     Preset {
         name: String,
+        tokenizer_from: String,
+        #[serde(default)]
+        init_seed: u64,
+    },
+    /// An explicit architecture: an HF `config.json` (the same format as the teacher's) with fresh
+    /// weights; the tokenizer comes from `tokenizer_from`.
+    Config {
+        config: String,
         tokenizer_from: String,
         #[serde(default)]
         init_seed: u64,

@@ -265,6 +265,13 @@ pub(crate) fn build_student(
             let weights = init::random_weights(&student_cfg, *init_seed, &Device::Cpu)?;
             (student_cfg, weights, source)
         }
+        StudentConfig::Config { config, tokenizer_from, init_seed } => {
+            let student_cfg = distill_models::loader::config_file(std::path::Path::new(config))
+                .with_context(|| format!("student config `{config}`"))?;
+            let source = load(tokenizer_from)?;
+            let weights = init::random_weights(&student_cfg, *init_seed, &Device::Cpu)?;
+            (student_cfg, weights, source)
+        }
         StudentConfig::Pretrained { from } => {
             let source = load(from)?;
             let weights = source.model.named_parameters().into_iter().collect();
