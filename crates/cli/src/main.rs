@@ -21,6 +21,8 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Train a student on a teacher-signal dataset, configured by a TOML file.
     Train(commands::train::TrainArgs),
+    /// Export a model (e.g. a trained student) as GGUF (f32/f16/q8_0/q4_0) or an HF directory.
+    Export(commands::export::ExportArgs),
 }
 
 fn main() {
@@ -33,6 +35,7 @@ fn main() {
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Train(args) => commands::train::run(args),
+        Command::Export(args) => commands::export::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -6,13 +6,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Value;
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::export::{write_gguf, GgufTokenizer, GgufType};
 use crate::llama::LlamaConfig;
-use crate::loader::{gguf_name, permute_qk};
 
 /// ChatML, as SmolLM2 and Qwen2 use it.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -61,50 +59,17 @@ pub fn tiny_config() -> LlamaConfig {
 /// Writes a GGUF file the way llama.cpp's converter would: llama.cpp tensor names, q/k rows
 /// permuted, f32 data, tokenizer and chat template in the metadata.
 pub fn write_tiny_gguf(path: &Path, cfg: &LlamaConfig, weights: &HashMap<String, Tensor>) -> Result<()> {
-    let (tokens, merges, types) = tiny_vocab();
-    let arch = if cfg.model_type == "qwen2" { "qwen2" } else { "llama" };
-    let k = |s: &str| format!("{arch}.{s}");
-    let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
-    let mut meta: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(arch.into())),
-        ("general.name".into(), Value::String("tiny".into())),
-        (k("block_count"), Value::U32(cfg.num_hidden_layers as u32)),
-        (k("context_length"), Value::U32(cfg.max_position_embeddings as u32)),
-        (k("embedding_length"), Value::U32(cfg.hidden_size as u32)),
-        (k("feed_forward_length"), Value::U32(cfg.intermediate_size as u32)),
-        (k("attention.head_count"), Value::U32(cfg.num_attention_heads as u32)),
-        (k("attention.head_count_kv"), Value::U32(cfg.num_kv_heads() as u32)),
-        (k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
-        (k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
-        (k("vocab_size"), Value::U32(cfg.vocab_size as u32)),
-        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
-        ("tokenizer.ggml.tokens".into(), strings(&tokens)),
-        ("tokenizer.ggml.merges".into(), strings(&merges)),
-        ("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect())),
-        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
-        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("tokenizer.chat_template".into(), Value::String(CHATML_TEMPLATE.into())),
-    ];
-    meta.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    for (name, t) in weights {
-        let gguf_name = gguf_name(name).ok_or_else(|| Error::tensor(name, "has no GGUF name"))?;
-        let t = if arch == "llama" && name.contains("q_proj") {
-            permute_qk(t, cfg.num_attention_heads)?
-        } else if arch == "llama" && name.contains("k_proj") {
-            permute_qk(t, cfg.num_kv_heads())?
-        } else {
-            t.clone()
-        };
-        tensors.push((gguf_name, QTensor::quantize(&t, GgmlDType::F32)?));
-    }
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    candle_core::quantized::gguf_file::write(&mut file, &meta_refs, &tensor_refs)?;
+    let (tokens, merges, token_types) = tiny_vocab();
+    let tokenizer = GgufTokenizer {
+        tokens,
+        merges,
+        token_types,
+        pre: "smollm".into(),
+        bos_id: Some(1),
+        eos_id: Some(2),
+        add_bos: false,
+    };
+    write_gguf(path, "tiny", cfg, weights, &tokenizer, Some(CHATML_TEMPLATE), GgufType::F32)?;
     Ok(())
 }
 

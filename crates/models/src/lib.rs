@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod error;
+pub mod export;
 pub mod fixtures;
 pub mod generate;
 pub mod gguf;

@@ -183,6 +183,16 @@ impl TextTokenizer {
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
+
+    /// The `tokenizer.ggml.pre` name of this tokenizer's pre-tokenizer, when it is one of those
+    /// llama.cpp knows (compared structurally with the ones built for GGUF loading).
+    pub fn gguf_pre(&self) -> Option<String> {
+        let ours = serde_json::to_value(self.inner.get_pre_tokenizer()?).ok()?;
+        ["smollm", "gpt2", "llama-bpe", "qwen2"]
+            .into_iter()
+            .find(|name| pre_tokenizer(name).ok().and_then(|p| serde_json::to_value(p).ok()).as_ref() == Some(&ours))
+            .map(str::to_string)
+    }
 }
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.

@@ -1,0 +1,58 @@
+//! `distill export`: GGUF and HF outputs of a model load back and generate the same greedy text;
+//! bad arguments are refused without touching existing files.
+
+use std::process::{Command, Output};
+
+use distill_models::fixtures::tiny_gguf;
+
+fn distill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).env_remove("DISTILL_MODEL").output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn greedy(model: &str) -> String {
+    let out = distill(&["generate", "--model", model, "--max-tokens", "12", "--json", "the hello"]);
+    assert!(out.status.success(), "{model}: {}", text(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    line["text"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn exports_round_trip_and_bad_arguments_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("teacher.gguf");
+    tiny_gguf(&model, 12).unwrap();
+    let m = model.to_str().unwrap();
+    let expected = greedy(m);
+
+    let f32_out = dir.path().join("student.f32.gguf");
+    let out = distill(&["export", m, "-o", f32_out.to_str().unwrap(), "--type", "f32"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("tensors"), "{}", text(&out.stderr));
+    assert_eq!(greedy(f32_out.to_str().unwrap()), expected);
+
+    let hf = dir.path().join("hf");
+    let out = distill(&["export", f32_out.to_str().unwrap(), "-o", hf.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+        assert!(hf.join(file).is_file(), "{file} missing");
+    }
+    assert_eq!(greedy(hf.to_str().unwrap()), expected);
+
+    // Existing output: refused, file untouched; unknown type: refused.
+    let before = std::fs::read(&f32_out).unwrap();
+    let out = distill(&["export", m, "-o", f32_out.to_str().unwrap(), "--type", "q8_0"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--force"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&f32_out).unwrap(), before);
+    let out = distill(&["export", m, "-o", dir.path().join("x.gguf").to_str().unwrap(), "--type", "q3_k"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("unknown --type `q3_k`"), "{}", text(&out.stderr));
+
+    let out = distill(&["export", m, "-o", f32_out.to_str().unwrap(), "--type", "q8_0", "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(std::fs::metadata(&f32_out).unwrap().len() < before.len() as u64);
+}

@@ -1,0 +1,258 @@
+//! Writing a model as GGUF for llama.cpp and other GGUF runtimes.
+//!
+//! The file is what llama.cpp's own converter writes for a Llama-family model: llama.cpp tensor
+//! names, q/k rows permuted for its interleaved RoPE (llama/mistral), 1-D tensors (norms, biases)
+//! in f32, matrices in the chosen type (a matrix whose rows are not a multiple of the 32-value
+//! quantisation block falls back to f16, as llama.cpp's quantizer does), the hyper-parameters,
+//! the byte-level BPE tokenizer (`tokenizer.ggml.*`, with the `pre` name llama.cpp dispatches its
+//! pre-tokenizer on) and the chat template. Blocks are quantised by candle's `QTensor`
+//! (llama.cpp's block layouts); the container is GGUF version 3 (little-endian; version 3 differs
+//! from 2 only in allowing big-endian files).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Tensor;
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+use crate::llama::LlamaConfig;
+use crate::loader::{gguf_name, permute_qk};
+use crate::tokenizer::TextTokenizer;
+
+/// Element type of the exported matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufType {
+    F32,
+    F16,
+    Q8_0,
+    Q4_0,
+}
+
+impl GgufType {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "f32" => Self::F32,
+            "f16" => Self::F16,
+            "q8_0" => Self::Q8_0,
+            "q4_0" => Self::Q4_0,
+            _ => return None,
+        })
+    }
+
+    fn ggml(self) -> GgmlDType {
+        match self {
+            Self::F32 => GgmlDType::F32,
+            Self::F16 => GgmlDType::F16,
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4_0 => GgmlDType::Q4_0,
+        }
+    }
+
+    /// llama.cpp's `general.file_type` (`LLAMA_FTYPE_*`).
+    fn file_type(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q8_0 => 7,
+        }
+    }
+}
+
+/// The tokenizer as GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTokenizer {
+    pub tokens: Vec<String>,
+    pub merges: Vec<String>,
+    /// llama.cpp token types: 1 normal, 3 control, 4 user-defined, 5 unused (padding).
+    pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.pre`: which pre-tokenizer llama.cpp applies.
+    pub pre: String,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub add_bos: bool,
+}
+
+impl GgufTokenizer {
+    /// From a byte-level BPE tokenizer, padded with unused tokens to `vocab_size` entries.
+    pub fn from_tokenizer(tok: &TextTokenizer, vocab_size: usize) -> Result<Self> {
+        let pre = tok.gguf_pre().ok_or_else(|| {
+            Error::Tokenizer(
+                "the tokenizer's pre-tokenizer is not one llama.cpp knows by name (smollm, gpt2, llama3, qwen2), so GGUF export cannot say which to use".into(),
+            )
+        })?;
+        let json: Json = serde_json::from_str(&tok.to_json()?).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let model = &json["model"];
+        if model["type"].as_str() != Some("BPE") {
+            return Err(Error::Tokenizer(format!(
+                "GGUF export supports byte-level BPE tokenizers; this one is {}",
+                model["type"]
+            )));
+        }
+        let size = tok.vocab_size().max(vocab_size);
+        let mut tokens: Vec<Option<String>> = vec![None; size];
+        let mut types = vec![1i32; size];
+        for (text, id) in model["vocab"].as_object().into_iter().flatten() {
+            if let Some(slot) = id.as_u64().and_then(|id| tokens.get_mut(id as usize)) {
+                *slot = Some(text.clone());
+            }
+        }
+        for added in json["added_tokens"].as_array().into_iter().flatten() {
+            let (Some(id), Some(text)) = (added["id"].as_u64(), added["content"].as_str()) else { continue };
+            if let Some(slot) = tokens.get_mut(id as usize) {
+                *slot = Some(text.to_string());
+                types[id as usize] = if added["special"].as_bool() == Some(true) { 3 } else { 4 };
+            }
+        }
+        let tokens = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(id, t)| {
+                t.unwrap_or_else(|| {
+                    types[id] = 5;
+                    format!("[PAD{id}]")
+                })
+            })
+            .collect();
+        let merges = model["merges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| match m {
+                Json::String(s) => Ok(s.clone()),
+                Json::Array(pair) if pair.len() == 2 => {
+                    Ok(format!("{} {}", pair[0].as_str().unwrap_or_default(), pair[1].as_str().unwrap_or_default()))
+                }
+                other => Err(Error::Tokenizer(format!("unexpected BPE merge {other}"))),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            tokens,
+            merges,
+            token_types: types,
+            pre,
+            bos_id: tok.bos_id(),
+            eos_id: tok.eos_id(),
+            add_bos: tok.adds_bos(),
+        })
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufSummary {
+    pub bytes: u64,
+    pub tensors: usize,
+    /// Matrices kept in f16 because their rows do not fill whole quantisation blocks.
+    pub fallbacks: Vec<String>,
+}
+
+/// Writes `weights` (HF names) of a model with config `cfg` as a GGUF file at `path` (atomically).
+pub fn write_gguf(
+    path: &Path,
+    name: &str,
+    cfg: &LlamaConfig,
+    weights: &HashMap<String, Tensor>,
+    tokenizer: &GgufTokenizer,
+    chat_template: Option<&str>,
+    ty: GgufType,
+) -> Result<GgufSummary> {
+    let arch = if cfg.model_type == "qwen2" { "qwen2" } else { "llama" };
+    let meta = metadata(arch, name, cfg, tokenizer, chat_template, ty)?;
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut fallbacks = Vec::new();
+    let mut sorted: Vec<(&String, &Tensor)> = weights.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (hf, t) in sorted {
+        let gguf = gguf_name(hf).ok_or_else(|| Error::tensor(hf.as_str(), "has no llama.cpp name"))?;
+        let t = if arch == "llama" && hf.contains("self_attn.q_proj") {
+            permute_qk(t, cfg.num_attention_heads)?
+        } else if arch == "llama" && hf.contains("self_attn.k_proj") {
+            permute_qk(t, cfg.num_kv_heads())?
+        } else {
+            t.clone()
+        };
+        let dtype = if t.rank() < 2 {
+            GgmlDType::F32
+        } else if matches!(ty, GgufType::Q8_0 | GgufType::Q4_0) && !t.dim(1)?.is_multiple_of(32) {
+            fallbacks.push(gguf.clone());
+            GgmlDType::F16
+        } else {
+            ty.ggml()
+        };
+        tensors.push((gguf, QTensor::quantize(&t.contiguous()?, dtype)?));
+    }
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    candle_core::quantized::gguf_file::write(&mut buffer, &meta_refs, &tensor_refs)?;
+    let mut bytes = buffer.into_inner();
+    // candle writes the version-2 layout, which is version 3's for little-endian files.
+    bytes[4..8].copy_from_slice(&3u32.to_le_bytes());
+    crate::checkpoint::write_bytes_atomic(path, &bytes)?;
+    Ok(GgufSummary { bytes: bytes.len() as u64, tensors: tensors.len(), fallbacks })
+}
+
+fn metadata(
+    arch: &str,
+    name: &str,
+    cfg: &LlamaConfig,
+    tok: &GgufTokenizer,
+    chat_template: Option<&str>,
+    ty: GgufType,
+) -> Result<Vec<(String, Value)>> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let u32v = |x: usize| Value::U32(x as u32);
+    let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
+    let mut meta: BTreeMap<String, Value> = BTreeMap::new();
+    meta.insert("general.architecture".into(), Value::String(arch.into()));
+    meta.insert("general.name".into(), Value::String(name.into()));
+    meta.insert("general.file_type".into(), Value::U32(ty.file_type()));
+    if matches!(ty, GgufType::Q8_0 | GgufType::Q4_0) {
+        meta.insert("general.quantization_version".into(), Value::U32(2));
+    }
+    meta.insert(k("block_count"), u32v(cfg.num_hidden_layers));
+    meta.insert(k("context_length"), u32v(cfg.max_position_embeddings));
+    meta.insert(k("embedding_length"), u32v(cfg.hidden_size));
+    meta.insert(k("feed_forward_length"), u32v(cfg.intermediate_size));
+    meta.insert(k("attention.head_count"), u32v(cfg.num_attention_heads));
+    meta.insert(k("attention.head_count_kv"), u32v(cfg.num_kv_heads()));
+    meta.insert(k("attention.key_length"), u32v(cfg.head_dim()));
+    meta.insert(k("attention.value_length"), u32v(cfg.head_dim()));
+    meta.insert(k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32));
+    meta.insert(k("rope.freq_base"), Value::F32(cfg.rope_theta as f32));
+    meta.insert(k("rope.dimension_count"), u32v(cfg.head_dim()));
+    meta.insert(k("vocab_size"), u32v(cfg.vocab_size));
+    if let Some(scaling) = &cfg.rope_scaling {
+        if scaling.rope_type != "linear" {
+            return Err(Error::Config(format!(
+                "RoPE scaling `{}` cannot be exported to GGUF yet (only linear)",
+                scaling.rope_type
+            )));
+        }
+        meta.insert(k("rope.scaling.type"), Value::String("linear".into()));
+        meta.insert(k("rope.scaling.factor"), Value::F32(scaling.factor as f32));
+    }
+    meta.insert("tokenizer.ggml.model".into(), Value::String("gpt2".into()));
+    meta.insert("tokenizer.ggml.pre".into(), Value::String(tok.pre.clone()));
+    meta.insert("tokenizer.ggml.tokens".into(), strings(&tok.tokens));
+    meta.insert("tokenizer.ggml.merges".into(), strings(&tok.merges));
+    meta.insert(
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(tok.token_types.iter().map(|&t| Value::I32(t)).collect()),
+    );
+    if let Some(id) = tok.bos_id {
+        meta.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(id));
+    }
+    if let Some(id) = tok.eos_id {
+        meta.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(id));
+    }
+    meta.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(tok.add_bos));
+    if let Some(template) = chat_template {
+        meta.insert("tokenizer.chat_template".into(), Value::String(template.into()));
+    }
+    Ok(meta.into_iter().collect())
+}
