@@ -21,8 +21,13 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Train a student on a teacher-signal dataset, configured by a TOML file.
     Train(commands::train::TrainArgs),
+    /// Compare a student with its teacher: KL, agreement, perplexity, ROUGE-L, exact match,
+    /// size, memory and speed, summed up as retention.
+    Eval(commands::eval::EvalArgs),
     /// Export a model (e.g. a trained student) as GGUF (f32/f16/q8_0/q4_0) or an HF directory.
     Export(commands::export::ExportArgs),
+    #[command(name = "__measure", hide = true)]
+    Measure(commands::eval::MeasureArgs),
 }
 
 fn main() {
@@ -35,7 +40,9 @@ fn main() {
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Measure(args) => commands::eval::measure(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

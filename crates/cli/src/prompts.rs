@@ -25,6 +25,8 @@ pub struct PromptRecord {
     pub completion: Option<String>,
     /// `metadata.id`, when the line has one.
     pub id: Option<String>,
+    /// `reference`: the expected answer, for exact-match evaluation.
+    pub reference: Option<String>,
     /// 1-based line in the file.
     pub line: usize,
 }
@@ -75,7 +77,13 @@ fn parse_line(line: &str) -> Result<PromptRecord> {
             completion = Some(last.content);
         }
     }
-    Ok(PromptRecord { prompt, completion, id, line: 0 })
+    let reference = match obj.get("reference") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => bail!("`reference` must be a string or a number"),
+    };
+    Ok(PromptRecord { prompt, completion, id, reference, line: 0 })
 }
 
 fn parse_prompt(obj: &serde_json::Map<String, Value>) -> Result<Prompt> {

@@ -1,4 +1,5 @@
 pub mod dataset;
+pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod inspect;

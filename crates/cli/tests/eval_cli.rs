@@ -1,0 +1,91 @@
+//! `distill eval` on tiny models: a student identical to its teacher keeps everything; a
+//! different one diverges; references give exact match; mismatched vocabularies are refused.
+
+use std::process::{Command, Output};
+
+use distill_models::fixtures::{tiny_config, tiny_gguf, write_tiny_gguf};
+
+fn distill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).env_remove("DISTILL_MODEL").output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn eval(dir: &std::path::Path, teacher: &str, student: &str, extra: &[&str]) -> serde_json::Value {
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"the hello\", \"reference\": \"x\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}]}\n{\"prompt\": \"ab ab\"}\n",
+    )
+    .unwrap();
+    let out_path = dir.join(format!("eval-{}.json", extra.len()));
+    let mut args = vec![
+        "eval",
+        "--teacher",
+        teacher,
+        "--student",
+        student,
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--ood-prompts",
+        prompts.to_str().unwrap(),
+        "--max-tokens",
+        "8",
+        "--out",
+        out_path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = distill(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("retention"), "{}", text(&out.stdout));
+    serde_json::from_str(&std::fs::read_to_string(out_path).unwrap()).unwrap()
+}
+
+#[test]
+fn identical_student_keeps_everything_and_another_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = dir.path().join("teacher.gguf");
+    tiny_gguf(&teacher, 3).unwrap();
+    let other = dir.path().join("other.gguf");
+    tiny_gguf(&other, 4).unwrap();
+    let t = teacher.to_str().unwrap();
+
+    let same = eval(dir.path(), t, t, &[]);
+    let d = &same["in_domain"];
+    assert!(d["tokens"]["positions"].as_u64().unwrap() > 0);
+    assert!(d["tokens"]["kl_forward"].as_f64().unwrap() < 1e-6, "{d}");
+    assert_eq!(d["retention"]["top1_agreement_pct"], 100.0);
+    assert!((d["retention"]["perplexity_pct"].as_f64().unwrap() - 100.0).abs() < 1e-6);
+    assert_eq!(d["retention"]["rouge_l_pct"], 100.0);
+    assert_eq!(d["exact_match"]["with_reference"], 1);
+    assert_eq!(same["cost"]["student_vs_teacher"]["parameters"], 1.0);
+    assert!(same["cost"]["teacher"]["speed"]["decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(same["cost"]["teacher"]["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(same["out_of_domain"]["tokens"]["positions"].as_u64().unwrap() > 0);
+
+    let diff = eval(dir.path(), t, other.to_str().unwrap(), &["--no-speed"]);
+    let d = &diff["in_domain"];
+    assert!(d["tokens"]["kl_forward"].as_f64().unwrap() > 0.01, "{d}");
+    assert!(d["retention"]["perplexity_pct"].as_f64().unwrap() != 100.0);
+    assert!(diff["cost"]["teacher"].get("speed").is_none());
+
+    // A student whose embedding table is padded to another size cannot be compared token by token.
+    let padded = dir.path().join("padded.gguf");
+    let cfg = distill_models::LlamaConfig { vocab_size: tiny_config().vocab_size + 8, ..tiny_config() };
+    let weights = distill_models::init::random_weights(&cfg, 1, &candle_core::Device::Cpu).unwrap();
+    write_tiny_gguf(&padded, &cfg, &weights).unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    let out = distill(&[
+        "eval",
+        "--teacher",
+        t,
+        "--student",
+        padded.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("differs from the teacher's"), "{}", text(&out.stderr));
+}

@@ -1,0 +1,10 @@
+//! What a student kept of its teacher: token-level agreement on the teacher's own text, text
+//! overlap of greedy outputs, task exact match, and the cost side (size, memory, speed), summed up
+//! as *retention* — the student's figure as a percentage of the teacher's.
+
+pub mod speed;
+pub mod text;
+pub mod tokens;
+
+pub use text::{exact_match, rouge_l};
+pub use tokens::TokenStats;
