@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline from one TOML: teacher signal → train → eval → export → report.
+    Run(commands::run::RunArgs),
     /// Generate text with a model (GGUF file, Hugging Face directory or Hub id).
     Generate(commands::generate::GenerateArgs),
     /// Summarise a teacher-signal dataset: sequences, tokens, size, teacher, k, entropy.
@@ -24,6 +26,8 @@ enum Command {
     /// Compare a student with its teacher: KL, agreement, perplexity, ROUGE-L, exact match,
     /// size, memory and speed, summed up as retention.
     Eval(commands::eval::EvalArgs),
+    /// Write RUN_DIR/report.html (plots, retention, cost, samples) and report.json.
+    Report(commands::report::ReportArgs),
     /// Export a model (e.g. a trained student) as GGUF (f32/f16/q8_0/q4_0) or an HF directory.
     Export(commands::export::ExportArgs),
     #[command(name = "__measure", hide = true)]
@@ -38,10 +42,12 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
+        Command::Run(args) => commands::run::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Report(args) => commands::report::run(args),
         Command::Measure(args) => commands::eval::measure(args),
     };
     if let Err(err) = result {

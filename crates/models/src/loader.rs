@@ -33,7 +33,12 @@ pub enum ModelLocation {
 
 /// Resolves a `--model` argument: an existing `.gguf` file or directory, else a Hub id.
 pub fn resolve(spec: &str) -> Result<ModelLocation> {
-    let path = Path::new(spec);
+    // `~/…` as a shell would expand it (config files are not shell-expanded).
+    let expanded = match (spec.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => PathBuf::from(spec),
+    };
+    let path = expanded.as_path();
     if path.is_file() {
         return Ok(ModelLocation::Gguf(path.to_path_buf()));
     }

@@ -27,28 +27,28 @@ use crate::prompts::{read_prompt_file, PromptRecord};
 pub struct EvalArgs {
     /// The student: a run's final/ directory, a GGUF file (e.g. an exported q4_0), HF dir or Hub id.
     #[arg(long)]
-    student: String,
+    pub(crate) student: String,
     /// The teacher (default: the fetched default teacher).
     #[arg(long, env = "DISTILL_MODEL")]
-    teacher: Option<String>,
+    pub(crate) teacher: Option<String>,
     /// Held-out prompts of the task (JSONL; `reference` answers enable exact match).
     #[arg(long)]
-    prompts: PathBuf,
+    pub(crate) prompts: PathBuf,
     /// Out-of-domain prompts, to show where the student is weaker.
     #[arg(long)]
-    ood_prompts: Option<PathBuf>,
+    pub(crate) ood_prompts: Option<PathBuf>,
     /// Tokens each model generates per prompt (greedy).
     #[arg(long, default_value_t = 64)]
-    max_tokens: usize,
+    pub(crate) max_tokens: usize,
     /// Prompts decoded together.
     #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
     /// Skip the speed and memory measurement.
     #[arg(long)]
-    no_speed: bool,
+    pub(crate) no_speed: bool,
     /// Write the results (and a few samples) as JSON here.
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
 }
 
 /// Hidden helper: load one model, time it, report peak memory (run in a child process so each

@@ -17,24 +17,24 @@ use distill_models::export::{write_gguf, GgufTokenizer, GgufType};
 pub struct ExportArgs {
     /// Model to export: a training run's `final/` directory, any HF model directory, a GGUF file
     /// or a Hub id.
-    model: String,
+    pub(crate) model: String,
 
     /// Output: a `.gguf` file, or a directory for the Hugging Face layout (config.json,
     /// model.safetensors, tokenizer.json, generation_config.json).
     #[arg(short, long)]
-    output: PathBuf,
+    pub(crate) output: PathBuf,
 
     /// GGUF element type of the weight matrices: f32, f16, q8_0 or q4_0 (norms stay f32).
     #[arg(long = "type", default_value = "f16", value_name = "TYPE")]
-    ty: String,
+    pub(crate) ty: String,
 
     /// Name recorded in the GGUF metadata (default: the output file's stem).
     #[arg(long)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
 
     /// Replace the output if it exists.
     #[arg(long)]
-    force: bool,
+    pub(crate) force: bool,
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {

@@ -4,4 +4,6 @@ pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod reference;
+pub mod report;
+pub mod run;
 pub mod train;

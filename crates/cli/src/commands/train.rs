@@ -51,6 +51,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(dir) = &args.export_reference {
         return super::reference::export(&cfg, dir);
     }
+    train(&cfg)
+}
+
+/// Trains (or resumes) the run `cfg` describes, leaving `final/` in its output directory.
+pub fn train(cfg: &TrainConfig) -> Result<()> {
     std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create {}", cfg.output.display()))?;
     let resolved = toml::to_string(&cfg)?;
     let resume_from = ckpt::find(&cfg.output);
@@ -77,7 +82,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let weights = loaded.model.named_parameters().into_iter().collect();
             (loaded.model.config().clone(), weights, loaded)
         }
-        None => build_student(&cfg, &dataset)?,
+        None => build_student(cfg, &dataset)?,
     };
     let tok = &source.tokenizer;
     dataset.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;

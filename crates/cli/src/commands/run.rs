@@ -1,0 +1,299 @@
+//! `distill run CONFIG`: the whole pipeline from one TOML — teacher signal → train → eval →
+//! export → eval of each exported file → report. Each finished stage leaves a marker in
+//! `OUTPUT/stages/` and is skipped on a re-run; an interrupted stage resumes by its own means
+//! (datasets and training checkpoints are resumable).
+//!
+//! ```toml
+//! output = "runs/quickstart"
+//! [teacher]
+//! model = "…gguf"                 # default: the fetched default teacher
+//! [data]
+//! train_prompts = "examples/support/train.jsonl"
+//! heldout_prompts = "examples/support/heldout.jsonl"
+//! ood_prompts = "examples/ood.jsonl"   # optional
+//! max_train_prompts = 96              # optional: the first N lines
+//! k = 32
+//! max_tokens = 48
+//! [train]                             # a `distill train` config without dataset/eval_dataset/output
+//! steps = 30
+//! [student] …                         # as in `distill train`
+//! [eval]
+//! max_tokens = 32
+//! [export]
+//! types = ["q8_0", "q4_0"]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use distill_models::SamplingParams;
+use distill_train::config::TrainConfig;
+use serde::Deserialize;
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example: distill run examples/quickstart.toml  (re-run it to resume; finished stages are skipped)"
+)]
+pub struct RunArgs {
+    /// Pipeline configuration (TOML); see examples/quickstart.toml.
+    config: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineConfig {
+    output: PathBuf,
+    #[serde(default)]
+    teacher: TeacherSection,
+    data: DataSection,
+    /// `distill train` settings; dataset, eval_dataset and output are filled in.
+    train: toml::Table,
+    student: toml::Table,
+    #[serde(default)]
+    loss: Option<toml::Table>,
+    #[serde(default)]
+    optimizer: Option<toml::Table>,
+    #[serde(default)]
+    schedule: Option<toml::Table>,
+    #[serde(default)]
+    eval: EvalSection,
+    #[serde(default)]
+    export: ExportSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeacherSection {
+    model: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataSection {
+    train_prompts: PathBuf,
+    heldout_prompts: PathBuf,
+    ood_prompts: Option<PathBuf>,
+    max_train_prompts: Option<usize>,
+    max_heldout_prompts: Option<usize>,
+    #[serde(default = "default_k")]
+    k: usize,
+    #[serde(default = "default_max_tokens")]
+    max_tokens: usize,
+    #[serde(default = "default_temperature")]
+    temperature: f64,
+    #[serde(default = "default_top_p")]
+    top_p: f64,
+    #[serde(default)]
+    seed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvalSection {
+    #[serde(default = "default_eval_tokens")]
+    max_tokens: usize,
+    max_prompts: Option<usize>,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self { max_tokens: default_eval_tokens(), max_prompts: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportSection {
+    #[serde(default = "default_types")]
+    types: Vec<String>,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        Self { types: default_types() }
+    }
+}
+
+fn default_k() -> usize {
+    32
+}
+fn default_max_tokens() -> usize {
+    64
+}
+fn default_temperature() -> f64 {
+    0.7
+}
+fn default_top_p() -> f64 {
+    0.95
+}
+fn default_eval_tokens() -> usize {
+    48
+}
+fn default_types() -> Vec<String> {
+    vec!["q8_0".into(), "q4_0".into()]
+}
+
+/// Skips `stage` when its marker exists; runs it and writes the marker otherwise.
+fn stage(out: &Path, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let marker = out.join("stages").join(format!("{name}.done"));
+    if marker.exists() {
+        eprintln!("== {name}: done earlier, skipped");
+        return Ok(());
+    }
+    eprintln!("== {name}");
+    let started = Instant::now();
+    f().with_context(|| format!("stage `{name}` failed; fix the cause and re-run the same command to continue"))?;
+    std::fs::create_dir_all(marker.parent().expect("marker has a parent"))?;
+    std::fs::write(&marker, format!("{:.1} s\n", started.elapsed().as_secs_f64()))?;
+    eprintln!("== {name}: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The first `n` non-empty lines of a prompt file, copied into the run (so the run's prompt file
+/// hash is stable), or the file itself.
+fn prompt_subset(src: &Path, n: Option<usize>, dest: &Path) -> Result<PathBuf> {
+    let Some(n) = n else { return Ok(src.to_path_buf()) };
+    let text = std::fs::read_to_string(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let lines: String = text.lines().filter(|l| !l.trim().is_empty()).take(n).map(|l| format!("{l}\n")).collect();
+    std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
+    std::fs::write(dest, lines)?;
+    Ok(dest.to_path_buf())
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let text =
+        std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
+    let cfg: PipelineConfig =
+        toml::from_str(&text).with_context(|| format!("{} is not a valid pipeline config", args.config.display()))?;
+    let out = cfg.output.clone();
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let started = Instant::now();
+    let teacher = match &cfg.teacher.model {
+        Some(m) => m.clone(),
+        None => distill_models::teacher::default_teacher()
+            .with_context(|| format!("the default teacher is not fetched\n{}", distill_models::teacher::FETCH_HINT))?
+            .display()
+            .to_string(),
+    };
+
+    // The train config is validated before any expensive stage runs.
+    let (train_dir, data_train, data_heldout) = (out.join("train"), out.join("data/train"), out.join("data/heldout"));
+    let mut table = cfg.train.clone();
+    table.insert("dataset".into(), toml::Value::String(data_train.display().to_string()));
+    table.insert("eval_dataset".into(), toml::Value::String(data_heldout.display().to_string()));
+    table.insert("output".into(), toml::Value::String(train_dir.display().to_string()));
+    let mut student_table = cfg.student.clone();
+    if student_table.get("type").and_then(|t| t.as_str()) == Some("prune") && !student_table.contains_key("from") {
+        // A pruned student is cut from the pipeline's teacher unless told otherwise.
+        student_table.insert("from".into(), toml::Value::String(teacher.clone()));
+    }
+    table.insert("student".into(), toml::Value::Table(student_table));
+    for (key, section) in [("loss", &cfg.loss), ("optimizer", &cfg.optimizer), ("schedule", &cfg.schedule)] {
+        if let Some(t) = section {
+            table.insert(key.into(), toml::Value::Table(t.clone()));
+        }
+    }
+    let train_cfg: TrainConfig = toml::Value::Table(table)
+        .try_into()
+        .with_context(|| format!("{}: the [train]/[student]/[loss] sections", args.config.display()))?;
+    train_cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+
+    let d = &cfg.data;
+    let sampling = SamplingParams {
+        temperature: d.temperature,
+        top_p: d.top_p,
+        seed: d.seed,
+        max_tokens: d.max_tokens,
+        ..SamplingParams::default()
+    };
+    for (name, src, n, dest) in [
+        ("teacher-signal-train", &d.train_prompts, d.max_train_prompts, &data_train),
+        ("teacher-signal-heldout", &d.heldout_prompts, d.max_heldout_prompts, &data_heldout),
+    ] {
+        stage(&out, name, || {
+            let prompts = prompt_subset(src, n, &out.join(format!("data/{name}.jsonl")))?;
+            super::dataset::run(super::dataset::DatasetOptions {
+                output: dest.clone(),
+                prompts_file: prompts,
+                model: Some(teacher.clone()),
+                chat: true,
+                system: None,
+                sampling: sampling.clone(),
+                k: d.k,
+                completions: 1,
+                prompts_per_shard: 32,
+                batch_size: 8,
+                logprob_temperature: 1.0,
+            })
+        })?;
+    }
+    stage(&out, "train", || super::train::train(&train_cfg))?;
+
+    let student = train_dir.join("final");
+    let heldout = prompt_subset(&d.heldout_prompts, cfg.eval.max_prompts, &out.join("data/eval-heldout.jsonl"))?;
+    let ood = d
+        .ood_prompts
+        .as_ref()
+        .map(|p| prompt_subset(p, cfg.eval.max_prompts, &out.join("data/eval-ood.jsonl")))
+        .transpose()?;
+    let eval = |model: &Path, json: &Path| {
+        super::eval::run(super::eval::EvalArgs {
+            student: model.display().to_string(),
+            teacher: Some(teacher.clone()),
+            prompts: heldout.clone(),
+            ood_prompts: ood.clone(),
+            max_tokens: cfg.eval.max_tokens,
+            batch_size: 8,
+            no_speed: false,
+            out: Some(json.to_path_buf()),
+        })
+    };
+    stage(&out, "eval", || eval(&student, &train_dir.join("eval.json")))?;
+    for ty in &cfg.export.types {
+        let file = out.join("export").join(format!("student.{ty}.gguf"));
+        stage(&out, &format!("export-{ty}"), || {
+            super::export::run(super::export::ExportArgs {
+                model: student.display().to_string(),
+                output: file.clone(),
+                ty: ty.clone(),
+                name: Some(format!("distill-student-{ty}")),
+                force: true,
+            })?;
+            // The deployed file is the one that counts: retention is measured again on it.
+            eval(&file, &train_dir.join(format!("eval-{ty}.json")))
+        })?;
+    }
+    super::report::run(super::report::ReportArgs { run: train_dir.clone(), baseline: None })?;
+    summary(&train_dir, started)?;
+    Ok(())
+}
+
+/// The retention figures of every evaluated file and where the report is.
+fn summary(train_dir: &Path, started: Instant) -> Result<()> {
+    println!(
+        "\npipeline finished in {:.1} min; report: {}",
+        started.elapsed().as_secs_f64() / 60.0,
+        train_dir.join("report.html").display()
+    );
+    let figures: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(train_dir.join("report.json"))?)?;
+    let pct = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.1}%")).unwrap_or_else(|| "–".into());
+    for e in figures["evaluations"].as_array().into_iter().flatten() {
+        for set in ["in_domain", "out_of_domain"] {
+            let r = &e[set];
+            if r.is_null() {
+                continue;
+            }
+            println!(
+                "retention {} {set}: top-1 agreement {}, perplexity {}, ROUGE-L {}, exact match {}",
+                e["model"].as_str().unwrap_or_default(),
+                pct(&r["top1_agreement_pct"]),
+                pct(&r["perplexity_pct"]),
+                pct(&r["rouge_l_pct"]),
+                pct(&r["exact_match_pct"])
+            );
+        }
+    }
+    Ok(())
+}

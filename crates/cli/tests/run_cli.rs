@@ -1,0 +1,71 @@
+//! `distill run`: the whole pipeline on a tiny teacher, then a re-run that skips every stage.
+
+use std::process::{Command, Output};
+
+use distill_models::fixtures::tiny_gguf;
+
+fn distill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).env_remove("DISTILL_MODEL").output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = dir.path().join("teacher.gguf");
+    tiny_gguf(&teacher, 21).unwrap();
+    let prompts = |name: &str, n: usize, with_ref: bool| {
+        let path = dir.path().join(name);
+        let lines: String = (0..n)
+            .map(|i| {
+                let reference = if with_ref { format!(", \"reference\": \"the {i}\"") } else { String::new() };
+                format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"hello the {i} there\"}}]{reference}}}\n")
+            })
+            .collect();
+        std::fs::write(&path, lines).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (train, heldout, ood) =
+        (prompts("train.jsonl", 16, false), prompts("heldout.jsonl", 6, false), prompts("ood.jsonl", 3, true));
+    let out = dir.path().join("run");
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "output = {:?}\n[teacher]\nmodel = {:?}\n[data]\ntrain_prompts = {train:?}\nheldout_prompts = {heldout:?}\nood_prompts = {ood:?}\nmax_train_prompts = 12\nk = 8\nmax_tokens = 8\n[train]\nsteps = 6\nbatch_size = 2\nseq_len = 48\neval_every = 3\n[student]\ntype = \"prune\"\nkeep_layers = [0]\n[optimizer]\nlr = 0.002\n[eval]\nmax_tokens = 6\n[export]\ntypes = [\"q8_0\"]\n",
+            out.to_str().unwrap(),
+            teacher.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let first = distill(&["run", config.to_str().unwrap()]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let stdout = text(&first.stdout);
+    assert!(stdout.contains("report.html"), "{stdout}");
+    assert!(stdout.contains("retention student in_domain: top-1 agreement"), "{stdout}");
+    assert!(stdout.contains("retention student (q8_0) out_of_domain"), "{stdout}");
+    for stage in ["teacher-signal-train", "teacher-signal-heldout", "train", "eval", "export-q8_0"] {
+        assert!(out.join("stages").join(format!("{stage}.done")).is_file(), "{stage} not marked done");
+    }
+    assert!(out.join("export/student.q8_0.gguf").is_file());
+    let train_dir = out.join("train");
+    for file in ["final/config.json", "eval.json", "eval-q8_0.json", "report.html", "report.json"] {
+        assert!(train_dir.join(file).is_file(), "{file} missing");
+    }
+    let html = std::fs::read_to_string(train_dir.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 3, "three plots");
+    assert!(html.contains("student (q8_0) — in-domain") && html.contains("student — out-of-domain"));
+    // The train stage used only the first 12 prompts.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("data/train/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["spec"]["prompts"], 12);
+
+    let again = distill(&["run", config.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let log = text(&again.stderr);
+    assert_eq!(log.matches("done earlier, skipped").count(), 5, "{log}");
+    assert!(text(&again.stdout).contains("report.html"));
+}
