@@ -36,11 +36,14 @@ fn normalise(s: &str) -> String {
     lowered.split_whitespace().filter(|w| !matches!(*w, "a" | "an" | "the")).collect::<Vec<_>>().join(" ")
 }
 
-/// Whether `output` answers with `reference`: equal after normalisation, or the normalised
-/// reference is the start of the normalised output (models often add an explanation).
+/// Whether `output` gives the answer `reference`: after normalisation, the reference appears as
+/// a whole-word phrase in the output's first line (chat models answer "The capital of France is
+/// Paris."; later lines are explanation and are not searched).
 pub fn exact_match(output: &str, reference: &str) -> bool {
-    let (o, r) = (normalise(output), normalise(reference));
-    !r.is_empty() && (o == r || o.starts_with(&format!("{r} ")))
+    let r = normalise(reference);
+    let first_line = output.trim_start().lines().next().unwrap_or_default();
+    let o = normalise(first_line);
+    !r.is_empty() && format!(" {o} ").contains(&format!(" {r} "))
 }
 
 #[cfg(test)]
@@ -63,8 +66,10 @@ mod tests {
     fn exact_match_normalises_like_squad() {
         assert!(exact_match("The Eiffel Tower.", "eiffel tower"));
         assert!(exact_match("42", "42"));
-        assert!(exact_match("42 because 6 × 7", "42"));
+        assert!(exact_match("The capital of France is Paris.", "Paris"));
+        assert!(exact_match("12 times 12 is 144.", "144"));
         assert!(!exact_match("421", "42"));
+        assert!(!exact_match("The answer is 365.\nActually 366.", "366"), "only the first line counts");
         assert!(!exact_match("anything", ""));
     }
 }

@@ -31,7 +31,8 @@ pub struct EvalArgs {
     /// The teacher (default: the fetched default teacher).
     #[arg(long, env = "DISTILL_MODEL")]
     pub(crate) teacher: Option<String>,
-    /// Held-out prompts of the task (JSONL; `reference` answers enable exact match).
+    /// Held-out prompts of the task (JSONL). Lines with `reference` are scored for exact match:
+    /// the normalised reference as a whole-word phrase in the first line of the output.
     #[arg(long)]
     pub(crate) prompts: PathBuf,
     /// Out-of-domain prompts, to show where the student is weaker.
@@ -266,7 +267,7 @@ fn cost(teacher: &LoadedModel, student: &LoadedModel, args: &EvalArgs) -> Result
 
 fn print_set(name: &str, path: &Path, r: &Value) {
     let f = |v: &Value| v.as_f64().map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into());
-    let p = |v: &Value| v.as_f64().map(|x| format!("{x:.1}%")).unwrap_or_else(|| "–".into());
+    let p = |v: &Value| percent(v);
     let t = &r["tokens"];
     println!("{name} ({}, {} prompts, {} teacher tokens):", path.display(), r["prompts"], t["positions"]);
     println!("  KL(teacher‖student) {}  KL(student‖teacher) {}", f(&t["kl_forward"]), f(&t["kl_reverse"]));
@@ -312,4 +313,13 @@ fn print_cost(c: &Value) {
         x(&r["prefill_speedup"]),
         x(&r["decode_speedup"])
     );
+}
+
+/// A percentage for people: one decimal, or two significant digits below 1%; "–" when absent.
+pub(crate) fn percent(v: &Value) -> String {
+    match v.as_f64() {
+        None => "–".into(),
+        Some(x) if x != 0.0 && x.abs() < 1.0 => format!("{x:.2}%"),
+        Some(x) => format!("{x:.1}%"),
+    }
 }

@@ -129,9 +129,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let ours = curves(&args.run)?;
     let baseline = args.baseline.as_ref().map(|b| curves(b)).transpose()?;
     let label = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let run_label = label(&args.run);
-    let mut held = vec![(format!("{run_label} held-out KL"), ours.held_out.as_slice())];
-    let mut top1 = vec![(format!("{run_label} top-1 %"), ours.top1.as_slice())];
+    let mut held = vec![("held-out KL".to_string(), ours.held_out.as_slice())];
+    let mut top1 = vec![("top-1 %".to_string(), ours.top1.as_slice())];
     if let (Some(b), Some(path)) = (&baseline, &args.baseline) {
         held.push((format!("{} held-out KL", label(path)), b.held_out.as_slice()));
         top1.push((format!("{} top-1 %", label(path)), b.top1.as_slice()));
@@ -139,7 +138,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let train_plot = chart(
         "training loss",
         "loss",
-        &[(format!("{run_label} train loss"), ours.train.as_slice())],
+        &[("train loss".to_string(), ours.train.as_slice())],
         SeriesLabelPosition::UpperRight,
     )?;
     let held_plot = chart("held-out KL(teacher ‖ student)", "nats / token", &held, SeriesLabelPosition::UpperRight)?;
@@ -178,10 +177,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
                     esc(name),
                     set.replace('_', "-"),
                     r["prompts"],
-                    num(&r["retention"]["top1_agreement_pct"], 1, "%"),
-                    num(&r["retention"]["perplexity_pct"], 1, "%"),
-                    num(&r["retention"]["rouge_l_pct"], 1, "%"),
-                    num(&r["retention"]["exact_match_pct"], 1, "%"),
+                    super::eval::percent(&r["retention"]["top1_agreement_pct"]),
+                    super::eval::percent(&r["retention"]["perplexity_pct"]),
+                    super::eval::percent(&r["retention"]["rouge_l_pct"]),
+                    super::eval::percent(&r["retention"]["exact_match_pct"]),
                     num(&r["tokens"]["kl_forward"], 3, ""),
                     num(&r["tokens"]["kl_reverse"], 3, ""),
                 )?;

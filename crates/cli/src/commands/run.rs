@@ -278,7 +278,7 @@ fn summary(train_dir: &Path, started: Instant) -> Result<()> {
         train_dir.join("report.html").display()
     );
     let figures: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(train_dir.join("report.json"))?)?;
-    let pct = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.1}%")).unwrap_or_else(|| "–".into());
+    let pct = super::eval::percent;
     for e in figures["evaluations"].as_array().into_iter().flatten() {
         for set in ["in_domain", "out_of_domain"] {
             let r = &e[set];
