@@ -6,7 +6,10 @@ same model.
 - transformers loads the directory (AutoModelForCausalLM, AutoTokenizer) with no conversion;
 - its token ids for the prompts equal llama.cpp's on the GGUF;
 - max |logit difference| transformers vs llama.cpp over every prompt position;
-- greedy text: transformers vs `distill generate` on the directory.
+- greedy text: transformers vs `distill generate` on the directory;
+- log-probabilities: along distill's greedy continuation, max |difference| between distill's
+  (`distill generate --json --logprobs 5`: the chosen token and the top 5 at every step) and
+  transformers' log-softmax of the same positions.
 
     pip install transformers torch llama-cpp-python==0.3.36
     distill export RUN/final -o student.f32.gguf --type f32
@@ -55,17 +58,30 @@ def main():
             gen = model.generate(torch.tensor([ids]), max_new_tokens=args.max_tokens, do_sample=False)
         hf_text = tok.decode(gen[0][len(ids):], skip_special_tokens=True)
         ours = subprocess.run(
-            [args.distill, "generate", "--model", args.hf, "--max-tokens", str(args.max_tokens), "--json", prompt],
+            [args.distill, "generate", "--model", args.hf, "--max-tokens", str(args.max_tokens), "--json", "--logprobs", "5", prompt],
             check=True,
             capture_output=True,
             text=True,
         )
-        distill_text = json.loads(ours.stdout)["text"]
+        ours = json.loads(ours.stdout)
+        distill_text = ours["text"]
+        steps = ours["logprobs"]
+        full = ids + [s["id"] for s in steps]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([full])).logits[0].double(), dim=-1).numpy()
+        lp_diff = 0.0
+        for j, step in enumerate(steps):
+            row = lp[len(ids) - 1 + j]
+            lp_diff = max(lp_diff, abs(row[step["id"]] - step["logprob"]))
+            for alt in step["top"]:
+                lp_diff = max(lp_diff, abs(row[alt["id"]] - alt["logprob"]))
         rows.append(
             {
                 "prompt_tokens": len(ids),
                 "same_token_ids": ids == llama_ids,
                 "max_abs_logit_diff_transformers_vs_llamacpp": diff,
+                "max_abs_logprob_diff_transformers_vs_distill": float(lp_diff),
+                "logprob_steps": len(steps),
                 "transformers": hf_text,
                 "distill": distill_text,
                 "same_greedy_text": hf_text.strip() == distill_text.strip(),
@@ -76,7 +92,9 @@ def main():
     print(
         f"transformers {__import__('transformers').__version__}: token ids equal llama.cpp's on {sum(r['same_token_ids'] for r in rows)}/{len(rows)} prompts;"
         f" max |logit diff| vs llama.cpp f32 {max(diffs) if diffs else float('nan'):.4g};"
-        f" greedy text equals distill's on {sum(r['same_greedy_text'] for r in rows)}/{len(rows)}"
+        f" greedy text equals distill's on {sum(r['same_greedy_text'] for r in rows)}/{len(rows)};"
+        f" max |log-prob diff| vs distill {max(r['max_abs_logprob_diff_transformers_vs_distill'] for r in rows):.3g}"
+        f" over {sum(r['logprob_steps'] for r in rows)} steps × (chosen + top 5)"
     )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1, ensure_ascii=False))

@@ -109,3 +109,27 @@ fn streams_the_default_teacher_reply_to_a_chat_prompt() {
     let reply = text(&out.stdout);
     assert!(reply.contains("Paris"), "reply: {reply:?}");
 }
+
+#[test]
+fn json_logprobs_cover_every_generated_token_with_sorted_alternatives() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let m = model.to_str().unwrap();
+    let out = distill(&["generate", "--model", m, "--max-tokens", "6", "--json", "--logprobs", "3", "the hello"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = line["logprobs"].as_array().unwrap();
+    assert_eq!(steps.len() as u64, line["completion_tokens"].as_u64().unwrap());
+    for step in steps {
+        let top = step["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let lps: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]), "most likely first: {lps:?}");
+        assert!(lps.iter().map(|x| x.exp()).sum::<f64>() <= 1.0 + 1e-5);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(step["id"], top[0]["id"]);
+        assert!((step["logprob"].as_f64().unwrap() - lps[0]).abs() < 1e-6);
+    }
+    let out = distill(&["generate", "--model", m, "--logprobs", "3", "the hello"]);
+    assert!(!out.status.success(), "--logprobs needs --json");
+}

@@ -132,6 +132,33 @@ pub struct Completion {
     pub finish_reason: FinishReason,
     /// The end-of-sequence token that ended the completion (not in `token_ids`).
     pub stop_token: Option<u32>,
+    /// Per generated token (as `token_ids`), when asked for with [`generate_with_logprobs`].
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// The model's log-probability (temperature 1, before any sampling filter) of a generated token
+/// and of the most likely alternatives at that step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// The `k` most likely tokens at that step, most likely first: (id, logprob).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-softmax of one row, then the chosen token's value and the top `k`.
+fn token_logprob(logits: &[f32], id: u32, k: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64 + logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln();
+    let lp = |i: usize| (logits[i] as f64 - lse) as f32;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let k = k.min(logits.len());
+    if k > 0 {
+        order.select_nth_unstable_by(k - 1, |a, b| logits[*b].total_cmp(&logits[*a]));
+    }
+    let mut top: Vec<(u32, f32)> = order[..k].iter().map(|&i| (i as u32, lp(i))).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    TokenLogprob { id, logprob: lp(id as usize), top }
 }
 
 /// Incremental detokenisation of one row: emits only text that is final (no partial UTF-8, no
@@ -153,6 +180,20 @@ pub fn generate(
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     stop_ids: &[u32],
+    on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Completion>> {
+    generate_with_logprobs(model, tokenizer, prompts, params, stop_ids, None, on_text)
+}
+
+/// [`generate`], also recording each generated token's log-probability and, with
+/// `Some(k)`, the `k` most likely alternatives (`Some(0)`: the token's own only).
+pub fn generate_with_logprobs(
+    model: &Llama,
+    tokenizer: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    stop_ids: &[u32],
+    top_logprobs: Option<usize>,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Vec<Completion>> {
     params.validate()?;
@@ -187,6 +228,7 @@ pub fn generate(
     let mut rows: Vec<RowState> = (0..b)
         .map(|_| RowState { ids: Vec::new(), emitted: 0, text: String::new(), done: None, stop_token: None })
         .collect();
+    let mut logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); b];
     for _ in 0..max_new {
         let logits = model.step(&input, &mut cache)?.to_vec2::<f32>()?; // (B, V)
         let mut next = Vec::with_capacity(b);
@@ -202,6 +244,9 @@ pub fn generate(
                 state.stop_token = Some(token);
             } else {
                 state.ids.push(token);
+                if let Some(k) = top_logprobs {
+                    logprobs[row].push(token_logprob(&logits[row], token, k));
+                }
             }
             advance_text(tokenizer, state, &params.stop, row, &mut on_text)?;
         }
@@ -211,7 +256,7 @@ pub fn generate(
         input = Tensor::from_vec(next, (b, 1), device)?;
     }
     let mut out = Vec::with_capacity(b);
-    for (row, mut state) in rows.into_iter().enumerate() {
+    for ((row, mut state), logprobs) in rows.into_iter().enumerate().zip(logprobs) {
         if state.done.is_none() {
             state.done = Some(FinishReason::Length);
             advance_text(tokenizer, &mut state, &params.stop, row, &mut on_text)?;
@@ -221,6 +266,7 @@ pub fn generate(
             token_ids: state.ids,
             finish_reason: state.done.unwrap_or(FinishReason::Length),
             stop_token: state.stop_token,
+            logprobs,
         });
     }
     Ok(out)

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use distill_models::{generate, ChatMessage, LoadedModel, SamplingParams};
+use distill_models::{generate, generate_with_logprobs, ChatMessage, LoadedModel, SamplingParams};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -72,6 +72,11 @@ pub struct GenerateArgs {
     /// Print JSON lines ({"index", "prompt", "text", "finish_reason", ...}) instead of streaming text.
     #[arg(long)]
     json: bool,
+
+    /// With --json: each generated token's log-probability and the N most likely alternatives
+    /// (temperature 1, before sampling filters), as "logprobs": [{"token", "id", "logprob", "top"}].
+    #[arg(long, value_name = "N", requires = "json")]
+    logprobs: Option<usize>,
 
     /// Build a teacher-signal dataset in DIR from --prompts-file instead of printing text:
     /// completions plus the teacher's top-k log-probabilities, as Parquet shards. Re-running the
@@ -143,11 +148,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for (batch_index, batch) in token_ids.chunks(args.batch_size).enumerate() {
-        let completions = generate(&model.model, &model.tokenizer, batch, &params, &model.stop_ids, |_, _| {})?;
+        let completions = generate_with_logprobs(
+            &model.model,
+            &model.tokenizer,
+            batch,
+            &params,
+            &model.stop_ids,
+            args.logprobs,
+            |_, _| {},
+        )?;
         for (offset, completion) in completions.iter().enumerate() {
             let index = batch_index * args.batch_size + offset;
             generated += completion.token_ids.len();
-            let line = json!({
+            let mut line = json!({
                 "index": index,
                 "prompt": rendered[index],
                 "text": completion.text,
@@ -155,6 +168,21 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 "prompt_tokens": token_ids[index].len(),
                 "completion_tokens": completion.token_ids.len(),
             });
+            if args.logprobs.is_some() {
+                let token = |id: u32| model.tokenizer.decode(&[id], false).unwrap_or_default();
+                line["logprobs"] = completion
+                    .logprobs
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "token": token(t.id),
+                            "id": t.id,
+                            "logprob": t.logprob,
+                            "top": t.top.iter().map(|(id, lp)| json!({"token": token(*id), "id": id, "logprob": lp})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+            }
             writeln!(out, "{line}")?;
         }
         out.flush()?;
