@@ -37,9 +37,11 @@ impl Student {
     }
 
     /// Loss on the positions of `batch` that carry a teacher signal (None when there are none).
-    /// On CPU the head and loss run fused ([`crate::fused`]); elsewhere the composed reference.
+    /// On CPU the head and loss run fused ([`crate::fused`]); elsewhere, or with the environment
+    /// variable `DISTILL_COMPOSED_HEAD=1` (for comparisons), the composed reference.
     pub fn batch_loss(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
-        if self.model.device().is_cpu() {
+        let composed = std::env::var("DISTILL_COMPOSED_HEAD").is_ok_and(|v| v == "1");
+        if self.model.device().is_cpu() && !composed {
             self.batch_loss_fused(batch, loss)
         } else {
             self.batch_loss_composed(batch, loss)
