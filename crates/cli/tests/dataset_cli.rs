@@ -1,22 +1,15 @@
 //! `distill generate --dataset` and `distill inspect` as a user runs them: resumption after
 //! kill -9, refusal of mismatched re-runs, and shards read by the real pyarrow.
 
+mod common;
+use common::{command, text};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use distill_models::fixtures::tiny_gguf;
 use distill_store::{Dataset, Sequence};
-
-fn distill() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distill"));
-    cmd.env_remove("DISTILL_MODEL");
-    cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn prompts(dir: &Path, n: usize) -> PathBuf {
     let path = dir.join("prompts.jsonl");
@@ -62,7 +55,7 @@ fn dataset_args<'a>(model: &'a str, prompts: &'a str, out: &'a str, per_shard: &
 }
 
 fn run(args: &[&str]) -> Output {
-    distill().args(args).output().unwrap()
+    command().args(args).output().unwrap()
 }
 
 fn all_sequences(dir: &Path) -> Vec<Sequence> {
@@ -88,7 +81,7 @@ fn killed_run_resumes_without_losing_or_duplicating_prompts() {
     let args = dataset_args(m, p, resumed.to_str().unwrap(), "1");
     let mut kills = 0;
     for _ in 0..2 {
-        let mut child = distill().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = command().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let before = Dataset::open(&resumed).map(|d| d.num_shards()).unwrap_or(0);
         let started = Instant::now();
         // Kill once a few more shards have landed, mid-run.

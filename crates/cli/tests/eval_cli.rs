@@ -1,17 +1,10 @@
 //! `distill eval` on tiny models: a student identical to its teacher keeps everything; a
 //! different one diverges; references give exact match; mismatched vocabularies are refused.
 
-use std::process::{Command, Output};
+mod common;
+use common::{distill, text};
 
 use distill_models::fixtures::{tiny_config, tiny_gguf, write_tiny_gguf};
-
-fn distill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).env_remove("DISTILL_MODEL").output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn eval(dir: &std::path::Path, teacher: &str, student: &str, extra: &[&str]) -> serde_json::Value {
     let prompts = dir.join("prompts.jsonl");

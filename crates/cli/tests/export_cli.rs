@@ -1,17 +1,10 @@
 //! `distill export`: GGUF and HF outputs of a model load back and generate the same greedy text;
 //! bad arguments are refused without touching existing files.
 
-use std::process::{Command, Output};
+mod common;
+use common::{distill, text};
 
 use distill_models::fixtures::tiny_gguf;
-
-fn distill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).env_remove("DISTILL_MODEL").output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn greedy(model: &str) -> String {
     let out = distill(&["generate", "--model", model, "--max-tokens", "12", "--json", "the hello"]);

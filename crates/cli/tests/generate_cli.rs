@@ -1,21 +1,11 @@
 //! `distill generate` as a user runs it: the real binary on a tiny model file and on the teacher.
 
+mod common;
+use common::{distill, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use distill_models::fixtures::tiny_gguf;
-
-fn distill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(args)
-        .env_remove("DISTILL_MODEL")
-        .output()
-        .expect("the distill binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn tiny(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.gguf");
@@ -99,10 +89,9 @@ fn bad_input_fails_with_a_message_and_nonzero_status() {
 #[test]
 fn streams_the_default_teacher_reply_to_a_chat_prompt() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+    let out = common::command()
         .current_dir(root)
         .args(["generate", "--chat", "--max-tokens", "24", "What is the capital of France?"])
-        .env_remove("DISTILL_MODEL")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}\n{}", text(&out.stderr), distill_models::teacher::FETCH_HINT);

@@ -1,16 +1,9 @@
 //! `distill run`: the whole pipeline on a tiny teacher, then a re-run that skips every stage.
 
-use std::process::{Command, Output};
+mod common;
+use common::{distill, text};
 
 use distill_models::fixtures::tiny_gguf;
-
-fn distill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).env_remove("DISTILL_MODEL").output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {

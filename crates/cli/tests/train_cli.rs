@@ -1,18 +1,13 @@
 //! `distill train` end to end on a tiny teacher: the pruned student's held-out KL falls, the run
 //! directory holds the resolved config, metrics and a loadable student.
 
+mod common;
+use common::{distill, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use distill_models::fixtures::tiny_gguf;
-
-fn distill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).env_remove("DISTILL_MODEL").output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn dataset(dir: &Path, model: &str, name: &str, prompts: usize, seed: usize) -> String {
     let file = dir.join(format!("{name}.jsonl"));
@@ -133,7 +128,7 @@ fn a_run_killed_mid_training_resumes_to_the_same_losses_bit_for_bit() {
 
     let (cfg, run) = write_config("interrupted");
     for round in 0..2 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        let mut child = common::command()
             .args(["train", cfg.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -181,7 +176,7 @@ fn ctrl_c_saves_a_checkpoint_and_stops_cleanly() {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_distill"))
+    let child = common::command()
         .args(["train", config.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
