@@ -17,6 +17,9 @@ use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 pub struct Student {
     pub model: Llama,
     pub vars: Vec<(String, Var)>,
+    /// Whether [`Self::batch_loss`] takes the composed path: off CPU, or when asked for with the
+    /// environment variable `DISTILL_COMPOSED_HEAD=1` (for comparisons). Decided once, here.
+    composed_head: bool,
 }
 
 impl Student {
@@ -33,18 +36,18 @@ impl Student {
             vars.push((name.clone(), var));
         }
         let model = Llama::from_weights(cfg, &tensors)?;
-        Ok(Self { model, vars })
+        let composed_head = !model.device().is_cpu() || std::env::var("DISTILL_COMPOSED_HEAD").is_ok_and(|v| v == "1");
+        Ok(Self { model, vars, composed_head })
     }
 
     /// Loss on the positions of `batch` that carry a teacher signal (None when there are none).
     /// On CPU the head and loss run fused ([`crate::fused`]); elsewhere, or with the environment
     /// variable `DISTILL_COMPOSED_HEAD=1` (for comparisons), the composed reference.
     pub fn batch_loss(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
-        let composed = std::env::var("DISTILL_COMPOSED_HEAD").is_ok_and(|v| v == "1");
-        if self.model.device().is_cpu() && !composed {
-            self.batch_loss_fused(batch, loss)
-        } else {
+        if self.composed_head {
             self.batch_loss_composed(batch, loss)
+        } else {
+            self.batch_loss_fused(batch, loss)
         }
     }
 
