@@ -64,6 +64,12 @@ impl<'a> BatchStream<'a> {
     }
 }
 
+/// One pass over a dataset in a fixed order (seed 0): what held-out evaluation, its reference
+/// export and width-pruning calibration read, so all of them see the same batches.
+pub fn fixed_order(dataset: &Dataset, seq_len: usize, batch_size: usize) -> Packer<'_> {
+    Packer::new(dataset, options(seq_len, batch_size, 0, 0))
+}
+
 fn options(seq_len: usize, batch_size: usize, seed: u64, epoch: u64) -> PackOptions {
     PackOptions { seq_len, batch_size, seed: seed.wrapping_add(epoch), pad_id: 0 }
 }

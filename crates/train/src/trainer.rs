@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Result, Tensor, Var};
 use distill_models::{Llama, LlamaConfig};
-use distill_store::{Batch, Dataset, PackOptions, Packer};
+use distill_store::{Batch, Dataset};
 
 use crate::fused;
 use crate::loss::{distillation_loss, loss_from_buckets, Divergence, LossConfig, PlainTargets};
@@ -105,7 +105,7 @@ impl Student {
 
     /// Token-level KL(teacher‖student) (over top-K + tail) and top-1 agreement on a dataset.
     pub fn evaluate(&self, dataset: &Dataset, seq_len: usize, batch_size: usize) -> Result<Evaluation> {
-        let mut packer = Packer::new(dataset, PackOptions { seq_len, batch_size, seed: 0, pad_id: 0 });
+        let mut packer = crate::data::fixed_order(dataset, seq_len, batch_size);
         let kl = LossConfig { divergence: Divergence::ForwardKl, kd_weight: 1.0, temperature: 1.0 };
         let (mut kl_sum, mut agree, mut count) = (0f64, 0usize, 0usize);
         while let Some(batch) = packer.next_batch().map_err(|e| candle_core::Error::Msg(e.to_string()))? {

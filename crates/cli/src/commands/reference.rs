@@ -16,9 +16,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use distill_models::{checkpoint, Llama};
-use distill_store::{Batch, Dataset, PackOptions, Packer};
+use distill_store::{Batch, Dataset};
 use distill_train::config::TrainConfig;
-use distill_train::data::BatchStream;
+use distill_train::data::{self, BatchStream};
 
 pub fn export(cfg: &TrainConfig, dir: &Path) -> Result<()> {
     let dataset = Dataset::open(&cfg.dataset)?;
@@ -37,8 +37,7 @@ pub fn export(cfg: &TrainConfig, dir: &Path) -> Result<()> {
     let mut written = format!("{} training micro-batches", train.len());
     if let Some(path) = &cfg.eval_dataset {
         let eval = Dataset::open(path)?;
-        let mut packer =
-            Packer::new(&eval, PackOptions { seq_len: cfg.seq_len, batch_size: cfg.batch_size, seed: 0, pad_id: 0 });
+        let mut packer = data::fixed_order(&eval, cfg.seq_len, cfg.batch_size);
         let mut batches = Vec::new();
         while let Some(b) = packer.next_batch()? {
             if b.target_tokens() > 0 {

@@ -295,8 +295,7 @@ fn calibrate(
     batches: usize,
 ) -> Result<Vec<distill_models::ActivationProbe>> {
     let model = distill_models::Llama::from_weights(cfg.clone(), weights)?;
-    let options = distill_store::PackOptions { seq_len: run.seq_len, batch_size: run.batch_size, seed: 0, pad_id: 0 };
-    let mut packer = distill_store::Packer::new(dataset, options);
+    let mut packer = distill_train::data::fixed_order(dataset, run.seq_len, run.batch_size);
     let mut probes = vec![distill_models::ActivationProbe::default(); cfg.num_hidden_layers];
     let bar = ProgressBar::new(batches as u64).with_style(
         ProgressStyle::with_template("{spinner} measuring importance {pos}/{len} batches").expect("static"),
