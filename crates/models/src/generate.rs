@@ -171,6 +171,109 @@ struct RowState {
     stop_token: Option<u32>,
 }
 
+/// One sequence being decoded: its sampler, its text so far and its stop conditions. Batched
+/// generation and the server's continuous batching both drive sequences one token at a time.
+pub struct Sequence {
+    sampler: Sampler,
+    stop: Vec<String>,
+    top_logprobs: Option<usize>,
+    max_tokens: usize,
+    logit_bias: Vec<(u32, f32)>,
+    state: RowState,
+    logprobs: Vec<TokenLogprob>,
+}
+
+impl Sequence {
+    /// A sequence sampled with `params` (its own `seed`), ending after `max_tokens` tokens at
+    /// most. With `Some(k)`, each token's log-probability and the `k` most likely alternatives
+    /// are recorded.
+    pub fn new(params: &SamplingParams, max_tokens: usize, top_logprobs: Option<usize>) -> Self {
+        Self {
+            sampler: Sampler::new(params.clone()),
+            stop: params.stop.clone(),
+            top_logprobs,
+            max_tokens,
+            logit_bias: Vec::new(),
+            state: RowState { ids: Vec::new(), emitted: 0, text: String::new(), done: None, stop_token: None },
+            logprobs: Vec::new(),
+        }
+    }
+
+    /// Adds `bias` to the logit of each listed token before sampling (OpenAI's `logit_bias`).
+    /// Recorded log-probabilities stay the model's own.
+    pub fn with_logit_bias(mut self, bias: Vec<(u32, f32)>) -> Self {
+        self.logit_bias = bias;
+        self
+    }
+
+    /// Picks the next token from this sequence's logits (V) and returns it with the text that
+    /// became final (often empty). Call only while [`Sequence::is_done`] is false.
+    pub fn push(&mut self, tokenizer: &TextTokenizer, logits: &[f32], stop_ids: &[u32]) -> Result<(u32, String)> {
+        let token = if self.logit_bias.is_empty() {
+            self.sampler.sample(logits)
+        } else {
+            let mut biased = logits.to_vec();
+            for &(id, bias) in &self.logit_bias {
+                if let Some(l) = biased.get_mut(id as usize) {
+                    *l += bias;
+                }
+            }
+            self.sampler.sample(&biased)
+        };
+        if stop_ids.contains(&token) {
+            self.state.done = Some(FinishReason::Stop);
+            self.state.stop_token = Some(token);
+        } else {
+            self.state.ids.push(token);
+            if let Some(k) = self.top_logprobs {
+                self.logprobs.push(token_logprob(logits, token, k));
+            }
+            if self.state.ids.len() >= self.max_tokens {
+                self.state.done = Some(FinishReason::Length);
+            }
+        }
+        let mut piece = String::new();
+        advance_text(tokenizer, &mut self.state, &self.stop, &mut |p| piece.push_str(p))?;
+        Ok((token, piece))
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state.done.is_some()
+    }
+
+    /// Tokens generated so far (an end-of-sequence token is not counted).
+    pub fn len(&self) -> usize {
+        self.state.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.ids.is_empty()
+    }
+
+    /// Per generated token, when asked for at creation.
+    pub fn logprobs(&self) -> &[TokenLogprob] {
+        &self.logprobs
+    }
+
+    /// Ends the sequence (by length if nothing else ended it) and returns the completion with the
+    /// text that became final only now.
+    pub fn finish(mut self, tokenizer: &TextTokenizer) -> Result<(Completion, String)> {
+        let mut piece = String::new();
+        if self.state.done.is_none() {
+            self.state.done = Some(FinishReason::Length);
+        }
+        advance_text(tokenizer, &mut self.state, &self.stop, &mut |p| piece.push_str(p))?;
+        let completion = Completion {
+            text: self.state.text,
+            token_ids: self.state.ids,
+            finish_reason: self.state.done.unwrap_or(FinishReason::Length),
+            stop_token: self.state.stop_token,
+            logprobs: self.logprobs,
+        };
+        Ok((completion, piece))
+    }
+}
+
 /// Generates a continuation for every prompt (token ids) in one left-padded batch.
 ///
 /// `on_text(row, piece)` receives each row's text as soon as it is final, for streaming.
@@ -222,52 +325,40 @@ pub fn generate_with_logprobs(
     let device = model.device();
     let mut cache = KvCache::new(model.config(), left_pad);
     let mut input = Tensor::from_vec(batch, (b, longest), device)?;
-    let mut samplers: Vec<Sampler> = (0..b)
-        .map(|row| Sampler::new(SamplingParams { seed: params.seed.wrapping_add(row as u64), ..params.clone() }))
+    let mut sequences: Vec<Sequence> = (0..b)
+        .map(|row| {
+            let seeded = SamplingParams { seed: params.seed.wrapping_add(row as u64), ..params.clone() };
+            Sequence::new(&seeded, max_new, top_logprobs)
+        })
         .collect();
-    let mut rows: Vec<RowState> = (0..b)
-        .map(|_| RowState { ids: Vec::new(), emitted: 0, text: String::new(), done: None, stop_token: None })
-        .collect();
-    let mut logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); b];
-    for _ in 0..max_new {
-        let logits = model.step(&input, &mut cache)?.to_vec2::<f32>()?; // (B, V)
-        let mut next = Vec::with_capacity(b);
-        for (row, state) in rows.iter_mut().enumerate() {
-            if state.done.is_some() {
-                next.push(pad_id);
-                continue;
-            }
-            let token = samplers[row].sample(&logits[row]);
-            next.push(token);
-            if stop_ids.contains(&token) {
-                state.done = Some(FinishReason::Stop);
-                state.stop_token = Some(token);
-            } else {
-                state.ids.push(token);
-                if let Some(k) = top_logprobs {
-                    logprobs[row].push(token_logprob(&logits[row], token, k));
+    if max_new > 0 {
+        loop {
+            let logits = model.step(&input, &mut cache)?.to_vec2::<f32>()?; // (B, V)
+            let mut next = Vec::with_capacity(b);
+            for (row, sequence) in sequences.iter_mut().enumerate() {
+                if sequence.is_done() {
+                    next.push(pad_id);
+                    continue;
+                }
+                let (token, piece) = sequence.push(tokenizer, &logits[row], stop_ids)?;
+                next.push(token);
+                if !piece.is_empty() {
+                    on_text(row, &piece);
                 }
             }
-            advance_text(tokenizer, state, &params.stop, row, &mut on_text)?;
+            if sequences.iter().all(Sequence::is_done) {
+                break;
+            }
+            input = Tensor::from_vec(next, (b, 1), device)?;
         }
-        if rows.iter().all(|r| r.done.is_some()) {
-            break;
-        }
-        input = Tensor::from_vec(next, (b, 1), device)?;
     }
     let mut out = Vec::with_capacity(b);
-    for ((row, mut state), logprobs) in rows.into_iter().enumerate().zip(logprobs) {
-        if state.done.is_none() {
-            state.done = Some(FinishReason::Length);
-            advance_text(tokenizer, &mut state, &params.stop, row, &mut on_text)?;
+    for (row, sequence) in sequences.into_iter().enumerate() {
+        let (completion, piece) = sequence.finish(tokenizer)?;
+        if !piece.is_empty() {
+            on_text(row, &piece);
         }
-        out.push(Completion {
-            text: state.text,
-            token_ids: state.ids,
-            finish_reason: state.done.unwrap_or(FinishReason::Length),
-            stop_token: state.stop_token,
-            logprobs,
-        });
+        out.push(completion);
     }
     Ok(out)
 }
@@ -277,8 +368,7 @@ fn advance_text(
     tokenizer: &TextTokenizer,
     state: &mut RowState,
     stop: &[String],
-    row: usize,
-    on_text: &mut impl FnMut(usize, &str),
+    on_text: &mut impl FnMut(&str),
 ) -> Result<()> {
     let mut text = tokenizer.decode(&state.ids, true)?;
     if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
@@ -299,7 +389,7 @@ fn advance_text(
         final_len -= hold;
     }
     if final_len > state.emitted && text.is_char_boundary(final_len) && text.is_char_boundary(state.emitted) {
-        on_text(row, &text[state.emitted..final_len]);
+        on_text(&text[state.emitted..final_len]);
         state.emitted = final_len;
     }
     state.text = text;

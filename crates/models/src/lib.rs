@@ -24,7 +24,9 @@ pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
-pub use generate::{generate, generate_with_logprobs, Completion, FinishReason, Sampler, SamplingParams, TokenLogprob};
+pub use generate::{
+    generate, generate_with_logprobs, Completion, FinishReason, Sampler, SamplingParams, Sequence, TokenLogprob,
+};
 pub use gguf::GgufFile;
 pub use llama::{ActivationProbe, KvCache, Llama, LlamaConfig};
 pub use loader::{load, LoadedModel};

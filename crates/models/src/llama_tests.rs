@@ -124,6 +124,52 @@ fn left_padded_batch_matches_each_row_alone() {
 }
 
 #[test]
+fn sequences_joining_and_leaving_a_running_batch_match_each_decoded_alone() {
+    // Continuous batching: row A decodes two steps alone, B joins (shorter cache, left-padded),
+    // A is forked, then B leaves; every step's logits must equal that sequence decoded alone.
+    let cfg = tiny("qwen2", false, 2);
+    let model = Llama::from_weights(cfg.clone(), &weights(&cfg, 4)).unwrap();
+    let dev = &Device::Cpu;
+    let alone = |prompt: &[u32], steps: &[u32]| -> Vec<Tensor> {
+        let mut cache = KvCache::new(&cfg, vec![0]);
+        let mut out = vec![model.step(&Tensor::new(prompt, dev).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap()];
+        for &s in steps {
+            out.push(model.step(&Tensor::new(&[[s]], dev).unwrap(), &mut cache).unwrap());
+        }
+        out
+    };
+    let a_ref = alone(&[5, 9, 11, 3], &[7, 2, 6, 1]);
+    let b_ref = alone(&[8, 1], &[4, 3, 5]);
+
+    let mut batch = KvCache::new(&cfg, vec![]);
+    let mut a = KvCache::new(&cfg, vec![0]);
+    model.step(&Tensor::new(&[[5u32, 9, 11, 3]], dev).unwrap(), &mut a).unwrap();
+    batch.append(a).unwrap();
+    let got = model.step(&Tensor::new(&[[7u32]], dev).unwrap(), &mut batch).unwrap();
+    assert!(max_abs_diff(&got, &a_ref[1]) < 1e-4);
+    let mut b = KvCache::new(&cfg, vec![0]);
+    let b0 = model.step(&Tensor::new(&[[8u32, 1]], dev).unwrap(), &mut b).unwrap();
+    assert!(max_abs_diff(&b0, &b_ref[0]) < 1e-4);
+    batch.append(b).unwrap();
+    assert_eq!(batch.batch_size(), 2);
+    let got = model.step(&Tensor::new(&[[2u32], [4]], dev).unwrap(), &mut batch).unwrap(); // (2, V)
+    assert!(max_abs_diff(&got.narrow(0, 0, 1).unwrap(), &a_ref[2]) < 1e-4, "A after B joined");
+    assert!(max_abs_diff(&got.narrow(0, 1, 1).unwrap(), &b_ref[1]) < 1e-4, "B after joining");
+    // Fork A (rows 0, 1, 0), then both copies of A leave and B's padding is dropped.
+    batch.select_rows(&[0, 1, 0]).unwrap();
+    let got = model.step(&Tensor::new(&[[6u32], [3], [6]], dev).unwrap(), &mut batch).unwrap();
+    assert!(max_abs_diff(&got.narrow(0, 0, 1).unwrap(), &a_ref[3]) < 1e-4, "A");
+    assert!(max_abs_diff(&got.narrow(0, 1, 1).unwrap(), &b_ref[2]) < 1e-4, "B");
+    assert!(max_abs_diff(&got.narrow(0, 2, 1).unwrap(), &a_ref[3]) < 1e-4, "fork of A");
+    let before = batch.len();
+    batch.select_rows(&[1]).unwrap();
+    assert_eq!(batch.len(), before - 3, "B's left padding (3 positions) is dropped once A has left");
+    let got = model.step(&Tensor::new(&[[5u32]], dev).unwrap(), &mut batch).unwrap();
+    assert!(max_abs_diff(&got, &b_ref[3]) < 1e-4, "B alone");
+    assert!(batch.select_rows(&[3]).is_err());
+}
+
+#[test]
 fn every_parameter_receives_a_gradient() {
     for cfg in [tiny("llama", true, 2), tiny("qwen2", false, 2)] {
         let vars: HashMap<String, Var> =
