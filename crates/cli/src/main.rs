@@ -30,6 +30,13 @@ enum Command {
     Report(commands::report::ReportArgs),
     /// Export a model (e.g. a trained student) as GGUF (f32/f16/q8_0/q4_0) or an HF directory.
     Export(commands::export::ExportArgs),
+    /// Serve a model behind an OpenAI-compatible API (chat/completions, completions, models),
+    /// with API keys, per-key limits and capture of `store: true` traffic.
+    Serve(commands::serve::ServeArgs),
+    /// Create, list and revoke the API keys of `distill serve`; show usage per key.
+    Keys(commands::keys::KeysArgs),
+    /// Export traffic captured by `distill serve` as prompts for the next distillation.
+    Capture(commands::capture::CaptureArgs),
     #[command(name = "__measure", hide = true)]
     Measure(commands::eval::MeasureArgs),
 }
@@ -48,6 +55,9 @@ fn main() {
         Command::Eval(args) => commands::eval::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Report(args) => commands::report::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Keys(args) => commands::keys::run(args),
+        Command::Capture(args) => commands::capture::run(args),
         Command::Measure(args) => commands::eval::measure(args),
     };
     if let Err(err) = result {

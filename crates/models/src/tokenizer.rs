@@ -149,6 +149,17 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The bytes token `id` stands for. A byte-level BPE token can hold part of a UTF-8
+    /// character, so these are not always valid text on their own (OpenAI's `bytes` field).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(token) = self.inner.id_to_token(id) else { return Vec::new() };
+        token
+            .chars()
+            .map(byte_level_byte)
+            .collect::<Option<Vec<u8>>>()
+            .unwrap_or_else(|| self.decode(&[id], false).unwrap_or_default().into_bytes())
+    }
+
     pub fn bos_id(&self) -> Option<u32> {
         self.bos_id
     }
@@ -193,6 +204,18 @@ impl TextTokenizer {
             .find(|name| pre_tokenizer(name).ok().and_then(|p| serde_json::to_value(p).ok()).as_ref() == Some(&ours))
             .map(str::to_string)
     }
+}
+
+/// The byte a character of GPT-2's byte-level alphabet stands for: printable Latin-1 characters
+/// stand for themselves, the other 68 bytes were shifted to U+0100.. in byte order.
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let code = c as u32;
+    if printable(code) {
+        return Some(code as u8);
+    }
+    let shifted = code.checked_sub(0x100)?;
+    (0u32..=255).filter(|&b| !printable(b)).nth(shifted as usize).map(|b| b as u8)
 }
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.

@@ -1,9 +1,12 @@
+pub mod capture;
 pub mod dataset;
 pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod inspect;
+pub mod keys;
 pub mod reference;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod train;

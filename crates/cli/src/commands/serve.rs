@@ -1,0 +1,120 @@
+//! `distill serve MODEL`: the OpenAI-compatible server (see the `distill-serve` crate).
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use distill_serve::{AppState, Db, ServeOptions};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  distill keys create --name me                 # prints an inference key (shown once)
+  distill serve runs/support/final --name support-student --port 8000
+  curl localhost:8000/v1/chat/completions -H \"Authorization: Bearer $KEY\" \\
+       -d '{\"model\": \"support-student\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'
+
+Every route except /health needs an API key. Requests with \"store\": true are captured in the
+database; `distill capture export` turns them into prompts for the next distillation.")]
+pub struct ServeArgs {
+    /// Model to serve: a .gguf file, a Hugging Face directory (a training run's `final/`, an
+    /// export) or a Hub id. Defaults to the fetched default teacher.
+    #[arg(env = "DISTILL_MODEL")]
+    model: Option<String>,
+
+    /// Name clients send as `model` (default: the model file or directory name).
+    #[arg(long)]
+    name: Option<String>,
+
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+
+    /// Port to listen on (0: any free port; the chosen one is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+
+    /// Keys, usage and captured completions: a SQLite file, or a postgres:// URL.
+    #[arg(long, env = "DISTILL_DB", default_value = "distill-serve.db")]
+    db: String,
+
+    /// Most sequences decoded together in one batched step.
+    #[arg(long, default_value_t = ServeOptions::default().max_batch)]
+    max_batch: usize,
+
+    /// Most requests in flight; beyond it requests are answered 503 with Retry-After.
+    #[arg(long, default_value_t = ServeOptions::default().max_concurrent)]
+    max_concurrent: usize,
+
+    /// Largest request body accepted, in bytes (413 beyond, before any parsing).
+    #[arg(long, default_value_t = ServeOptions::default().max_body_bytes)]
+    max_body_bytes: usize,
+
+    /// Top-k alternatives stored per token of a captured (`store: true`) completion.
+    #[arg(long, default_value_t = ServeOptions::default().capture_top_k)]
+    capture_top_k: usize,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let model = super::generate::load_model(args.model.as_deref())?;
+    let name = args.name.clone().unwrap_or_else(|| default_name(&model.source));
+    let options = ServeOptions {
+        model_name: name.clone(),
+        max_batch: args.max_batch,
+        max_concurrent: args.max_concurrent,
+        max_body_bytes: args.max_body_bytes,
+        capture_top_k: args.capture_top_k,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let db = Db::open(&args.db).await.with_context(|| format!("opening the database `{}`", args.db))?;
+        let live = db.list_keys().await?.iter().filter(|k| k.revoked.is_none() && !k.admin).count();
+        if live == 0 {
+            eprintln!(
+                "no inference API key yet: every request will be refused (401). Create one with\n  distill keys create --db {} --name NAME",
+                args.db
+            );
+        }
+        let state = AppState::new(model, db, options);
+        distill_serve::serve(state.clone(), SocketAddr::new(args.host, args.port), |addr| {
+            eprintln!("serving `{name}` on http://{addr} (database {})", args.db);
+        })
+        .await
+        .with_context(|| format!("serving on {}:{}", args.host, args.port))?;
+        state.db.close().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    eprintln!("server stopped");
+    Ok(())
+}
+
+/// `runs/x/final` → `x`; `dir/SmolLM2.Q8_0.gguf` → `SmolLM2.Q8_0`.
+fn default_name(source: &str) -> String {
+    let path = std::path::Path::new(source.trim_end_matches('/'));
+    let stem = |p: &std::path::Path| p.file_stem().map(|s| s.to_string_lossy().into_owned());
+    match path.file_name().map(|f| f.to_string_lossy().into_owned()) {
+        Some(f) if f == "final" => path.parent().and_then(stem).unwrap_or(f),
+        Some(f) if f.ends_with(".gguf") => stem(path).unwrap_or(f),
+        Some(f) => f,
+        None => source.to_string(),
+    }
+}
+
+/// Runs an async database operation for the short admin commands.
+pub fn with_db<T>(target: &str, f: impl AsyncFnOnce(&Db) -> Result<T>) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let db = Db::open(target).await.with_context(|| format!("opening the database `{target}`"))?;
+        let out = f(&db).await;
+        db.close().await;
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_names_come_from_the_model_path() {
+        assert_eq!(super::default_name("runs/support/final"), "support");
+        assert_eq!(super::default_name("/m/SmolLM2-135M-Instruct.Q4_1.gguf"), "SmolLM2-135M-Instruct.Q4_1");
+        assert_eq!(super::default_name("exported/student/"), "student");
+    }
+}

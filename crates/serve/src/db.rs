@@ -1,0 +1,349 @@
+//! The server's database: API keys (hashed), per-key usage and captured completions. SQLite by
+//! default (WAL, `synchronous=FULL`: an acknowledged row is on disk) or Postgres given a URL,
+//! through sqlx's `Any` driver with SQL both understand.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::error::{Error, Result};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, \
+     prefix TEXT NOT NULL, admin BIGINT NOT NULL, rpm BIGINT, tpm BIGINT, created BIGINT NOT NULL, revoked BIGINT)",
+    "CREATE TABLE IF NOT EXISTS key_usage (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, created BIGINT NOT NULL, \
+     endpoint TEXT NOT NULL, prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL, outcome TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS key_usage_by_key ON key_usage (key_id, created)",
+    "CREATE TABLE IF NOT EXISTS completions (id TEXT PRIMARY KEY, created BIGINT NOT NULL, key_id TEXT NOT NULL, \
+     model TEXT NOT NULL, endpoint TEXT NOT NULL, metadata TEXT NOT NULL, request TEXT NOT NULL, \
+     response TEXT NOT NULL, logprobs TEXT NOT NULL, prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS completions_by_time ON completions (created)",
+];
+
+/// An API key as stored: never the secret itself, only its SHA-256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    /// The first characters of the secret, to recognise a key in listings.
+    pub prefix: String,
+    /// Admin keys manage keys and read usage; they cannot call inference.
+    pub admin: bool,
+    /// Requests per minute (None: unlimited).
+    pub rpm: Option<u64>,
+    /// Prompt + completion tokens per minute (None: unlimited).
+    pub tpm: Option<u64>,
+    pub created: i64,
+    pub revoked: Option<i64>,
+}
+
+/// Totals of one key's recorded usage.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct UsageTotals {
+    pub key_id: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Requests whose client went away before the end (their tokens are counted).
+    pub aborted: u64,
+}
+
+/// One captured (`store: true`) request and the response sent for it, byte for byte.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCompletion {
+    pub id: String,
+    pub created: i64,
+    pub key_id: String,
+    pub model: String,
+    pub endpoint: String,
+    pub metadata: BTreeMap<String, String>,
+    /// The request body as received.
+    pub request: String,
+    /// The response body as sent (for a stream: the equivalent non-streamed response).
+    pub response: String,
+    /// Per choice, per token: `[[id, logprob], ...]` of the top-k alternatives, JSON.
+    pub logprobs: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+pub struct Db {
+    pool: AnyPool,
+    url: String,
+}
+
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A random identifier with `prefix`: 128 bits from the thread's CSPRNG.
+pub fn random_id(prefix: &str) -> String {
+    let bytes: [u8; 16] = rand::thread_rng().gen();
+    format!("{prefix}{}", hex(&bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a key's secret. Keys are 128 random bits, so a fast hash is enough: there is no
+/// password to guess.
+pub fn hash_secret(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `target`: a file path for SQLite, or a
+    /// `postgres://` / `sqlite:` URL.
+    pub async fn open(target: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (url, sqlite) = if target.starts_with("postgres://") || target.starts_with("postgresql://") {
+            (target.to_string(), false)
+        } else if target.starts_with("sqlite:") {
+            (target.to_string(), true)
+        } else {
+            let path = Path::new(target);
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            (format!("sqlite://{target}?mode=rwc"), true)
+        };
+        let db_error = |source| Error::Database { url: redact(&url), source };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 16 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA synchronous=FULL").await?;
+                        conn.execute("PRAGMA busy_timeout=10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(db_error)?;
+        for statement in SCHEMA {
+            pool.execute(*statement).await.map_err(db_error)?;
+        }
+        Ok(Self { pool, url: redact(&url) })
+    }
+
+    fn error(&self, source: sqlx::Error) -> Error {
+        Error::Database { url: self.url.clone(), source }
+    }
+
+    /// Creates a key and returns it with its secret, which is shown only this once.
+    pub async fn create_key(&self, name: &str, admin: bool, rpm: Option<u64>, tpm: Option<u64>) -> Result<(ApiKey, String)> {
+        if name.trim().is_empty() {
+            return Err(Error::Input("a key needs a name (--name), to recognise it in listings".into()));
+        }
+        let secret = random_id("dk-");
+        let key = ApiKey {
+            id: random_id("key_")[..16].to_string(),
+            name: name.to_string(),
+            prefix: secret[..10].to_string(),
+            admin,
+            rpm,
+            tpm,
+            created: now(),
+            revoked: None,
+        };
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, hash, prefix, admin, rpm, tpm, created, revoked) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(hash_secret(&secret))
+        .bind(&key.prefix)
+        .bind(admin as i64)
+        .bind(rpm.map(|v| v as i64))
+        .bind(tpm.map(|v| v as i64))
+        .bind(key.created)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok((key, secret))
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        let rows = sqlx::query("SELECT id, name, prefix, admin, rpm, tpm, created, revoked FROM api_keys ORDER BY created, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        rows.iter().map(|r| key_from_row(r).map_err(|e| self.error(e))).collect()
+    }
+
+    /// The live (not revoked) key with this secret.
+    pub async fn find_key(&self, secret: &str) -> Result<Option<ApiKey>> {
+        let row = sqlx::query(
+            "SELECT id, name, prefix, admin, rpm, tpm, created, revoked FROM api_keys WHERE hash = $1 AND revoked IS NULL",
+        )
+        .bind(hash_secret(secret))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        row.as_ref().map(key_from_row).transpose().map_err(|e| self.error(e))
+    }
+
+    /// Revokes the key with this id or name. Returns false when no live key matched.
+    pub async fn revoke_key(&self, id_or_name: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE api_keys SET revoked = $1 WHERE (id = $2 OR name = $2) AND revoked IS NULL")
+            .bind(now())
+            .bind(id_or_name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn record_usage(
+        &self,
+        key_id: &str,
+        endpoint: &str,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        outcome: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO key_usage (id, key_id, created, endpoint, prompt_tokens, completion_tokens, outcome) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(random_id("use_"))
+        .bind(key_id)
+        .bind(now())
+        .bind(endpoint)
+        .bind(prompt_tokens as i64)
+        .bind(completion_tokens as i64)
+        .bind(outcome)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Usage per key since `since` (unix seconds).
+    pub async fn usage(&self, since: i64) -> Result<Vec<UsageTotals>> {
+        let rows = sqlx::query(
+            "SELECT key_id, COUNT(*) AS requests, SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c, \
+             SUM(CASE WHEN outcome = 'aborted' THEN 1 ELSE 0 END) AS aborted \
+             FROM key_usage WHERE created >= $1 GROUP BY key_id ORDER BY key_id",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageTotals {
+                    key_id: r.try_get("key_id")?,
+                    requests: r.try_get::<i64, _>("requests")? as u64,
+                    prompt_tokens: r.try_get::<i64, _>("p")? as u64,
+                    completion_tokens: r.try_get::<i64, _>("c")? as u64,
+                    aborted: r.try_get::<i64, _>("aborted")? as u64,
+                })
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(|e| self.error(e))
+    }
+
+    /// Stores a captured completion; returns once the row is committed (durably, on SQLite).
+    pub async fn store_completion(&self, c: &StoredCompletion) -> Result<()> {
+        let metadata = serde_json::to_string(&c.metadata).map_err(|e| Error::Input(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO completions (id, created, key_id, model, endpoint, metadata, request, response, logprobs, \
+             prompt_tokens, completion_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&c.id)
+        .bind(c.created)
+        .bind(&c.key_id)
+        .bind(&c.model)
+        .bind(&c.endpoint)
+        .bind(metadata)
+        .bind(&c.request)
+        .bind(&c.response)
+        .bind(&c.logprobs)
+        .bind(c.prompt_tokens as i64)
+        .bind(c.completion_tokens as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Captured completions created at or after `since`, oldest first.
+    pub async fn completions(&self, since: i64) -> Result<Vec<StoredCompletion>> {
+        let rows = sqlx::query(
+            "SELECT id, created, key_id, model, endpoint, metadata, request, response, logprobs, prompt_tokens, \
+             completion_tokens FROM completions WHERE created >= $1 ORDER BY created, id",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let metadata: String = r.try_get("metadata").map_err(|e| self.error(e))?;
+            out.push(StoredCompletion {
+                id: r.try_get("id").map_err(|e| self.error(e))?,
+                created: r.try_get("created").map_err(|e| self.error(e))?,
+                key_id: r.try_get("key_id").map_err(|e| self.error(e))?,
+                model: r.try_get("model").map_err(|e| self.error(e))?,
+                endpoint: r.try_get("endpoint").map_err(|e| self.error(e))?,
+                metadata: serde_json::from_str(&metadata)
+                    .map_err(|e| Error::Input(format!("stored metadata is not a JSON object: {e}")))?,
+                request: r.try_get("request").map_err(|e| self.error(e))?,
+                response: r.try_get("response").map_err(|e| self.error(e))?,
+                logprobs: r.try_get("logprobs").map_err(|e| self.error(e))?,
+                prompt_tokens: r.try_get::<i64, _>("prompt_tokens").map_err(|e| self.error(e))? as u64,
+                completion_tokens: r.try_get::<i64, _>("completion_tokens").map_err(|e| self.error(e))? as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// SQLite's own consistency check ("ok" when sound); Postgres has no equivalent and says "ok".
+    pub async fn integrity_check(&self) -> Result<String> {
+        if !self.url.starts_with("sqlite:") {
+            return Ok("ok".into());
+        }
+        let row = sqlx::query("PRAGMA integrity_check").fetch_one(&self.pool).await.map_err(|e| self.error(e))?;
+        row.try_get::<String, _>(0).map_err(|e| self.error(e))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn key_from_row(r: &AnyRow) -> std::result::Result<ApiKey, sqlx::Error> {
+    Ok(ApiKey {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        prefix: r.try_get("prefix")?,
+        admin: r.try_get::<i64, _>("admin")? != 0,
+        rpm: r.try_get::<Option<i64>, _>("rpm")?.map(|v| v as u64),
+        tpm: r.try_get::<Option<i64>, _>("tpm")?.map(|v| v as u64),
+        created: r.try_get("created")?,
+        revoked: r.try_get("revoked")?,
+    })
+}
+
+/// The URL without a password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user_info = &url[scheme + 3..at];
+            let user = user_info.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,211 @@
+//! Continuous batching on one model. A worker thread owns the model and one KV cache for every
+//! sequence in flight: each iteration it admits waiting requests (prefilled alone, then joined to
+//! the batch), decodes one token for every running sequence in a single batched step, and drops
+//! sequences that finished or whose client went away, freeing their slot at once.
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use distill_models::{Completion, KvCache, LoadedModel, SamplingParams, Sequence, TokenLogprob};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What the engine tells a request as its choices progress.
+#[derive(Debug)]
+pub enum Event {
+    /// Text of choice `index` that became final, with the log-probabilities of the tokens
+    /// generated since the previous event of that choice.
+    /// `generated`: the choice's token count so far.
+    Delta { index: usize, text: String, logprobs: Vec<TokenLogprob>, generated: usize },
+    /// Choice `index` ended; `completion` holds all of it.
+    Done { index: usize, completion: Completion },
+    /// The request failed inside the model; no further events follow.
+    Failed(String),
+}
+
+/// One request for `n` completions of a prompt.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub n: usize,
+    /// Sampling settings; choice `i` samples with `seed + i`.
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    pub top_logprobs: Option<usize>,
+    pub logit_bias: Vec<(u32, f32)>,
+    pub events: UnboundedSender<Event>,
+}
+
+/// Handle to the worker thread. Dropping every handle stops the worker after its current step.
+#[derive(Clone)]
+pub struct Engine {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// A running choice: row `i` of the batch cache is `running[i]`.
+struct Running {
+    sequence: Sequence,
+    index: usize,
+    next_token: u32,
+    events: UnboundedSender<Event>,
+    sent_logprobs: usize,
+}
+
+impl Engine {
+    /// Starts the worker thread; at most `max_batch` sequences decode together.
+    pub fn start(model: Arc<LoadedModel>, max_batch: usize) -> Self {
+        let (jobs, inbox) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("distill-engine".into())
+            .spawn(move || run(&model, inbox, max_batch.max(1)))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("cannot start the engine thread: {e}"));
+        Self { jobs }
+    }
+
+    /// Queues a job; false when the worker has stopped.
+    pub fn submit(&self, job: Job) -> bool {
+        self.jobs.send(job).is_ok()
+    }
+}
+
+fn run(model: &LoadedModel, inbox: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut running: Vec<Running> = Vec::new();
+    let mut cache = KvCache::new(model.model.config(), Vec::new());
+    loop {
+        if running.is_empty() && waiting.is_empty() {
+            match inbox.recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => return, // every handle dropped: the server is shutting down
+            }
+        }
+        while let Ok(job) = inbox.try_recv() {
+            waiting.push_back(job);
+        }
+        // Admit whole jobs while their choices fit; one oversized job runs alone.
+        while let Some(job) = waiting.front() {
+            if !running.is_empty() && running.len() + job.n > max_batch {
+                break;
+            }
+            let Some(job) = waiting.pop_front() else { break };
+            if job.events.is_closed() {
+                continue;
+            }
+            if let Err(e) = admit(model, job, &mut running, &mut cache) {
+                tracing::error!("prefill failed: {e}");
+            }
+        }
+        if running.is_empty() {
+            continue;
+        }
+        if let Err(e) = decode_step(model, &mut running, &mut cache) {
+            tracing::error!("decode step failed: {e}");
+            for r in running.drain(..) {
+                let _ = r.events.send(Event::Failed(e.to_string()));
+            }
+            cache = KvCache::new(model.model.config(), Vec::new());
+        }
+    }
+}
+
+/// Prefills a job's prompt once, samples each choice's first token from it, and joins the
+/// choices that go on to the running batch (the prompt's cache forked once per choice).
+fn admit(
+    model: &LoadedModel,
+    job: Job,
+    running: &mut Vec<Running>,
+    cache: &mut KvCache,
+) -> distill_models::Result<()> {
+    let fail = |job: &Job, e: &dyn std::fmt::Display| {
+        let _ = job.events.send(Event::Failed(e.to_string()));
+    };
+    let mut own = KvCache::new(model.model.config(), vec![0]);
+    let input = Tensor::from_vec(job.prompt.clone(), (1, job.prompt.len()), model.model.device())?;
+    let logits = match model.model.step(&input, &mut own).and_then(|l| Ok(l.to_vec2::<f32>()?)) {
+        Ok(l) => l,
+        Err(e) => {
+            fail(&job, &e);
+            return Err(e);
+        }
+    };
+    let mut forks = Vec::new();
+    for index in 0..job.n {
+        let params = SamplingParams { seed: job.sampling.seed.wrapping_add(index as u64), ..job.sampling.clone() };
+        let sequence = Sequence::new(&params, job.max_tokens, job.top_logprobs).with_logit_bias(job.logit_bias.clone());
+        let mut r = Running { sequence, index, next_token: 0, events: job.events.clone(), sent_logprobs: 0 };
+        match advance(model, &mut r, &logits[0]) {
+            Ok(true) => forks.push(r),
+            Ok(false) => {}
+            Err(e) => {
+                fail(&job, &e);
+                return Err(e);
+            }
+        }
+    }
+    if forks.is_empty() {
+        return Ok(());
+    }
+    own.select_rows(&vec![0; forks.len()])?;
+    cache.append(own)?;
+    running.extend(forks);
+    Ok(())
+}
+
+/// Samples one token for `r` from its logits and sends what became final. Returns whether the
+/// choice goes on (false: it ended and its `Done` was sent).
+fn advance(model: &LoadedModel, r: &mut Running, logits: &[f32]) -> distill_models::Result<bool> {
+    let (token, text) = r.sequence.push(&model.tokenizer, logits, &model.stop_ids)?;
+    r.next_token = token;
+    if r.sequence.is_done() {
+        let sequence = std::mem::replace(&mut r.sequence, Sequence::new(&SamplingParams::default(), 0, None));
+        let (completion, tail) = sequence.finish(&model.tokenizer)?;
+        let text = text + &tail;
+        let logprobs = completion.logprobs.get(r.sent_logprobs..).unwrap_or_default().to_vec();
+        if !text.is_empty() || !logprobs.is_empty() {
+            let generated = completion.token_ids.len();
+            let _ = r.events.send(Event::Delta { index: r.index, text, logprobs, generated });
+        }
+        let _ = r.events.send(Event::Done { index: r.index, completion });
+        return Ok(false);
+    }
+    let logprobs = r.sequence.logprobs().get(r.sent_logprobs..).unwrap_or_default();
+    if !text.is_empty() {
+        r.sent_logprobs += logprobs.len();
+        let generated = r.sequence.len();
+        let _ = r.events.send(Event::Delta { index: r.index, text, logprobs: logprobs.to_vec(), generated });
+    }
+    Ok(true)
+}
+
+/// One batched decoding step for every running choice; finished and abandoned choices leave.
+fn decode_step(model: &LoadedModel, running: &mut Vec<Running>, cache: &mut KvCache) -> distill_models::Result<()> {
+    // A client that went away frees its rows before any work is spent on them.
+    let keep: Vec<usize> = (0..running.len()).filter(|&i| !running[i].events.is_closed()).collect();
+    if keep.len() < running.len() {
+        retain_rows(running, cache, &keep)?;
+        if running.is_empty() {
+            return Ok(());
+        }
+    }
+    let b = running.len();
+    let input = Tensor::from_vec(running.iter().map(|r| r.next_token).collect::<Vec<_>>(), (b, 1), model.model.device())?;
+    let logits = model.model.step(&input, cache)?.to_vec2::<f32>()?; // (B, V)
+    let mut keep = Vec::with_capacity(b);
+    for (row, r) in running.iter_mut().enumerate() {
+        if advance(model, r, &logits[row])? {
+            keep.push(row);
+        }
+    }
+    if keep.len() < b {
+        retain_rows(running, cache, &keep)?;
+    }
+    Ok(())
+}
+
+fn retain_rows(running: &mut Vec<Running>, cache: &mut KvCache, keep: &[usize]) -> distill_models::Result<()> {
+    cache.select_rows(keep)?;
+    let mut old: Vec<Option<Running>> = running.drain(..).map(Some).collect();
+    running.extend(keep.iter().filter_map(|&i| old[i].take()));
+    Ok(())
+}

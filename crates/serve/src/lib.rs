@@ -1,0 +1,104 @@
+//! `distill serve`: an OpenAI-compatible HTTP server over one model, with continuous batching,
+//! traffic capture (`store: true`), API keys and per-key limits.
+//!
+//! Layout: [`wire`] parses and validates OpenAI request bodies and builds response bodies;
+//! [`engine`] batches generation on a worker thread; [`db`] keeps keys, usage and captured
+//! completions; [`limits`] enforces per-key rates; [`routes`] ties them to HTTP.
+
+pub mod db;
+pub mod engine;
+pub mod error;
+pub mod limits;
+pub mod routes;
+mod stream;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use distill_models::LoadedModel;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use db::{ApiKey, Db, StoredCompletion, UsageTotals};
+pub use error::{ApiError, Error, Result};
+
+/// How the server runs; every field has the default a user would want.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The model name clients send as `model` (and `/v1/models` lists).
+    pub model_name: String,
+    /// Most sequences decoded together in one batched step.
+    pub max_batch: usize,
+    /// Most requests in flight (generating or waiting for the engine); more are answered 503
+    /// with Retry-After instead of queueing without bound.
+    pub max_concurrent: usize,
+    /// Request bodies above this many bytes are refused (413) before any parsing.
+    pub max_body_bytes: usize,
+    /// Top-k alternatives kept per token of a captured completion, for the next distillation.
+    pub capture_top_k: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            model_name: "distill".into(),
+            max_batch: 32,
+            max_concurrent: 128,
+            max_body_bytes: 1 << 20,
+            capture_top_k: 20,
+        }
+    }
+}
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub model: Arc<LoadedModel>,
+    pub engine: engine::Engine,
+    pub db: Db,
+    pub limiter: limits::Limiter,
+    pub slots: Arc<Semaphore>,
+    pub options: ServeOptions,
+}
+
+impl AppState {
+    pub fn new(model: LoadedModel, db: Db, options: ServeOptions) -> Arc<Self> {
+        let model = Arc::new(model);
+        let engine = engine::Engine::start(model.clone(), options.max_batch);
+        Arc::new(Self {
+            model,
+            engine,
+            db,
+            limiter: limits::Limiter::default(),
+            slots: Arc::new(Semaphore::new(options.max_concurrent.max(1))),
+            options,
+        })
+    }
+}
+
+/// Binds `addr` and serves until Ctrl-C or SIGTERM; `on_listening` receives the bound address
+/// (useful with port 0).
+pub async fn serve(state: Arc<AppState>, addr: SocketAddr, on_listening: impl FnOnce(SocketAddr)) -> Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    on_listening(listener.local_addr()?);
+    axum::serve(listener, routes::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}

@@ -1,0 +1,388 @@
+//! HTTP routes: authentication, the OpenAI endpoints, admin endpoints, and the bookkeeping of a
+//! request (limits, concurrency slot, usage, capture) around the engine.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use distill_models::{Completion, SamplingParams};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::db::{now, random_id, ApiKey, StoredCompletion};
+use crate::engine::{Event, Job};
+use crate::error::ApiError;
+use crate::wire::{self, Endpoint, GenerationRequest, Prompt};
+use crate::AppState;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.options.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/admin/keys", get(list_keys).post(create_key))
+        .route("/v1/admin/keys/{id}", delete(revoke_key))
+        .route("/v1/admin/usage", get(usage))
+        .fallback(|| async { ApiError::not_found("no such route; see /v1/models, /v1/chat/completions, /v1/completions") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Who may call a route.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    /// Inference keys only: admin keys are refused so a leaked admin key cannot harvest.
+    Inference,
+    Admin,
+    Any,
+}
+
+async fn authenticate(app: &AppState, headers: &HeaderMap, role: Role) -> Result<ApiKey, ApiError> {
+    let secret = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing API key: send `Authorization: Bearer KEY` (create a key with `distill keys create`)",
+            )
+        })?;
+    let key = app
+        .db
+        .find_key(secret)
+        .await
+        .map_err(|e| ApiError::internal("looking up the API key", e))?
+        .ok_or_else(|| ApiError::unauthorized("invalid or revoked API key"))?;
+    match (role, key.admin) {
+        (Role::Inference, true) => Err(ApiError::forbidden("admin keys cannot call inference; use an inference key")),
+        (Role::Admin, false) => Err(ApiError::forbidden("this route needs an admin key")),
+        _ => Ok(key),
+    }
+}
+
+async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authenticate(&app, &headers, Role::Any).await?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{"id": app.options.model_name, "object": "model", "created": 0, "owned_by": "distill"}],
+    })))
+}
+
+async fn chat_completions(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    generate(app, headers, body, Endpoint::Chat).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completions(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    generate(app, headers, body, Endpoint::Completions).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn generate(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    let key = authenticate(&app, &headers, Role::Inference).await?;
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        let mut e = ApiError::invalid(None, format!("cannot read the request body: {}", rejection.body_text()));
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            e.status = status;
+            e.message = format!("the request body exceeds {} bytes", app.options.max_body_bytes);
+        }
+        e
+    })?;
+    let req = wire::parse_request(endpoint, &body)?;
+    if req.model != app.options.model_name {
+        return Err(ApiError::model_not_found(&req.model, &app.options.model_name));
+    }
+    let prompt = tokenize(&app, &req)?;
+    let context = app.model.model.config().max_position_embeddings;
+    let prompt_field = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
+    if prompt.len() >= context {
+        return Err(ApiError::invalid(
+            Some(prompt_field),
+            format!("the prompt is {} tokens; the model's context is {context}, which leaves no room to generate", prompt.len()),
+        ));
+    }
+    let room = context - prompt.len();
+    let max_tokens = match req.max_tokens {
+        Some(m) if m > room => {
+            let field = req.max_tokens_field;
+            return Err(ApiError::invalid(
+                Some(field),
+                format!("`{field}` is {m}, but the prompt ({} tokens) leaves {room} of the model's context of {context}", prompt.len()),
+            ));
+        }
+        Some(m) => m,
+        None => room,
+    };
+    app.limiter
+        .admit(&key.id, key.rpm, key.tpm, prompt.len() as u64)
+        .map_err(|r| ApiError::rate_limited(r.message, r.retry_after_secs))?;
+    let permit = app.slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::overloaded(format!("the server is at its limit of {} concurrent requests; retry shortly", app.options.max_concurrent))
+    })?;
+    let top_logprobs = match (req.logprobs, req.store) {
+        (k, true) => Some(k.unwrap_or(0).max(app.options.capture_top_k)),
+        (k, false) => k,
+    };
+    let (events, rx) = unbounded_channel();
+    let job = Job {
+        prompt: prompt.clone(),
+        n: req.n,
+        sampling: SamplingParams { seed: req.seed.unwrap_or_else(rand::random), ..req.sampling.clone() },
+        max_tokens,
+        top_logprobs,
+        logit_bias: req.logit_bias.clone(),
+        events,
+    };
+    if !app.engine.submit(job) {
+        return Err(ApiError::internal("submitting to the engine", "the engine thread has stopped"));
+    }
+    let id = random_id(if endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" });
+    let raw = String::from_utf8_lossy(&body).into_owned(); // parse_request checked it is UTF-8
+    let guard = UsageGuard::new(app.clone(), &key.id, endpoint, prompt.len(), req.n);
+    let flight = InFlight { app, key, req, raw, id, created: now(), prompt_tokens: prompt.len(), rx, guard, _permit: permit };
+    if flight.req.stream {
+        Ok(crate::stream::respond(flight))
+    } else {
+        respond(flight).await
+    }
+}
+
+/// The prompt's token ids: chat messages through the model's template, text as it is.
+fn tokenize(app: &AppState, req: &GenerationRequest) -> Result<Vec<u32>, ApiError> {
+    let text = match &req.prompt {
+        Prompt::Text(t) => t.clone(),
+        Prompt::Chat(messages) => {
+            let template = app.model.chat_template.as_ref().ok_or_else(|| {
+                ApiError::invalid(Some("messages"), "this model has no chat template; use /v1/completions with a `prompt`")
+            })?;
+            template
+                .render(messages, true)
+                .map_err(|e| ApiError::invalid(Some("messages"), format!("the chat template rejected `messages`: {e}")))?
+        }
+    };
+    let ids = app.model.tokenizer.encode(&text, true).map_err(|e| ApiError::internal("tokenizing the prompt", e))?;
+    if ids.is_empty() {
+        return Err(ApiError::invalid(Some("prompt"), "the prompt has no tokens"));
+    }
+    Ok(ids)
+}
+
+/// A request handed to the engine: what is needed to answer it and account for it.
+pub(crate) struct InFlight {
+    pub app: Arc<AppState>,
+    pub key: ApiKey,
+    pub req: GenerationRequest,
+    pub raw: String,
+    pub id: String,
+    pub created: i64,
+    pub prompt_tokens: usize,
+    pub rx: UnboundedReceiver<Event>,
+    pub guard: UsageGuard,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    /// The complete (non-streamed) response body for the finished choices.
+    pub fn response_body(&self, completions: &[Completion]) -> String {
+        let tokenizer = &self.app.model.tokenizer;
+        let choices: Vec<Value> = completions
+            .iter()
+            .enumerate()
+            .map(|(i, c)| wire::choice(self.req.endpoint, tokenizer, i, c, self.req.logprobs))
+            .collect();
+        let generated: usize = completions.iter().map(|c| c.token_ids.len()).sum();
+        json!({
+            "id": self.id,
+            "object": wire::object_names(self.req.endpoint).0,
+            "created": self.created,
+            "model": self.req.model,
+            "system_fingerprint": null,
+            "choices": choices,
+            "usage": wire::usage(self.prompt_tokens, generated),
+        })
+        .to_string()
+    }
+
+    /// Stores the exchange when asked (`store: true`) and records usage. Returns once the row
+    /// is committed, so a response sent after this is never lost to a crash.
+    pub async fn finish(&mut self, completions: &[Completion], response: &str) -> Result<(), ApiError> {
+        let generated: usize = completions.iter().map(|c| c.token_ids.len()).sum();
+        if self.req.store {
+            let logprobs: Vec<Value> = completions
+                .iter()
+                .map(|c| {
+                    json!({
+                        "tokens": c.token_ids,
+                        "top": c.logprobs.iter().map(|t| &t.top).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let row = StoredCompletion {
+                id: self.id.clone(),
+                created: self.created,
+                key_id: self.key.id.clone(),
+                model: self.req.model.clone(),
+                endpoint: self.req.endpoint.as_str().into(),
+                metadata: self.req.metadata.clone(),
+                request: self.raw.clone(),
+                response: response.to_string(),
+                logprobs: json!({"k": self.app.options.capture_top_k, "choices": logprobs}).to_string(),
+                prompt_tokens: self.prompt_tokens as u64,
+                completion_tokens: generated as u64,
+            };
+            self.app.db.store_completion(&row).await.map_err(|e| ApiError::internal("storing the completion", e))?;
+        }
+        self.guard.complete(generated).await;
+        Ok(())
+    }
+}
+
+async fn respond(mut flight: InFlight) -> Result<Response, ApiError> {
+    let mut done: Vec<Option<Completion>> = vec![None; flight.req.n];
+    while done.iter().any(Option::is_none) {
+        match flight.rx.recv().await {
+            Some(Event::Delta { index, generated, .. }) => flight.guard.generated(index, generated),
+            Some(Event::Done { index, completion }) => {
+                flight.guard.generated(index, completion.token_ids.len());
+                if let Some(slot) = done.get_mut(index) {
+                    *slot = Some(completion);
+                }
+            }
+            Some(Event::Failed(e)) => return Err(ApiError::internal("generating", e)),
+            None => return Err(ApiError::internal("generating", "the engine dropped the request")),
+        }
+    }
+    let completions: Vec<Completion> = done.into_iter().flatten().collect();
+    let body = flight.response_body(&completions);
+    flight.finish(&completions, &body).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Records a request's usage exactly once: at its end, or — when the client went away first —
+/// when it is dropped, with the tokens generated until then.
+pub(crate) struct UsageGuard {
+    app: Arc<AppState>,
+    key_id: String,
+    endpoint: Endpoint,
+    prompt_tokens: usize,
+    generated: Vec<usize>,
+    recorded: bool,
+}
+
+impl UsageGuard {
+    fn new(app: Arc<AppState>, key_id: &str, endpoint: Endpoint, prompt_tokens: usize, n: usize) -> Self {
+        Self { app, key_id: key_id.into(), endpoint, prompt_tokens, generated: vec![0; n], recorded: false }
+    }
+
+    pub fn generated(&mut self, index: usize, tokens: usize) {
+        if let Some(g) = self.generated.get_mut(index) {
+            *g = (*g).max(tokens);
+        }
+    }
+
+    async fn complete(&mut self, generated: usize) {
+        self.recorded = true;
+        self.app.limiter.add_tokens(&self.key_id, generated as u64);
+        let db = &self.app.db;
+        if let Err(e) = db.record_usage(&self.key_id, self.endpoint.as_str(), self.prompt_tokens as u64, generated as u64, "ok").await {
+            tracing::error!("recording usage: {e}");
+        }
+    }
+}
+
+impl Drop for UsageGuard {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        let generated: usize = self.generated.iter().sum();
+        self.app.limiter.add_tokens(&self.key_id, generated as u64);
+        let (app, key_id, endpoint, prompt) = (self.app.clone(), self.key_id.clone(), self.endpoint, self.prompt_tokens);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = app.db.record_usage(&key_id, endpoint.as_str(), prompt as u64, generated as u64, "aborted").await {
+                    tracing::error!("recording usage of an aborted request: {e}");
+                }
+            });
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct NewKey {
+    name: String,
+    #[serde(default)]
+    admin: bool,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+}
+
+async fn create_key(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authenticate(&app, &headers, Role::Admin).await?;
+    let new: NewKey = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(None, format!("expected {{\"name\", \"admin\"?, \"rpm\"?, \"tpm\"?}}: {e}")))?;
+    let (key, secret) = app
+        .db
+        .create_key(&new.name, new.admin, new.rpm, new.tpm)
+        .await
+        .map_err(|e| match e {
+            crate::Error::Input(m) => ApiError::invalid(Some("name"), m),
+            e => ApiError::internal("creating a key", e),
+        })?;
+    Ok((StatusCode::CREATED, Json(json!({"key": key_json(&key), "secret": secret}))).into_response())
+}
+
+async fn list_keys(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authenticate(&app, &headers, Role::Admin).await?;
+    let keys = app.db.list_keys().await.map_err(|e| ApiError::internal("listing keys", e))?;
+    Ok(Json(json!({"object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>()})))
+}
+
+async fn revoke_key(State(app): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    authenticate(&app, &headers, Role::Admin).await?;
+    if !app.db.revoke_key(&id).await.map_err(|e| ApiError::internal("revoking a key", e))? {
+        return Err(ApiError::not_found(format!("no live key `{id}`")));
+    }
+    Ok(Json(json!({"id": id, "revoked": true})))
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    since: Option<i64>,
+}
+
+async fn usage(State(app): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<UsageQuery>) -> Result<Json<Value>, ApiError> {
+    authenticate(&app, &headers, Role::Admin).await?;
+    let totals = app.db.usage(q.since.unwrap_or(0)).await.map_err(|e| ApiError::internal("reading usage", e))?;
+    Ok(Json(json!({"object": "list", "data": totals})))
+}
+
+pub fn key_json(key: &ApiKey) -> Value {
+    json!({
+        "id": key.id, "name": key.name, "prefix": key.prefix, "admin": key.admin,
+        "rpm": key.rpm, "tpm": key.tpm, "created": key.created, "revoked": key.revoked,
+    })
+}
