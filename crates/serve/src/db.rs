@@ -140,7 +140,13 @@ impl Db {
     }
 
     /// Creates a key and returns it with its secret, which is shown only this once.
-    pub async fn create_key(&self, name: &str, admin: bool, rpm: Option<u64>, tpm: Option<u64>) -> Result<(ApiKey, String)> {
+    pub async fn create_key(
+        &self,
+        name: &str,
+        admin: bool,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+    ) -> Result<(ApiKey, String)> {
         if name.trim().is_empty() {
             return Err(Error::Input("a key needs a name (--name), to recognise it in listings".into()));
         }
@@ -174,10 +180,12 @@ impl Db {
     }
 
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>> {
-        let rows = sqlx::query("SELECT id, name, prefix, admin, rpm, tpm, created, revoked FROM api_keys ORDER BY created, id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.error(e))?;
+        let rows = sqlx::query(
+            "SELECT id, name, prefix, admin, rpm, tpm, created, revoked FROM api_keys ORDER BY created, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
         rows.iter().map(|r| key_from_row(r).map_err(|e| self.error(e))).collect()
     }
 

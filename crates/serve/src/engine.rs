@@ -111,12 +111,7 @@ fn run(model: &LoadedModel, inbox: mpsc::Receiver<Job>, max_batch: usize) {
 
 /// Prefills a job's prompt once, samples each choice's first token from it, and joins the
 /// choices that go on to the running batch (the prompt's cache forked once per choice).
-fn admit(
-    model: &LoadedModel,
-    job: Job,
-    running: &mut Vec<Running>,
-    cache: &mut KvCache,
-) -> distill_models::Result<()> {
+fn admit(model: &LoadedModel, job: Job, running: &mut Vec<Running>, cache: &mut KvCache) -> distill_models::Result<()> {
     let fail = |job: &Job, e: &dyn std::fmt::Display| {
         let _ = job.events.send(Event::Failed(e.to_string()));
     };
@@ -189,7 +184,8 @@ fn decode_step(model: &LoadedModel, running: &mut Vec<Running>, cache: &mut KvCa
         }
     }
     let b = running.len();
-    let input = Tensor::from_vec(running.iter().map(|r| r.next_token).collect::<Vec<_>>(), (b, 1), model.model.device())?;
+    let input =
+        Tensor::from_vec(running.iter().map(|r| r.next_token).collect::<Vec<_>>(), (b, 1), model.model.device())?;
     let logits = model.model.step(&input, cache)?.to_vec2::<f32>()?; // (B, V)
     let mut keep = Vec::with_capacity(b);
     for (row, r) in running.iter_mut().enumerate() {

@@ -48,7 +48,14 @@ impl Limiter {
         self.admit_at(key_id, rpm, tpm, prompt_tokens, Instant::now())
     }
 
-    fn admit_at(&self, key_id: &str, rpm: Option<u64>, tpm: Option<u64>, prompt_tokens: u64, now: Instant) -> Result<(), Refusal> {
+    fn admit_at(
+        &self,
+        key_id: &str,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        prompt_tokens: u64,
+        now: Instant,
+    ) -> Result<(), Refusal> {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let w = windows.entry(key_id.to_string()).or_default();
         w.expire(now);
@@ -57,7 +64,9 @@ impl Limiter {
             if w.requests.len() as u64 >= rpm {
                 let retry = w.requests.front().map(|&t| wait(t)).unwrap_or(60);
                 return Err(Refusal {
-                    message: format!("rate limit of {rpm} requests per minute reached for this key; retry in {retry} s"),
+                    message: format!(
+                        "rate limit of {rpm} requests per minute reached for this key; retry in {retry} s"
+                    ),
                     retry_after_secs: retry,
                 });
             }
@@ -65,7 +74,9 @@ impl Limiter {
         if let Some(tpm) = tpm {
             if prompt_tokens > tpm {
                 return Err(Refusal {
-                    message: format!("the prompt alone ({prompt_tokens} tokens) exceeds this key's {tpm} tokens per minute"),
+                    message: format!(
+                        "the prompt alone ({prompt_tokens} tokens) exceeds this key's {tpm} tokens per minute"
+                    ),
                     retry_after_secs: 60,
                 });
             }

@@ -32,7 +32,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/keys", get(list_keys).post(create_key))
         .route("/v1/admin/keys/{id}", delete(revoke_key))
         .route("/v1/admin/usage", get(usage))
-        .fallback(|| async { ApiError::not_found("no such route; see /v1/models, /v1/chat/completions, /v1/completions") })
+        .fallback(|| async {
+            ApiError::not_found("no such route; see /v1/models, /v1/chat/completions, /v1/completions")
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -91,7 +93,11 @@ async fn chat_completions(
     generate(app, headers, body, Endpoint::Chat).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn completions(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn completions(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     generate(app, headers, body, Endpoint::Completions).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -121,7 +127,10 @@ async fn generate(
     if prompt.len() >= context {
         return Err(ApiError::invalid(
             Some(prompt_field),
-            format!("the prompt is {} tokens; the model's context is {context}, which leaves no room to generate", prompt.len()),
+            format!(
+                "the prompt is {} tokens; the model's context is {context}, which leaves no room to generate",
+                prompt.len()
+            ),
         ));
     }
     let room = context - prompt.len();
@@ -130,7 +139,10 @@ async fn generate(
             let field = req.max_tokens_field;
             return Err(ApiError::invalid(
                 Some(field),
-                format!("`{field}` is {m}, but the prompt ({} tokens) leaves {room} of the model's context of {context}", prompt.len()),
+                format!(
+                    "`{field}` is {m}, but the prompt ({} tokens) leaves {room} of the model's context of {context}",
+                    prompt.len()
+                ),
             ));
         }
         Some(m) => m,
@@ -140,7 +152,10 @@ async fn generate(
         .admit(&key.id, key.rpm, key.tpm, prompt.len() as u64)
         .map_err(|r| ApiError::rate_limited(r.message, r.retry_after_secs))?;
     let permit = app.slots.clone().try_acquire_owned().map_err(|_| {
-        ApiError::overloaded(format!("the server is at its limit of {} concurrent requests; retry shortly", app.options.max_concurrent))
+        ApiError::overloaded(format!(
+            "the server is at its limit of {} concurrent requests; retry shortly",
+            app.options.max_concurrent
+        ))
     })?;
     let top_logprobs = match (req.logprobs, req.store) {
         (k, true) => Some(k.unwrap_or(0).max(app.options.capture_top_k)),
@@ -162,7 +177,8 @@ async fn generate(
     let id = random_id(if endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" });
     let raw = String::from_utf8_lossy(&body).into_owned(); // parse_request checked it is UTF-8
     let guard = UsageGuard::new(app.clone(), &key.id, endpoint, prompt.len(), req.n);
-    let flight = InFlight { app, key, req, raw, id, created: now(), prompt_tokens: prompt.len(), rx, guard, _permit: permit };
+    let flight =
+        InFlight { app, key, req, raw, id, created: now(), prompt_tokens: prompt.len(), rx, guard, _permit: permit };
     if flight.req.stream {
         Ok(crate::stream::respond(flight))
     } else {
@@ -176,11 +192,14 @@ fn tokenize(app: &AppState, req: &GenerationRequest) -> Result<Vec<u32>, ApiErro
         Prompt::Text(t) => t.clone(),
         Prompt::Chat(messages) => {
             let template = app.model.chat_template.as_ref().ok_or_else(|| {
-                ApiError::invalid(Some("messages"), "this model has no chat template; use /v1/completions with a `prompt`")
+                ApiError::invalid(
+                    Some("messages"),
+                    "this model has no chat template; use /v1/completions with a `prompt`",
+                )
             })?;
-            template
-                .render(messages, true)
-                .map_err(|e| ApiError::invalid(Some("messages"), format!("the chat template rejected `messages`: {e}")))?
+            template.render(messages, true).map_err(|e| {
+                ApiError::invalid(Some("messages"), format!("the chat template rejected `messages`: {e}"))
+            })?
         }
     };
     let ids = app.model.tokenizer.encode(&text, true).map_err(|e| ApiError::internal("tokenizing the prompt", e))?;
@@ -307,7 +326,10 @@ impl UsageGuard {
         self.recorded = true;
         self.app.limiter.add_tokens(&self.key_id, generated as u64);
         let db = &self.app.db;
-        if let Err(e) = db.record_usage(&self.key_id, self.endpoint.as_str(), self.prompt_tokens as u64, generated as u64, "ok").await {
+        if let Err(e) = db
+            .record_usage(&self.key_id, self.endpoint.as_str(), self.prompt_tokens as u64, generated as u64, "ok")
+            .await
+        {
             tracing::error!("recording usage: {e}");
         }
     }
@@ -320,10 +342,13 @@ impl Drop for UsageGuard {
         }
         let generated: usize = self.generated.iter().sum();
         self.app.limiter.add_tokens(&self.key_id, generated as u64);
-        let (app, key_id, endpoint, prompt) = (self.app.clone(), self.key_id.clone(), self.endpoint, self.prompt_tokens);
+        let (app, key_id, endpoint, prompt) =
+            (self.app.clone(), self.key_id.clone(), self.endpoint, self.prompt_tokens);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = app.db.record_usage(&key_id, endpoint.as_str(), prompt as u64, generated as u64, "aborted").await {
+                if let Err(e) =
+                    app.db.record_usage(&key_id, endpoint.as_str(), prompt as u64, generated as u64, "aborted").await
+                {
                     tracing::error!("recording usage of an aborted request: {e}");
                 }
             });
@@ -344,14 +369,10 @@ async fn create_key(State(app): State<Arc<AppState>>, headers: HeaderMap, body: 
     authenticate(&app, &headers, Role::Admin).await?;
     let new: NewKey = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(None, format!("expected {{\"name\", \"admin\"?, \"rpm\"?, \"tpm\"?}}: {e}")))?;
-    let (key, secret) = app
-        .db
-        .create_key(&new.name, new.admin, new.rpm, new.tpm)
-        .await
-        .map_err(|e| match e {
-            crate::Error::Input(m) => ApiError::invalid(Some("name"), m),
-            e => ApiError::internal("creating a key", e),
-        })?;
+    let (key, secret) = app.db.create_key(&new.name, new.admin, new.rpm, new.tpm).await.map_err(|e| match e {
+        crate::Error::Input(m) => ApiError::invalid(Some("name"), m),
+        e => ApiError::internal("creating a key", e),
+    })?;
     Ok((StatusCode::CREATED, Json(json!({"key": key_json(&key), "secret": secret}))).into_response())
 }
 
@@ -361,7 +382,11 @@ async fn list_keys(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Resu
     Ok(Json(json!({"object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>()})))
 }
 
-async fn revoke_key(State(app): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn revoke_key(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     authenticate(&app, &headers, Role::Admin).await?;
     if !app.db.revoke_key(&id).await.map_err(|e| ApiError::internal("revoking a key", e))? {
         return Err(ApiError::not_found(format!("no live key `{id}`")));
@@ -374,7 +399,11 @@ struct UsageQuery {
     since: Option<i64>,
 }
 
-async fn usage(State(app): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<UsageQuery>) -> Result<Json<Value>, ApiError> {
+async fn usage(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<UsageQuery>,
+) -> Result<Json<Value>, ApiError> {
     authenticate(&app, &headers, Role::Admin).await?;
     let totals = app.db.usage(q.since.unwrap_or(0)).await.map_err(|e| ApiError::internal("reading usage", e))?;
     Ok(Json(json!({"object": "list", "data": totals})))

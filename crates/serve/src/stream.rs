@@ -25,7 +25,8 @@ struct StreamState {
 
 pub(crate) fn respond(flight: InFlight) -> Response {
     let n = flight.req.n;
-    let mut state = StreamState { flight, done: vec![None; n], offsets: vec![0; n], queue: VecDeque::new(), finished: false };
+    let mut state =
+        StreamState { flight, done: vec![None; n], offsets: vec![0; n], queue: VecDeque::new(), finished: false };
     if state.flight.req.endpoint == Endpoint::Chat {
         for index in 0..n {
             let choice = json!({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
@@ -102,7 +103,9 @@ impl StreamState {
                 let reason = wire::finish_reason(completion.finish_reason);
                 let choice = match self.flight.req.endpoint {
                     Endpoint::Chat => json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}),
-                    Endpoint::Completions => json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason}),
+                    Endpoint::Completions => {
+                        json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason})
+                    }
                 };
                 self.push_chunk(vec![choice]);
                 if let Some(slot) = self.done.get_mut(index) {

@@ -133,8 +133,8 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<GenerationReques
     if text.trim().is_empty() {
         return Err(ApiError::invalid(None, "the request body is empty; send a JSON object"));
     }
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| ApiError::invalid(None, format!("the request body is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::invalid(None, format!("the request body is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::invalid(None, "the request body must be a JSON object"));
     }
@@ -280,7 +280,10 @@ fn common(
     };
     let temperature = c.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid(Some("temperature"), format!("`temperature` must be in [0, 2], got {temperature}")));
+        return Err(ApiError::invalid(
+            Some("temperature"),
+            format!("`temperature` must be in [0, 2], got {temperature}"),
+        ));
     }
     let top_p = c.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
@@ -288,7 +291,10 @@ fn common(
     }
     for (field, value) in [("frequency_penalty", c.frequency_penalty), ("presence_penalty", c.presence_penalty)] {
         if value.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::invalid(Some(field), format!("`{field}` is not supported by this server; omit it or send 0")));
+            return Err(ApiError::invalid(
+                Some(field),
+                format!("`{field}` is not supported by this server; omit it or send 0"),
+            ));
         }
     }
     let stop = match c.stop {
@@ -304,7 +310,10 @@ fn common(
         Some(_) => return Err(ApiError::invalid(Some("stop"), "`stop` must be a string or a list of strings")),
     };
     if stop.len() > MAX_STOP {
-        return Err(ApiError::invalid(Some("stop"), format!("`stop` holds {} strings; at most {MAX_STOP}", stop.len())));
+        return Err(ApiError::invalid(
+            Some("stop"),
+            format!("`stop` holds {} strings; at most {MAX_STOP}", stop.len()),
+        ));
     }
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid(Some("stop"), "`stop` strings must not be empty"));
@@ -315,24 +324,35 @@ fn common(
             ApiError::invalid(Some("logit_bias"), format!("`logit_bias` keys must be token ids, got `{token}`"))
         })?;
         if !(-100.0..=100.0).contains(&bias) {
-            return Err(ApiError::invalid(Some("logit_bias"), format!("`logit_bias` values must be in [-100, 100], got {bias}")));
+            return Err(ApiError::invalid(
+                Some("logit_bias"),
+                format!("`logit_bias` values must be in [-100, 100], got {bias}"),
+            ));
         }
         logit_bias.push((id, bias as f32));
     }
     let metadata = c.metadata.unwrap_or_default();
     if metadata.len() > MAX_METADATA {
-        return Err(ApiError::invalid(Some("metadata"), format!("`metadata` holds {} pairs; at most {MAX_METADATA}", metadata.len())));
+        return Err(ApiError::invalid(
+            Some("metadata"),
+            format!("`metadata` holds {} pairs; at most {MAX_METADATA}", metadata.len()),
+        ));
     }
     for (k, v) in &metadata {
         if k.is_empty() || k.chars().count() > MAX_METADATA_KEY || v.chars().count() > MAX_METADATA_VALUE {
             return Err(ApiError::invalid(
                 Some("metadata"),
-                format!("`metadata` keys must be 1–{MAX_METADATA_KEY} characters and values at most {MAX_METADATA_VALUE}"),
+                format!(
+                    "`metadata` keys must be 1–{MAX_METADATA_KEY} characters and values at most {MAX_METADATA_VALUE}"
+                ),
             ));
         }
     }
     if !c.store && !metadata.is_empty() {
-        return Err(ApiError::invalid(Some("metadata"), "`metadata` is stored with the completion; it needs `store: true`"));
+        return Err(ApiError::invalid(
+            Some("metadata"),
+            "`metadata` is stored with the completion; it needs `store: true`",
+        ));
     }
     let sampling = SamplingParams { temperature, top_p, top_k: 0, seed: 0, max_tokens: 0, stop };
     Ok(GenerationRequest {

@@ -59,7 +59,7 @@ enum Format {
     /// format `distill generate --dataset` reads (the teacher then scores the completion).
     Prompts,
     /// One line per stored request: id, created, model, metadata, and the request and response
-    /// bodies exactly as received and sent.
+    /// bodies exactly as received and sent (as JSON strings).
     Raw,
 }
 
@@ -76,10 +76,8 @@ pub fn run(args: CaptureArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let rows = with_db(&args.db, async |db| Ok(db.completions(since).await?))?;
-    let rows: Vec<StoredCompletion> = rows
-        .into_iter()
-        .filter(|r| filters.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
-        .collect();
+    let rows: Vec<StoredCompletion> =
+        rows.into_iter().filter(|r| filters.iter().all(|(k, v)| r.metadata.get(k) == Some(v))).collect();
     let mut out: Box<dyn Write> = if args.output.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
@@ -101,21 +99,18 @@ pub fn run(args: CaptureArgs) -> Result<()> {
 
 fn export_lines(row: &StoredCompletion, format: Format) -> Result<Vec<String>> {
     if let Format::Raw = format {
-        // The bodies go in as raw JSON, so they come out byte for byte.
-        let request = serde_json::value::RawValue::from_string(row.request.clone())
-            .with_context(|| format!("stored request of {} is not JSON", row.id))?;
-        let response = serde_json::value::RawValue::from_string(row.response.clone())
-            .with_context(|| format!("stored response of {} is not JSON", row.id))?;
+        // The bodies are JSON strings holding the exact bytes (a body may span lines).
         let line = json!({
             "id": row.id, "created": row.created, "model": row.model, "endpoint": row.endpoint,
-            "metadata": row.metadata, "request": request, "response": response,
+            "metadata": row.metadata, "request": row.request, "response": row.response,
         });
         return Ok(vec![line.to_string()]);
     }
     let endpoint = if row.endpoint == Endpoint::Chat.as_str() { Endpoint::Chat } else { Endpoint::Completions };
     let request = parse_request(endpoint, row.request.as_bytes())
         .map_err(|e| anyhow::anyhow!("stored request of {} no longer parses: {}", row.id, e.message))?;
-    let response: Value = serde_json::from_str(&row.response).with_context(|| format!("stored response of {}", row.id))?;
+    let response: Value =
+        serde_json::from_str(&row.response).with_context(|| format!("stored response of {}", row.id))?;
     let choices = response["choices"].as_array().cloned().unwrap_or_default();
     let mut lines = Vec::with_capacity(choices.len());
     for (i, choice) in choices.iter().enumerate() {
@@ -151,7 +146,9 @@ pub fn parse_since(text: &str) -> Result<i64> {
     let full = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_string() };
     match humantime::parse_rfc3339_weak(&full) {
         Ok(t) => Ok(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)),
-        Err(_) => bail!("--since `{text}`: expected a date (2026-11-29), an RFC 3339 time, unix seconds or a duration (24h)"),
+        Err(_) => {
+            bail!("--since `{text}`: expected a date (2026-11-29), an RFC 3339 time, unix seconds or a duration (24h)")
+        }
     }
 }
 

@@ -93,7 +93,10 @@ pub fn run(args: KeysArgs) -> Result<()> {
                 None => 0,
             };
             with_db(&args.db, async |db| {
-                println!("{:<18} {:>9} {:>14} {:>17} {:>8}", "key", "requests", "prompt_tokens", "completion_tokens", "aborted");
+                println!(
+                    "{:<18} {:>9} {:>14} {:>17} {:>8}",
+                    "key", "requests", "prompt_tokens", "completion_tokens", "aborted"
+                );
                 for u in db.usage(since).await? {
                     println!(
                         "{:<18} {:>9} {:>14} {:>17} {:>8}",

@@ -100,7 +100,8 @@ fn default_name(source: &str) -> String {
 
 /// Runs an async database operation for the short admin commands.
 pub fn with_db<T>(target: &str, f: impl AsyncFnOnce(&Db) -> Result<T>) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         let db = Db::open(target).await.with_context(|| format!("opening the database `{target}`"))?;
         let out = f(&db).await;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod server;
+
 use std::process::{Command, Output};
 
 /// The `distill` binary as a command to add arguments to.

@@ -35,8 +35,10 @@ fn a_plain_chat_request_gets_openai_defaults() {
 
 #[test]
 fn text_parts_are_joined_and_developer_means_system() {
-    let r = chat(r#"{"model": "m", "messages": [{"role": "developer", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}"#)
+    let r = chat(
+        r#"{"model": "m", "messages": [{"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}"#,
+    )
     .unwrap();
     assert_eq!(r.prompt, Prompt::Chat(vec![ChatMessage::new("system", "be brief"), ChatMessage::new("user", "ab")]));
 }
@@ -68,7 +70,10 @@ fn each_out_of_range_field_is_named() {
     refused(chat(r#"{"model": "m", "messages": []}"#), "messages");
     refused(chat(r#"{"model": "m", "messages": [{"role": "user", "content": ""}]}"#), "messages");
     refused(chat(r#"{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}"#), "messages[0].role");
-    refused(chat(r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#), "messages[0].content[0]");
+    refused(
+        chat(r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#),
+        "messages[0].content[0]",
+    );
     refused(completion(r#"{"model": "m", "prompt": ""}"#), "prompt");
     refused(completion(r#"{"model": "m", "prompt": ["a", "b"]}"#), "prompt");
     refused(completion(r#"{"model": "m", "prompt": [1, 2]}"#), "prompt");
@@ -124,15 +129,37 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
 
 const FIELDS: &[&str] = &[
-    "model", "messages", "prompt", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
-    "stream", "stream_options", "logprobs", "top_logprobs", "logit_bias", "store", "metadata", "echo", "suffix",
-    "best_of", "frequency_penalty", "presence_penalty", "user", "tools",
+    "model",
+    "messages",
+    "prompt",
+    "n",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "store",
+    "metadata",
+    "echo",
+    "suffix",
+    "best_of",
+    "frequency_penalty",
+    "presence_penalty",
+    "user",
+    "tools",
 ];
 
 proptest! {
