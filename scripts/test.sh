@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-teacher.sh
-# Real external clients the tests use: pyarrow reads our Parquet shards.
+# Real external clients the tests use: pyarrow reads our Parquet shards; the official openai
+# package talks to `distill serve`.
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+# `distill serve --db postgres://...` is tested against a throwaway local Postgres when one is installed.
+source scripts/test-postgres.sh
 cargo test --workspace --locked -j "${CARGO_BUILD_JOBS:-2}"

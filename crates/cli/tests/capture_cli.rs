@@ -1,5 +1,5 @@
 //! Traffic capture (`store: true`): rows round-trip byte for byte, survive kill -9, and export
-//! as prompts that `distill generate --dataset` turns into the next teacher-signal dataset.
+//! as prompts that `distill capture export --dataset` turns into the next teacher-signal dataset.
 
 mod common;
 use common::server::{create_key, Server};
@@ -101,15 +101,21 @@ fn captured_exchanges_round_trip_byte_for_byte_and_become_the_next_dataset() {
     let first = lines.iter().find(|l| l["metadata"]["ticket"] == "42").expect("the chat request is exported");
     assert_eq!(first["messages"][0]["content"], "héllo ✓ the");
     assert!(lines.iter().all(|l| l["completion"].is_string() && l["metadata"]["id"].is_string()));
+    // The same export straight into a teacher-signal dataset, the teacher scoring the completions.
     let dataset = dir.path().join("dataset");
     let out = distill(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
+        "capture",
+        "export",
+        "--db",
+        db.to_str().unwrap(),
+        "--metadata",
+        "team=support",
+        "-o",
+        prompts.to_str().unwrap(),
         "--dataset",
         dataset.to_str().unwrap(),
-        "--prompts-file",
-        prompts.to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
         "--k",
         "4",
     ]);

@@ -345,3 +345,39 @@ fn a_disconnected_stream_frees_its_slot_and_its_usage_is_recorded() {
         "tokens of the aborted stream are counted, and it stopped early: {listing}"
     );
 }
+
+#[test]
+fn the_official_openai_python_client_works_against_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("serve.db");
+    let key = create_key(&db, "user", &[]);
+    let limited = create_key(&db, "limited", &["--rpm", "1"]);
+    let server = Server::start(&tiny(dir.path()), &db, &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/openai_client.py");
+    let out = std::process::Command::new("python3")
+        .args([script, &server.url, &key, &limited])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success() && text(&out.stdout).trim() == "ok",
+        "{}{}\n(the `openai` package comes from tests/requirements.txt)",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_exported_student_directory_serves_the_same_text_as_its_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("serve.db");
+    let key = create_key(&db, "user", &[]);
+    let gguf = tiny(dir.path());
+    let hf = dir.path().join("student");
+    let out = distill(&["export", gguf.to_str().unwrap(), "-o", hf.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let request = r#"{"model": "tiny", "prompt": "the hello", "max_tokens": 10, "temperature": 0}"#;
+    let from_gguf = parse(&Server::start(&gguf, &db, &[]).post("/v1/completions", &key, request).1);
+    let from_dir = parse(&Server::start(&hf, &db, &[]).post("/v1/completions", &key, request).1);
+    assert_eq!(from_gguf["choices"][0]["text"], from_dir["choices"][0]["text"]);
+    assert_eq!(from_gguf["usage"], from_dir["usage"]);
+}

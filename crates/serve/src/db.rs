@@ -240,8 +240,9 @@ impl Db {
     /// Usage per key since `since` (unix seconds).
     pub async fn usage(&self, since: i64) -> Result<Vec<UsageTotals>> {
         let rows = sqlx::query(
-            "SELECT key_id, COUNT(*) AS requests, SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c, \
-             SUM(CASE WHEN outcome = 'aborted' THEN 1 ELSE 0 END) AS aborted \
+            "SELECT key_id, COUNT(*) AS requests, CAST(SUM(prompt_tokens) AS BIGINT) AS p, \
+             CAST(SUM(completion_tokens) AS BIGINT) AS c, \
+             CAST(SUM(CASE WHEN outcome = 'aborted' THEN 1 ELSE 0 END) AS BIGINT) AS aborted \
              FROM key_usage WHERE created >= $1 GROUP BY key_id ORDER BY key_id",
         )
         .bind(since)
@@ -347,9 +348,8 @@ fn key_from_row(r: &AnyRow) -> std::result::Result<ApiKey, sqlx::Error> {
 /// The URL without a password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user_info = &url[scheme + 3..at];
-            let user = user_info.split(':').next().unwrap_or("");
+        (Some(scheme), Some(at)) if at > scheme && url[scheme + 3..at].contains(':') => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or("");
             format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
         }
         _ => url.to_string(),

@@ -1,7 +1,8 @@
 //! Continuous batching on one model. A worker thread owns the model and one KV cache for every
-//! sequence in flight: each iteration it admits waiting requests (prefilled alone, then joined to
-//! the batch), decodes one token for every running sequence in a single batched step, and drops
-//! sequences that finished or whose client went away, freeing their slot at once.
+//! sequence in flight: each iteration it admits waiting requests (prefilled together in one
+//! left-padded batch, then joined to the running batch), decodes one token for every running
+//! sequence in a single batched step, and drops sequences that finished or whose client went
+//! away, freeing their slot at once.
 
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -10,6 +11,9 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use distill_models::{Completion, KvCache, LoadedModel, SamplingParams, Sequence, TokenLogprob};
 use tokio::sync::mpsc::UnboundedSender;
+
+/// Most positions (padding included) prefilled in one batch; a longer prompt is prefilled alone.
+const PREFILL_TOKENS: usize = 8192;
 
 /// What the engine tells a request as its choices progress.
 #[derive(Debug)]
@@ -84,15 +88,27 @@ fn run(model: &LoadedModel, inbox: mpsc::Receiver<Job>, max_batch: usize) {
             waiting.push_back(job);
         }
         // Admit whole jobs while their choices fit; one oversized job runs alone.
+        let mut admitted: Vec<Job> = Vec::new();
+        let mut rows = running.len();
+        let mut longest = 0;
         while let Some(job) = waiting.front() {
-            if !running.is_empty() && running.len() + job.n > max_batch {
+            if rows > 0 && rows + job.n > max_batch {
+                break;
+            }
+            // Prompts are padded to the longest: keep one prefill batch within a token budget.
+            let padded = (admitted.len() + 1) * longest.max(job.prompt.len());
+            if !admitted.is_empty() && padded > PREFILL_TOKENS {
                 break;
             }
             let Some(job) = waiting.pop_front() else { break };
-            if job.events.is_closed() {
-                continue;
+            if !job.events.is_closed() {
+                rows += job.n;
+                longest = longest.max(job.prompt.len());
+                admitted.push(job);
             }
-            if let Err(e) = admit(model, job, &mut running, &mut cache) {
+        }
+        if !admitted.is_empty() {
+            if let Err(e) = admit(model, admitted, &mut running, &mut cache) {
                 tracing::error!("prefill failed: {e}");
             }
         }
@@ -109,40 +125,63 @@ fn run(model: &LoadedModel, inbox: mpsc::Receiver<Job>, max_batch: usize) {
     }
 }
 
-/// Prefills a job's prompt once, samples each choice's first token from it, and joins the
-/// choices that go on to the running batch (the prompt's cache forked once per choice).
-fn admit(model: &LoadedModel, job: Job, running: &mut Vec<Running>, cache: &mut KvCache) -> distill_models::Result<()> {
-    let fail = |job: &Job, e: &dyn std::fmt::Display| {
-        let _ = job.events.send(Event::Failed(e.to_string()));
-    };
-    let mut own = KvCache::new(model.model.config(), vec![0]);
-    let input = Tensor::from_vec(job.prompt.clone(), (1, job.prompt.len()), model.model.device())?;
-    let logits = match model.model.step(&input, &mut own).and_then(|l| Ok(l.to_vec2::<f32>()?)) {
+/// Prefills the admitted jobs' prompts in one left-padded batch, samples each choice's first
+/// token, and joins the choices that go on to the running batch (a prompt's cache row forked
+/// once per choice).
+fn admit(
+    model: &LoadedModel,
+    jobs: Vec<Job>,
+    running: &mut Vec<Running>,
+    cache: &mut KvCache,
+) -> distill_models::Result<()> {
+    let longest = jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(0);
+    let pad_id = model.tokenizer.eos_id().unwrap_or(0);
+    let left_pad: Vec<usize> = jobs.iter().map(|j| longest - j.prompt.len()).collect();
+    let ids: Vec<u32> = jobs
+        .iter()
+        .zip(&left_pad)
+        .flat_map(|(j, &pad)| std::iter::repeat_n(pad_id, pad).chain(j.prompt.iter().copied()))
+        .collect();
+    let mut prefilled = KvCache::new(model.model.config(), left_pad);
+    let logits = Tensor::from_vec(ids, (jobs.len(), longest), model.model.device())
+        .map_err(distill_models::Error::from)
+        .and_then(|input| model.model.step(&input, &mut prefilled))
+        .and_then(|l| Ok(l.to_vec2::<f32>()?)); // (B, V)
+    let logits = match logits {
         Ok(l) => l,
         Err(e) => {
-            fail(&job, &e);
+            for job in &jobs {
+                let _ = job.events.send(Event::Failed(e.to_string()));
+            }
             return Err(e);
         }
     };
     let mut forks = Vec::new();
-    for index in 0..job.n {
-        let params = SamplingParams { seed: job.sampling.seed.wrapping_add(index as u64), ..job.sampling.clone() };
-        let sequence = Sequence::new(&params, job.max_tokens, job.top_logprobs).with_logit_bias(job.logit_bias.clone());
-        let mut r = Running { sequence, index, next_token: 0, events: job.events.clone(), sent_logprobs: 0 };
-        match advance(model, &mut r, &logits[0]) {
-            Ok(true) => forks.push(r),
-            Ok(false) => {}
-            Err(e) => {
-                fail(&job, &e);
-                return Err(e);
+    let mut rows = Vec::new();
+    for (row, job) in jobs.iter().enumerate() {
+        for index in 0..job.n {
+            let params = SamplingParams { seed: job.sampling.seed.wrapping_add(index as u64), ..job.sampling.clone() };
+            let sequence =
+                Sequence::new(&params, job.max_tokens, job.top_logprobs).with_logit_bias(job.logit_bias.clone());
+            let mut r = Running { sequence, index, next_token: 0, events: job.events.clone(), sent_logprobs: 0 };
+            match advance(model, &mut r, &logits[row]) {
+                Ok(true) => {
+                    forks.push(r);
+                    rows.push(row);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = job.events.send(Event::Failed(e.to_string()));
+                    break;
+                }
             }
         }
     }
     if forks.is_empty() {
         return Ok(());
     }
-    own.select_rows(&vec![0; forks.len()])?;
-    cache.append(own)?;
+    prefilled.select_rows(&rows)?;
+    cache.append(prefilled)?;
     running.extend(forks);
     Ok(())
 }

@@ -51,6 +51,19 @@ struct ExportArgs {
 
     #[arg(long, value_enum, default_value_t = Format::Prompts)]
     format: Format,
+
+    /// Then have a teacher score the exported completions into a teacher-signal dataset in DIR,
+    /// as `distill generate --dataset DIR --prompts-file OUTPUT` would (resumable the same way).
+    #[arg(long, value_name = "DIR", help_heading = "Dataset")]
+    dataset: Option<PathBuf>,
+
+    /// Teacher for --dataset: a .gguf file, HF directory or Hub id (default: the default teacher).
+    #[arg(long, requires = "dataset", help_heading = "Dataset")]
+    teacher: Option<String>,
+
+    /// Top-k entries stored per completion token with --dataset.
+    #[arg(long, default_value_t = 32, help_heading = "Dataset")]
+    k: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -65,6 +78,9 @@ enum Format {
 
 pub fn run(args: CaptureArgs) -> Result<()> {
     let CaptureCommand::Export(args) = args.command;
+    if args.dataset.is_some() && (args.output.as_os_str() == "-" || matches!(args.format, Format::Raw)) {
+        bail!("--dataset reads the exported prompts back: give a file with -o and the default --format prompts");
+    }
     let since = args.since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
     let filters: Vec<(String, String)> = args
         .metadata
@@ -93,7 +109,26 @@ pub fn run(args: CaptureArgs) -> Result<()> {
         }
     }
     out.flush()?;
+    drop(out);
     eprintln!("{} captured completions → {lines} lines in {}", rows.len(), args.output.display());
+    if let Some(dataset) = args.dataset {
+        if lines == 0 {
+            bail!("no captured completion matched; nothing to score into {}", dataset.display());
+        }
+        super::dataset::run(super::dataset::DatasetOptions {
+            output: dataset,
+            prompts_file: args.output,
+            model: args.teacher,
+            chat: false,
+            system: None,
+            sampling: distill_models::SamplingParams::default(),
+            k: args.k,
+            completions: 1,
+            prompts_per_shard: 64,
+            batch_size: 8,
+            logprob_temperature: 1.0,
+        })?;
+    }
     Ok(())
 }
 

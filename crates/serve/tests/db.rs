@@ -1,0 +1,70 @@
+//! The server database through the same code on SQLite (always) and Postgres (when
+//! `DISTILL_TEST_POSTGRES_URL` names a database to use, as `scripts/test.sh` sets it up
+//! when a local Postgres is installed).
+
+use std::collections::BTreeMap;
+
+use distill_serve::{Db, StoredCompletion};
+
+async fn exercise(db: &Db) {
+    let (key, secret) = db.create_key("alice", false, Some(60), None).await.unwrap();
+    assert!(secret.starts_with("dk-") && secret.len() > 30);
+    assert!(db.create_key(" ", false, None, None).await.is_err(), "a key needs a name");
+    let found = db.find_key(&secret).await.unwrap().expect("the secret finds its key");
+    assert_eq!(found, key);
+    assert_eq!((found.rpm, found.tpm, found.admin), (Some(60), None, false));
+    assert!(db.find_key("dk-wrong").await.unwrap().is_none());
+
+    db.record_usage(&key.id, "chat.completions", 20, 7, "ok").await.unwrap();
+    db.record_usage(&key.id, "chat.completions", 20, 3, "aborted").await.unwrap();
+    let usage = db.usage(0).await.unwrap();
+    let mine = usage.iter().find(|u| u.key_id == key.id).unwrap();
+    assert_eq!((mine.requests, mine.prompt_tokens, mine.completion_tokens, mine.aborted), (2, 40, 10, 1));
+
+    let metadata: BTreeMap<String, String> = [("team".to_string(), "support ✓".to_string())].into();
+    let row = StoredCompletion {
+        id: format!("chatcmpl-{}", key.id),
+        created: 1_795_910_400,
+        key_id: key.id.clone(),
+        model: "tiny".into(),
+        endpoint: "chat.completions".into(),
+        metadata,
+        request: "{ \"model\":\"tiny\",\n \"x\": \"\\u00e9 ✓\" }".into(),
+        response: "{\"id\": 1}".into(),
+        logprobs: "{\"k\": 20, \"choices\": []}".into(),
+        prompt_tokens: 20,
+        completion_tokens: 7,
+    };
+    db.store_completion(&row).await.unwrap();
+    assert!(db.store_completion(&row).await.is_err(), "ids are unique");
+    let stored = db.completions(1_795_910_400).await.unwrap();
+    assert!(stored.contains(&row), "the row comes back exactly");
+    assert!(!db.completions(1_795_910_401).await.unwrap().contains(&row), "--since filters");
+
+    assert!(db.revoke_key("alice").await.unwrap());
+    assert!(db.find_key(&secret).await.unwrap().is_none(), "a revoked key no longer authenticates");
+    assert!(!db.revoke_key("alice").await.unwrap(), "nothing left to revoke");
+    assert_eq!(db.integrity_check().await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn sqlite_keeps_keys_usage_and_captures() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/serve.db");
+    let db = Db::open(path.to_str().unwrap()).await.unwrap();
+    exercise(&db).await;
+    db.close().await;
+    // Reopening keeps everything (and the schema is created only once).
+    let db = Db::open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(db.list_keys().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn postgres_keeps_keys_usage_and_captures() {
+    let Ok(url) = std::env::var("DISTILL_TEST_POSTGRES_URL") else {
+        eprintln!("DISTILL_TEST_POSTGRES_URL is not set: the Postgres variant did not run");
+        return;
+    };
+    let db = Db::open(&url).await.unwrap();
+    exercise(&db).await;
+}
