@@ -28,37 +28,38 @@ wait_up() {
 }
 peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
+# load NAME PID PORT: the single-stream and the loaded run against one server, then its peak RSS.
+load() {
+  wait_up "http://127.0.0.1:$3/v1/models"
+  for c in 1 "$concurrency"; do
+    python3 bench/reference/serve_load.py "http://127.0.0.1:$3" "$key" teacher --concurrency "$c" \
+      --max-tokens "$max_tokens" > "$work/$1-$c.json"
+  done
+  peak_rss_mib "$2" > "$work/$1-rss.txt"
+  kill "$2"; wait "$2" 2>/dev/null || true
+}
+
 key=$("$distill" keys create --db "$work/serve.db" --name bench)
 port=$(free_port)
 "$distill" serve "$teacher" --db "$work/serve.db" --name teacher --port "$port" --max-batch "$concurrency" \
   2> "$work/distill-serve.log" &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-wait_up "http://127.0.0.1:$port/health"
-python3 bench/reference/serve_load.py "http://127.0.0.1:$port" "$key" teacher --concurrency 1 --max-tokens "$max_tokens" > "$work/distill-1.json"
-python3 bench/reference/serve_load.py "http://127.0.0.1:$port" "$key" teacher --concurrency "$concurrency" --max-tokens "$max_tokens" > "$work/distill-$concurrency.json"
-distill_rss=$(peak_rss_mib $pid)
-kill $pid; wait $pid 2>/dev/null || true
+trap "kill $! 2>/dev/null || true" EXIT
+load distill $! "$port"
 
 port=$(free_port)
 python3 -m llama_cpp.server --model "$teacher" --model_alias teacher --port "$port" --n_threads "$(nproc)" \
   --n_ctx 4096 --interrupt_requests False --api_key "$key" > "$work/llama-serve.log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-wait_up "http://127.0.0.1:$port/v1/models"
-python3 bench/reference/serve_load.py "http://127.0.0.1:$port" "$key" teacher --concurrency 1 --max-tokens "$max_tokens" > "$work/llama-1.json"
-python3 bench/reference/serve_load.py "http://127.0.0.1:$port" "$key" teacher --concurrency "$concurrency" --max-tokens "$max_tokens" > "$work/llama-$concurrency.json"
-llama_rss=$(peak_rss_mib $pid)
-kill $pid; wait $pid 2>/dev/null || true
+trap "kill $! 2>/dev/null || true" EXIT
+load llama $! "$port"
 
-python3 - "$work" "$concurrency" "$distill_rss" "$llama_rss" <<'PY'
+python3 - "$work" "$concurrency" <<'PY'
 import json, sys
-work, c, distill_rss, llama_rss = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+work, c = sys.argv[1], sys.argv[2]
 load = lambda name: json.load(open(f"{work}/{name}.json"))
 result = {"concurrency": int(c)}
-for tool, rss in (("distill", distill_rss), ("llama.cpp", llama_rss)):
-    key = "distill" if tool == "distill" else "llama"
-    result[tool] = {"single": load(f"{key}-1"), "loaded": load(f"{key}-{c}"), "peak_rss_mib": rss}
+for tool, name in (("distill", "distill"), ("llama.cpp", "llama")):
+    rss = int(open(f"{work}/{name}-rss.txt").read())
+    result[tool] = {"single": load(f"{name}-1"), "loaded": load(f"{name}-{c}"), "peak_rss_mib": rss}
 print(f"{'server':<10} {'1 stream tok/s':>15} {c + ' streams: TTFT p50':>22} {'p99':>7} {'total tok/s':>12} {'errors':>7} {'peak RSS':>9}")
 for tool in ("distill", "llama.cpp"):
     r = result[tool]

@@ -82,17 +82,27 @@ fn captured_exchanges_round_trip_byte_for_byte_and_become_the_next_dataset() {
         assert_eq!(stored["choices"][i]["message"]["content"].as_str().unwrap(), t);
     }
 
-    // Prompts for the next run: only team=support, one line per choice (1 + 2).
+    // Prompts for the next run (only team=support, one line per choice: 1 + 2), scored by the
+    // teacher straight into a teacher-signal dataset.
     let prompts = dir.path().join("support.jsonl");
+    let dataset = dir.path().join("dataset");
+    let (db_arg, prompts_arg, dataset_arg) =
+        (db.to_str().unwrap(), prompts.to_str().unwrap(), dataset.to_str().unwrap());
     let out = distill(&[
         "capture",
         "export",
         "--db",
-        db.to_str().unwrap(),
+        db_arg,
         "--metadata",
         "team=support",
         "-o",
-        prompts.to_str().unwrap(),
+        prompts_arg,
+        "--dataset",
+        dataset_arg,
+        "--teacher",
+        model.to_str().unwrap(),
+        "--k",
+        "4",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<Value> =
@@ -101,25 +111,6 @@ fn captured_exchanges_round_trip_byte_for_byte_and_become_the_next_dataset() {
     let first = lines.iter().find(|l| l["metadata"]["ticket"] == "42").expect("the chat request is exported");
     assert_eq!(first["messages"][0]["content"], "héllo ✓ the");
     assert!(lines.iter().all(|l| l["completion"].is_string() && l["metadata"]["id"].is_string()));
-    // The same export straight into a teacher-signal dataset, the teacher scoring the completions.
-    let dataset = dir.path().join("dataset");
-    let out = distill(&[
-        "capture",
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--metadata",
-        "team=support",
-        "-o",
-        prompts.to_str().unwrap(),
-        "--dataset",
-        dataset.to_str().unwrap(),
-        "--teacher",
-        model.to_str().unwrap(),
-        "--k",
-        "4",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
     let out = distill(&["inspect", dataset.to_str().unwrap()]);
     let summary = text(&out.stdout);
     assert!(

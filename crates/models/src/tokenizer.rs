@@ -160,6 +160,13 @@ impl TextTokenizer {
             .unwrap_or_else(|| self.decode(&[id], false).unwrap_or_default().into_bytes())
     }
 
+    /// The id of the byte-level token spelling exactly `bytes` (the inverse of
+    /// [`TextTokenizer::token_bytes`]), when the vocabulary has one.
+    pub fn id_for_bytes(&self, bytes: &[u8]) -> Option<u32> {
+        let spelled: String = bytes.iter().map(|&b| byte_level_char(b)).collect();
+        self.inner.token_to_id(&spelled)
+    }
+
     pub fn bos_id(&self) -> Option<u32> {
         self.bos_id
     }
@@ -216,6 +223,17 @@ fn byte_level_byte(c: char) -> Option<u8> {
     }
     let shifted = code.checked_sub(0x100)?;
     (0u32..=255).filter(|&b| !printable(b)).nth(shifted as usize).map(|b| b as u8)
+}
+
+/// The character of GPT-2's byte-level alphabet that stands for `byte`.
+fn byte_level_char(byte: u8) -> char {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let b = u32::from(byte);
+    if printable(b) {
+        return char::from(byte);
+    }
+    let shifted = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(0x100 + shifted).unwrap_or('\u{FFFD}')
 }
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.

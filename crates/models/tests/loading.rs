@@ -150,3 +150,24 @@ fn mismatched_tokenizer_is_refused() {
     let err = load(hf.to_str().unwrap(), &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("tokenizer has") && err.contains("100"), "{err}");
 }
+
+#[test]
+fn token_bytes_and_id_for_bytes_are_inverse_over_the_whole_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    tiny_gguf(&path, 5).unwrap();
+    let model = load(path.to_str().unwrap(), &Device::Cpu).unwrap();
+    let tok = &model.tokenizer;
+    let mut checked = 0;
+    for id in 0..tok.vocab_size() as u32 {
+        let bytes = tok.token_bytes(id);
+        if tok.id_to_token(id).is_some_and(|t| t.starts_with("<|")) {
+            continue; // special tokens are not byte-level spellings
+        }
+        assert_eq!(tok.id_for_bytes(&bytes), Some(id), "token {id} = {bytes:?}");
+        checked += 1;
+    }
+    assert!(checked >= 256, "every byte has a token: {checked}");
+    // A lone UTF-8 lead byte is a token of its own and survives the round trip.
+    assert!(tok.id_for_bytes(&[0xE2]).is_some());
+}

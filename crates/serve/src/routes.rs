@@ -148,15 +148,16 @@ async fn generate(
         Some(m) => m,
         None => room,
     };
-    app.limiter
-        .admit(&key.id, key.rpm, key.tpm, prompt.len() as u64)
-        .map_err(|r| ApiError::rate_limited(r.message, r.retry_after_secs))?;
+    // The slot first: a request turned away for load does not use up the key's rate.
     let permit = app.slots.clone().try_acquire_owned().map_err(|_| {
         ApiError::overloaded(format!(
             "the server is at its limit of {} concurrent requests; retry shortly",
             app.options.max_concurrent
         ))
     })?;
+    app.limiter
+        .admit(&key.id, key.rpm, key.tpm, prompt.len() as u64)
+        .map_err(|r| ApiError::rate_limited(r.message, r.retry_after_secs))?;
     let top_logprobs = match (req.logprobs, req.store) {
         (k, true) => Some(k.unwrap_or(0).max(app.options.capture_top_k)),
         (k, false) => k,

@@ -49,7 +49,9 @@ pub(crate) fn respond(flight: InFlight) -> Response {
 }
 
 impl StreamState {
-    fn push_chunk(&mut self, choices: Vec<Value>) {
+    /// A chunk of this stream; with `include_usage`, every chunk has a `usage` field (null but
+    /// for the last).
+    fn chunk(&self, choices: Vec<Value>, usage: Value) -> SseEvent {
         let mut chunk = json!({
             "id": self.flight.id,
             "object": wire::object_names(self.flight.req.endpoint).1,
@@ -59,9 +61,14 @@ impl StreamState {
             "choices": choices,
         });
         if self.flight.req.include_usage {
-            chunk["usage"] = Value::Null;
+            chunk["usage"] = usage;
         }
-        self.queue.push_back(SseEvent::default().data(chunk.to_string()));
+        SseEvent::default().data(chunk.to_string())
+    }
+
+    fn push_chunk(&mut self, choices: Vec<Value>) {
+        let event = self.chunk(choices, Value::Null);
+        self.queue.push_back(event);
     }
 
     fn fail(&mut self, message: &str) {
@@ -125,16 +132,8 @@ impl StreamState {
         let completions: Vec<Completion> = self.done.iter_mut().filter_map(Option::take).collect();
         let generated: usize = completions.iter().map(|c| c.token_ids.len()).sum();
         if self.flight.req.include_usage {
-            let mut chunk = json!({
-                "id": self.flight.id,
-                "object": wire::object_names(self.flight.req.endpoint).1,
-                "created": self.flight.created,
-                "model": self.flight.req.model,
-                "system_fingerprint": null,
-                "choices": [],
-            });
-            chunk["usage"] = wire::usage(self.flight.prompt_tokens, generated);
-            self.queue.push_back(SseEvent::default().data(chunk.to_string()));
+            let event = self.chunk(Vec::new(), wire::usage(self.flight.prompt_tokens, generated));
+            self.queue.push_back(event);
         }
         let body = self.flight.response_body(&completions);
         match self.flight.finish(&completions, &body).await {

@@ -5,6 +5,8 @@
 //! the vocabulary a chunk of positions at a time, and each chunk is reduced to top-K plus
 //! log-sum-exp before the next is computed.
 
+pub mod remote;
+
 use candle_core::{Device, Tensor};
 use distill_kernels::{topk_logprobs, TopK};
 use distill_models::{generate, Completion, LoadedModel, SamplingParams, TextTokenizer};

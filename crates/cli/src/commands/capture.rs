@@ -127,6 +127,7 @@ pub fn run(args: CaptureArgs) -> Result<()> {
             prompts_per_shard: 64,
             batch_size: 8,
             logprob_temperature: 1.0,
+            remote: None,
         })?;
     }
     Ok(())

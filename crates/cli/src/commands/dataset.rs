@@ -5,9 +5,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use distill_models::loader::{resolve, ModelLocation};
+use distill_models::ChatMessage;
 use distill_models::SamplingParams;
 use distill_store::quant::Quantization;
 use distill_store::{DatasetSpec, DatasetWriter, Sequence};
+use distill_teacher::remote::{RemoteOptions, RemoteTeacher};
 use distill_teacher::{LocalTeacher, ScoreRequest, Teacher};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -27,6 +29,9 @@ pub struct DatasetOptions {
     pub prompts_per_shard: usize,
     pub batch_size: usize,
     pub logprob_temperature: f32,
+    /// Generate and score through OpenAI-compatible endpoints instead of the local model, which
+    /// then only supplies the tokenizer and chat template.
+    pub remote: Option<RemoteOptions>,
 }
 
 /// Seeds are a function of (prompt, sample) alone, so a resumed run redoes a shard identically.
@@ -36,13 +41,28 @@ pub fn run(opts: DatasetOptions) -> Result<()> {
     if opts.k == 0 || opts.completions == 0 || opts.prompts_per_shard == 0 || opts.batch_size == 0 {
         bail!("--k, --completions, --prompts-per-shard and --batch-size must be at least 1");
     }
+    if opts.remote.is_some() && opts.k > distill_teacher::remote::MAX_REMOTE_TOP_K {
+        bail!(
+            "--k {}: OpenAI-compatible endpoints return at most {} alternatives per token; use --k 20",
+            opts.k,
+            distill_teacher::remote::MAX_REMOTE_TOP_K
+        );
+    }
     let records = read_prompt_file(&opts.prompts_file)?;
     let prompts_hash = distill_store::sha256_file(&opts.prompts_file)?;
     let model = crate::commands::generate::load_model(opts.model.as_deref())?;
-    let teacher_hash = weights_hash(&model.source)?;
+    let (teacher_name, teacher_hash) = match &opts.remote {
+        // Endpoints may change between resumed runs; the model they serve may not.
+        Some(remote) => {
+            let name = format!("remote:{}", remote.model);
+            let hash = distill_store::sha256_hex(name.as_bytes());
+            (name, hash)
+        }
+        None => (model.source.clone(), weights_hash(&model.source)?),
+    };
     let tokenizer = &model.tokenizer;
     let spec = DatasetSpec {
-        teacher: model.source.clone(),
+        teacher: teacher_name,
         teacher_hash,
         tokenizer_hash: tokenizer.fingerprint(),
         tokenizer_vocab: tokenizer.vocab_size(),
@@ -58,6 +78,17 @@ pub fn run(opts: DatasetOptions) -> Result<()> {
         quantization: Quantization::default(),
     };
     let mut writer = DatasetWriter::open(&opts.output, spec, &opts.prompts_file.display().to_string())?;
+    let remote = match opts.remote.clone() {
+        Some(remote) => {
+            if opts.logprob_temperature != 1.0 {
+                bail!("remote teachers return temperature-1 log-probabilities; drop --logprob-temperature");
+            }
+            let teacher = RemoteTeacher::new(remote, model.tokenizer.clone(), model.stop_ids.clone())?;
+            eprintln!("teacher: {}", teacher.id());
+            Some(teacher)
+        }
+        None => None,
+    };
     let teacher = LocalTeacher::new(model);
     let already = writer.manifest().prompts_done();
     if already > 0 {
@@ -71,13 +102,25 @@ pub fn run(opts: DatasetOptions) -> Result<()> {
     let started = Instant::now();
     let mut tokens = 0usize;
     while let Some(range) = writer.next_shard() {
-        let sequences = teacher_pass(&teacher, &records[range.clone()], range.start, &opts)?;
+        let sequences = match &remote {
+            Some(remote) => remote_pass(remote, &teacher.model, &records[range.clone()], range.start, &opts)?,
+            None => teacher_pass(&teacher, &records[range.clone()], range.start, &opts)?,
+        };
         tokens += sequences.iter().map(Sequence::completion_len).sum::<usize>();
         writer.write_shard(range.clone(), &sequences)?;
         bar.set_position(range.end as u64);
         bar.set_message(format!("{:.1} tok/s", tokens as f64 / started.elapsed().as_secs_f64()));
     }
     bar.finish_and_clear();
+    for e in remote.iter().flat_map(RemoteTeacher::report) {
+        eprintln!(
+            "endpoint {}: {} completions, {} failed requests{}",
+            e.url,
+            e.served,
+            e.failures,
+            e.last_error.map(|m| format!(" (last: {m})")).unwrap_or_default()
+        );
+    }
     let m = writer.manifest();
     eprintln!(
         "{}: {} prompts, {} sequences, {} tokens, {:.1} bytes/token (this run: {tokens} tokens in {:.1} s)",
@@ -186,5 +229,67 @@ fn teacher_pass(
             });
         }
     }
+    Ok(sequences)
+}
+
+/// One shard through remote endpoints: every prompt as a conversation, its completions and their
+/// top-k from the endpoints' logprobs.
+fn remote_pass(
+    teacher: &RemoteTeacher,
+    model: &distill_models::LoadedModel,
+    records: &[PromptRecord],
+    first_index: usize,
+    opts: &DatasetOptions,
+) -> Result<Vec<Sequence>> {
+    let mut conversations = Vec::with_capacity(records.len());
+    let mut prompt_ids = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let line = first_index + i + 1;
+        if r.completion.is_some() {
+            bail!(
+                "prompt {line} has a given completion: remote teachers cannot score given text (no prompt \
+                 logprobs through the chat API); drop `completion` or use a local teacher (--model)"
+            );
+        }
+        let messages = match &r.prompt {
+            crate::prompts::Prompt::Chat(m) => m.clone(),
+            crate::prompts::Prompt::Text(t) if opts.chat => {
+                let mut m: Vec<ChatMessage> = opts.system.iter().map(|s| ChatMessage::new("system", s.as_str())).collect();
+                m.push(ChatMessage::new("user", t.as_str()));
+                m
+            }
+            crate::prompts::Prompt::Text(_) => bail!(
+                "prompt {line} is plain text: remote teachers are asked through the chat API; add --chat or use `messages`"
+            ),
+        };
+        let text =
+            render(model, &r.prompt, opts.chat, opts.system.as_deref()).with_context(|| format!("prompt {line}"))?;
+        prompt_ids.push(model.tokenizer.encode(&text, true)?);
+        conversations.push(messages);
+    }
+    let mut sequences = Vec::new();
+    for sample in 0..opts.completions {
+        let params = SamplingParams {
+            seed: opts.sampling.seed.wrapping_add(sample as u64 * SAMPLE_SEED_STRIDE).wrapping_add(first_index as u64),
+            ..opts.sampling.clone()
+        };
+        let completions = teacher.generate_scored(&conversations, &params, opts.k)?;
+        for (i, c) in completions.into_iter().enumerate() {
+            if c.token_ids.is_empty() {
+                continue;
+            }
+            sequences.push(Sequence {
+                prompt_index: (first_index + i) as u32,
+                prompt_id: records[i].id.clone().unwrap_or_else(|| format!("line-{}", records[i].line)),
+                sample: sample as u16,
+                prompt_len: prompt_ids[i].len() as u32,
+                token_ids: prompt_ids[i].iter().chain(&c.token_ids).copied().collect(),
+                topk_ids: c.top.ids,
+                topk_logprobs: c.top.logprobs,
+                tail_logprobs: c.top.tail_logprob,
+            });
+        }
+    }
+    sequences.sort_by_key(|s| (s.prompt_index, s.sample));
     Ok(sequences)
 }

@@ -99,6 +99,25 @@ pub struct GenerateArgs {
     /// Temperature of the stored teacher distributions (softmax(logits / T)).
     #[arg(long, default_value_t = 1.0, help_heading = "Dataset")]
     logprob_temperature: f32,
+
+    /// With --dataset: the teacher is served at this OpenAI-compatible URL (repeat for several
+    /// endpoints; prompts fan out over all, a failing one is retried elsewhere). --model then
+    /// names a local copy of the teacher for its tokenizer and chat template. The API key is read
+    /// from DISTILL_TEACHER_API_KEY or OPENAI_API_KEY. At most 20 alternatives per token (--k 20).
+    #[arg(long = "teacher-url", value_name = "URL", requires = "dataset", help_heading = "Remote teacher")]
+    teacher_urls: Vec<String>,
+
+    /// Model name asked of the endpoints (default: the first model the first endpoint lists).
+    #[arg(long, help_heading = "Remote teacher")]
+    teacher_model: Option<String>,
+
+    /// Requests in flight per endpoint.
+    #[arg(long, default_value_t = 4, help_heading = "Remote teacher")]
+    teacher_concurrency: usize,
+
+    /// Seconds before a request is abandoned (and retried on another endpoint).
+    #[arg(long, default_value_t = 300, help_heading = "Remote teacher")]
+    teacher_timeout: u64,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -127,6 +146,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             prompts_per_shard: args.prompts_per_shard,
             batch_size: args.batch_size,
             logprob_temperature: args.logprob_temperature,
+            remote: remote_options(&args)?,
         });
     }
     let prompts = collect_prompts(&args)?;
@@ -197,6 +217,29 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         generated as f64 / started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The remote teacher asked for with --teacher-url, if any.
+fn remote_options(args: &GenerateArgs) -> Result<Option<distill_teacher::remote::RemoteOptions>> {
+    if args.teacher_urls.is_empty() {
+        return Ok(None);
+    }
+    let api_key = ["DISTILL_TEACHER_API_KEY", "OPENAI_API_KEY"].iter().find_map(|v| std::env::var(v).ok());
+    let timeout = std::time::Duration::from_secs(args.teacher_timeout.max(1));
+    let model = match &args.teacher_model {
+        Some(m) => m.clone(),
+        None => distill_teacher::remote::first_model(&args.teacher_urls[0], api_key.as_deref(), timeout).with_context(
+            || format!("asking {} which model it serves (or pass --teacher-model)", args.teacher_urls[0]),
+        )?,
+    };
+    Ok(Some(distill_teacher::remote::RemoteOptions {
+        urls: args.teacher_urls.clone(),
+        model,
+        concurrency: args.teacher_concurrency.max(1),
+        api_key,
+        timeout,
+        attempts: 8,
+    }))
 }
 
 fn collect_prompts(args: &GenerateArgs) -> Result<Vec<Prompt>> {

@@ -1,0 +1,157 @@
+//! A teacher behind OpenAI-compatible endpoints (`distill generate --dataset --teacher-url`):
+//! real `distill serve` processes on loopback, compared with the same model run locally.
+
+mod common;
+use common::server::{create_key, Server};
+use common::{command, text};
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use distill_models::fixtures::tiny_gguf;
+use distill_store::{Dataset, Sequence};
+
+fn write_prompts(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({"messages": [{"role": "user", "content": format!("hello {} the {i}", "a".repeat(i % 4))}],
+                               "metadata": {"id": format!("p{i}")}})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn read(dir: &Path) -> BTreeMap<String, Sequence> {
+    Dataset::open(dir).unwrap().sequences().map(|s| s.unwrap()).map(|s| (s.prompt_id.clone(), s)).collect()
+}
+
+#[test]
+fn a_dataset_from_two_served_endpoints_matches_the_local_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    tiny_gguf(&model, 51).unwrap();
+    let db = dir.path().join("serve.db");
+    let key = create_key(&db, "teacher", &[]);
+    let (a, b) = (Server::start(&model, &db, &[]), Server::start(&model, &db, &[]));
+    let prompts = dir.path().join("prompts.jsonl");
+    write_prompts(&prompts, 12);
+    let (m, p) = (model.to_str().unwrap(), prompts.to_str().unwrap());
+    let common_args =
+        ["generate", "--model", m, "--prompts-file", p, "--k", "5", "--max-tokens", "10", "--prompts-per-shard", "5"];
+
+    let remote_dir = dir.path().join("remote");
+    let out = command()
+        .args(common_args)
+        .args([
+            "--dataset",
+            remote_dir.to_str().unwrap(),
+            "--teacher-url",
+            &a.url,
+            "--teacher-url",
+            &format!("{}/v1", b.url),
+        ])
+        .env("DISTILL_TEACHER_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&out.stderr);
+    assert!(!log.contains(&key), "the API key is never printed");
+    assert!(log.contains("teacher: tiny @ "), "{log}");
+    let local_dir = dir.path().join("local");
+    let out = command().args(common_args).args(["--dataset", local_dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let (remote, local) = (read(&remote_dir), read(&local_dir));
+    assert_eq!(remote.len(), 12);
+    assert_eq!(remote.keys().collect::<Vec<_>>(), local.keys().collect::<Vec<_>>());
+    for (id, r) in &remote {
+        let l = &local[id];
+        assert_eq!(r.token_ids, l.token_ids, "{id}: greedy completions agree");
+        assert_eq!(r.prompt_len, l.prompt_len);
+        // Every row but a final end-of-sequence one (a hard label remotely): same top-5 ids,
+        // same log-probabilities to within the store's quantisation.
+        let rows = r.tail_logprobs.len() - usize::from(r.token_ids.last() == Some(&2));
+        for row in 0..rows {
+            assert_eq!(r.topk_ids[row * 5..(row + 1) * 5], l.topk_ids[row * 5..(row + 1) * 5], "{id} row {row}");
+            for j in row * 5..(row + 1) * 5 {
+                let (x, y) = (r.topk_logprobs[j], l.topk_logprobs[j]);
+                assert!((x - y).abs() < 0.02 || (x < -20.0 && y < -20.0), "{id} entry {j}: {x} vs {y}");
+            }
+        }
+    }
+    // Both endpoints took work.
+    assert!(log.lines().filter(|l| l.starts_with("endpoint ") && !l.contains(": 0 completions")).count() == 2, "{log}");
+}
+
+#[test]
+fn a_dead_endpoint_only_slows_the_job_and_no_prompt_is_lost_or_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    tiny_gguf(&model, 52).unwrap();
+    let db = dir.path().join("serve.db");
+    let key = create_key(&db, "teacher", &[]);
+    let (alive, doomed) = (Server::start(&model, &db, &[]), Server::start(&model, &db, &[]));
+    let doomed_url = doomed.url.clone();
+    let prompts = dir.path().join("prompts.jsonl");
+    write_prompts(&prompts, 60);
+    let out_dir = dir.path().join("remote");
+    let child = command()
+        .args(["generate", "--model", model.to_str().unwrap(), "--prompts-file", prompts.to_str().unwrap()])
+        .args(["--k", "4", "--max-tokens", "24", "--prompts-per-shard", "20", "--teacher-concurrency", "2"])
+        .args(["--dataset", out_dir.to_str().unwrap(), "--teacher-url", &alive.url, "--teacher-url", &doomed_url])
+        .env("DISTILL_TEACHER_API_KEY", &key)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    doomed.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&out.stderr);
+    let doomed_line = log.lines().find(|l| l.starts_with(&format!("endpoint {doomed_url}:"))).unwrap_or_default();
+    assert!(!doomed_line.contains(" 0 failed requests"), "the killed endpoint's failures are reported: {log}");
+    let sequences = read(&out_dir);
+    let ids: Vec<String> = (0..60).map(|i| format!("p{i}")).collect();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(sequences.keys().cloned().collect::<Vec<_>>(), expected, "every prompt exactly once");
+    let total: usize = Dataset::open(&out_dir).unwrap().sequences().count();
+    assert_eq!(total, 60, "no duplicates");
+    drop(alive);
+}
+
+#[test]
+fn remote_teacher_misuse_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    tiny_gguf(&model, 53).unwrap();
+    let db = dir.path().join("serve.db");
+    let key = create_key(&db, "teacher", &[]);
+    let server = Server::start(&model, &db, &[]);
+    let prompts = dir.path().join("prompts.jsonl");
+    write_prompts(&prompts, 2);
+    let runs = std::cell::Cell::new(0);
+    let run = |extra: &[&str], key: &str| {
+        runs.set(runs.get() + 1);
+        let out_dir = dir.path().join(format!("d{}", runs.get()));
+        let out = command()
+            .args(["generate", "--model", model.to_str().unwrap(), "--prompts-file", prompts.to_str().unwrap()])
+            .args(["--dataset", out_dir.to_str().unwrap(), "--teacher-url", &server.url])
+            .args(extra)
+            .env("DISTILL_TEACHER_API_KEY", key)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        text(&out.stderr)
+    };
+    let err = run(&["--k", "32"], &key);
+    assert!(err.contains("--k 20"), "{err}");
+    assert!(!dir.path().join("d1").exists(), "nothing is written before the settings are checked");
+    let err = run(&["--k", "5"], "dk-wrong");
+    assert!(err.contains("401"), "{err}");
+    assert!(!err.contains("dk-wrong"), "keys are not printed: {err}");
+    let err = run(&["--k", "5", "--teacher-model", "other"], &key);
+    assert!(err.contains("404") && err.contains("other"), "{err}");
+}

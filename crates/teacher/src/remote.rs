@@ -1,0 +1,387 @@
+//! A teacher behind one or more OpenAI-compatible endpoints (vLLM, SGLang, TGI, llama.cpp's
+//! server, `distill serve`, OpenAI): completions and their top log-probabilities come from
+//! `POST /v1/chat/completions` with `logprobs: true, top_logprobs: k` (k ≤ 20, the API's cap).
+//!
+//! Prompts fan out over every endpoint, each with its own concurrency; a failed request (timeout,
+//! transport error, 429, 5xx) is retried on whichever endpoint is healthy, with exponential
+//! backoff for the one that failed, so a dead endpoint only slows the job. Each prompt's result
+//! is kept once, by its index. The API key comes from the environment and is never logged.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use distill_kernels::TopK;
+use distill_models::{ChatMessage, SamplingParams, TextTokenizer};
+use serde_json::{json, Value};
+
+use crate::{Error, Result};
+
+/// Most alternatives per token OpenAI-compatible APIs return.
+pub const MAX_REMOTE_TOP_K: usize = 20;
+
+/// Where and how to reach the teacher.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// Base URLs (`http://host:8000`, with or without `/v1`).
+    pub urls: Vec<String>,
+    /// Model name sent as `model`.
+    pub model: String,
+    /// Requests in flight per endpoint.
+    pub concurrency: usize,
+    /// Bearer token (read from the environment by the caller; never printed).
+    pub api_key: Option<String>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Attempts per prompt before the job fails.
+    pub attempts: usize,
+}
+
+/// One prompt's completion with the teacher's top-k at every completion token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteCompletion {
+    /// Completion token ids, the end-of-sequence token included when the teacher stopped on it.
+    pub token_ids: Vec<u32>,
+    /// One row per completion token. The end-of-sequence row is a hard label (the APIs report
+    /// no distribution for the token that ends a completion).
+    pub top: TopK,
+    pub text: String,
+}
+
+/// Health of one endpoint, as the job saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointReport {
+    pub url: String,
+    pub served: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+struct Endpoint {
+    url: String,
+    served: AtomicU64,
+    failures: AtomicU64,
+    /// Consecutive failures and when the endpoint may be tried again.
+    backoff: Mutex<(u32, Option<Instant>, Option<String>)>,
+}
+
+pub struct RemoteTeacher {
+    options: RemoteOptions,
+    endpoints: Vec<Endpoint>,
+    tokenizer: TextTokenizer,
+    eos_ids: Vec<u32>,
+}
+
+/// Why one attempt failed, and whether another attempt can help.
+enum Failure {
+    Retry(String),
+    Fatal(String),
+}
+
+impl RemoteTeacher {
+    /// `tokenizer` must be the teacher's: returned tokens are mapped to its ids. `eos_ids` end
+    /// a completion (appended when an endpoint reports `finish_reason: stop` without a stop string).
+    pub fn new(options: RemoteOptions, tokenizer: TextTokenizer, eos_ids: Vec<u32>) -> Result<Self> {
+        if options.urls.is_empty() {
+            return Err(Error::Input("no teacher endpoint given".into()));
+        }
+        let endpoints = options
+            .urls
+            .iter()
+            .map(|u| Endpoint {
+                url: base_url(u),
+                served: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                backoff: Mutex::new((0, None, None)),
+            })
+            .collect();
+        Ok(Self { options, endpoints, tokenizer, eos_ids })
+    }
+
+    pub fn id(&self) -> String {
+        format!(
+            "{} @ {}",
+            self.options.model,
+            self.endpoints.iter().map(|e| e.url.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    }
+
+    pub fn report(&self) -> Vec<EndpointReport> {
+        self.endpoints
+            .iter()
+            .map(|e| EndpointReport {
+                url: e.url.clone(),
+                served: e.served.load(Ordering::Relaxed),
+                failures: e.failures.load(Ordering::Relaxed),
+                last_error: e.backoff.lock().unwrap_or_else(|p| p.into_inner()).2.clone(),
+            })
+            .collect()
+    }
+
+    /// A completion per conversation, sampled with `params` (prompt `i` with `seed + i`), and the
+    /// teacher's top-`k` (k ≤ 20) at every token.
+    pub fn generate_scored(
+        &self,
+        prompts: &[Vec<ChatMessage>],
+        params: &SamplingParams,
+        k: usize,
+    ) -> Result<Vec<RemoteCompletion>> {
+        if k == 0 || k > MAX_REMOTE_TOP_K {
+            return Err(Error::Input(format!(
+                "remote teachers return 1 to {MAX_REMOTE_TOP_K} alternatives per token; got k = {k}"
+            )));
+        }
+        let queue: Mutex<VecDeque<(usize, usize)>> = Mutex::new((0..prompts.len()).map(|i| (i, 0)).collect());
+        let results: Mutex<Vec<Option<RemoteCompletion>>> = Mutex::new(vec![None; prompts.len()]);
+        let fatal: Mutex<Option<String>> = Mutex::new(None);
+        let remaining = AtomicU64::new(prompts.len() as u64);
+        std::thread::scope(|s| {
+            for endpoint in &self.endpoints {
+                for _ in 0..self.options.concurrency.max(1) {
+                    s.spawn(|| {
+                        self.worker(endpoint, prompts, params, k, &queue, &results, &fatal, &remaining);
+                    });
+                }
+            }
+        });
+        if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(Error::Input(e));
+        }
+        results
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.ok_or_else(|| Error::Input(format!("prompt {i} got no completion"))))
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn worker(
+        &self,
+        endpoint: &Endpoint,
+        prompts: &[Vec<ChatMessage>],
+        params: &SamplingParams,
+        k: usize,
+        queue: &Mutex<VecDeque<(usize, usize)>>,
+        results: &Mutex<Vec<Option<RemoteCompletion>>>,
+        fatal: &Mutex<Option<String>>,
+        remaining: &AtomicU64,
+    ) {
+        loop {
+            if remaining.load(Ordering::SeqCst) == 0 || fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
+                return;
+            }
+            // A backed-off endpoint waits; the others keep taking work meanwhile.
+            let wait =
+                endpoint.backoff.lock().ok().and_then(|b| b.1).and_then(|t| t.checked_duration_since(Instant::now()));
+            if let Some(wait) = wait {
+                std::thread::sleep(wait.min(Duration::from_millis(200)));
+                continue;
+            }
+            let Some((index, attempt)) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                // Others hold the last prompts; one of them may fail and come back.
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let seeded = SamplingParams { seed: params.seed.wrapping_add(index as u64), ..params.clone() };
+            match self.request(endpoint, &prompts[index], &seeded, k) {
+                Ok(done) => {
+                    endpoint.served.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut b) = endpoint.backoff.lock() {
+                        b.0 = 0;
+                        b.1 = None;
+                    }
+                    if let Ok(mut r) = results.lock() {
+                        if r[index].is_none() {
+                            r[index] = Some(done);
+                            remaining.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+                Err(Failure::Fatal(e)) => {
+                    if let Ok(mut f) = fatal.lock() {
+                        f.get_or_insert(format!("{}: {e}", endpoint.url));
+                    }
+                }
+                Err(Failure::Retry(e)) => {
+                    endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("teacher endpoint {} failed (attempt {}): {e}", endpoint.url, attempt + 1);
+                    if let Ok(mut b) = endpoint.backoff.lock() {
+                        b.0 += 1;
+                        let delay = Duration::from_millis(250u64 << b.0.min(7)); // 0.5 s … 32 s
+                        b.1 = Some(Instant::now() + delay);
+                        b.2 = Some(e.clone());
+                    }
+                    if attempt + 1 >= self.options.attempts {
+                        if let Ok(mut f) = fatal.lock() {
+                            f.get_or_insert(format!(
+                                "prompt {index} failed {} times; last error from {}: {e}",
+                                attempt + 1,
+                                endpoint.url
+                            ));
+                        }
+                    } else if let Ok(mut q) = queue.lock() {
+                        q.push_back((index, attempt + 1));
+                    }
+                }
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        messages: &[ChatMessage],
+        params: &SamplingParams,
+        k: usize,
+    ) -> std::result::Result<RemoteCompletion, Failure> {
+        let mut body = json!({
+            "model": self.options.model,
+            "messages": messages,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+            "logprobs": true,
+            "top_logprobs": k,
+        });
+        if !params.stop.is_empty() {
+            body["stop"] = json!(params.stop);
+        }
+        let mut request = ureq::post(&format!("{}/v1/chat/completions", endpoint.url))
+            .timeout(self.options.timeout)
+            .set("Content-Type", "application/json");
+        if let Some(key) = &self.options.api_key {
+            request = request.set("Authorization", &format!("Bearer {key}"));
+        }
+        let response = match request.send_string(&body.to_string()) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                let detail = r.into_string().unwrap_or_default();
+                let detail: String = detail.chars().take(300).collect();
+                return Err(if code == 429 || code >= 500 {
+                    Failure::Retry(format!("HTTP {code}: {detail}"))
+                } else {
+                    Failure::Fatal(format!("HTTP {code}: {detail}"))
+                });
+            }
+            Err(e) => return Err(Failure::Retry(e.to_string())),
+        };
+        let text = response.into_string().map_err(|e| Failure::Retry(format!("reading the response: {e}")))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| Failure::Retry(format!("response is not JSON: {e}")))?;
+        self.parse(&value, k, params).map_err(Failure::Fatal)
+    }
+
+    /// The completion's token ids and top-k rows from a chat response.
+    fn parse(&self, value: &Value, k: usize, params: &SamplingParams) -> std::result::Result<RemoteCompletion, String> {
+        let choice = &value["choices"][0];
+        let text = choice["message"]["content"].as_str().unwrap_or_default().to_string();
+        let content = choice["logprobs"]["content"].as_array().ok_or_else(|| {
+            "the endpoint returned no `logprobs.content`: it cannot serve as a logit teacher".to_string()
+        })?;
+        let mut top = TopK { k, ids: Vec::new(), logprobs: Vec::new(), tail_logprob: Vec::new() };
+        let mut token_ids = Vec::with_capacity(content.len() + 1);
+        for (position, t) in content.iter().enumerate() {
+            let id = self.token_id(t).ok_or_else(|| {
+                format!(
+                    "token {} at position {position} is not in the local tokenizer; is --tokenizer the teacher's?",
+                    t["token"]
+                )
+            })?;
+            token_ids.push(id);
+            let mut row: Vec<(u32, f32)> = t["top_logprobs"]
+                .as_array()
+                .map(|alts| {
+                    alts.iter().filter_map(|a| Some((self.token_id(a)?, a["logprob"].as_f64()? as f32))).collect()
+                })
+                .unwrap_or_default();
+            row.sort_by(|a, b| b.1.total_cmp(&a.1));
+            row.dedup_by_key(|(id, _)| *id);
+            row.truncate(k);
+            push_row(&mut top, &row, k);
+        }
+        // `stop` without a stop string: the teacher ended on its end-of-sequence token.
+        if choice["finish_reason"] == "stop" && params.stop.iter().all(|s| !text.ends_with(s.as_str())) {
+            if let Some(&eos) = self.eos_ids.first() {
+                token_ids.push(eos);
+                push_row(&mut top, &[(eos, 0.0)], k);
+            }
+        }
+        Ok(RemoteCompletion { token_ids, top, text })
+    }
+
+    /// Id of a returned token: from its `bytes` through the byte-level alphabet when given,
+    /// else from its text.
+    fn token_id(&self, t: &Value) -> Option<u32> {
+        if let Some(bytes) = t["bytes"].as_array() {
+            let bytes: Option<Vec<u8>> = bytes.iter().map(|b| b.as_u64().map(|b| b as u8)).collect();
+            if let Some(id) = bytes.and_then(|b| self.tokenizer.id_for_bytes(&b)) {
+                return Some(id);
+            }
+        }
+        self.tokenizer.token_to_id(t["token"].as_str()?)
+    }
+}
+
+/// The first model `GET /v1/models` lists at `url`.
+pub fn first_model(url: &str, api_key: Option<&str>, timeout: Duration) -> Result<String> {
+    let mut request = ureq::get(&format!("{}/v1/models", base_url(url))).timeout(timeout);
+    if let Some(key) = api_key {
+        request = request.set("Authorization", &format!("Bearer {key}"));
+    }
+    let body = request
+        .call()
+        .map_err(|e| Error::Input(format!("GET /v1/models: {e}")))?
+        .into_string()
+        .map_err(|e| Error::Input(format!("GET /v1/models: {e}")))?;
+    let value: Value =
+        serde_json::from_str(&body).map_err(|e| Error::Input(format!("GET /v1/models: not JSON: {e}")))?;
+    value["data"][0]["id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Input("GET /v1/models listed no model".into()))
+}
+
+/// Appends one row of at most `k` (id, logprob) pairs, padded to `k` with impossible entries,
+/// and its tail mass `ln(1 − Σ p)` (−inf when the pairs hold it all).
+fn push_row(top: &mut TopK, row: &[(u32, f32)], k: usize) {
+    let mass: f64 = row.iter().map(|&(_, lp)| (lp as f64).exp()).sum();
+    for i in 0..k {
+        let (id, lp) = row.get(i).copied().unwrap_or((row.first().map_or(0, |r| r.0), f32::NEG_INFINITY));
+        top.ids.push(id);
+        top.logprobs.push(lp);
+    }
+    let rest = 1.0 - mass;
+    top.tail_logprob.push(if rest > 1e-7 { rest.ln() as f32 } else { f32::NEG_INFINITY });
+}
+
+/// `http://host:8000/v1/` → `http://host:8000`.
+fn base_url(url: &str) -> String {
+    let trimmed = url.trim_end_matches('/');
+    trimmed.strip_suffix("/v1").unwrap_or(trimmed).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_padded_and_their_tail_is_the_missing_mass() {
+        let mut top = TopK { k: 3, ids: Vec::new(), logprobs: Vec::new(), tail_logprob: Vec::new() };
+        push_row(&mut top, &[(5, (0.5f32).ln()), (7, (0.25f32).ln())], 3);
+        assert_eq!(top.ids, vec![5, 7, 5]);
+        assert_eq!(top.logprobs[2], f32::NEG_INFINITY);
+        assert!((top.tail_logprob[0] - (0.25f32).ln()).abs() < 1e-6);
+        push_row(&mut top, &[(2, 0.0)], 3);
+        assert_eq!(top.tail_logprob[1], f32::NEG_INFINITY, "a hard label holds all the mass");
+    }
+
+    #[test]
+    fn base_urls_drop_the_api_suffix() {
+        assert_eq!(base_url("http://h:8000/v1/"), "http://h:8000");
+        assert_eq!(base_url("http://h:8000"), "http://h:8000");
+    }
+}
