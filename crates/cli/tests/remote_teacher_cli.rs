@@ -155,3 +155,39 @@ fn remote_teacher_misuse_gets_clear_errors() {
     let err = run(&["--k", "5", "--teacher-model", "other"], &key);
     assert!(err.contains("404") && err.contains("other"), "{err}");
 }
+
+#[test]
+fn a_text_only_endpoint_falls_back_to_sequence_level_kd_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    tiny_gguf(&model, 54).unwrap();
+    let db = dir.path().join("serve.db");
+    let key = create_key(&db, "teacher", &[]);
+    let server = Server::start(&model, &db, &["--no-logprobs"]);
+    let prompts = dir.path().join("prompts.jsonl");
+    write_prompts(&prompts, 4);
+    let (m, p) = (model.to_str().unwrap(), prompts.to_str().unwrap());
+    let args = ["generate", "--model", m, "--prompts-file", p, "--k", "4", "--max-tokens", "8"];
+    let remote_dir = dir.path().join("remote");
+    let out = command()
+        .args(args)
+        .args(["--dataset", remote_dir.to_str().unwrap(), "--teacher-url", &server.url])
+        .env("DISTILL_TEACHER_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("sequence-level KD"), "{}", text(&out.stderr));
+    let local_dir = dir.path().join("local");
+    assert!(command().args(args).args(["--dataset", local_dir.to_str().unwrap()]).status().unwrap().success());
+    let tokenizer = distill_models::load(m, &candle_core::Device::Cpu).unwrap().tokenizer;
+    let (remote, local) = (read(&remote_dir), read(&local_dir));
+    assert_eq!(remote.len(), 4);
+    for (id, r) in &remote {
+        let completion = |s: &Sequence| tokenizer.decode(&s.token_ids[s.prompt_len as usize..], true).unwrap();
+        assert_eq!(completion(r), completion(&local[id]), "{id}: the teacher's text");
+        for row in 0..r.tail_logprobs.len() {
+            assert_eq!(r.topk_ids[row * 4], r.token_ids[r.prompt_len as usize + row], "hard label = the token");
+            assert!(r.topk_logprobs[row * 4].abs() < 1e-3 && r.tail_logprobs[row] == f32::NEG_INFINITY);
+        }
+    }
+}

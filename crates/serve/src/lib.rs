@@ -37,6 +37,9 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Top-k alternatives kept per token of a captured completion, for the next distillation.
     pub capture_top_k: usize,
+    /// Whether clients may ask for log-probabilities. Off, `logprobs`/`top_logprobs` are refused
+    /// (400): the cheapest defence against logit harvesting, at the cost of logit teachers.
+    pub logprobs: bool,
 }
 
 impl Default for ServeOptions {
@@ -47,6 +50,7 @@ impl Default for ServeOptions {
             max_concurrent: 128,
             max_body_bytes: 1 << 20,
             capture_top_k: 20,
+            logprobs: true,
         }
     }
 }

@@ -121,6 +121,9 @@ async fn generate(
     if req.model != app.options.model_name {
         return Err(ApiError::model_not_found(&req.model, &app.options.model_name));
     }
+    if req.logprobs.is_some() && !app.options.logprobs {
+        return Err(ApiError::invalid(Some("logprobs"), "this server does not return `logprobs`; omit the field"));
+    }
     let prompt = tokenize(&app, &req)?;
     let context = app.model.model.config().max_position_embeddings;
     let prompt_field = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };

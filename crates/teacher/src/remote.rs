@@ -8,7 +8,7 @@
 //! is kept once, by its index. The API key comes from the environment and is never logged.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -71,12 +71,17 @@ pub struct RemoteTeacher {
     endpoints: Vec<Endpoint>,
     tokenizer: TextTokenizer,
     eos_ids: Vec<u32>,
+    /// Set once an endpoint refuses log-probabilities: from then on completions are text only
+    /// and stored as hard labels (sequence-level KD).
+    text_only: AtomicBool,
 }
 
 /// Why one attempt failed, and whether another attempt can help.
 enum Failure {
     Retry(String),
     Fatal(String),
+    /// The endpoint does not give log-probabilities; ask again for text only.
+    NoLogprobs,
 }
 
 impl RemoteTeacher {
@@ -96,7 +101,7 @@ impl RemoteTeacher {
                 backoff: Mutex::new((0, None, None)),
             })
             .collect();
-        Ok(Self { options, endpoints, tokenizer, eos_ids })
+        Ok(Self { options, endpoints, tokenizer, eos_ids, text_only: AtomicBool::new(false) })
     }
 
     pub fn id(&self) -> String {
@@ -105,6 +110,11 @@ impl RemoteTeacher {
             self.options.model,
             self.endpoints.iter().map(|e| e.url.as_str()).collect::<Vec<_>>().join(", ")
         )
+    }
+
+    /// Whether the endpoints gave text only (the dataset then holds hard labels).
+    pub fn is_text_only(&self) -> bool {
+        self.text_only.load(Ordering::SeqCst)
     }
 
     pub fn report(&self) -> Vec<EndpointReport> {
@@ -200,6 +210,18 @@ impl RemoteTeacher {
                         }
                     }
                 }
+                Err(Failure::NoLogprobs) => {
+                    if !self.text_only.swap(true, Ordering::SeqCst) {
+                        tracing::warn!(
+                            "teacher endpoint {} gives no log-probabilities: falling back to sequence-level KD \
+                             (the teacher's text as hard labels)",
+                            endpoint.url
+                        );
+                    }
+                    if let Ok(mut q) = queue.lock() {
+                        q.push_front((index, attempt));
+                    }
+                }
                 Err(Failure::Fatal(e)) => {
                     if let Ok(mut f) = fatal.lock() {
                         f.get_or_insert(format!("{}: {e}", endpoint.url));
@@ -244,9 +266,12 @@ impl RemoteTeacher {
             "temperature": params.temperature,
             "top_p": params.top_p,
             "seed": params.seed,
-            "logprobs": true,
-            "top_logprobs": k,
         });
+        let text_only = self.text_only.load(Ordering::SeqCst);
+        if !text_only {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(k);
+        }
         if !params.stop.is_empty() {
             body["stop"] = json!(params.stop);
         }
@@ -261,7 +286,10 @@ impl RemoteTeacher {
             Err(ureq::Error::Status(code, r)) => {
                 let detail = r.into_string().unwrap_or_default();
                 let detail: String = detail.chars().take(300).collect();
-                return Err(if code == 429 || code >= 500 {
+                let refuses_logprobs = code == 400 && detail.contains("logprobs");
+                return Err(if refuses_logprobs && !text_only {
+                    Failure::NoLogprobs
+                } else if code == 429 || code >= 500 {
                     Failure::Retry(format!("HTTP {code}: {detail}"))
                 } else {
                     Failure::Fatal(format!("HTTP {code}: {detail}"))
@@ -279,10 +307,21 @@ impl RemoteTeacher {
     fn parse(&self, value: &Value, k: usize, params: &SamplingParams) -> std::result::Result<RemoteCompletion, String> {
         let choice = &value["choices"][0];
         let text = choice["message"]["content"].as_str().unwrap_or_default().to_string();
-        let content = choice["logprobs"]["content"].as_array().ok_or_else(|| {
-            "the endpoint returned no `logprobs.content`: it cannot serve as a logit teacher".to_string()
-        })?;
         let mut top = TopK { k, ids: Vec::new(), logprobs: Vec::new(), tail_logprob: Vec::new() };
+        let Some(content) = choice["logprobs"]["content"].as_array() else {
+            if !self.text_only.swap(true, Ordering::SeqCst) {
+                tracing::warn!("the teacher endpoint returns no log-probabilities: falling back to sequence-level KD");
+            }
+            // Text only: the teacher's tokens as hard labels.
+            let mut token_ids = self.tokenizer.encode(&text, false).map_err(|e| e.to_string())?;
+            if ended_on_eos(choice, &text, params) {
+                token_ids.extend(self.eos_ids.first());
+            }
+            for &id in &token_ids {
+                push_row(&mut top, &[(id, 0.0)], k);
+            }
+            return Ok(RemoteCompletion { token_ids, top, text });
+        };
         let mut token_ids = Vec::with_capacity(content.len() + 1);
         for (position, t) in content.iter().enumerate() {
             let id = self.token_id(t).ok_or_else(|| {
@@ -303,8 +342,7 @@ impl RemoteTeacher {
             row.truncate(k);
             push_row(&mut top, &row, k);
         }
-        // `stop` without a stop string: the teacher ended on its end-of-sequence token.
-        if choice["finish_reason"] == "stop" && params.stop.iter().all(|s| !text.ends_with(s.as_str())) {
+        if ended_on_eos(choice, &text, params) {
             if let Some(&eos) = self.eos_ids.first() {
                 token_ids.push(eos);
                 push_row(&mut top, &[(eos, 0.0)], k);
@@ -324,6 +362,11 @@ impl RemoteTeacher {
         }
         self.tokenizer.token_to_id(t["token"].as_str()?)
     }
+}
+
+/// `finish_reason: stop` without a stop string: the teacher ended on its end-of-sequence token.
+fn ended_on_eos(choice: &Value, text: &str, params: &SamplingParams) -> bool {
+    choice["finish_reason"] == "stop" && params.stop.iter().all(|s| !text.ends_with(s.as_str()))
 }
 
 /// The first model `GET /v1/models` lists at `url`.

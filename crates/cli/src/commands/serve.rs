@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// Top-k alternatives stored per token of a captured (`store: true`) completion.
     #[arg(long, default_value_t = ServeOptions::default().capture_top_k)]
     capture_top_k: usize,
+
+    /// Refuse `logprobs`/`top_logprobs` (400): clients get text only, which makes the model much
+    /// harder to distil from its API.
+    #[arg(long)]
+    no_logprobs: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -62,6 +67,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_concurrent: args.max_concurrent,
         max_body_bytes: args.max_body_bytes,
         capture_top_k: args.capture_top_k,
+        logprobs: !args.no_logprobs,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
