@@ -103,36 +103,85 @@ impl<'a> Packer<'a> {
 
     /// The next batch, or `None` at the end of the epoch. The last batch may have padding rows.
     pub fn next_batch(&mut self) -> Result<Option<Batch>> {
-        let (b, l) = (self.options.batch_size, self.options.seq_len);
         let k = self.dataset.manifest().spec.k;
-        let mut batch = Batch::empty(b, l, k, self.options.pad_id);
-        let mut row = 0;
-        let mut used = 0;
-        let mut segment = 0u32;
-        let mut any = false;
-        while row < b {
-            if !self.refill()? {
-                break;
+        let options = self.options.clone();
+        let mut truncated = 0;
+        let batch = fill_batch(&options, k, &mut truncated, |back| match back {
+            Some(seq) => {
+                self.pending.push(seq);
+                Ok(None)
             }
-            let seq = self.pending.last().expect("refill guarantees one");
-            let len = seq.token_ids.len().min(l);
-            if used + len > l {
-                row += 1;
-                used = 0;
-                segment = 0;
-                continue;
+            None => {
+                self.refill()?;
+                Ok(self.pending.pop())
             }
-            let seq = self.pending.pop().expect("checked above");
-            if seq.token_ids.len() > l {
-                self.truncated += 1;
-            }
-            segment += 1;
-            place(&mut batch, row, used, segment, &seq, len);
-            used += len;
-            any = true;
-        }
-        Ok(any.then_some(batch))
+        })?;
+        self.truncated += truncated;
+        Ok(batch)
     }
+}
+
+/// Packs sequences held in memory (e.g. fresh student rollouts) into batches, in the order given.
+pub fn pack_sequences(sequences: Vec<Sequence>, k: usize, options: &PackOptions) -> Result<Vec<Batch>> {
+    let mut pending: Vec<Sequence> = sequences.into_iter().rev().collect();
+    let mut batches = Vec::new();
+    let mut truncated = 0;
+    loop {
+        let batch = fill_batch(options, k, &mut truncated, |back| match back {
+            Some(seq) => {
+                pending.push(seq);
+                Ok(None)
+            }
+            None => Ok(pending.pop()),
+        })?;
+        match batch {
+            Some(b) => batches.push(b),
+            None => return Ok(batches),
+        }
+    }
+}
+
+/// First-fit packing of one batch. `take(None)` yields the next sequence (None when there is
+/// no more); `take(Some(seq))` hands back the one that did not fit the batch's last row.
+fn fill_batch(
+    options: &PackOptions,
+    k: usize,
+    truncated: &mut usize,
+    mut take: impl FnMut(Option<Sequence>) -> Result<Option<Sequence>>,
+) -> Result<Option<Batch>> {
+    let (b, l) = (options.batch_size, options.seq_len);
+    let mut batch = Batch::empty(b, l, k, options.pad_id);
+    let mut row = 0;
+    let mut used = 0;
+    let mut segment = 0u32;
+    let mut any = false;
+    let mut candidate = take(None)?;
+    while row < b {
+        let Some(seq) = candidate.take() else { break };
+        let len = seq.token_ids.len().min(l);
+        if used + len > l {
+            candidate = Some(seq);
+            row += 1;
+            used = 0;
+            segment = 0;
+            continue;
+        }
+        if seq.token_ids.len() > l {
+            *truncated += 1;
+        }
+        segment += 1;
+        place(&mut batch, row, used, segment, &seq, len);
+        used += len;
+        any = true;
+        if row < b {
+            candidate = take(None)?;
+        }
+    }
+    // A sequence that did not fit this batch waits for the next one.
+    if let Some(seq) = candidate {
+        take(Some(seq))?;
+    }
+    Ok(any.then_some(batch))
 }
 
 fn place(batch: &mut Batch, row: usize, offset: usize, segment: u32, seq: &Sequence, len: usize) {

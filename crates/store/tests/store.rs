@@ -205,6 +205,10 @@ fn packing_aligns_targets_masks_every_completion_token_and_is_seeded() {
         }
     }
     assert_eq!(epoch(&options), batches, "same seed, same batches");
+    // Sequences held in memory (rollouts) pack by the same rules, in the order given.
+    let in_memory = distill_store::pack_sequences(all.clone(), K, &options).unwrap();
+    assert_eq!(in_memory.iter().map(|b| b.target_tokens()).sum::<usize>(), completion);
+    assert_eq!(&in_memory[0].input_ids[..all[0].token_ids.len()], &all[0].token_ids[..]);
     let other = epoch(&PackOptions { seed: 10, ..options });
     assert_ne!(
         other.first().unwrap().input_ids,
