@@ -285,3 +285,54 @@ fn explicit_config_student_trains_and_a_padded_vocabulary_is_refused() {
         serde_json::from_str(&std::fs::read_to_string(run.join("final/config.json")).unwrap()).unwrap();
     assert_eq!((student["num_hidden_layers"].as_u64(), student["hidden_size"].as_u64()), (Some(1), Some(16)));
 }
+
+#[test]
+fn on_policy_rollouts_are_scored_by_the_teacher_at_the_configured_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("teacher.gguf");
+    tiny_gguf(&model, 33).unwrap();
+    let m = model.to_str().unwrap();
+    let train = dataset(dir.path(), m, "train", 24, 1);
+    let heldout = dataset(dir.path(), m, "heldout", 8, 2);
+    let prompts = dir.path().join("train.jsonl");
+    let run = dir.path().join("run");
+    let config = |fraction: f64| {
+        format!(
+            "dataset = {train:?}\neval_dataset = {heldout:?}\noutput = {:?}\nsteps = 30\nbatch_size = 4\nseq_len = 64\neval_every = 30\n\n\
+             [student]\ntype = \"prune\"\nfrom = {m:?}\nkeep_layers = [0]\n\n[optimizer]\nlr = 0.002\n\n\
+             [on_policy]\nteacher = {m:?}\nprompts = {:?}\nfraction = {fraction}\nrollouts = 4\nmax_tokens = 12\n",
+            run.to_str().unwrap(),
+            prompts.to_str().unwrap()
+        )
+    };
+    let path = dir.path().join("run.toml");
+    std::fs::write(&path, config(1.5)).unwrap();
+    let out = distill(&["train", path.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out.stderr).contains("on_policy.fraction"), "{}", text(&out.stderr));
+    std::fs::remove_dir_all(&run).unwrap();
+
+    std::fs::write(&path, config(0.5)).unwrap();
+    let out = distill(&["train", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scored: Vec<u64> = metrics.iter().filter_map(|l| l["rollout_teacher_tokens"].as_u64()).collect();
+    assert_eq!(scored.len(), 30);
+    let rollout_steps = scored.windows(2).filter(|w| w[1] > w[0]).count() + usize::from(scored[0] > 0);
+    assert_eq!(rollout_steps, 15, "λ = 0.5: every other micro-batch is a scored rollout: {scored:?}");
+    // Rollout steps (odd) train on JSD(0.5), which is bounded by ln 2; offline steps on forward KL.
+    let losses: Vec<f64> = metrics.iter().filter_map(|l| l["loss"].as_f64()).collect();
+    for (i, loss) in losses.iter().enumerate() {
+        assert!(loss.is_finite() && *loss >= 0.0, "step {}: {loss}", i + 1);
+        if i % 2 == 1 {
+            assert!(*loss <= std::f64::consts::LN_2 + 1e-4, "a rollout step's JSD exceeds ln 2: {loss}");
+        }
+    }
+    assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains("[on_policy]"));
+    let out =
+        distill(&["generate", "--model", run.join("final").to_str().unwrap(), "--max-tokens", "4", "--json", "the"]);
+    assert!(out.status.success(), "the student trained on-policy loads: {}", text(&out.stderr));
+}

@@ -50,6 +50,61 @@ pub struct TrainConfig {
     /// config after an interruption continues from the last one, bit for bit on CPU.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
+    /// On-policy distillation (GKD): a share of the micro-batches are the student's own
+    /// completions, scored by a teacher inside the loop (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_policy: Option<OnPolicyConfig>,
+}
+
+/// `[on_policy]`: the student samples completions of `prompts`, the teacher scores every token of
+/// them, and the student is trained towards the teacher on its own text with the generalized
+/// JSD(β) (Agarwal et al., GKD), so it learns from the mistakes it actually makes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnPolicyConfig {
+    /// Teacher that scores the rollouts: GGUF, HF directory or Hub id (its tokenizer must be the
+    /// student's).
+    pub teacher: String,
+    /// Prompt file (JSONL, as for `distill generate`) the student completes.
+    pub prompts: PathBuf,
+    /// Share λ of micro-batches that are rollouts, in [0, 1].
+    #[serde(default = "default_half")]
+    pub fraction: f64,
+    /// β of the generalized JSD on rollouts: 0 is forward KL, 1 reverse KL.
+    #[serde(default = "default_half")]
+    pub beta: f64,
+    /// Completions sampled per rollout micro-batch.
+    #[serde(default = "default_rollouts")]
+    pub rollouts: usize,
+    /// New tokens per completion.
+    #[serde(default = "default_rollout_tokens")]
+    pub max_tokens: usize,
+    /// Sampling temperature of the student's completions.
+    #[serde(default = "default_one")]
+    pub temperature: f64,
+    /// Wrap text prompts as a user message in the chat template.
+    #[serde(default = "default_true")]
+    pub chat: bool,
+}
+
+fn default_half() -> f64 {
+    0.5
+}
+
+fn default_rollouts() -> usize {
+    8
+}
+
+fn default_rollout_tokens() -> usize {
+    64
+}
+
+fn default_one() -> f64 {
+    1.0
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Where the student comes from (`type = "prune" | "preset" | "config" | "pretrained"`).

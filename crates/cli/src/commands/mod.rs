@@ -5,6 +5,7 @@ pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod keys;
+pub mod on_policy;
 pub mod reference;
 pub mod report;
 pub mod run;

@@ -16,6 +16,7 @@ use distill_train::config::{StudentConfig, TrainConfig};
 use distill_train::data::BatchStream;
 use distill_train::optim::Schedule;
 use distill_train::trainer::{Optimizer, Student};
+use distill_train::{Divergence, LossConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -91,6 +92,16 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
             .context("eval_dataset was made with another teacher than dataset")?;
     }
     let student = Student::new(student_cfg.clone(), &weights)?;
+    let mut rollouts = match &cfg.on_policy {
+        Some(o) => Some(super::on_policy::Rollouts::new(
+            o,
+            &tok.fingerprint(),
+            dataset.manifest().spec.k,
+            cfg.seq_len,
+            cfg.batch_size,
+        )?),
+        None => None,
+    };
     eprintln!(
         "student: {} layers, {:.1}M parameters; dataset {} ({} tokens)",
         student_cfg.num_hidden_layers,
@@ -173,6 +184,25 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
         let mut micro_losses = Vec::with_capacity(cfg.grad_accum as usize);
         let mut n = 0usize;
         while (micro_losses.len() as u64) < cfg.grad_accum {
+            let micro_index = state.step * cfg.grad_accum + micro_losses.len() as u64;
+            if let (Some(r), Some(o)) = (rollouts.as_mut(), &cfg.on_policy) {
+                if super::on_policy::is_rollout(micro_index, o.fraction) {
+                    // The student's own completions, towards the teacher with JSD(β).
+                    let loss = LossConfig { divergence: Divergence::Jsd { beta: o.beta }, kd_weight: 1.0, ..cfg.loss };
+                    let batches = r.batches(&student, micro_index, cfg.seed)?;
+                    let weight = 1.0 / (cfg.grad_accum as f64 * batches.len().max(1) as f64);
+                    let mut losses = Vec::with_capacity(batches.len());
+                    for batch in &batches {
+                        if let Some(micro) = student.batch_loss(batch, &loss)? {
+                            optimizer.accumulate(&micro.objective, weight)?;
+                            losses.push(micro.loss as f32);
+                            n += micro.tokens;
+                        }
+                    }
+                    micro_losses.push(losses.iter().sum::<f32>() / losses.len().max(1) as f32);
+                    continue;
+                }
+            }
             let batch = stream.next_batch()?;
             (state.epoch, state.batches_in_epoch) = (stream.epoch, stream.batches_in_epoch);
             let Some(micro) = student.batch_loss(&batch, &cfg.loss)? else { continue };
@@ -190,9 +220,11 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
             bail!("the loss became {loss} at step {step}\nHINT: lower optimizer.lr or set clip_grad_norm");
         }
         let tok_s = (state.tokens - session_start_tokens) as f64 / started.elapsed().as_secs_f64();
-        log(
-            json!({"step": step, "epoch": state.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state.tokens, "tokens_per_s": tok_s}),
-        )?;
+        let mut line = json!({"step": step, "epoch": state.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state.tokens, "tokens_per_s": tok_s});
+        if let Some(r) = &rollouts {
+            line["rollout_teacher_tokens"] = json!(r.teacher_tokens);
+        }
+        log(line)?;
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4}, {tok_s:.0} tok/s"));
         if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
