@@ -335,4 +335,16 @@ fn on_policy_rollouts_are_scored_by_the_teacher_at_the_configured_share() {
     let out =
         distill(&["generate", "--model", run.join("final").to_str().unwrap(), "--max-tokens", "4", "--json", "the"]);
     assert!(out.status.success(), "the student trained on-policy loads: {}", text(&out.stderr));
+
+    // Online: the teacher writes every batch inside the loop.
+    std::fs::remove_dir_all(&run).unwrap();
+    std::fs::write(&path, config(1.0).replace("steps = 30", "steps = 3") + "sampler = \"teacher\"\n").unwrap();
+    let out = distill(&["train", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let scored = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rollout_teacher_tokens"].as_u64())
+        .max();
+    assert!(scored.is_some_and(|t| t > 0), "{metrics}");
 }

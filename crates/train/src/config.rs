@@ -85,6 +85,18 @@ pub struct OnPolicyConfig {
     /// Wrap text prompts as a user message in the chat template.
     #[serde(default = "default_true")]
     pub chat: bool,
+    /// Who writes the completions: the student (on-policy, GKD) or the teacher (online
+    /// distillation: teacher signal made inside the loop instead of read from a store).
+    #[serde(default)]
+    pub sampler: Sampler,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    #[default]
+    Student,
+    Teacher,
 }
 
 fn default_half() -> f64 {

@@ -1,13 +1,14 @@
 //! On-policy distillation inside `distill train` (`[on_policy]`): the student completes prompts
 //! with its current weights, the teacher scores every token of those completions, and the packed
-//! result is trained on with the generalized JSD(β).
+//! result is trained on with the generalized JSD(β). With `sampler = "teacher"` the teacher
+//! writes the completions instead: online distillation, no store.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use distill_models::{generate, Llama, LoadedModel, SamplingParams};
 use distill_store::{pack_sequences, Batch, PackOptions, Sequence};
 use distill_teacher::{LocalTeacher, ScoreRequest, Teacher};
-use distill_train::config::OnPolicyConfig;
+use distill_train::config::{OnPolicyConfig, Sampler};
 use distill_train::trainer::Student;
 
 use crate::commands::generate::render;
@@ -73,9 +74,16 @@ impl Rollouts {
         let index = (m as f64 * cfg.fraction).floor() as usize;
         let chosen: Vec<Vec<u32>> =
             (0..cfg.rollouts).map(|i| self.prompts[(index * cfg.rollouts + i) % self.prompts.len()].clone()).collect();
-        let detached: std::collections::HashMap<String, Tensor> =
-            student.model.named_parameters().into_iter().map(|(n, t)| (n, t.detach())).collect();
-        let sampler = Llama::from_weights(student.model.config().clone(), &detached)?;
+        let student_copy;
+        let sampler = match cfg.sampler {
+            Sampler::Student => {
+                let detached: std::collections::HashMap<String, Tensor> =
+                    student.model.named_parameters().into_iter().map(|(n, t)| (n, t.detach())).collect();
+                student_copy = Llama::from_weights(student.model.config().clone(), &detached)?;
+                &student_copy
+            }
+            Sampler::Teacher => &self.teacher.model.model,
+        };
         let tokenizer = &self.teacher.model.tokenizer;
         let params = SamplingParams {
             temperature: cfg.temperature,
@@ -83,7 +91,7 @@ impl Rollouts {
             max_tokens: cfg.max_tokens,
             ..SamplingParams::default()
         };
-        let completions = generate(&sampler, tokenizer, &chosen, &params, &self.teacher.model.stop_ids, |_, _| {})?;
+        let completions = generate(sampler, tokenizer, &chosen, &params, &self.teacher.model.stop_ids, |_, _| {})?;
         let mut requests = Vec::with_capacity(chosen.len());
         for (prompt, c) in chosen.iter().zip(completions) {
             let mut ids = c.token_ids;
