@@ -8,7 +8,7 @@
 # records both budgets and both students' held-out KL in each direction (`distill eval` on the 60
 # held-out prompts, on the teacher's greedy text).
 #
-# Usage: bench/on_policy.sh [WORK_DIR]
+# Usage: [BETA=0.5] [SKIP_OFFLINE=1] bench/on_policy.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-target/bench/on_policy}"
@@ -21,7 +21,10 @@ sample=(--k 32 --max-tokens 64 --temperature 0.7 --top-p 0.95 --seed 0)
 [[ -f "$work/data-half/manifest.json" ]] ||
   "$distill" generate --model "$teacher" --dataset "$work/data-half" --prompts-file "$work/train-half.jsonl" "${sample[@]}"
 
-for run in offline on-policy; do
+beta="${BETA:-0.5}"
+runs=(offline on-policy)
+[[ -n "${SKIP_OFFLINE:-}" && -f "$work/eval-offline.json" ]] && runs=(on-policy)
+for run in "${runs[@]}"; do
   data=$([[ $run == offline ]] && echo data-full || echo data-half)
   cat > "$work/$run.toml" <<TOML
 dataset = "$work/$data"
@@ -46,7 +49,7 @@ TOML
 teacher = "$teacher"
 prompts = "examples/support/train.jsonl"
 fraction = 0.5
-beta = 0.5
+beta = $beta
 rollouts = 8
 max_tokens = 64
 TOML
@@ -57,16 +60,16 @@ TOML
     --no-speed --out "$work/eval-$run.json" > "$work/eval-$run.txt"
 done
 
-python3 - "$work" <<'PY'
+python3 - "$work" "$beta" <<'PY'
 import json, sys
-work = sys.argv[1]
+work, beta = sys.argv[1], float(sys.argv[2])
 def dataset_tokens(name):
     m = json.load(open(f"{work}/{name}/manifest.json"))
     return sum(s["tokens"] for s in m["shards"])
 def rollout_tokens(run):
     lines = [json.loads(l) for l in open(f"{work}/run-{run}/metrics.jsonl")]
     return max([l.get("rollout_teacher_tokens", 0) for l in lines] or [0])
-result = {}
+result = {"beta": beta}
 for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
     t = json.load(open(f"{work}/eval-{run}.json"))["in_domain"]["tokens"]
     result[run] = {
@@ -77,8 +80,8 @@ for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
         "heldout_kl_forward": t["kl_forward"],
         "heldout_top1": t["top1_agreement"],
     }
-for run, r in result.items():
+for run, r in ((k, v) for k, v in result.items() if k != "beta"):
     print(f"{run:<10} teacher tokens {r['teacher_tokens']:>6} ({r['dataset_tokens']} offline + {r['rollout_tokens']} rollout)"
           f"  held-out KL(s||t) {r['heldout_kl_reverse']:.3f}  KL(t||s) {r['heldout_kl_forward']:.3f}  top-1 {r['heldout_top1']:.3f}")
-json.dump(result, open("bench/results/on_policy.json", "w"), indent=2)
+json.dump(result, open(f"bench/results/on_policy_beta{beta:g}.json", "w"), indent=2)
 PY
