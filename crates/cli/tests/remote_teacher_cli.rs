@@ -6,7 +6,7 @@ use common::server::{create_key, Server};
 use common::{command, text};
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use distill_models::fixtures::tiny_gguf;
@@ -23,17 +23,30 @@ fn write_prompts(path: &Path, n: usize) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// A temporary directory with a tiny teacher (tiny.gguf) and a server database holding one key.
+struct Setup {
+    dir: tempfile::TempDir,
+    model: PathBuf,
+    db: PathBuf,
+    key: String,
+}
+
+fn setup(seed: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    tiny_gguf(&model, seed).unwrap();
+    let db = dir.path().join("serve.db");
+    let key = create_key(&db, "teacher", &[]);
+    Setup { dir, model, db, key }
+}
+
 fn read(dir: &Path) -> BTreeMap<String, Sequence> {
     Dataset::open(dir).unwrap().sequences().map(|s| s.unwrap()).map(|s| (s.prompt_id.clone(), s)).collect()
 }
 
 #[test]
 fn a_dataset_from_two_served_endpoints_matches_the_local_teacher() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    tiny_gguf(&model, 51).unwrap();
-    let db = dir.path().join("serve.db");
-    let key = create_key(&db, "teacher", &[]);
+    let Setup { dir, model, db, key } = setup(51);
     let (a, b) = (Server::start(&model, &db, &[]), Server::start(&model, &db, &[]));
     let prompts = dir.path().join("prompts.jsonl");
     write_prompts(&prompts, 12);
@@ -87,11 +100,7 @@ fn a_dataset_from_two_served_endpoints_matches_the_local_teacher() {
 
 #[test]
 fn a_dead_endpoint_only_slows_the_job_and_no_prompt_is_lost_or_repeated() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    tiny_gguf(&model, 52).unwrap();
-    let db = dir.path().join("serve.db");
-    let key = create_key(&db, "teacher", &[]);
+    let Setup { dir, model, db, key } = setup(52);
     let (alive, doomed) = (Server::start(&model, &db, &[]), Server::start(&model, &db, &[]));
     let doomed_url = doomed.url.clone();
     let prompts = dir.path().join("prompts.jsonl");
@@ -124,11 +133,7 @@ fn a_dead_endpoint_only_slows_the_job_and_no_prompt_is_lost_or_repeated() {
 
 #[test]
 fn remote_teacher_misuse_gets_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    tiny_gguf(&model, 53).unwrap();
-    let db = dir.path().join("serve.db");
-    let key = create_key(&db, "teacher", &[]);
+    let Setup { dir, model, db, key } = setup(53);
     let server = Server::start(&model, &db, &[]);
     let prompts = dir.path().join("prompts.jsonl");
     write_prompts(&prompts, 2);
@@ -158,11 +163,7 @@ fn remote_teacher_misuse_gets_clear_errors() {
 
 #[test]
 fn a_text_only_endpoint_falls_back_to_sequence_level_kd_with_a_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    tiny_gguf(&model, 54).unwrap();
-    let db = dir.path().join("serve.db");
-    let key = create_key(&db, "teacher", &[]);
+    let Setup { dir, model, db, key } = setup(54);
     let server = Server::start(&model, &db, &["--no-logprobs"]);
     let prompts = dir.path().join("prompts.jsonl");
     write_prompts(&prompts, 4);

@@ -9,6 +9,13 @@ use std::process::Command;
 
 use distill_models::fixtures::tiny_gguf;
 
+/// A tiny random teacher written to DIR/teacher.gguf; its path.
+fn teacher(dir: &Path, seed: u64) -> String {
+    let model = dir.join("teacher.gguf");
+    tiny_gguf(&model, seed).unwrap();
+    model.to_str().unwrap().to_string()
+}
+
 fn dataset(dir: &Path, model: &str, name: &str, prompts: usize, seed: usize) -> String {
     let file = dir.join(format!("{name}.jsonl"));
     let lines: String = (0..prompts)
@@ -43,9 +50,7 @@ fn dataset(dir: &Path, model: &str, name: &str, prompts: usize, seed: usize) -> 
 #[test]
 fn pruned_student_learns_from_the_teacher_signal() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("teacher.gguf");
-    tiny_gguf(&model, 31).unwrap();
-    let m = model.to_str().unwrap();
+    let m = &teacher(dir.path(), 31);
     let train = dataset(dir.path(), m, "train", 24, 1);
     let heldout = dataset(dir.path(), m, "heldout", 8, 2);
     let run = dir.path().join("run");
@@ -105,9 +110,7 @@ fn losses(run: &Path) -> Vec<(u64, String)> {
 #[test]
 fn a_run_killed_mid_training_resumes_to_the_same_losses_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("teacher.gguf");
-    tiny_gguf(&model, 32).unwrap();
-    let m = model.to_str().unwrap();
+    let m = &teacher(dir.path(), 32);
     let train = dataset(dir.path(), m, "train", 24, 3);
     let write_config = |name: &str| {
         let path = dir.path().join(format!("{name}.toml"));
@@ -162,9 +165,7 @@ fn a_run_killed_mid_training_resumes_to_the_same_losses_bit_for_bit() {
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("teacher.gguf");
-    tiny_gguf(&model, 33).unwrap();
-    let m = model.to_str().unwrap();
+    let m = &teacher(dir.path(), 33);
     let train = dataset(dir.path(), m, "train", 12, 4);
     let run = dir.path().join("run");
     let config = dir.path().join("run.toml");
@@ -198,9 +199,7 @@ fn ctrl_c_saves_a_checkpoint_and_stops_cleanly() {
 #[test]
 fn width_pruned_student_trains_and_the_reference_export_holds_its_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("teacher.gguf");
-    tiny_gguf(&model, 31).unwrap();
-    let m = model.to_str().unwrap();
+    let m = &teacher(dir.path(), 31);
     let train = dataset(dir.path(), m, "train", 12, 1);
     let heldout = dataset(dir.path(), m, "heldout", 4, 2);
     let run = dir.path().join("run");
@@ -250,9 +249,7 @@ fn width_pruned_student_trains_and_the_reference_export_holds_its_batches() {
 #[test]
 fn explicit_config_student_trains_and_a_padded_vocabulary_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("teacher.gguf");
-    tiny_gguf(&model, 31).unwrap();
-    let m = model.to_str().unwrap();
+    let m = &teacher(dir.path(), 31);
     let train = dataset(dir.path(), m, "train", 6, 1);
     let run = dir.path().join("run");
     let tiny = distill_models::fixtures::tiny_config();
@@ -289,9 +286,7 @@ fn explicit_config_student_trains_and_a_padded_vocabulary_is_refused() {
 #[test]
 fn on_policy_rollouts_are_scored_by_the_teacher_at_the_configured_share() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("teacher.gguf");
-    tiny_gguf(&model, 33).unwrap();
-    let m = model.to_str().unwrap();
+    let m = &teacher(dir.path(), 33);
     let train = dataset(dir.path(), m, "train", 24, 1);
     let heldout = dataset(dir.path(), m, "heldout", 8, 2);
     let prompts = dir.path().join("train.jsonl");
