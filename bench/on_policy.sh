@@ -8,7 +8,8 @@
 # records both budgets and both students' held-out KL in each direction (`distill eval` on the 60
 # held-out prompts, on the teacher's greedy text).
 #
-# Usage: [BETA=0.5] [SKIP_OFFLINE=1] bench/on_policy.sh [WORK_DIR]
+# Usage: [BETA=0.5] [STEPS=30] [START=0] [SKIP_OFFLINE=1] bench/on_policy.sh [WORK_DIR]
+# START > 0 trains the on-policy run offline only for its first START steps (a KD warm-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-target/bench/on_policy}"
@@ -22,6 +23,8 @@ sample=(--k 32 --max-tokens 64 --temperature 0.7 --top-p 0.95 --seed 0)
   "$distill" generate --model "$teacher" --dataset "$work/data-half" --prompts-file "$work/train-half.jsonl" "${sample[@]}"
 
 beta="${BETA:-0.5}"
+steps="${STEPS:-30}"
+start="${START:-0}"
 runs=(offline on-policy)
 [[ -n "${SKIP_OFFLINE:-}" && -f "$work/eval-offline.json" ]] && runs=(on-policy)
 for run in "${runs[@]}"; do
@@ -29,7 +32,7 @@ for run in "${runs[@]}"; do
   cat > "$work/$run.toml" <<TOML
 dataset = "$work/$data"
 output = "$work/run-$run"
-steps = 30
+steps = $steps
 batch_size = 4
 seq_len = 192
 checkpoint_every = 1000
@@ -49,6 +52,7 @@ TOML
 teacher = "$teacher"
 prompts = "examples/support/train.jsonl"
 fraction = 0.5
+start_step = $start
 beta = $beta
 rollouts = 8
 max_tokens = 64
@@ -60,16 +64,16 @@ TOML
     --no-speed --out "$work/eval-$run.json" > "$work/eval-$run.txt"
 done
 
-python3 - "$work" "$beta" <<'PY'
+python3 - "$work" "$beta" "$steps" "$start" <<'PY'
 import json, sys
-work, beta = sys.argv[1], float(sys.argv[2])
+work, beta, steps, start = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def dataset_tokens(name):
     m = json.load(open(f"{work}/{name}/manifest.json"))
     return sum(s["tokens"] for s in m["shards"])
 def rollout_tokens(run):
     lines = [json.loads(l) for l in open(f"{work}/run-{run}/metrics.jsonl")]
     return max([l.get("rollout_teacher_tokens", 0) for l in lines] or [0])
-result = {"beta": beta}
+result = {"beta": beta, "steps": steps, "start_step": start}
 for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
     t = json.load(open(f"{work}/eval-{run}.json"))["in_domain"]["tokens"]
     result[run] = {
@@ -80,8 +84,9 @@ for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
         "heldout_kl_forward": t["kl_forward"],
         "heldout_top1": t["top1_agreement"],
     }
-for run, r in ((k, v) for k, v in result.items() if k != "beta"):
+for run, r in ((k, v) for k, v in result.items() if isinstance(v, dict)):
     print(f"{run:<10} teacher tokens {r['teacher_tokens']:>6} ({r['dataset_tokens']} offline + {r['rollout_tokens']} rollout)"
           f"  held-out KL(s||t) {r['heldout_kl_reverse']:.3f}  KL(t||s) {r['heldout_kl_forward']:.3f}  top-1 {r['heldout_top1']:.3f}")
-json.dump(result, open(f"bench/results/on_policy_beta{beta:g}.json", "w"), indent=2)
+suffix = f"_steps{steps}_start{start}" if (steps, start) != (30, 0) else ""
+json.dump(result, open(f"bench/results/on_policy_beta{beta:g}{suffix}.json", "w"), indent=2)
 PY

@@ -333,7 +333,8 @@ fn on_policy_rollouts_are_scored_by_the_teacher_at_the_configured_share() {
 
     // Online: the teacher writes every batch inside the loop.
     std::fs::remove_dir_all(&run).unwrap();
-    std::fs::write(&path, config(1.0).replace("steps = 30", "steps = 3") + "sampler = \"teacher\"\n").unwrap();
+    std::fs::write(&path, config(1.0).replace("steps = 30", "steps = 3") + "sampler = \"teacher\"\nstart_step = 1\n")
+        .unwrap();
     let out = distill(&["train", path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -342,4 +343,6 @@ fn on_policy_rollouts_are_scored_by_the_teacher_at_the_configured_share() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rollout_teacher_tokens"].as_u64())
         .max();
     assert!(scored.is_some_and(|t| t > 0), "{metrics}");
+    let first_step = metrics.lines().find(|l| l.contains("\"loss\"")).unwrap();
+    assert!(first_step.contains("\"rollout_teacher_tokens\":0"), "step 1 is a warm-up: {metrics}");
 }

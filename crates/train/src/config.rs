@@ -70,6 +70,10 @@ pub struct OnPolicyConfig {
     /// Share λ of micro-batches that are rollouts, in [0, 1].
     #[serde(default = "default_half")]
     pub fraction: f64,
+    /// Steps trained offline only before rollouts start (a warm-up: a fresh student's own
+    /// samples teach little).
+    #[serde(default)]
+    pub start_step: u64,
     /// β of the generalized JSD on rollouts: 0 is forward KL, 1 reverse KL.
     #[serde(default = "default_half")]
     pub beta: f64,

@@ -184,9 +184,11 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
         let mut micro_losses = Vec::with_capacity(cfg.grad_accum as usize);
         let mut n = 0usize;
         while (micro_losses.len() as u64) < cfg.grad_accum {
-            let micro_index = state.step * cfg.grad_accum + micro_losses.len() as u64;
             if let (Some(r), Some(o)) = (rollouts.as_mut(), &cfg.on_policy) {
-                if super::on_policy::is_rollout(micro_index, o.fraction) {
+                // Micro-batches counted from the first step with rollouts.
+                let since_start = state.step.checked_sub(o.start_step);
+                let micro_index = since_start.map(|s| s * cfg.grad_accum + micro_losses.len() as u64);
+                if let Some(micro_index) = micro_index.filter(|&m| super::on_policy::is_rollout(m, o.fraction)) {
                     // The student's own completions, towards the teacher with JSD(β).
                     let loss = LossConfig { divergence: Divergence::Jsd { beta: o.beta }, kd_weight: 1.0, ..cfg.loss };
                     let batches = r.batches(&student, micro_index, cfg.seed)?;
