@@ -216,24 +216,28 @@ impl TextTokenizer {
 /// The byte a character of GPT-2's byte-level alphabet stands for: printable Latin-1 characters
 /// stand for themselves, the other 68 bytes were shifted to U+0100.. in byte order.
 fn byte_level_byte(c: char) -> Option<u8> {
-    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     let code = c as u32;
-    if printable(code) {
+    if stands_for_itself(code) {
         return Some(code as u8);
     }
     let shifted = code.checked_sub(0x100)?;
-    (0u32..=255).filter(|&b| !printable(b)).nth(shifted as usize).map(|b| b as u8)
+    (0u32..=255).filter(|&b| !stands_for_itself(b)).nth(shifted as usize).map(|b| b as u8)
 }
 
 /// The character of GPT-2's byte-level alphabet that stands for `byte`.
 fn byte_level_char(byte: u8) -> char {
-    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     let b = u32::from(byte);
-    if printable(b) {
+    if stands_for_itself(b) {
         return char::from(byte);
     }
-    let shifted = (0..b).filter(|&x| !printable(x)).count() as u32;
+    let shifted = (0..b).filter(|&x| !stands_for_itself(x)).count() as u32;
     char::from_u32(0x100 + shifted).unwrap_or('\u{FFFD}')
+}
+
+/// Whether byte (or code point) `b` is a printable Latin-1 character, which GPT-2's byte-level
+/// alphabet keeps as itself.
+fn stands_for_itself(b: u32) -> bool {
+    (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
 }
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
