@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use distill_models::loader::{resolve, ModelLocation};
-use distill_models::ChatMessage;
 use distill_models::SamplingParams;
 use distill_store::quant::Quantization;
 use distill_store::{DatasetSpec, DatasetWriter, Sequence};
@@ -13,7 +12,7 @@ use distill_teacher::remote::{RemoteOptions, RemoteTeacher};
 use distill_teacher::{LocalTeacher, ScoreRequest, Teacher};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::commands::generate::render;
+use crate::commands::generate::{conversation, render};
 use crate::prompts::{read_prompt_file, PromptRecord};
 
 /// Settings of a dataset run (from `distill generate --dataset`).
@@ -251,16 +250,8 @@ fn remote_pass(
                  logprobs through the chat API); drop `completion` or use a local teacher (--model)"
             );
         }
-        let messages = match &r.prompt {
-            crate::prompts::Prompt::Chat(m) => m.clone(),
-            crate::prompts::Prompt::Text(t) if opts.chat => {
-                let mut m: Vec<ChatMessage> = opts.system.iter().map(|s| ChatMessage::new("system", s.as_str())).collect();
-                m.push(ChatMessage::new("user", t.as_str()));
-                m
-            }
-            crate::prompts::Prompt::Text(_) => bail!(
-                "prompt {line} is plain text: remote teachers are asked through the chat API; add --chat or use `messages`"
-            ),
+        let Some(messages) = conversation(&r.prompt, opts.chat, opts.system.as_deref()) else {
+            bail!("prompt {line} is plain text: remote teachers are asked through the chat API; add --chat or use `messages`");
         };
         let text =
             render(model, &r.prompt, opts.chat, opts.system.as_deref()).with_context(|| format!("prompt {line}"))?;

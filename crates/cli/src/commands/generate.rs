@@ -282,19 +282,25 @@ pub fn load_model(spec: Option<&str>) -> Result<LoadedModel> {
     Ok(model)
 }
 
-pub fn render(model: &LoadedModel, prompt: &Prompt, chat: bool, system: Option<&str>) -> Result<String> {
-    let messages = match prompt {
-        Prompt::Text(text) if !chat => return Ok(text.clone()),
+/// The conversation a prompt stands for: its messages, or text wrapped as a user message (after
+/// `system`) when `chat` is set. `None` for raw text, which is fed to the model as it is.
+pub fn conversation(prompt: &Prompt, chat: bool, system: Option<&str>) -> Option<Vec<ChatMessage>> {
+    match prompt {
+        Prompt::Text(_) if !chat => None,
         Prompt::Text(text) => {
-            let mut m = Vec::new();
-            if let Some(s) = system {
-                m.push(ChatMessage::new("system", s));
-            }
+            let mut m: Vec<ChatMessage> = system.map(|s| ChatMessage::new("system", s)).into_iter().collect();
             m.push(ChatMessage::new("user", text.as_str()));
-            m
+            Some(m)
         }
-        Prompt::Chat(messages) => messages.clone(),
-    };
+        Prompt::Chat(messages) => Some(messages.clone()),
+    }
+}
+
+pub fn render(model: &LoadedModel, prompt: &Prompt, chat: bool, system: Option<&str>) -> Result<String> {
+    if let (Prompt::Text(text), false) = (prompt, chat) {
+        return Ok(text.clone());
+    }
+    let messages = conversation(prompt, chat, system).unwrap_or_default(); // Some for everything else
     let template = model.chat_template.as_ref().with_context(|| {
         format!(
             "model `{}` has no chat template; drop --chat and `messages` prompts, or use a chat model",
