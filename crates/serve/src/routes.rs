@@ -250,8 +250,9 @@ impl InFlight {
     }
 
     /// Stores the exchange when asked (`store: true`) and records usage. Returns once the row
-    /// is committed, so a response sent after this is never lost to a crash.
-    pub async fn finish(&mut self, completions: &[Completion], response: &str) -> Result<(), ApiError> {
+    /// is committed, so a response sent after this is never lost to a crash. `sent` is the body
+    /// sent as it is; a stream passes `None` and its complete body is built only to be stored.
+    pub async fn finish(&mut self, completions: &[Completion], sent: Option<&str>) -> Result<(), ApiError> {
         let generated: usize = completions.iter().map(|c| c.token_ids.len()).sum();
         if self.req.store {
             let logprobs: Vec<Value> = completions
@@ -271,7 +272,7 @@ impl InFlight {
                 endpoint: self.req.endpoint.as_str().into(),
                 metadata: self.req.metadata.clone(),
                 request: self.raw.clone(),
-                response: response.to_string(),
+                response: sent.map_or_else(|| self.response_body(completions), str::to_string),
                 logprobs: json!({"k": self.app.options.capture_top_k, "choices": logprobs}).to_string(),
                 prompt_tokens: self.prompt_tokens as u64,
                 completion_tokens: generated as u64,
@@ -300,7 +301,7 @@ async fn respond(mut flight: InFlight) -> Result<Response, ApiError> {
     }
     let completions: Vec<Completion> = done.into_iter().flatten().collect();
     let body = flight.response_body(&completions);
-    flight.finish(&completions, &body).await?;
+    flight.finish(&completions, Some(&body)).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

@@ -135,8 +135,7 @@ impl StreamState {
             let event = self.chunk(Vec::new(), wire::usage(self.flight.prompt_tokens, generated));
             self.queue.push_back(event);
         }
-        let body = self.flight.response_body(&completions);
-        match self.flight.finish(&completions, &body).await {
+        match self.flight.finish(&completions, None).await {
             Ok(()) => self.queue.push_back(SseEvent::default().data("[DONE]")),
             Err(e) => self.queue.push_back(SseEvent::default().data(e.body().to_string())),
         }
