@@ -8,6 +8,7 @@
 pub mod db;
 pub mod engine;
 pub mod error;
+pub mod guard;
 pub mod limits;
 pub mod routes;
 mod stream;

@@ -1,0 +1,541 @@
+//! The extraction guard: notices keys (and groups of linked keys) that harvest the served model
+//! to distil it, and answers with flag → throttle → revoke.
+//!
+//! Every admitted request is observed ([`Guard::observe`]): its text is fingerprinted
+//! ([`text`]) into the key's window ([`window`]), keys sending near-duplicates of each other's
+//! prompts are linked ([`link`]), and every few requests the key's signals are evaluated against
+//! the rules below. A decision is returned to the caller, which writes it to the audit table and
+//! applies it; the guard itself never blocks a request on the database.
+//!
+//! Rules (thresholds in [`GuardConfig`]):
+//! - **sweep**: `sweep_requests` requests in the window read one or two tokens with logprobs or
+//!   use `logit_bias` — reading the distribution, not using answers. Fires at any volume.
+//! - **harvest**: the key's (or group's) requests in the last hour exceed what the population
+//!   and the key's own history make normal, *and* the window shows a harvesting pattern: a
+//!   template over broad topics, reasoning elicitation over broad topics, the maximum
+//!   `top_logprobs`, or a distribution of prompts unlike benign traffic (the calibrated test).
+//!
+//! A first firing flags the key, or throttles it when two patterns fire at once (or a sweep is
+//! twice the threshold); a flagged key that keeps firing for `escalate_after` more requests is
+//! throttled, a throttled one revoked, never beyond `max_action`.
+
+pub mod link;
+pub mod text;
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+pub use text::TextFeatures;
+pub use window::{KeyWindow, Observation, Reference, Signals};
+
+use crate::wire::GenerationRequest;
+
+/// How far the guard has gone with a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    #[default]
+    None,
+    /// Recorded for an admin to look at; the key is served as before.
+    Flag,
+    /// The key's limits are lowered to `throttle_rpm` / `throttle_tpm`.
+    Throttle,
+    /// The key is revoked.
+    Revoke,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::None => "none",
+            Level::Flag => "flag",
+            Level::Throttle => "throttle",
+            Level::Revoke => "revoke",
+        }
+    }
+
+    pub fn from_i64(v: i64) -> Self {
+        match v {
+            1 => Level::Flag,
+            2 => Level::Throttle,
+            v if v >= 3 => Level::Revoke,
+            _ => Level::None,
+        }
+    }
+
+    pub fn as_i64(self) -> i64 {
+        self as i64
+    }
+}
+
+impl std::str::FromStr for Level {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" | "off" => Ok(Level::None),
+            "flag" => Ok(Level::Flag),
+            "throttle" => Ok(Level::Throttle),
+            "revoke" => Ok(Level::Revoke),
+            other => Err(format!("`{other}` is not a guard action; use flag, throttle, revoke or off")),
+        }
+    }
+}
+
+/// The guard's settings: the TOML file given to `distill serve --guard-config`, every field
+/// optional. The defaults come from the replay benchmark (`bench/guard_replay.sh`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardConfig {
+    /// The strongest response the guard takes by itself: `flag` only records, `throttle` lowers
+    /// limits, `revoke` also revokes keys that keep going; `none` turns the guard off.
+    pub max_action: Level,
+    /// Recent requests per key the signals are read from.
+    pub window: usize,
+    /// Requests a key needs in its window before pattern signals count (sweeps count at once).
+    pub min_requests: usize,
+    /// Signals are evaluated every this many requests of a key.
+    pub eval_every: usize,
+    /// `top_logprobs` at or above this is "the most the server gives".
+    pub logprobs_cap: usize,
+    /// Requests per hour a key may always send without counting as heavy.
+    pub hourly_floor: f64,
+    /// A key is heavy above `population_factor` × the population's `population_quantile` of
+    /// requests per hour (among keys active in the last hour, once there are `min_population`).
+    pub population_factor: f64,
+    pub population_quantile: f64,
+    pub min_population: usize,
+    /// …or above `own_factor` × its own mean hourly requests, once it has `own_history_hours`.
+    pub own_factor: f64,
+    pub own_history_hours: f64,
+    /// Share of near-duplicate (same template) requests that counts as templated.
+    pub template_share: f64,
+    /// Share of requests asking for a chain of thought that counts as reasoning elicitation.
+    pub reasoning_share: f64,
+    /// Topic breadth (1 − mean cosine of content words) that counts as broad coverage.
+    pub breadth: f64,
+    /// Share of requests asking for `logprobs_cap` alternatives that counts as logprob harvesting.
+    pub logprobs_at_cap_share: f64,
+    /// Sweep requests (≤ 2 tokens with logprobs, or logit_bias) in the window that fire the
+    /// sweep rule.
+    pub sweep_requests: usize,
+    /// Further requests a flagged (throttled) key may make while still firing before it is
+    /// throttled (revoked).
+    pub escalate_after: u64,
+    /// Limits of a throttled key (its own, when lower, still apply).
+    pub throttle_rpm: u64,
+    pub throttle_tpm: u64,
+    /// Distinct near-duplicate buckets two keys must share to be linked into one group.
+    pub link_shared_buckets: usize,
+    /// The distribution test's benign reference (`distill guard calibrate`); without it the
+    /// test is off.
+    pub reference: Option<Reference>,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            max_action: Level::Throttle,
+            window: 200,
+            min_requests: 50,
+            eval_every: 8,
+            logprobs_cap: 20,
+            hourly_floor: 300.0,
+            population_factor: 2.0,
+            population_quantile: 0.95,
+            min_population: 20,
+            own_factor: 4.0,
+            own_history_hours: 24.0,
+            template_share: 0.5,
+            reasoning_share: 0.5,
+            breadth: 0.9,
+            logprobs_at_cap_share: 0.5,
+            sweep_requests: 48,
+            escalate_after: 100,
+            throttle_rpm: 6,
+            throttle_tpm: 3000,
+            link_shared_buckets: 12,
+            reference: None,
+        }
+    }
+}
+
+impl GuardConfig {
+    pub fn enabled(&self) -> bool {
+        self.max_action > Level::None
+    }
+
+    /// Checks the values a user may have written into the file.
+    pub fn validate(&self) -> Result<(), String> {
+        let share = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("guard `{name}` is {v}; it is a share between 0 and 1"))
+            }
+        };
+        share("template_share", self.template_share)?;
+        share("reasoning_share", self.reasoning_share)?;
+        share("breadth", self.breadth)?;
+        share("logprobs_at_cap_share", self.logprobs_at_cap_share)?;
+        share("population_quantile", self.population_quantile)?;
+        if self.window < 2 || self.min_requests > self.window {
+            return Err(format!(
+                "guard `window` ({}) must be at least 2 and at least `min_requests` ({})",
+                self.window, self.min_requests
+            ));
+        }
+        if self.eval_every == 0 || self.sweep_requests == 0 {
+            return Err("guard `eval_every` and `sweep_requests` must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A change of a key's level, with what caused it: written to the audit table as it is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub key_id: String,
+    pub previous: Level,
+    pub level: Level,
+    pub risk: f64,
+    pub reasons: Vec<String>,
+    pub signals: Signals,
+    /// Other keys in its group.
+    pub linked: Vec<String>,
+    /// The key's requests observed so far, this one included.
+    pub requests: u64,
+}
+
+/// A key as the guard sees it now, for `/v1/admin/guard`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyReport {
+    pub key_id: String,
+    pub level: Level,
+    pub risk: f64,
+    pub reasons: Vec<String>,
+    pub signals: Signals,
+    pub requests: u64,
+}
+
+struct KeyState {
+    id: String,
+    window: KeyWindow,
+    level: Level,
+    /// `window.total` when the level last changed.
+    level_at: u64,
+    since_eval: usize,
+    /// The last admin clear seen (unix seconds), to notice clears made by another process.
+    cleared: i64,
+    risk: f64,
+    reasons: Vec<String>,
+    signals: Signals,
+}
+
+#[derive(Default)]
+struct State {
+    ids: HashMap<String, u32>,
+    keys: Vec<KeyState>,
+    linker: link::Linker,
+    /// Requests per hour a key may send by the population's standard; refreshed periodically.
+    population_allowed: f64,
+    since_population: usize,
+}
+
+pub struct Guard {
+    config: GuardConfig,
+    state: Mutex<State>,
+}
+
+impl Guard {
+    pub fn new(config: GuardConfig) -> Self {
+        Self { config, state: Mutex::new(State::default()) }
+    }
+
+    pub fn config(&self) -> &GuardConfig {
+        &self.config
+    }
+
+    /// The guard's view of a request, as [`Guard::observe`] takes it.
+    pub fn observation(req: &GenerationRequest, at: f64) -> Observation {
+        Observation {
+            at,
+            text: TextFeatures::of_request(req),
+            logprobs: req.logprobs,
+            logit_bias: !req.logit_bias.is_empty(),
+            max_tokens: req.max_tokens,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records one admitted request of `key_id`; returns a decision when the key's level rises.
+    pub fn observe(&self, key_id: &str, obs: &Observation) -> Option<Decision> {
+        if !self.config.enabled() {
+            return None;
+        }
+        let mut state = self.lock();
+        let idx = state.index(key_id, self.config.window);
+        let key = &mut state.keys[idx as usize];
+        let templated = key.window.push(obs, self.config.logprobs_cap);
+        key.since_eval += 1;
+        let due = key.since_eval >= self.config.eval_every || (obs.is_sweep() && key.level == Level::None);
+        if templated {
+            state.linker.observe(idx, &obs.text.bands, self.config.link_shared_buckets);
+        }
+        state.since_population += 1;
+        if state.since_population >= 256 || state.population_allowed == 0.0 {
+            state.refresh_population(&self.config, obs.at);
+        }
+        if !due {
+            return None;
+        }
+        state.keys[idx as usize].since_eval = 0;
+        self.evaluate(&mut state, idx, obs.at)
+    }
+
+    fn evaluate(&self, state: &mut State, idx: u32, at: f64) -> Option<Decision> {
+        let c = &self.config;
+        let group = state.linker.group(idx);
+        let hour_requests: u64 = group.iter().map(|k| state.keys[*k as usize].window.hour_requests(at)).sum();
+        let key = &state.keys[idx as usize];
+        let mut allowed = c.hourly_floor.max(state.population_allowed);
+        if let Some(own) = key.window.own_hourly_baseline(at, c.own_history_hours) {
+            // A key with a long quiet history is judged against that history too.
+            allowed = allowed.min(c.hourly_floor.max(c.own_factor * own));
+        }
+        let mut s = key.window.signals();
+        s.hour_requests = hour_requests;
+        s.group_keys = group.len();
+        s.volume = hour_requests as f64 / allowed;
+        let enough = key.window.len() >= c.min_requests;
+        if let (Some(r), true) = (&c.reference, enough) {
+            s.distribution = Some(Reference::ks_distance(&r.quantiles, key.window.novelties()) / r.threshold);
+        }
+
+        let mut patterns: Vec<(f64, String)> = Vec::new();
+        if enough {
+            let broad = s.breadth >= c.breadth;
+            if broad && s.template_share >= c.template_share {
+                patterns.push((
+                    s.template_share / c.template_share,
+                    format!(
+                        "{:.0}% templated prompts over broad topics (breadth {:.2})",
+                        100.0 * s.template_share,
+                        s.breadth
+                    ),
+                ));
+            }
+            if broad && s.reasoning_share >= c.reasoning_share {
+                patterns.push((
+                    s.reasoning_share / c.reasoning_share,
+                    format!("{:.0}% ask for step-by-step reasoning over broad topics", 100.0 * s.reasoning_share),
+                ));
+            }
+            if s.logprobs_at_cap_share >= c.logprobs_at_cap_share {
+                patterns.push((
+                    s.logprobs_at_cap_share / c.logprobs_at_cap_share,
+                    format!("{:.0}% ask for the maximum top_logprobs", 100.0 * s.logprobs_at_cap_share),
+                ));
+            }
+            if let Some(d) = s.distribution.filter(|d| *d >= 1.0) {
+                patterns
+                    .push((d, format!("prompt distribution unlike benign traffic ({d:.2}× the calibrated threshold)")));
+            }
+        }
+        let sweep_ratio = s.sweeps as f64 / c.sweep_requests as f64;
+        let content = patterns.iter().map(|p| p.0).fold(0.0, f64::max);
+        let risk = sweep_ratio.max(s.volume.min(4.0) * content);
+        let mut reasons = Vec::new();
+        if sweep_ratio >= 1.0 {
+            reasons.push(format!(
+                "{} of the last {} requests sweep the distribution (≤ 2 tokens with logprobs, or logit_bias)",
+                s.sweeps, s.window
+            ));
+        }
+        let harvest = s.volume >= 1.0 && !patterns.is_empty();
+        if harvest {
+            let who = if group.len() > 1 { format!("{} linked keys", group.len()) } else { "the key".to_string() };
+            reasons.push(format!(
+                "{hour_requests} requests in the last hour by {who}, {:.1}× the normal most ({allowed:.0})",
+                s.volume
+            ));
+            reasons.extend(patterns.iter().map(|p| p.1.clone()));
+        }
+        let fired = !reasons.is_empty();
+        let strong = sweep_ratio >= 2.0 || (harvest && patterns.len() >= 2);
+        let linked: Vec<String> =
+            group.iter().filter(|k| **k != idx).map(|k| state.keys[*k as usize].id.clone()).collect();
+
+        let key = &mut state.keys[idx as usize];
+        key.signals = s.clone();
+        key.risk = risk;
+        if fired {
+            key.reasons = reasons.clone();
+        }
+        let since_level = key.window.total - key.level_at;
+        let target = match key.level {
+            _ if !fired => key.level,
+            Level::None if strong => Level::Throttle,
+            Level::None => Level::Flag,
+            Level::Flag if strong || since_level >= c.escalate_after => Level::Throttle,
+            Level::Throttle if since_level >= c.escalate_after => Level::Revoke,
+            level => level,
+        }
+        .min(c.max_action);
+        if target <= key.level {
+            return None;
+        }
+        let previous = key.level;
+        key.level = target;
+        key.level_at = key.window.total;
+        Some(Decision {
+            key_id: key.id.clone(),
+            previous,
+            level: target,
+            risk,
+            reasons,
+            signals: s,
+            linked,
+            requests: key.window.total,
+        })
+    }
+
+    /// The key's level as the guard knows it.
+    pub fn level(&self, key_id: &str) -> Level {
+        let state = self.lock();
+        state.ids.get(key_id).map_or(Level::None, |i| state.keys[*i as usize].level)
+    }
+
+    /// Reconciles with the level stored in the database, which an admin (or another server on
+    /// the same database) may have changed: a newer clear resets the key, a higher stored level
+    /// is adopted. Returns the level to apply.
+    pub fn sync(&self, key_id: &str, stored: Level, cleared: Option<i64>) -> Level {
+        if !self.config.enabled() {
+            return Level::None;
+        }
+        let mut state = self.lock();
+        let known = state.ids.get(key_id).copied();
+        match known {
+            None if stored == Level::None => Level::None,
+            None => {
+                let idx = state.index(key_id, self.config.window);
+                let key = &mut state.keys[idx as usize];
+                key.level = stored;
+                key.cleared = cleared.unwrap_or(0);
+                stored
+            }
+            Some(idx) => {
+                if cleared.is_some_and(|c| c > state.keys[idx as usize].cleared) {
+                    state.reset(idx, self.config.window, cleared.unwrap_or(0));
+                }
+                let key = &mut state.keys[idx as usize];
+                if stored > key.level {
+                    key.level = stored;
+                    key.level_at = key.window.total;
+                }
+                key.level
+            }
+        }
+    }
+
+    /// Forgets what the guard saw of a key: an admin judged it benign. It is judged afresh
+    /// from its next request.
+    pub fn clear(&self, key_id: &str, at: i64) {
+        let mut state = self.lock();
+        if let Some(idx) = state.ids.get(key_id).copied() {
+            state.reset(idx, self.config.window, at);
+        }
+    }
+
+    /// The limits to apply to a key at `level`: its own, lowered when throttled.
+    pub fn limits(&self, level: Level, rpm: Option<u64>, tpm: Option<u64>) -> (Option<u64>, Option<u64>) {
+        if level < Level::Throttle {
+            return (rpm, tpm);
+        }
+        let lower = |own: Option<u64>, cap: u64| Some(own.map_or(cap, |v| v.min(cap)));
+        (lower(rpm, self.config.throttle_rpm), lower(tpm, self.config.throttle_tpm))
+    }
+
+    /// Every key the guard has seen, riskiest first.
+    pub fn report(&self) -> Vec<KeyReport> {
+        let state = self.lock();
+        let mut out: Vec<KeyReport> = state
+            .keys
+            .iter()
+            .map(|k| KeyReport {
+                key_id: k.id.clone(),
+                level: k.level,
+                risk: k.risk,
+                reasons: k.reasons.clone(),
+                signals: k.signals.clone(),
+                requests: k.window.total,
+            })
+            .collect();
+        out.sort_by(|a, b| b.level.cmp(&a.level).then(b.risk.total_cmp(&a.risk)));
+        out
+    }
+}
+
+impl State {
+    fn index(&mut self, key_id: &str, window: usize) -> u32 {
+        if let Some(i) = self.ids.get(key_id) {
+            return *i;
+        }
+        let i = self.keys.len() as u32;
+        self.ids.insert(key_id.to_string(), i);
+        self.keys.push(KeyState {
+            id: key_id.to_string(),
+            window: KeyWindow::new(window),
+            level: Level::None,
+            level_at: 0,
+            since_eval: 0,
+            cleared: 0,
+            risk: 0.0,
+            reasons: Vec::new(),
+            signals: Signals::default(),
+        });
+        i
+    }
+
+    fn reset(&mut self, idx: u32, window: usize, cleared: i64) {
+        let key = &mut self.keys[idx as usize];
+        key.window = KeyWindow::new(window);
+        key.level = Level::None;
+        key.level_at = 0;
+        key.since_eval = 0;
+        key.cleared = cleared;
+        key.risk = 0.0;
+        key.reasons.clear();
+        key.signals = Signals::default();
+        self.linker.forget(idx);
+    }
+
+    /// Refreshes what the population makes normal: a multiple of a high quantile of the hourly
+    /// requests of keys active in the last hour. Keys the guard already acts on are left out, so
+    /// harvesters do not raise the bar for each other.
+    fn refresh_population(&mut self, c: &GuardConfig, at: f64) {
+        self.since_population = 0;
+        let mut hourly: Vec<u64> = self
+            .keys
+            .iter()
+            .filter(|k| k.level == Level::None)
+            .map(|k| k.window.hour_requests(at))
+            .filter(|n| *n > 0)
+            .collect();
+        if hourly.len() < c.min_population {
+            self.population_allowed = c.hourly_floor;
+            return;
+        }
+        hourly.sort_unstable();
+        let q = hourly[((hourly.len() - 1) as f64 * c.population_quantile).round() as usize];
+        self.population_allowed = c.hourly_floor.max(c.population_factor * q as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests;
