@@ -37,6 +37,9 @@ enum Command {
     Keys(commands::keys::KeysArgs),
     /// Export traffic captured by `distill serve` as prompts for the next distillation.
     Capture(commands::capture::CaptureArgs),
+    /// The extraction guard of `distill serve`: report, audit, clear keys; replay or calibrate
+    /// on traffic files.
+    Guard(commands::guard::GuardArgs),
     #[command(name = "__measure", hide = true)]
     Measure(commands::eval::MeasureArgs),
 }
@@ -58,6 +61,7 @@ fn main() {
         Command::Serve(args) => commands::serve::run(args),
         Command::Keys(args) => commands::keys::run(args),
         Command::Capture(args) => commands::capture::run(args),
+        Command::Guard(args) => commands::guard::run(args),
         Command::Measure(args) => commands::eval::measure(args),
     };
     if let Err(err) = result {

@@ -12,6 +12,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use crate::error::{Error, Result};
+use crate::guard::Level;
+
+mod guard;
+pub use guard::{AuditEntry, GuardRow};
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, \
@@ -23,7 +27,17 @@ const SCHEMA: &[&str] = &[
      model TEXT NOT NULL, endpoint TEXT NOT NULL, metadata TEXT NOT NULL, request TEXT NOT NULL, \
      response TEXT NOT NULL, logprobs TEXT NOT NULL, prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS completions_by_time ON completions (created)",
+    "CREATE TABLE IF NOT EXISTS guard_state (key_id TEXT PRIMARY KEY, level BIGINT NOT NULL, \
+     risk DOUBLE PRECISION NOT NULL, reasons TEXT NOT NULL, signals TEXT NOT NULL, updated BIGINT NOT NULL, cleared BIGINT)",
+    "CREATE TABLE IF NOT EXISTS guard_audit (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, created BIGINT NOT NULL, \
+     action TEXT NOT NULL, actor TEXT NOT NULL, risk DOUBLE PRECISION NOT NULL, reasons TEXT NOT NULL, signals TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS guard_audit_by_key ON guard_audit (key_id, created)",
 ];
+
+/// The columns of a key, with its extraction-guard state, as [`key_from_row`] reads them.
+const KEY_COLUMNS: &str = "api_keys.id AS id, name, prefix, admin, rpm, tpm, created, revoked, \
+     COALESCE(g.level, 0) AS guard_level, g.cleared AS guard_cleared \
+     FROM api_keys LEFT JOIN guard_state g ON g.key_id = api_keys.id";
 
 /// An API key as stored: never the secret itself, only its SHA-256.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +54,10 @@ pub struct ApiKey {
     pub tpm: Option<u64>,
     pub created: i64,
     pub revoked: Option<i64>,
+    /// What the extraction guard has done to the key.
+    pub guard: Level,
+    /// When an admin last cleared the key's guard state (unix seconds).
+    pub guard_cleared: Option<i64>,
 }
 
 /// Totals of one key's recorded usage.
@@ -160,6 +178,8 @@ impl Db {
             tpm,
             created: now(),
             revoked: None,
+            guard: Level::None,
+            guard_cleared: None,
         };
         sqlx::query(
             "INSERT INTO api_keys (id, name, hash, prefix, admin, rpm, tpm, created, revoked) \
@@ -180,24 +200,20 @@ impl Db {
     }
 
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>> {
-        let rows = sqlx::query(
-            "SELECT id, name, prefix, admin, rpm, tpm, created, revoked FROM api_keys ORDER BY created, id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.error(e))?;
+        let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} ORDER BY created, api_keys.id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
         rows.iter().map(|r| key_from_row(r).map_err(|e| self.error(e))).collect()
     }
 
     /// The live (not revoked) key with this secret.
     pub async fn find_key(&self, secret: &str) -> Result<Option<ApiKey>> {
-        let row = sqlx::query(
-            "SELECT id, name, prefix, admin, rpm, tpm, created, revoked FROM api_keys WHERE hash = $1 AND revoked IS NULL",
-        )
-        .bind(hash_secret(secret))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.error(e))?;
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} WHERE hash = $1 AND revoked IS NULL"))
+            .bind(hash_secret(secret))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
         row.as_ref().map(key_from_row).transpose().map_err(|e| self.error(e))
     }
 
@@ -342,6 +358,8 @@ fn key_from_row(r: &AnyRow) -> std::result::Result<ApiKey, sqlx::Error> {
         tpm: r.try_get::<Option<i64>, _>("tpm")?.map(|v| v as u64),
         created: r.try_get("created")?,
         revoked: r.try_get("revoked")?,
+        guard: Level::from_i64(r.try_get("guard_level")?),
+        guard_cleared: r.try_get("guard_cleared")?,
     })
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`wire`] parses and validates OpenAI request bodies and builds response bodies;
 //! [`engine`] batches generation on a worker thread; [`db`] keeps keys, usage and captured
-//! completions; [`limits`] enforces per-key rates; [`routes`] ties them to HTTP.
+//! completions; [`limits`] enforces per-key rates; [`guard`] notices keys harvesting the model;
+//! [`routes`] ties them to HTTP.
 
 pub mod db;
 pub mod engine;
@@ -41,6 +42,8 @@ pub struct ServeOptions {
     /// Whether clients may ask for log-probabilities. Off, `logprobs`/`top_logprobs` are refused
     /// (400): the cheapest defence against logit harvesting, at the cost of logit teachers.
     pub logprobs: bool,
+    /// The extraction guard's settings (`max_action = none` turns it off).
+    pub guard: guard::GuardConfig,
 }
 
 impl Default for ServeOptions {
@@ -52,6 +55,7 @@ impl Default for ServeOptions {
             max_body_bytes: 1 << 20,
             capture_top_k: 20,
             logprobs: true,
+            guard: guard::GuardConfig::default(),
         }
     }
 }
@@ -63,6 +67,7 @@ pub struct AppState {
     pub db: Db,
     pub limiter: limits::Limiter,
     pub slots: Arc<Semaphore>,
+    pub guard: guard::Guard,
     pub options: ServeOptions,
 }
 
@@ -76,6 +81,7 @@ impl AppState {
             db,
             limiter: limits::Limiter::default(),
             slots: Arc::new(Semaphore::new(options.max_concurrent.max(1))),
+            guard: guard::Guard::new(options.guard.clone()),
             options,
         })
     }

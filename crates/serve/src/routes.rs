@@ -19,6 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::db::{now, random_id, ApiKey, StoredCompletion};
 use crate::engine::{Event, Job};
 use crate::error::ApiError;
+use crate::guard::{Guard, Level};
 use crate::wire::{self, Endpoint, GenerationRequest, Prompt};
 use crate::AppState;
 
@@ -32,6 +33,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/keys", get(list_keys).post(create_key))
         .route("/v1/admin/keys/{id}", delete(revoke_key))
         .route("/v1/admin/usage", get(usage))
+        .route("/v1/admin/guard", get(guard_report))
+        .route("/v1/admin/guard/{id}/clear", post(guard_clear))
         .fallback(|| async {
             ApiError::not_found("no such route; see /v1/models, /v1/chat/completions, /v1/completions")
         })
@@ -158,9 +161,17 @@ async fn generate(
             app.options.max_concurrent
         ))
     })?;
-    app.limiter
-        .admit(&key.id, key.rpm, key.tpm, prompt.len() as u64)
-        .map_err(|r| ApiError::rate_limited(r.message, r.retry_after_secs))?;
+    let level = app.guard.sync(&key.id, key.guard, key.guard_cleared);
+    let (rpm, tpm) = app.guard.limits(level, key.rpm, key.tpm);
+    app.limiter.admit(&key.id, rpm, tpm, prompt.len() as u64).map_err(|r| {
+        let message = if level >= Level::Throttle {
+            format!("{} (this key's limits were lowered by the server's usage policy; ask its operator)", r.message)
+        } else {
+            r.message
+        };
+        ApiError::rate_limited(message, r.retry_after_secs)
+    })?;
+    observe(&app, &key.id, &req);
     let top_logprobs = match (req.logprobs, req.store) {
         (k, true) => Some(k.unwrap_or(0).max(app.options.capture_top_k)),
         (k, false) => k,
@@ -188,6 +199,26 @@ async fn generate(
     } else {
         respond(flight).await
     }
+}
+
+/// Shows the admitted request to the extraction guard and, when it decides to act on the key,
+/// records the decision without holding up the response.
+fn observe(app: &Arc<AppState>, key_id: &str, req: &GenerationRequest) {
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let Some(decision) = app.guard.observe(key_id, &Guard::observation(req, at)) else { return };
+    tracing::warn!(
+        "extraction guard: key {} → {} (risk {:.2}): {}",
+        decision.key_id,
+        decision.level.as_str(),
+        decision.risk,
+        decision.reasons.join("; ")
+    );
+    let app = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = app.db.record_guard_decision(&decision).await {
+            tracing::error!("recording an extraction-guard decision: {e}");
+        }
+    });
 }
 
 /// The prompt's token ids: chat messages through the model's template, text as it is.
@@ -419,4 +450,34 @@ pub fn key_json(key: &ApiKey) -> Value {
         "id": key.id, "name": key.name, "prefix": key.prefix, "admin": key.admin,
         "rpm": key.rpm, "tpm": key.tpm, "created": key.created, "revoked": key.revoked,
     })
+}
+
+async fn guard_report(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authenticate(&app, &headers, Role::Admin).await?;
+    Ok(Json(json!({"object": "list", "data": app.guard.report()})))
+}
+
+#[derive(Deserialize, Default)]
+struct ClearNote {
+    #[serde(default)]
+    note: String,
+}
+
+async fn guard_clear(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authenticate(&app, &headers, Role::Admin).await?;
+    let note: ClearNote = if body.is_empty() {
+        ClearNote::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(Some("note"), format!("expected {{\"note\"?}}: {e}")))?
+    };
+    let cleared = app.db.clear_guard(&id, &note.note).await.map_err(|e| ApiError::internal("clearing a key", e))?;
+    let key_id = cleared.ok_or_else(|| ApiError::not_found(format!("no key `{id}`")))?;
+    app.guard.clear(&key_id, crate::db::now());
+    Ok(Json(json!({"id": key_id, "cleared": true})))
 }

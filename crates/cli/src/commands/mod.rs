@@ -3,6 +3,7 @@ pub mod dataset;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod guard;
 pub mod inspect;
 pub mod keys;
 pub mod on_policy;

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use distill_serve::guard::Level;
 use distill_serve::{AppState, Db, ServeOptions};
 
 #[derive(Args, Debug)]
@@ -56,9 +57,22 @@ pub struct ServeArgs {
     /// harder to distil from its API.
     #[arg(long)]
     no_logprobs: bool,
+
+    /// Extraction guard settings (TOML; see `distill guard calibrate`). Without it, defaults.
+    #[arg(long)]
+    guard_config: Option<std::path::PathBuf>,
+
+    /// The strongest action the extraction guard takes by itself: flag (record only), throttle
+    /// (lower the key's limits), revoke, or off. Default: the config's, else throttle.
+    #[arg(long)]
+    guard: Option<Level>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    let mut guard = super::guard::load_config(args.guard_config.as_deref())?;
+    if let Some(level) = args.guard {
+        guard.max_action = level;
+    }
     let model = super::generate::load_model(args.model.as_deref())?;
     let name = args.name.clone().unwrap_or_else(|| default_name(&model.source));
     let options = ServeOptions {
@@ -68,6 +82,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_bytes,
         capture_top_k: args.capture_top_k,
         logprobs: !args.no_logprobs,
+        guard,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

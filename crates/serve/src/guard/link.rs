@@ -1,19 +1,21 @@
 //! Linking keys that look like one client: keys that keep sending near-duplicates of each
-//! other's prompts (shared MinHash bands) are joined into a group, whose volume is judged
-//! together, so an attacker cannot stay under the limits by spreading over many keys.
+//! other's prompts (shared MinHash bands) *at the same time* are joined into a group, whose
+//! volume is judged together, so an attacker cannot stay under the limits by spreading over
+//! many keys. Sharing a template alone is not enough: people using the same public prompt or
+//! app do that all day, hours apart; one client driving many keys does it within minutes.
 
 use std::collections::HashMap;
 
-/// Keys a band bucket remembers. A bucket used by more keys is a prompt everyone sends
-/// ("hello") and links nobody.
+/// Keys a band bucket remembers. A bucket used by more keys at once is a prompt everyone
+/// sends ("hello") and links nobody.
 const KEYS_PER_BUCKET: usize = 8;
-/// Buckets remembered before the table is reset: bounds memory; linking restarts from scratch.
+/// Buckets remembered before those not used recently are dropped: bounds memory.
 const MAX_BUCKETS: usize = 1 << 20;
 
 #[derive(Default)]
 pub struct Linker {
-    /// Band bucket → keys (indices) that sent a prompt in it.
-    buckets: HashMap<u64, Vec<u32>>,
+    /// Band bucket → keys (indices) that sent a prompt in it, and when they last did.
+    buckets: HashMap<u64, Vec<(u32, f64)>>,
     /// (smaller, larger) key index → distinct buckets both used.
     shared: HashMap<(u32, u32), u32>,
     parent: Vec<u32>,
@@ -21,33 +23,47 @@ pub struct Linker {
 }
 
 impl Linker {
-    /// Registers key `key`'s band buckets of one request; links it to every key it now shares
-    /// at least `min_shared` buckets with.
-    pub fn observe(&mut self, key: u32, bands: &[u64], min_shared: usize) {
+    /// Registers key `key`'s band buckets of one request at time `at`; returns the keys, not
+    /// yet linked with it, that it has now shared at least `min_shared` buckets with, each
+    /// within `within` seconds. The caller decides whether to [`Linker::link`] them.
+    pub fn observe(&mut self, key: u32, bands: &[u64], at: f64, within: f64, min_shared: usize) -> Vec<u32> {
         self.ensure(key);
         if self.buckets.len() > MAX_BUCKETS {
-            self.buckets.clear();
-            self.shared.clear();
+            self.buckets.retain(|_, keys| keys.iter().any(|(_, seen)| at - seen <= within));
+            if self.shared.len() > MAX_BUCKETS {
+                self.shared.clear();
+            }
         }
+        let mut candidates = Vec::new();
         for band in bands {
             let keys = self.buckets.entry(*band).or_default();
-            if keys.contains(&key) || keys.len() > KEYS_PER_BUCKET {
-                continue;
-            }
-            keys.push(key);
+            // Only keys active in this bucket lately count: the crowd that used a prompt
+            // yesterday neither links anyone today nor crowds today's users out.
+            keys.retain(|(k, seen)| *k == key || at - seen <= within);
             if keys.len() > KEYS_PER_BUCKET {
                 continue;
             }
-            let others: Vec<u32> = keys.iter().copied().filter(|k| *k != key).collect();
+            if let Some(mine) = keys.iter_mut().find(|(k, _)| *k == key) {
+                mine.1 = at;
+                continue;
+            }
+            keys.push((key, at));
+            if keys.len() > KEYS_PER_BUCKET {
+                continue;
+            }
+            let others: Vec<u32> =
+                keys.iter().filter(|(k, seen)| *k != key && at - seen <= within).map(|(k, _)| *k).collect();
             for other in others {
                 let pair = (key.min(other), key.max(other));
                 let n = self.shared.entry(pair).or_insert(0);
                 *n += 1;
-                if *n as usize >= min_shared {
-                    self.union(key, other);
+                if *n as usize >= min_shared && !candidates.contains(&other) {
+                    candidates.push(other);
                 }
             }
         }
+        candidates.retain(|other| self.root(*other) != self.root(key));
+        candidates
     }
 
     fn ensure(&mut self, key: u32) {
@@ -66,7 +82,8 @@ impl Linker {
         key
     }
 
-    fn union(&mut self, a: u32, b: u32) {
+    /// Joins the groups of `a` and `b`.
+    pub fn link(&mut self, a: u32, b: u32) {
         let (ra, rb) = (self.root(a), self.root(b));
         if ra == rb {
             return;
@@ -103,7 +120,7 @@ impl Linker {
         self.parent[key as usize] = key;
         self.shared.retain(|(a, b), _| *a != key && *b != key);
         for keys in self.buckets.values_mut() {
-            keys.retain(|k| *k != key);
+            keys.retain(|(k, _)| *k != key);
         }
     }
 }
@@ -116,14 +133,20 @@ mod tests {
     fn keys_sharing_enough_buckets_are_linked_and_forget_unlinks() {
         let mut l = Linker::default();
         for bucket in 0..5u64 {
-            l.observe(0, &[bucket], 3);
-            l.observe(1, &[bucket], 3);
-            l.observe(2, &[100 + bucket], 3);
+            let at = bucket as f64 * 10.0;
+            l.observe(0, &[bucket], at, 60.0, 3);
+            for other in l.observe(1, &[bucket], at + 1.0, 60.0, 3) {
+                l.link(1, other);
+            }
+            l.observe(2, &[100 + bucket], at, 60.0, 3);
+            // Key 3 uses the same buckets, but hours later.
+            assert!(l.observe(3, &[bucket], at + 7200.0, 60.0, 3).is_empty());
         }
         let mut g = l.group(1);
         g.sort();
         assert_eq!(g, [0, 1]);
         assert_eq!(l.group(2), [2]);
+        assert_eq!(l.group(3), [3]);
         l.forget(1);
         assert_eq!(l.group(0), [0]);
         assert_eq!(l.group(1), [1]);
@@ -134,7 +157,7 @@ mod tests {
         let mut l = Linker::default();
         for key in 0..20 {
             for bucket in 0..10u64 {
-                l.observe(key, &[bucket], 20);
+                assert!(l.observe(key, &[bucket], 0.0, 60.0, 20).is_empty());
             }
         }
         // The first KEYS_PER_BUCKET keys share 10 buckets < 20; later keys are not tracked.
@@ -142,7 +165,9 @@ mod tests {
         let mut l = Linker::default();
         for key in 0..3 {
             for bucket in 0..10u64 {
-                l.observe(key, &[bucket], 10);
+                for other in l.observe(key, &[bucket], 0.0, 60.0, 10) {
+                    l.link(key, other);
+                }
             }
         }
         assert_eq!(l.group(2).len(), 3);

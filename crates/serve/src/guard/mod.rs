@@ -8,18 +8,21 @@
 //! applies it; the guard itself never blocks a request on the database.
 //!
 //! Rules (thresholds in [`GuardConfig`]):
-//! - **sweep**: `sweep_requests` requests in the window read one or two tokens with logprobs or
-//!   use `logit_bias` — reading the distribution, not using answers. Fires at any volume.
+//! - **sweep**: `sweep_requests` requests in the window read one or two tokens with the most
+//!   logprobs the server gives, or send a `logit_bias` map new to the key — reading the
+//!   distribution, not using answers. Fires at any volume.
 //! - **harvest**: the key's (or group's) requests in the last hour exceed what the population
-//!   and the key's own history make normal, *and* the window shows a harvesting pattern: a
-//!   template over broad topics, reasoning elicitation over broad topics, the maximum
-//!   `top_logprobs`, or a distribution of prompts unlike benign traffic (the calibrated test).
+//!   (for a new key) or its own history (for a key older than a day) make normal, *and* the
+//!   window shows a harvesting pattern: a template over broad topics, reasoning elicitation over
+//!   broad topics, very broad coverage by itself, the maximum `top_logprobs`, or a distribution
+//!   of prompts unlike benign traffic (the calibrated test).
 //!
 //! A first firing flags the key, or throttles it when two patterns fire at once (or a sweep is
 //! twice the threshold); a flagged key that keeps firing for `escalate_after` more requests is
 //! throttled, a throttled one revoked, never beyond `max_action`.
 
 pub mod link;
+pub mod replay;
 pub mod text;
 pub mod window;
 
@@ -107,28 +110,43 @@ pub struct GuardConfig {
     pub population_factor: f64,
     pub population_quantile: f64,
     pub min_population: usize,
-    /// …or above `own_factor` × its own mean hourly requests, once it has `own_history_hours`.
+    /// A key older than `own_history_hours` is heavy above `own_factor` × the most it sent in
+    /// one hour of the last week (the last `own_recent_hours` left out) instead.
     pub own_factor: f64,
     pub own_history_hours: f64,
+    pub own_recent_hours: f64,
     /// Share of near-duplicate (same template) requests that counts as templated.
     pub template_share: f64,
     /// Share of requests asking for a chain of thought that counts as reasoning elicitation.
     pub reasoning_share: f64,
-    /// Topic breadth (1 − mean cosine of content words) that counts as broad coverage.
+    /// Topic breadth (1 − mean cosine of content words) that makes a template or reasoning
+    /// elicitation count as harvesting.
     pub breadth: f64,
+    /// Topic breadth that counts as harvesting by itself: every request on something else, as
+    /// when walking a prompt dataset.
+    pub coverage: f64,
     /// Share of requests asking for `logprobs_cap` alternatives that counts as logprob harvesting.
     pub logprobs_at_cap_share: f64,
-    /// Sweep requests (≤ 2 tokens with logprobs, or logit_bias) in the window that fire the
-    /// sweep rule.
+    /// Sweep requests (≤ 2 tokens with top_logprobs at the cap, or a new logit_bias map) in the
+    /// window that fire the sweep rule, when they are also `sweep_share` of the window.
     pub sweep_requests: usize,
+    pub sweep_share: f64,
     /// Further requests a flagged (throttled) key may make while still firing before it is
     /// throttled (revoked).
     pub escalate_after: u64,
     /// Limits of a throttled key (its own, when lower, still apply).
     pub throttle_rpm: u64,
     pub throttle_tpm: u64,
-    /// Distinct near-duplicate buckets two keys must share to be linked into one group.
+    /// Distinct near-duplicate buckets two keys must share, each within `link_within_secs` of
+    /// the other's use, to be linked into one group.
     pub link_shared_buckets: usize,
+    pub link_within_secs: f64,
+    /// …whose requests in the last hour are within this ratio of each other and each at least
+    /// `link_min_hourly`, into groups of at most `link_max_group` keys (a larger spread makes
+    /// several groups, each judged by its volume).
+    pub link_volume_ratio: f64,
+    pub link_min_hourly: f64,
+    pub link_max_group: usize,
     /// The distribution test's benign reference (`distill guard calibrate`); without it the
     /// test is off.
     pub reference: Option<Reference>,
@@ -146,17 +164,24 @@ impl Default for GuardConfig {
             population_factor: 2.0,
             population_quantile: 0.95,
             min_population: 20,
-            own_factor: 4.0,
+            own_factor: 2.0,
             own_history_hours: 24.0,
+            own_recent_hours: 12.0,
             template_share: 0.5,
             reasoning_share: 0.5,
             breadth: 0.9,
+            coverage: 0.99,
             logprobs_at_cap_share: 0.5,
             sweep_requests: 48,
+            sweep_share: 0.5,
             escalate_after: 100,
             throttle_rpm: 6,
             throttle_tpm: 3000,
             link_shared_buckets: 12,
+            link_within_secs: 120.0,
+            link_volume_ratio: 4.0,
+            link_min_hourly: 60.0,
+            link_max_group: 16,
             reference: None,
         }
     }
@@ -179,8 +204,10 @@ impl GuardConfig {
         share("template_share", self.template_share)?;
         share("reasoning_share", self.reasoning_share)?;
         share("breadth", self.breadth)?;
+        share("coverage", self.coverage)?;
         share("logprobs_at_cap_share", self.logprobs_at_cap_share)?;
         share("population_quantile", self.population_quantile)?;
+        share("sweep_share", self.sweep_share)?;
         if self.window < 2 || self.min_requests > self.window {
             return Err(format!(
                 "guard `window` ({}) must be at least 2 and at least `min_requests` ({})",
@@ -264,7 +291,11 @@ impl Guard {
             at,
             text: TextFeatures::of_request(req),
             logprobs: req.logprobs,
-            logit_bias: !req.logit_bias.is_empty(),
+            logit_bias: (!req.logit_bias.is_empty()).then(|| {
+                req.logit_bias.iter().fold(text::mix(0), |h, (id, bias)| {
+                    text::mix(h ^ text::mix(*id as u64 ^ ((bias.to_bits() as u64) << 32)))
+                })
+            }),
             max_tokens: req.max_tokens,
         }
     }
@@ -283,9 +314,25 @@ impl Guard {
         let key = &mut state.keys[idx as usize];
         let templated = key.window.push(obs, self.config.logprobs_cap);
         key.since_eval += 1;
-        let due = key.since_eval >= self.config.eval_every || (obs.is_sweep() && key.level == Level::None);
+        let due = key.since_eval >= self.config.eval_every
+            || (obs.may_sweep(self.config.logprobs_cap) && key.level == Level::None);
         if templated {
-            state.linker.observe(idx, &obs.text.bands, self.config.link_shared_buckets);
+            let c = &self.config;
+            let candidates =
+                state.linker.observe(idx, &obs.text.bands, obs.at, c.link_within_secs, c.link_shared_buckets);
+            // One client spreading over keys drives them alike; a person sharing a popular
+            // template with a busy application does not make them one client.
+            // Keys sending a few requests an hour add nothing worth linking for.
+            let mine = state.keys[idx as usize].window.hour_requests(obs.at) as f64;
+            for other in candidates {
+                let theirs = state.keys[other as usize].window.hour_requests(obs.at) as f64;
+                let alike = mine.max(theirs) <= c.link_volume_ratio * mine.min(theirs);
+                let busy = mine.min(theirs) >= c.link_min_hourly;
+                let size = state.linker.group(idx).len() + state.linker.group(other).len();
+                if alike && busy && size <= c.link_max_group {
+                    state.linker.link(idx, other);
+                }
+            }
         }
         state.since_population += 1;
         if state.since_population >= 256 || state.population_allowed == 0.0 {
@@ -303,11 +350,13 @@ impl Guard {
         let group = state.linker.group(idx);
         let hour_requests: u64 = group.iter().map(|k| state.keys[*k as usize].window.hour_requests(at)).sum();
         let key = &state.keys[idx as usize];
-        let mut allowed = c.hourly_floor.max(state.population_allowed);
-        if let Some(own) = key.window.own_hourly_baseline(at, c.own_history_hours) {
-            // A key with a long quiet history is judged against that history too.
-            allowed = allowed.min(c.hourly_floor.max(c.own_factor * own));
-        }
+        // A key with a history is judged against it (an application that always sent this
+        // much is not harvesting; a quiet key that suddenly sends thousands may be); a new key
+        // against the population.
+        let allowed = match key.window.own_hourly_peak(at, c.own_history_hours, c.own_recent_hours) {
+            Some(peak) => c.hourly_floor.max(c.own_factor * peak as f64),
+            None => c.hourly_floor.max(state.population_allowed),
+        };
         let mut s = key.window.signals();
         s.hour_requests = hour_requests;
         s.group_keys = group.len();
@@ -336,6 +385,12 @@ impl Guard {
                     format!("{:.0}% ask for step-by-step reasoning over broad topics", 100.0 * s.reasoning_share),
                 ));
             }
+            if s.breadth >= c.coverage {
+                patterns.push((
+                    s.breadth / c.coverage,
+                    format!("prompts cover very broad topics (breadth {:.3})", s.breadth),
+                ));
+            }
             if s.logprobs_at_cap_share >= c.logprobs_at_cap_share {
                 patterns.push((
                     s.logprobs_at_cap_share / c.logprobs_at_cap_share,
@@ -347,13 +402,14 @@ impl Guard {
                     .push((d, format!("prompt distribution unlike benign traffic ({d:.2}× the calibrated threshold)")));
             }
         }
-        let sweep_ratio = s.sweeps as f64 / c.sweep_requests as f64;
+        let sweep_share = s.sweeps as f64 / s.window.max(1) as f64;
+        let sweep_ratio = (s.sweeps as f64 / c.sweep_requests as f64).min(sweep_share / c.sweep_share);
         let content = patterns.iter().map(|p| p.0).fold(0.0, f64::max);
         let risk = sweep_ratio.max(s.volume.min(4.0) * content);
         let mut reasons = Vec::new();
         if sweep_ratio >= 1.0 {
             reasons.push(format!(
-                "{} of the last {} requests sweep the distribution (≤ 2 tokens with logprobs, or logit_bias)",
+                "{} of the last {} requests sweep the distribution (≤ 2 tokens with top_logprobs at the cap, or a new logit_bias)",
                 s.sweeps, s.window
             ));
         }

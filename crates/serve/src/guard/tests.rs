@@ -36,7 +36,7 @@ const TOPICS: &[&str] = &[
 ];
 
 fn text_obs(at: f64, text: &str) -> Observation {
-    Observation { at, text: TextFeatures::of_text(text, text), logprobs: None, logit_bias: false, max_tokens: None }
+    Observation { at, text: TextFeatures::of_text(text, text), logprobs: None, logit_bias: None, max_tokens: None }
 }
 
 fn harvest_prompt(i: usize) -> String {

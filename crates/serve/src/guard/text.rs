@@ -211,7 +211,7 @@ pub fn mix(mut x: u64) -> u64 {
 /// One seed per MinHash permutation, fixed so fingerprints compare across restarts.
 const SEEDS: [u64; MINHASH] = {
     let mut seeds = [0u64; MINHASH];
-    let mut state: u64 = 0x5eed_0f_d157_111;
+    let mut state: u64 = 0x0005_eed0_fd15_7111;
     let mut i = 0;
     while i < MINHASH {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -8,6 +8,9 @@ use serde::Serialize;
 
 use super::text::{TextFeatures, BANDS, MINHASH};
 
+/// Clock hours of history a key keeps for its own baseline: a week.
+const HISTORY_HOURS: i64 = 7 * 24;
+
 /// What the guard keeps of one request.
 #[derive(Debug, Clone)]
 pub struct Observation {
@@ -16,21 +19,29 @@ pub struct Observation {
     pub text: TextFeatures,
     /// `top_logprobs` (chat) or `logprobs` (legacy) asked for.
     pub logprobs: Option<usize>,
-    pub logit_bias: bool,
+    /// A hash of the `logit_bias` map, when one was sent.
+    pub logit_bias: Option<u64>,
     pub max_tokens: Option<usize>,
 }
 
 impl Observation {
-    /// One or two tokens with their distribution, or a biased vocabulary: reading the model's
+    /// One or two tokens with as many alternatives as the server gives: reading the model's
     /// distribution rather than using its answers.
-    pub fn is_sweep(&self) -> bool {
-        self.logit_bias || (self.logprobs.is_some() && self.max_tokens.is_some_and(|m| m <= 2))
+    pub fn reads_distribution(&self, logprobs_cap: usize) -> bool {
+        self.logprobs.is_some_and(|k| k >= logprobs_cap) && self.max_tokens.is_some_and(|m| m <= 2)
+    }
+
+    /// Might make a sweep: [`Observation::reads_distribution`], or any logit_bias (a sweep when
+    /// the map is new to the key; a fixed map, such as banning a word, is not).
+    pub fn may_sweep(&self, logprobs_cap: usize) -> bool {
+        self.logit_bias.is_some() || self.reads_distribution(logprobs_cap)
     }
 }
 
 struct Entry {
     minhash: [u64; MINHASH],
     bands: [u64; BANDS],
+    logit_bias: Option<u64>,
     content: Vec<u64>,
     templated: bool,
     chain_of_thought: bool,
@@ -61,7 +72,8 @@ pub struct Signals {
     pub reasoning_share: f64,
     /// Share asking for as many alternatives per token as the server gives.
     pub logprobs_at_cap_share: f64,
-    /// Requests in the window that sweep the distribution (≤ 2 tokens with logprobs, or logit_bias).
+    /// Requests in the window that sweep the distribution: ≤ 2 tokens with the most logprobs the
+    /// server gives, or a logit_bias map the key had not sent before.
     pub sweeps: usize,
     /// The distribution test's statistic over its calibrated threshold (> 1: unlike benign
     /// traffic); `None` when uncalibrated or the window is short.
@@ -73,12 +85,15 @@ pub struct KeyWindow {
     capacity: usize,
     entries: VecDeque<Entry>,
     band_counts: HashMap<u64, u32>,
+    bias_counts: HashMap<u64, u32>,
     templated: usize,
     reasoning: usize,
     at_cap: usize,
     sweeps: usize,
     /// (minute, requests) for the last hour.
     minutes: VecDeque<(i64, u64)>,
+    /// (clock hour, requests) for the last week: the key's own history.
+    hours: VecDeque<(i64, u64)>,
     pub first_seen: f64,
     pub total: u64,
 }
@@ -89,11 +104,13 @@ impl KeyWindow {
             capacity: capacity.max(2),
             entries: VecDeque::new(),
             band_counts: HashMap::new(),
+            bias_counts: HashMap::new(),
             templated: 0,
             reasoning: 0,
             at_cap: 0,
             sweeps: 0,
             minutes: VecDeque::new(),
+            hours: VecDeque::new(),
             first_seen: f64::NAN,
             total: 0,
         }
@@ -119,6 +136,14 @@ impl KeyWindow {
             _ => self.minutes.push_back((minute, 1)),
         }
         self.expire_minutes(minute);
+        let hour = minute.div_euclid(60);
+        match self.hours.back_mut() {
+            Some((h, n)) if *h == hour => *n += 1,
+            _ => self.hours.push_back((hour, 1)),
+        }
+        while self.hours.front().is_some_and(|(h, _)| hour - h >= HISTORY_HOURS) {
+            self.hours.pop_front();
+        }
 
         let templated = obs.text.bands.iter().any(|b| self.band_counts.contains_key(b));
         let novelty = self
@@ -137,23 +162,26 @@ impl KeyWindow {
             templated,
             chain_of_thought: obs.text.chain_of_thought,
             logprobs_at_cap: obs.logprobs.is_some_and(|k| k >= logprobs_cap),
-            sweep: obs.is_sweep(),
+            sweep: obs.reads_distribution(logprobs_cap)
+                || obs.logit_bias.is_some_and(|b| !self.bias_counts.contains_key(&b)),
+            logit_bias: obs.logit_bias,
             novelty,
         };
         for b in entry.bands {
             *self.band_counts.entry(b).or_insert(0) += 1;
+        }
+        if let Some(b) = entry.logit_bias {
+            *self.bias_counts.entry(b).or_insert(0) += 1;
         }
         self.count(&entry, 1);
         self.entries.push_back(entry);
         if self.entries.len() > self.capacity {
             if let Some(old) = self.entries.pop_front() {
                 for b in old.bands {
-                    if let Some(c) = self.band_counts.get_mut(&b) {
-                        *c -= 1;
-                        if *c == 0 {
-                            self.band_counts.remove(&b);
-                        }
-                    }
+                    release(&mut self.band_counts, b);
+                }
+                if let Some(b) = old.logit_bias {
+                    release(&mut self.bias_counts, b);
                 }
                 self.count(&old, -1);
             }
@@ -185,15 +213,16 @@ impl KeyWindow {
         self.minutes.iter().filter(|(m, _)| now_minute - m < 60).map(|(_, n)| n).sum()
     }
 
-    /// The key's own mean requests per hour before the last hour, once it has `min_hours` of
-    /// history; `None` before.
-    pub fn own_hourly_baseline(&self, at: f64, min_hours: f64) -> Option<f64> {
-        let hours = (at - self.first_seen) / 3600.0;
-        if !(hours >= min_hours) {
+    /// The most requests the key sent in one clock hour of the last week, leaving out the
+    /// last `recent_hours` (so a key cannot make its own baseline by harvesting); `None` until
+    /// the key is `history_hours` old.
+    pub fn own_hourly_peak(&self, at: f64, history_hours: f64, recent_hours: f64) -> Option<u64> {
+        let age_hours = (at - self.first_seen) / 3600.0;
+        if age_hours.is_nan() || age_hours < history_hours {
             return None;
         }
-        let before = self.total.saturating_sub(self.hour_requests(at)) as f64;
-        Some(before / (hours - 1.0).max(1.0))
+        let before = (at / 3600.0 - recent_hours).floor() as i64;
+        Some(self.hours.iter().filter(|(h, _)| *h < before).map(|(_, n)| *n).max().unwrap_or(0))
     }
 
     /// The content signals of the window (volume is filled in by the caller, who knows the group).
@@ -252,6 +281,15 @@ impl KeyWindow {
     }
 }
 
+fn release(counts: &mut HashMap<u64, u32>, key: u64) {
+    if let Some(c) = counts.get_mut(&key) {
+        *c -= 1;
+        if *c == 0 {
+            counts.remove(&key);
+        }
+    }
+}
+
 /// The benign distribution of [`KeyWindow::novelties`], as quantiles, and the test threshold:
 /// a PRADA-style test (Juuti et al., 2019) that asks whether the distances between a key's
 /// successive requests look like those of benign users. A templated harvester's are all small,
@@ -304,7 +342,7 @@ mod tests {
     use super::*;
 
     fn obs(at: f64, text: &str) -> Observation {
-        Observation { at, text: TextFeatures::of_text(text, text), logprobs: None, logit_bias: false, max_tokens: None }
+        Observation { at, text: TextFeatures::of_text(text, text), logprobs: None, logit_bias: None, max_tokens: None }
     }
 
     #[test]
@@ -335,6 +373,9 @@ mod tests {
         assert_eq!(w.hour_requests(5400.0), 6);
         assert_eq!(w.hour_requests(8700.0), 1);
         assert_eq!(w.total, 10);
+        assert_eq!(w.own_hourly_peak(5400.0, 24.0, 12.0), None, "too young for a baseline");
+        // A day later, the first hour (6 requests in minutes 0-50) is its history.
+        assert_eq!(w.own_hourly_peak(5400.0 + 86400.0, 24.0, 12.0), Some(6));
     }
 
     #[test]
@@ -346,9 +387,17 @@ mod tests {
         w.push(&o, 20);
         o.max_tokens = Some(100);
         w.push(&o, 20);
+        o.logprobs = Some(5);
+        o.max_tokens = Some(1);
+        w.push(&o, 20); // a classifier reading five alternatives does not sweep
+        o.logit_bias = Some(7);
+        w.push(&o, 20);
+        w.push(&o, 20); // the same map again: banning a word, not a sweep
+        o.logit_bias = Some(8);
+        w.push(&o, 20);
         let s = w.signals();
-        assert_eq!(s.sweeps, 1);
-        assert_eq!(s.logprobs_at_cap_share, 1.0);
+        assert_eq!(s.sweeps, 3);
+        assert_eq!(s.logprobs_at_cap_share, 2.0 / 6.0);
     }
 
     #[test]
