@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use distill_serve::guard::{Decision, Level, Signals};
 use distill_serve::{Db, StoredCompletion};
 
 async fn exercise(db: &Db) {
@@ -45,6 +46,47 @@ async fn exercise(db: &Db) {
     assert!(db.find_key(&secret).await.unwrap().is_none(), "a revoked key no longer authenticates");
     assert!(!db.revoke_key("alice").await.unwrap(), "nothing left to revoke");
     assert_eq!(db.integrity_check().await.unwrap(), "ok");
+    exercise_guard(db).await;
+}
+
+/// The extraction guard's state and audit: decisions, a revocation, the report and a clear.
+async fn exercise_guard(db: &Db) {
+    let (key, secret) = db.create_key("harvester", false, None, None).await.unwrap();
+    let decision = |level, previous, at| Decision {
+        key_id: key.id.clone(),
+        previous,
+        level,
+        risk: 2.5,
+        reasons: vec!["1800 requests in the last hour by the key".into(), "98% templated ✓".into()],
+        signals: Signals { window: 200, template_share: 0.98, breadth: 0.95, ..Signals::default() },
+        linked: vec!["key_other".into()],
+        requests: 640,
+        at,
+    };
+    db.record_guard_decision(&decision(Level::Flag, Level::None, 1_795_910_400.25)).await.unwrap();
+    assert_eq!(db.find_key(&secret).await.unwrap().unwrap().guard, Level::Flag);
+    db.record_guard_decision(&decision(Level::Revoke, Level::Flag, 1_795_910_400.5)).await.unwrap();
+    assert!(db.find_key(&secret).await.unwrap().is_none(), "the guard's revocation is applied");
+
+    let report = db.guard_report().await.unwrap();
+    let row = report.iter().find(|r| r.key_id == key.id).unwrap();
+    assert_eq!((row.level, row.risk, row.revoked, row.name.as_str()), (Level::Revoke, 2.5, true, "harvester"));
+    assert_eq!(row.reasons[1], "98% templated ✓");
+    assert_eq!(row.signals["signals"]["template_share"], 0.98);
+    assert_eq!(row.signals["linked"][0], "key_other");
+
+    assert_eq!(db.clear_guard("harvester", "a partner's crawler").await.unwrap(), Some(key.id.clone()));
+    let live = db.find_key(&secret).await.unwrap().expect("a clear brings back a key the guard revoked");
+    assert_eq!(live.guard, Level::None);
+    assert!(live.guard_cleared.is_some());
+    assert_eq!(db.clear_guard("nobody", "").await.unwrap(), None);
+
+    let audit = db.guard_audit(Some("harvester"), 0).await.unwrap();
+    let actions: Vec<(&str, &str)> = audit.iter().map(|a| (a.action.as_str(), a.actor.as_str())).collect();
+    assert_eq!(actions, [("flag", "guard"), ("revoke", "guard"), ("clear", "admin")]);
+    assert_eq!(audit[0].signals["requests"], 640);
+    assert!(audit[2].reasons[0].contains("a partner's crawler"));
+    assert!(db.guard_audit(Some(&key.id), i64::MAX).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -56,7 +98,7 @@ async fn sqlite_keeps_keys_usage_and_captures() {
     db.close().await;
     // Reopening keeps everything (and the schema is created only once).
     let db = Db::open(path.to_str().unwrap()).await.unwrap();
-    assert_eq!(db.list_keys().await.unwrap().len(), 1);
+    assert_eq!(db.list_keys().await.unwrap().len(), 2);
 }
 
 #[tokio::test]

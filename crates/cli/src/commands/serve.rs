@@ -94,6 +94,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 args.db
             );
         }
+        let guard = &options.guard;
+        if guard.enabled() {
+            eprintln!(
+                "extraction guard: up to {} ({}); `distill guard report` lists what it did",
+                guard.max_action.as_str(),
+                if guard.reference.is_some() { "distribution test calibrated" } else { "distribution test off: see `distill guard calibrate`" }
+            );
+        } else {
+            eprintln!("extraction guard: off");
+        }
         let state = AppState::new(model, db, options);
         distill_serve::serve(state.clone(), SocketAddr::new(args.host, args.port), |addr| {
             eprintln!("serving `{name}` on http://{addr} (database {})", args.db);

@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{now, random_id, Db};
+
 use crate::error::{Error, Result};
 use crate::guard::{Decision, Level};
 
@@ -43,7 +44,8 @@ impl Db {
     pub async fn record_guard_decision(&self, d: &Decision) -> Result<()> {
         let reasons = json(&d.reasons)?;
         let signals = json(&serde_json::json!({"signals": d.signals, "linked": d.linked, "requests": d.requests}))?;
-        let at = now();
+        // When the guard decided: decisions are written behind the responses, possibly out of order.
+        let at = d.at as i64;
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
         sqlx::query(
             "INSERT INTO guard_state (key_id, level, risk, reasons, signals, updated, cleared) \
@@ -59,7 +61,7 @@ impl Db {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.error(e))?;
-        insert_audit(&mut tx, &d.key_id, at, d.level.as_str(), "guard", d.risk, &reasons, &signals)
+        insert_audit(&mut tx, &d.key_id, d.at, d.level.as_str(), "guard", d.risk, &reasons, &signals)
             .await
             .map_err(|e| self.error(e))?;
         if d.level == Level::Revoke {
@@ -103,7 +105,9 @@ impl Db {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.error(e))?;
-        insert_audit(&mut tx, &id, at, "clear", "admin", 0.0, &reasons, "{}").await.map_err(|e| self.error(e))?;
+        let precise =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        insert_audit(&mut tx, &id, precise, "clear", "admin", 0.0, &reasons, "{}").await.map_err(|e| self.error(e))?;
         if previous == Level::Revoke {
             sqlx::query("UPDATE api_keys SET revoked = NULL WHERE id = $1")
                 .bind(&id)
@@ -177,7 +181,7 @@ impl Db {
 async fn insert_audit(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     key_id: &str,
-    at: i64,
+    at: f64,
     action: &str,
     actor: &str,
     risk: f64,
@@ -188,9 +192,10 @@ async fn insert_audit(
         "INSERT INTO guard_audit (id, key_id, created, action, actor, risk, reasons, signals) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(random_id("gda_"))
+    // Ids sort by time (microseconds), so the audit reads in the order things happened.
+    .bind(format!("gda_{:020}_{}", (at * 1e6) as u64, &random_id("")[..8]))
     .bind(key_id)
-    .bind(at)
+    .bind(at as i64)
     .bind(action)
     .bind(actor)
     .bind(risk)

@@ -234,6 +234,8 @@ pub struct Decision {
     pub linked: Vec<String>,
     /// The key's requests observed so far, this one included.
     pub requests: u64,
+    /// When the request that led to it arrived (unix seconds).
+    pub at: f64,
 }
 
 /// A key as the guard sees it now, for `/v1/admin/guard`.
@@ -256,6 +258,8 @@ struct KeyState {
     since_eval: usize,
     /// The last admin clear seen (unix seconds), to notice clears made by another process.
     cleared: i64,
+    /// Requests per hour an admin has accepted as normal for this key (by clearing it).
+    allowance: f64,
     risk: f64,
     reasons: Vec<String>,
     signals: Signals,
@@ -356,7 +360,8 @@ impl Guard {
         let allowed = match key.window.own_hourly_peak(at, c.own_history_hours, c.own_recent_hours) {
             Some(peak) => c.hourly_floor.max(c.own_factor * peak as f64),
             None => c.hourly_floor.max(state.population_allowed),
-        };
+        }
+        .max(key.allowance);
         let mut s = key.window.signals();
         s.hour_requests = hour_requests;
         s.group_keys = group.len();
@@ -458,6 +463,7 @@ impl Guard {
             signals: s,
             linked,
             requests: key.window.total,
+            at,
         })
     }
 
@@ -487,7 +493,7 @@ impl Guard {
             }
             Some(idx) => {
                 if cleared.is_some_and(|c| c > state.keys[idx as usize].cleared) {
-                    state.reset(idx, self.config.window, cleared.unwrap_or(0));
+                    state.reset(idx, self.config.own_factor, cleared.unwrap_or(0));
                 }
                 let key = &mut state.keys[idx as usize];
                 if stored > key.level {
@@ -504,7 +510,7 @@ impl Guard {
     pub fn clear(&self, key_id: &str, at: i64) {
         let mut state = self.lock();
         if let Some(idx) = state.ids.get(key_id).copied() {
-            state.reset(idx, self.config.window, at);
+            state.reset(idx, self.config.own_factor, at);
         }
     }
 
@@ -551,6 +557,7 @@ impl State {
             level_at: 0,
             since_eval: 0,
             cleared: 0,
+            allowance: 0.0,
             risk: 0.0,
             reasons: Vec::new(),
             signals: Signals::default(),
@@ -558,11 +565,16 @@ impl State {
         i
     }
 
-    fn reset(&mut self, idx: u32, window: usize, cleared: i64) {
+    /// An admin cleared the key: its requests so far are forgotten and the volume it was
+    /// sending becomes normal for it (`own_factor` × its last hour), so an application that
+    /// was flagged for its volume is not flagged again for the same volume. Its volume history
+    /// is kept.
+    fn reset(&mut self, idx: u32, own_factor: f64, cleared: i64) {
         let key = &mut self.keys[idx as usize];
-        key.window = KeyWindow::new(window);
+        key.allowance = key.allowance.max(own_factor * key.window.hour_requests(cleared as f64) as f64);
+        key.window.forget_requests();
         key.level = Level::None;
-        key.level_at = 0;
+        key.level_at = key.window.total;
         key.since_eval = 0;
         key.cleared = cleared;
         key.risk = 0.0;

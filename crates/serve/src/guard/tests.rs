@@ -173,12 +173,17 @@ fn a_clear_from_the_database_resets_the_key_and_a_stored_level_is_adopted() {
     run(&guard, "h", 0.0, 1.0, 600, |i| text_obs(0.0, &harvest_prompt(i)));
     assert_eq!(guard.level("h"), Level::Throttle);
     assert_eq!(guard.sync("h", Level::Throttle, None), Level::Throttle);
-    // An admin cleared it in the database at t=100.
-    assert_eq!(guard.sync("h", Level::None, Some(100)), Level::None);
-    assert_eq!(guard.report()[0].requests, 0);
+    // An admin cleared it in the database at t=600.
+    assert_eq!(guard.sync("h", Level::None, Some(600)), Level::None);
+    assert_eq!(guard.report()[0].signals, Signals::default());
+    // The volume it was sending (600 an hour) is now normal for it: the same traffic again
+    // is not flagged, twice as much (1,200 an hour plus the 600) is.
+    assert!(run(&guard, "h", 600.0, 6.0, 600, |i| text_obs(0.0, &harvest_prompt(i))).is_empty());
+    let again = run(&guard, "h", 4200.0, 1.0, 1200, |i| text_obs(0.0, &harvest_prompt(i)));
+    assert_eq!(again.first().map(|d| d.1.level), Some(Level::Flag));
     // A level stored by another server is adopted by a fresh one.
     let fresh = Guard::new(GuardConfig::default());
-    assert_eq!(fresh.sync("h", Level::Throttle, Some(100)), Level::Throttle);
+    assert_eq!(fresh.sync("h", Level::Throttle, Some(600)), Level::Throttle);
     assert_eq!(fresh.limits(Level::Throttle, Some(600), None), (Some(6), Some(3000)));
     assert_eq!(fresh.limits(Level::Flag, Some(600), None), (Some(600), None));
 }

@@ -207,6 +207,15 @@ impl KeyWindow {
         }
     }
 
+    /// Forgets the requests in the window (what the signals are read from), keeping the
+    /// volume history.
+    pub fn forget_requests(&mut self) {
+        self.entries.clear();
+        self.band_counts.clear();
+        self.bias_counts.clear();
+        (self.templated, self.reasoning, self.at_cap, self.sweeps) = (0, 0, 0, 0);
+    }
+
     /// Requests in the hour up to `at`.
     pub fn hour_requests(&self, at: f64) -> u64 {
         let now_minute = (at / 60.0).floor() as i64;
