@@ -209,7 +209,8 @@ struct ReplayOutputs {
 }
 
 fn replay_traffic(path: &Path, config: GuardConfig, outputs: &ReplayOutputs) -> Result<()> {
-    let requests = read_traffic(path)?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let guard = Guard::new(config);
     let mut out = match &outputs.decisions {
         Some(p) => Some(std::io::BufWriter::new(
@@ -219,13 +220,18 @@ fn replay_traffic(path: &Path, config: GuardConfig, outputs: &ReplayOutputs) -> 
     };
     let mut summaries: std::collections::BTreeMap<String, KeySummary> = Default::default();
     let mut made = Vec::new();
-    let mut micros = Vec::with_capacity(requests.len());
-    let bar = progress(requests.len() as u64, "replaying");
-    for (line, (key, obs)) in requests.iter().enumerate() {
+    let mut micros = Vec::with_capacity(lines.len());
+    let bar = progress(lines.len() as u64, "replaying");
+    for (line, raw) in lines.iter().enumerate() {
+        let (key, at, req) = replay::parse_request_line(raw)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{} line {}", path.display(), line + 1))?;
+        // Timed as the server pays it: the request's fingerprint and the guard's bookkeeping
+        // (parsing is the server's anyway).
         let start = Instant::now();
-        let decision = guard.observe(key, obs);
+        let decision = guard.observe(&key, &Guard::observation(&req, at));
         micros.push(start.elapsed().as_secs_f64() * 1e6);
-        let summary = summaries.entry(key.clone()).or_default();
+        let summary = summaries.entry(key).or_default();
         summary.requests += 1;
         if let Some(d) = decision {
             summary.first.get_or_insert((summary.requests, d.level));
@@ -234,7 +240,7 @@ fn replay_traffic(path: &Path, config: GuardConfig, outputs: &ReplayOutputs) -> 
             if let Some(out) = out.as_mut() {
                 let mut value = serde_json::to_value(&d)?;
                 value["line"] = (line + 1).into();
-                value["t"] = obs.at.into();
+                value["t"] = at.into();
                 writeln!(out, "{value}")?;
             }
             made.push(d);
@@ -280,7 +286,7 @@ fn replay_traffic(path: &Path, config: GuardConfig, outputs: &ReplayOutputs) -> 
     eprintln!(
         "{} requests from {} keys; the guard acted on {acted} keys ({} decisions). Guard time per request: \
          p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
-        requests.len(),
+        lines.len(),
         summaries.len(),
         made.len(),
         pct(0.5),

@@ -62,8 +62,8 @@ pub struct ServeArgs {
     #[arg(long)]
     guard_config: Option<std::path::PathBuf>,
 
-    /// The strongest action the extraction guard takes by itself: flag (record only), throttle
-    /// (lower the key's limits), revoke, or off. Default: the config's, else throttle.
+    /// The strongest action the extraction guard takes by itself: flag (record only, the
+    /// default), throttle (lower the key's limits), revoke, or off. Overrides the config's.
     #[arg(long)]
     guard: Option<Level>,
 }

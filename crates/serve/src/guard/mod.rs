@@ -88,7 +88,10 @@ impl std::str::FromStr for Level {
 }
 
 /// The guard's settings: the TOML file given to `distill serve --guard-config`, every field
-/// optional. The defaults come from the replay benchmark (`bench/guard_replay.sh`).
+/// optional. The defaults come from the replay benchmark (`bench/guard_replay.sh`). The guard
+/// only flags by default: in that benchmark most applications new to the server that send
+/// broad prompts at a harvester's volume were flagged on their first day, and an operator
+/// should choose to have such keys throttled or revoked without a look.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GuardConfig {
@@ -155,7 +158,7 @@ pub struct GuardConfig {
 impl Default for GuardConfig {
     fn default() -> Self {
         Self {
-            max_action: Level::Throttle,
+            max_action: Level::Flag,
             window: 200,
             min_requests: 50,
             eval_every: 8,

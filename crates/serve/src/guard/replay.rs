@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::window::{KeyWindow, Observation, Reference};
 use super::{Guard, GuardConfig};
-use crate::wire::{self, Endpoint};
+use crate::wire::{self, Endpoint, GenerationRequest};
 
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -21,9 +21,9 @@ struct Line<'a> {
     body: &'a RawValue,
 }
 
-/// Parses one line of a traffic file into the key and the guard's view of the request; the
-/// error says what is wrong with the line.
-pub fn parse_line(line: &str) -> Result<(String, Observation), String> {
+/// Parses one line of a traffic file into the key, the arrival time and the request as the
+/// server would have validated it; the error says what is wrong with the line.
+pub fn parse_request_line(line: &str) -> Result<(String, f64, GenerationRequest), String> {
     let parsed: Line = serde_json::from_str(line)
         .map_err(|e| format!("expected {{\"t\": seconds, \"key\": \"...\", \"body\": {{...}}}}: {e}"))?;
     let endpoint = match parsed.endpoint.as_deref() {
@@ -33,7 +33,13 @@ pub fn parse_line(line: &str) -> Result<(String, Observation), String> {
     };
     let req = wire::parse_request(endpoint, parsed.body.get().as_bytes())
         .map_err(|e| format!("the body is not a valid request: {}", e.message))?;
-    Ok((parsed.key, Guard::observation(&req, parsed.t)))
+    Ok((parsed.key, parsed.t, req))
+}
+
+/// [`parse_request_line`], then the guard's view of the request.
+pub fn parse_line(line: &str) -> Result<(String, Observation), String> {
+    let (key, at, req) = parse_request_line(line)?;
+    Ok((key, Guard::observation(&req, at)))
 }
 
 /// Builds the distribution test's reference from traffic judged benign: the quantiles of the

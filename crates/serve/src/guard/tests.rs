@@ -35,6 +35,10 @@ const TOPICS: &[&str] = &[
     "compilers",
 ];
 
+fn throttling() -> GuardConfig {
+    GuardConfig { max_action: Level::Throttle, ..GuardConfig::default() }
+}
+
 fn text_obs(at: f64, text: &str) -> Observation {
     Observation { at, text: TextFeatures::of_text(text, text), logprobs: None, logit_bias: None, max_tokens: None }
 }
@@ -81,7 +85,7 @@ fn run(
 
 #[test]
 fn a_fast_templated_harvester_is_flagged_then_throttled_and_a_focused_heavy_user_is_not() {
-    let guard = Guard::new(GuardConfig::default());
+    let guard = Guard::new(throttling());
     // One request every 2 s: 1,800 an hour, beyond the 300 floor once 300 are in the hour.
     let decisions = run(&guard, "harvester", 0.0, 2.0, 1500, |i| text_obs(0.0, &harvest_prompt(i)));
     let (at, first) = decisions.first().expect("the harvester is never flagged");
@@ -91,7 +95,7 @@ fn a_fast_templated_harvester_is_flagged_then_throttled_and_a_focused_heavy_user
     assert!(first.signals.volume >= 1.0);
     let throttle = decisions.iter().find(|(_, d)| d.level == Level::Throttle).expect("never throttled");
     assert!(throttle.0 - at <= 100 + 8, "{} vs {at}", throttle.0);
-    // The default stops at throttling.
+    // Throttling is as far as this config goes.
     assert!(decisions.iter().all(|(_, d)| d.level <= Level::Throttle));
     assert_eq!(guard.level("harvester"), Level::Throttle);
 
@@ -113,7 +117,7 @@ fn a_slow_harvester_stays_under_the_volume_bar() {
 
 #[test]
 fn a_logprob_sweep_is_flagged_at_the_sweep_threshold_whatever_its_volume() {
-    let guard = Guard::new(GuardConfig::default());
+    let guard = Guard::new(throttling());
     let decisions = run(&guard, "sweeper", 0.0, 30.0, 200, |i| {
         let mut o = text_obs(0.0, &format!("{} is best described as", TOPICS[i % TOPICS.len()]));
         o.logprobs = Some(20);
@@ -149,8 +153,8 @@ fn an_attacker_spread_over_keys_is_linked_and_judged_by_the_group_volume() {
 
 #[test]
 fn max_action_caps_the_response_and_off_observes_nothing() {
-    let config = GuardConfig { max_action: Level::Flag, ..GuardConfig::default() };
-    let guard = Guard::new(config);
+    // The default only flags.
+    let guard = Guard::new(GuardConfig::default());
     let decisions = run(&guard, "h", 0.0, 1.0, 1000, |i| text_obs(0.0, &harvest_prompt(i)));
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0].1.level, Level::Flag);
@@ -169,7 +173,7 @@ fn revoke_needs_escalation_through_throttle_when_allowed() {
 
 #[test]
 fn a_clear_from_the_database_resets_the_key_and_a_stored_level_is_adopted() {
-    let guard = Guard::new(GuardConfig::default());
+    let guard = Guard::new(throttling());
     run(&guard, "h", 0.0, 1.0, 600, |i| text_obs(0.0, &harvest_prompt(i)));
     assert_eq!(guard.level("h"), Level::Throttle);
     assert_eq!(guard.sync("h", Level::Throttle, None), Level::Throttle);
@@ -182,7 +186,7 @@ fn a_clear_from_the_database_resets_the_key_and_a_stored_level_is_adopted() {
     let again = run(&guard, "h", 4200.0, 1.0, 1200, |i| text_obs(0.0, &harvest_prompt(i)));
     assert_eq!(again.first().map(|d| d.1.level), Some(Level::Flag));
     // A level stored by another server is adopted by a fresh one.
-    let fresh = Guard::new(GuardConfig::default());
+    let fresh = Guard::new(throttling());
     assert_eq!(fresh.sync("h", Level::Throttle, Some(600)), Level::Throttle);
     assert_eq!(fresh.limits(Level::Throttle, Some(600), None), (Some(6), Some(3000)));
     assert_eq!(fresh.limits(Level::Flag, Some(600), None), (Some(600), None));

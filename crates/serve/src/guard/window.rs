@@ -250,36 +250,39 @@ impl KeyWindow {
 
     /// 1 − mean pairwise cosine similarity of the requests' content words, after dropping words
     /// in more than a fifth of the window (a template's fixed words), computed in one pass from
-    /// the sum of the normalised word vectors.
+    /// the sum of the normalised word vectors. Sorted vectors rather than hash maps: this runs
+    /// on the request path every few requests.
     fn breadth(&self) -> f64 {
         let n = self.entries.len();
         if n < 2 {
             return 0.0;
         }
-        let mut df: HashMap<u64, u32> = HashMap::new();
-        for e in &self.entries {
-            for w in &e.content {
-                *df.entry(*w).or_insert(0) += 1;
-            }
-        }
-        let common = (n as f64 * 0.2).max(3.0) as u32;
-        let mut sum: HashMap<u64, f64> = HashMap::new();
+        // Content words are distinct within a request, so a word's run length is its
+        // document frequency.
+        let mut all: Vec<u64> = self.entries.iter().flat_map(|e| e.content.iter().copied()).collect();
+        all.sort_unstable();
+        let common_df = (n as f64 * 0.2).max(3.0) as usize;
+        let common: Vec<u64> =
+            all.chunk_by(|a, b| a == b).filter(|run| run.len() > common_df).map(|run| run[0]).collect();
+        let mut weighted: Vec<(u64, f64)> = Vec::with_capacity(all.len());
         let mut docs = 0usize;
         for e in &self.entries {
-            let kept: Vec<u64> = e.content.iter().copied().filter(|w| df[w] <= common).collect();
-            if kept.is_empty() {
+            let start = weighted.len();
+            weighted.extend(e.content.iter().filter(|w| common.binary_search(w).is_err()).map(|w| (*w, 0.0)));
+            let kept = weighted.len() - start;
+            if kept == 0 {
                 continue;
             }
             docs += 1;
-            let weight = 1.0 / (kept.len() as f64).sqrt();
-            for w in kept {
-                *sum.entry(w).or_insert(0.0) += weight;
-            }
+            let weight = 1.0 / (kept as f64).sqrt();
+            weighted[start..].iter_mut().for_each(|p| p.1 = weight);
         }
         if docs < 2 {
             return 0.0;
         }
-        let norm2: f64 = sum.values().map(|v| v * v).sum();
+        weighted.sort_unstable_by_key(|p| p.0);
+        let norm2: f64 =
+            weighted.chunk_by(|a, b| a.0 == b.0).map(|run| run.iter().map(|p| p.1).sum::<f64>().powi(2)).sum();
         let mean_cos = (norm2 - docs as f64) / (docs as f64 * (docs as f64 - 1.0));
         (1.0 - mean_cos).clamp(0.0, 1.0)
     }
