@@ -62,9 +62,20 @@ fn a_logprob_sweep_is_flagged_throttled_audited_and_cleared_while_ordinary_traff
     let server = Server::start(&model, &db, &["--guard-config", &config(dir.path(), "throttle", 2)]);
 
     for i in 0..12 {
-        let (status, body, _) = server.post("/v1/chat/completions", &person, &ordinary(i));
+        let mut request: Value = serde_json::from_str(&ordinary(i)).unwrap();
+        request["store"] = json!(true);
+        let (status, body, _) = server.post("/v1/chat/completions", &person, &request.to_string());
         assert_eq!(status, 200, "{body}");
     }
+    // Captured traffic replays through the guard as it was served: nothing to act on.
+    let traffic = dir.path().join("traffic.jsonl");
+    let db_arg = db.to_str().unwrap();
+    let out = distill(&["capture", "export", "--db", db_arg, "--format", "traffic", "-o", traffic.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&traffic).unwrap().lines().count(), 12);
+    let out = distill(&["guard", "replay", traffic.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("12 requests from 1 keys; the guard acted on 0 keys"), "{}", text(&out.stderr));
     // Flagged at 6 sweeps (still served), throttled to 2 requests a minute at 12.
     let mut refused = None;
     for i in 0..20 {

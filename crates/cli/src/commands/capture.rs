@@ -26,7 +26,9 @@ enum CaptureCommand {
     #[command(after_help = "Examples:
   distill capture export --metadata team=support --since 7d -o support-traffic.jsonl
   distill generate --dataset data/traffic --prompts-file support-traffic.jsonl --chat   # teacher scores them
-  distill capture export --format raw -o stored.jsonl      # request and response bodies as stored")]
+  distill capture export --format raw -o stored.jsonl      # request and response bodies as stored
+  distill capture export --format traffic --since 30d -o traffic.jsonl
+  distill guard calibrate traffic.jsonl --out guard.toml   # traffic you trust as the guard's benign reference")]
     Export(ExportArgs),
 }
 
@@ -74,11 +76,14 @@ enum Format {
     /// One line per stored request: id, created, model, metadata, and the request and response
     /// bodies exactly as received and sent (as JSON strings).
     Raw,
+    /// One line per stored request in the traffic-file format of `distill guard replay` and
+    /// `distill guard calibrate`: `{"t", "key", "endpoint", "body"}`.
+    Traffic,
 }
 
 pub fn run(args: CaptureArgs) -> Result<()> {
     let CaptureCommand::Export(args) = args.command;
-    if args.dataset.is_some() && (args.output.as_os_str() == "-" || matches!(args.format, Format::Raw)) {
+    if args.dataset.is_some() && (args.output.as_os_str() == "-" || !matches!(args.format, Format::Prompts)) {
         bail!("--dataset reads the exported prompts back: give a file with -o and the default --format prompts");
     }
     let since = args.since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
@@ -140,6 +145,12 @@ fn export_lines(row: &StoredCompletion, format: Format) -> Result<Vec<String>> {
             "id": row.id, "created": row.created, "model": row.model, "endpoint": row.endpoint,
             "metadata": row.metadata, "request": row.request, "response": row.response,
         });
+        return Ok(vec![line.to_string()]);
+    }
+    if let Format::Traffic = format {
+        let body: Value =
+            serde_json::from_str(&row.request).with_context(|| format!("stored request of {}", row.id))?;
+        let line = json!({"t": row.created, "key": row.key_id, "endpoint": row.endpoint, "body": body});
         return Ok(vec![line.to_string()]);
     }
     let endpoint = if row.endpoint == Endpoint::Chat.as_str() { Endpoint::Chat } else { Endpoint::Completions };
