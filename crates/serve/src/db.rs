@@ -12,7 +12,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use crate::error::{Error, Result};
-use crate::guard::Level;
+use crate::guard::{Level, Standing};
 
 mod guard;
 pub use guard::{AuditEntry, GuardRow};
@@ -28,7 +28,8 @@ const SCHEMA: &[&str] = &[
      response TEXT NOT NULL, logprobs TEXT NOT NULL, prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS completions_by_time ON completions (created)",
     "CREATE TABLE IF NOT EXISTS guard_state (key_id TEXT PRIMARY KEY, level BIGINT NOT NULL, \
-     risk DOUBLE PRECISION NOT NULL, reasons TEXT NOT NULL, signals TEXT NOT NULL, updated BIGINT NOT NULL, cleared BIGINT)",
+     risk DOUBLE PRECISION NOT NULL, reasons TEXT NOT NULL, signals TEXT NOT NULL, updated BIGINT NOT NULL, cleared BIGINT, \
+     allowance DOUBLE PRECISION)",
     "CREATE TABLE IF NOT EXISTS guard_audit (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, created BIGINT NOT NULL, \
      action TEXT NOT NULL, actor TEXT NOT NULL, risk DOUBLE PRECISION NOT NULL, reasons TEXT NOT NULL, signals TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS guard_audit_by_key ON guard_audit (key_id, created)",
@@ -36,7 +37,7 @@ const SCHEMA: &[&str] = &[
 
 /// The columns of a key, with its extraction-guard state, as [`key_from_row`] reads them.
 const KEY_COLUMNS: &str = "api_keys.id AS id, name, prefix, admin, rpm, tpm, created, revoked, \
-     COALESCE(g.level, 0) AS guard_level, g.cleared AS guard_cleared \
+     COALESCE(g.level, 0) AS guard_level, g.cleared AS guard_cleared, g.allowance AS guard_allowance \
      FROM api_keys LEFT JOIN guard_state g ON g.key_id = api_keys.id";
 
 /// An API key as stored: never the secret itself, only its SHA-256.
@@ -54,10 +55,8 @@ pub struct ApiKey {
     pub tpm: Option<u64>,
     pub created: i64,
     pub revoked: Option<i64>,
-    /// What the extraction guard has done to the key.
-    pub guard: Level,
-    /// When an admin last cleared the key's guard state (unix seconds).
-    pub guard_cleared: Option<i64>,
+    /// What the extraction guard has done to the key, and what an admin accepted.
+    pub guard: Standing,
 }
 
 /// Totals of one key's recorded usage.
@@ -178,8 +177,7 @@ impl Db {
             tpm,
             created: now(),
             revoked: None,
-            guard: Level::None,
-            guard_cleared: None,
+            guard: Standing::default(),
         };
         sqlx::query(
             "INSERT INTO api_keys (id, name, hash, prefix, admin, rpm, tpm, created, revoked) \
@@ -358,8 +356,11 @@ fn key_from_row(r: &AnyRow) -> std::result::Result<ApiKey, sqlx::Error> {
         tpm: r.try_get::<Option<i64>, _>("tpm")?.map(|v| v as u64),
         created: r.try_get("created")?,
         revoked: r.try_get("revoked")?,
-        guard: Level::from_i64(r.try_get("guard_level")?),
-        guard_cleared: r.try_get("guard_cleared")?,
+        guard: Standing {
+            level: Level::from_i64(r.try_get("guard_level")?),
+            cleared: r.try_get("guard_cleared")?,
+            allowance: r.try_get("guard_allowance")?,
+        },
     })
 }
 

@@ -161,7 +161,23 @@ async fn generate(
             app.options.max_concurrent
         ))
     })?;
-    let level = app.guard.sync(&key.id, key.guard, key.guard_cleared);
+    if app.guard.config().enabled() && app.guard.needs_history(&key.id) {
+        // Once per key and process: a restarted server judges old keys by their own past.
+        let week_ago = now() - 7 * 86_400;
+        match app.db.hourly_requests(&key.id, week_ago).await {
+            Ok(hours) => app.guard.seed_history(&key.id, &hours),
+            Err(e) => tracing::error!("reading a key's request history for the extraction guard: {e}"),
+        }
+    }
+    let (level, accepted) = app.guard.sync(&key.id, &key.guard);
+    if let Some(allowance) = accepted {
+        let (app, key_id) = (app.clone(), key.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = app.db.set_guard_allowance(&key_id, allowance).await {
+                tracing::error!("storing a cleared key's accepted volume: {e}");
+            }
+        });
+    }
     let (rpm, tpm) = app.guard.limits(level, key.rpm, key.tpm);
     app.limiter.admit(&key.id, rpm, tpm, prompt.len() as u64).map_err(|r| {
         let message = if level >= Level::Throttle {
@@ -191,9 +207,9 @@ async fn generate(
     }
     let id = random_id(if endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" });
     let raw = String::from_utf8_lossy(&body).into_owned(); // parse_request checked it is UTF-8
-    let guard = UsageGuard::new(app.clone(), &key.id, endpoint, prompt.len(), req.n);
+    let usage = UsageGuard::new(app.clone(), &key.id, endpoint, prompt.len(), req.n);
     let flight =
-        InFlight { app, key, req, raw, id, created: now(), prompt_tokens: prompt.len(), rx, guard, _permit: permit };
+        InFlight { app, key, req, raw, id, created: now(), prompt_tokens: prompt.len(), rx, usage, _permit: permit };
     if flight.req.stream {
         Ok(crate::stream::respond(flight))
     } else {
@@ -254,7 +270,7 @@ pub(crate) struct InFlight {
     pub created: i64,
     pub prompt_tokens: usize,
     pub rx: UnboundedReceiver<Event>,
-    pub guard: UsageGuard,
+    pub usage: UsageGuard,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -310,7 +326,7 @@ impl InFlight {
             };
             self.app.db.store_completion(&row).await.map_err(|e| ApiError::internal("storing the completion", e))?;
         }
-        self.guard.complete(generated).await;
+        self.usage.complete(generated).await;
         Ok(())
     }
 }
@@ -319,9 +335,9 @@ async fn respond(mut flight: InFlight) -> Result<Response, ApiError> {
     let mut done: Vec<Option<Completion>> = vec![None; flight.req.n];
     while done.iter().any(Option::is_none) {
         match flight.rx.recv().await {
-            Some(Event::Delta { index, generated, .. }) => flight.guard.generated(index, generated),
+            Some(Event::Delta { index, generated, .. }) => flight.usage.generated(index, generated),
             Some(Event::Done { index, completion }) => {
-                flight.guard.generated(index, completion.token_ids.len());
+                flight.usage.generated(index, completion.token_ids.len());
                 if let Some(slot) = done.get_mut(index) {
                     *slot = Some(completion);
                 }

@@ -82,7 +82,7 @@ impl StreamState {
         let k = self.flight.req.logprobs;
         match event {
             Some(Event::Delta { index, text, logprobs, generated }) => {
-                self.flight.guard.generated(index, generated);
+                self.flight.usage.generated(index, generated);
                 let choice = match self.flight.req.endpoint {
                     Endpoint::Chat => json!({
                         "index": index,
@@ -106,7 +106,7 @@ impl StreamState {
                 self.push_chunk(vec![choice]);
             }
             Some(Event::Done { index, completion }) => {
-                self.flight.guard.generated(index, completion.token_ids.len());
+                self.flight.usage.generated(index, completion.token_ids.len());
                 let reason = wire::finish_reason(completion.finish_reason);
                 let choice = match self.flight.req.endpoint {
                     Endpoint::Chat => json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}),

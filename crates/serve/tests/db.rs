@@ -64,7 +64,7 @@ async fn exercise_guard(db: &Db) {
         at,
     };
     db.record_guard_decision(&decision(Level::Flag, Level::None, 1_795_910_400.25)).await.unwrap();
-    assert_eq!(db.find_key(&secret).await.unwrap().unwrap().guard, Level::Flag);
+    assert_eq!(db.find_key(&secret).await.unwrap().unwrap().guard.level, Level::Flag);
     db.record_guard_decision(&decision(Level::Revoke, Level::Flag, 1_795_910_400.5)).await.unwrap();
     assert!(db.find_key(&secret).await.unwrap().is_none(), "the guard's revocation is applied");
 
@@ -77,8 +77,10 @@ async fn exercise_guard(db: &Db) {
 
     assert_eq!(db.clear_guard("harvester", "a partner's crawler").await.unwrap(), Some(key.id.clone()));
     let live = db.find_key(&secret).await.unwrap().expect("a clear brings back a key the guard revoked");
-    assert_eq!(live.guard, Level::None);
-    assert!(live.guard_cleared.is_some());
+    assert_eq!(live.guard.level, Level::None);
+    assert!(live.guard.cleared.is_some());
+    db.set_guard_allowance(&key.id, 1234.5).await.unwrap();
+    assert_eq!(db.find_key(&secret).await.unwrap().unwrap().guard.allowance, Some(1234.5));
     assert_eq!(db.clear_guard("nobody", "").await.unwrap(), None);
 
     let audit = db.guard_audit(Some("harvester"), 0).await.unwrap();
@@ -87,6 +89,16 @@ async fn exercise_guard(db: &Db) {
     assert_eq!(audit[0].signals["requests"], 640);
     assert!(audit[2].reasons[0].contains("a partner's crawler"));
     assert!(db.guard_audit(Some(&key.id), i64::MAX).await.unwrap().is_empty());
+
+    // The usage table gives the guard a key's hourly history.
+    for _ in 0..3 {
+        db.record_usage(&key.id, "chat.completions", 5, 5, "ok").await.unwrap();
+    }
+    let hours = db.hourly_requests(&key.id, 0).await.unwrap();
+    assert_eq!(hours.len(), 1, "{hours:?}");
+    assert_eq!(hours[0].1, 3);
+    assert!((hours[0].0 * 3600 - distill_serve::db::now()).abs() <= 3600);
+    assert!(db.hourly_requests(&key.id, i64::MAX).await.unwrap().is_empty());
 }
 
 #[tokio::test]

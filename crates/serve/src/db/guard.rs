@@ -119,6 +119,36 @@ impl Db {
         Ok(Some(id))
     }
 
+    /// Stores the requests per hour a clear made normal for a key (the server works it out from
+    /// what it saw of the key, and keeps it across restarts).
+    pub async fn set_guard_allowance(&self, key_id: &str, allowance: f64) -> Result<()> {
+        sqlx::query("UPDATE guard_state SET allowance = $1 WHERE key_id = $2")
+            .bind(allowance)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// A key's requests per clock hour since `since` (unix seconds), from the usage table:
+    /// the history the guard judges an old key by after a restart.
+    pub async fn hourly_requests(&self, key_id: &str, since: i64) -> Result<Vec<(i64, u64)>> {
+        let rows = sqlx::query(
+            "SELECT created / 3600 AS hour, COUNT(*) AS n FROM key_usage WHERE key_id = $1 AND created >= $2 \
+             GROUP BY created / 3600 ORDER BY hour",
+        )
+        .bind(key_id)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>("hour")?, r.try_get::<i64, _>("n")? as u64)))
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(|e| self.error(e))
+    }
+
     /// Keys the guard has acted on or that were cleared, highest level and risk first.
     pub async fn guard_report(&self) -> Result<Vec<GuardRow>> {
         let rows = sqlx::query(

@@ -87,6 +87,16 @@ impl std::str::FromStr for Level {
     }
 }
 
+/// A key's guard state as stored with it in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Standing {
+    pub level: Level,
+    /// When an admin last cleared the key (unix seconds).
+    pub cleared: Option<i64>,
+    /// Requests per hour an admin accepted as normal for the key by clearing it.
+    pub allowance: Option<f64>,
+}
+
 /// The guard's settings: the TOML file given to `distill serve --guard-config`, every field
 /// optional. The defaults come from the replay benchmark (`bench/guard_replay.sh`). The guard
 /// only flags by default: in that benchmark most applications new to the server that send
@@ -263,6 +273,8 @@ struct KeyState {
     cleared: i64,
     /// Requests per hour an admin has accepted as normal for this key (by clearing it).
     allowance: f64,
+    /// Its history was loaded from the database (or there was none to load).
+    seeded: bool,
     risk: f64,
     reasons: Vec<String>,
     signals: Signals,
@@ -476,35 +488,52 @@ impl Guard {
         state.ids.get(key_id).map_or(Level::None, |i| state.keys[*i as usize].level)
     }
 
-    /// Reconciles with the level stored in the database, which an admin (or another server on
-    /// the same database) may have changed: a newer clear resets the key, a higher stored level
-    /// is adopted. Returns the level to apply.
-    pub fn sync(&self, key_id: &str, stored: Level, cleared: Option<i64>) -> Level {
+    /// Reconciles with the key's standing in the database, which an admin (or another server
+    /// on the same database) may have changed: a newer clear resets the key, a higher stored
+    /// level and allowance are adopted. Returns the level to apply and, when a clear was just
+    /// applied, the allowance it set, for the caller to store.
+    pub fn sync(&self, key_id: &str, stored: &Standing) -> (Level, Option<f64>) {
         if !self.config.enabled() {
-            return Level::None;
+            return (Level::None, None);
         }
         let mut state = self.lock();
         let known = state.ids.get(key_id).copied();
-        match known {
-            None if stored == Level::None => Level::None,
-            None => {
-                let idx = state.index(key_id, self.config.window);
-                let key = &mut state.keys[idx as usize];
-                key.level = stored;
-                key.cleared = cleared.unwrap_or(0);
-                stored
-            }
-            Some(idx) => {
-                if cleared.is_some_and(|c| c > state.keys[idx as usize].cleared) {
-                    state.reset(idx, self.config.own_factor, cleared.unwrap_or(0));
-                }
-                let key = &mut state.keys[idx as usize];
-                if stored > key.level {
-                    key.level = stored;
-                    key.level_at = key.window.total;
-                }
-                key.level
-            }
+        if known.is_none() && *stored == Standing::default() {
+            return (Level::None, None);
+        }
+        let idx = match known {
+            Some(idx) => idx,
+            None => state.index(key_id, self.config.window),
+        };
+        let mut allowance = None;
+        if let Some(cleared) = stored.cleared.filter(|c| *c > state.keys[idx as usize].cleared) {
+            state.reset(idx, self.config.own_factor, cleared);
+            allowance = Some(state.keys[idx as usize].allowance);
+        }
+        let key = &mut state.keys[idx as usize];
+        key.allowance = key.allowance.max(stored.allowance.unwrap_or(0.0));
+        if stored.level > key.level {
+            key.level = stored.level;
+            key.level_at = key.window.total;
+        }
+        (key.level, allowance.filter(|a| *a > stored.allowance.unwrap_or(0.0)))
+    }
+
+    /// Whether the guard has yet to see the key in this process (see [`Guard::seed_history`]).
+    pub fn needs_history(&self, key_id: &str) -> bool {
+        let state = self.lock();
+        state.ids.get(key_id).is_none_or(|i| !state.keys[*i as usize].seeded)
+    }
+
+    /// Gives a key its request history (per clock hour, as the usage table has it), so that a
+    /// restarted server judges old keys against their own past instead of as new ones.
+    pub fn seed_history(&self, key_id: &str, hours: &[(i64, u64)]) {
+        let mut state = self.lock();
+        let idx = state.index(key_id, self.config.window);
+        let key = &mut state.keys[idx as usize];
+        if !key.seeded {
+            key.seeded = true;
+            key.window.seed_hours(hours);
         }
     }
 
@@ -561,6 +590,7 @@ impl State {
             since_eval: 0,
             cleared: 0,
             allowance: 0.0,
+            seeded: false,
             risk: 0.0,
             reasons: Vec::new(),
             signals: Signals::default(),

@@ -160,7 +160,7 @@ fn max_action_caps_the_response_and_off_observes_nothing() {
     assert_eq!(decisions[0].1.level, Level::Flag);
     let off = Guard::new(GuardConfig { max_action: Level::None, ..GuardConfig::default() });
     assert!(run(&off, "h", 0.0, 1.0, 600, |i| text_obs(0.0, &harvest_prompt(i))).is_empty());
-    assert_eq!(off.sync("h", Level::Throttle, None), Level::None);
+    assert_eq!(off.sync("h", &Standing { level: Level::Throttle, ..Standing::default() }), (Level::None, None));
 }
 
 #[test]
@@ -176,9 +176,11 @@ fn a_clear_from_the_database_resets_the_key_and_a_stored_level_is_adopted() {
     let guard = Guard::new(throttling());
     run(&guard, "h", 0.0, 1.0, 600, |i| text_obs(0.0, &harvest_prompt(i)));
     assert_eq!(guard.level("h"), Level::Throttle);
-    assert_eq!(guard.sync("h", Level::Throttle, None), Level::Throttle);
-    // An admin cleared it in the database at t=600.
-    assert_eq!(guard.sync("h", Level::None, Some(600)), Level::None);
+    let stored = |level, cleared, allowance| Standing { level, cleared, allowance };
+    assert_eq!(guard.sync("h", &stored(Level::Throttle, None, None)), (Level::Throttle, None));
+    // An admin cleared it in the database at t=600; the volume it accepted is to be stored.
+    assert_eq!(guard.sync("h", &stored(Level::None, Some(600), None)), (Level::None, Some(1200.0)));
+    assert_eq!(guard.sync("h", &stored(Level::None, Some(600), Some(1200.0))), (Level::None, None));
     assert_eq!(guard.report()[0].signals, Signals::default());
     // The volume it was sending (600 an hour) is now normal for it: the same traffic again
     // is not flagged, twice as much (1,200 an hour plus the 600) is.
@@ -187,7 +189,11 @@ fn a_clear_from_the_database_resets_the_key_and_a_stored_level_is_adopted() {
     assert_eq!(again.first().map(|d| d.1.level), Some(Level::Flag));
     // A level stored by another server is adopted by a fresh one.
     let fresh = Guard::new(throttling());
-    assert_eq!(fresh.sync("h", Level::Throttle, Some(600)), Level::Throttle);
+    assert_eq!(fresh.sync("h", &stored(Level::Throttle, Some(600), Some(1200.0))).0, Level::Throttle);
+    // …and so is the stored allowance: 1,000 an hour is not heavy for this key.
+    let fresh = Guard::new(throttling());
+    fresh.sync("h", &stored(Level::None, Some(600), Some(1200.0)));
+    assert!(run(&fresh, "h", 0.0, 3.6, 1000, |i| text_obs(0.0, &harvest_prompt(i))).is_empty());
     assert_eq!(fresh.limits(Level::Throttle, Some(600), None), (Some(6), Some(3000)));
     assert_eq!(fresh.limits(Level::Flag, Some(600), None), (Some(600), None));
 }
@@ -202,4 +208,20 @@ fn config_values_are_checked() {
     let parsed: GuardConfig = serde_json::from_str(r#"{"max_action": "revoke", "window": 100}"#).unwrap();
     assert_eq!((parsed.max_action, parsed.window, parsed.min_requests), (Level::Revoke, 100, 50));
     assert!(serde_json::from_str::<GuardConfig>(r#"{"windw": 100}"#).is_err());
+}
+
+#[test]
+fn a_restarted_server_judges_an_old_key_by_the_history_in_the_usage_table() {
+    let guard = Guard::new(throttling());
+    // Two days ago this key sent 1,500 requests an hour for three hours.
+    let day = 86_400.0;
+    let hours: Vec<(i64, u64)> = (0..3).map(|h| ((2.0 * day / 3600.0) as i64 + h, 1500)).collect();
+    assert!(guard.needs_history("app"));
+    guard.seed_history("app", &hours);
+    assert!(!guard.needs_history("app"));
+    guard.seed_history("app", &hours); // a second load (a race between two requests) adds nothing
+    let decisions = run(&guard, "app", 4.0 * day, 2.4, 1500, |i| text_obs(0.0, &harvest_prompt(i)));
+    assert!(decisions.is_empty(), "{:?}", decisions[0].1.reasons);
+    // The same traffic from a key without history is flagged.
+    assert!(!run(&guard, "new", 4.0 * day, 2.4, 1500, |i| text_obs(0.0, &harvest_prompt(i))).is_empty());
 }

@@ -126,7 +126,7 @@ impl KeyWindow {
 
     /// Adds a request; returns whether it repeats a template already in the window.
     pub fn push(&mut self, obs: &Observation, logprobs_cap: usize) -> bool {
-        if self.total == 0 {
+        if self.first_seen.is_nan() || obs.at < self.first_seen {
             self.first_seen = obs.at;
         }
         self.total += 1;
@@ -204,6 +204,26 @@ impl KeyWindow {
     fn expire_minutes(&mut self, now_minute: i64) {
         while self.minutes.front().is_some_and(|(m, _)| now_minute - m >= 60) {
             self.minutes.pop_front();
+        }
+    }
+
+    /// Adds hours of history (clock hour, requests) from before this process saw the key.
+    pub fn seed_hours(&mut self, history: &[(i64, u64)]) {
+        let mut hours: Vec<(i64, u64)> = history.iter().copied().chain(self.hours.drain(..)).collect();
+        hours.sort_unstable();
+        for (hour, n) in hours {
+            match self.hours.back_mut() {
+                Some((h, total)) if *h == hour => *total += n,
+                _ => self.hours.push_back((hour, n)),
+            }
+            let start = hour as f64 * 3600.0;
+            if self.first_seen.is_nan() || start < self.first_seen {
+                self.first_seen = start;
+            }
+        }
+        let newest = self.hours.back().map_or(0, |(h, _)| *h);
+        while self.hours.front().is_some_and(|(h, _)| newest - h >= HISTORY_HOURS) {
+            self.hours.pop_front();
         }
     }
 
