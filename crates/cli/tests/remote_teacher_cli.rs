@@ -192,3 +192,65 @@ fn a_text_only_endpoint_falls_back_to_sequence_level_kd_with_a_warning() {
         }
     }
 }
+
+#[test]
+fn prompt_logprobs_of_a_served_teacher_score_given_tokens_as_the_local_teacher_does() {
+    use distill_teacher::remote::{RemoteOptions, RemoteTeacher};
+    use distill_teacher::{LocalTeacher, ScoreRequest, Teacher};
+
+    let Setup { dir: _dir, model, db, key } = setup(57);
+    let server = Server::start(&model, &db, &[]);
+    let local = LocalTeacher::new(distill_models::load(model.to_str().unwrap(), &candle_core::Device::Cpu).unwrap());
+    let options = RemoteOptions {
+        urls: vec![server.url.clone()],
+        model: "tiny".into(),
+        concurrency: 2,
+        api_key: Some(key),
+        timeout: Duration::from_secs(60),
+        attempts: 2,
+    };
+    let tokenizer = local.model.tokenizer.clone();
+    let remote = RemoteTeacher::new(options, tokenizer.clone(), local.model.stop_ids.clone()).unwrap();
+    let requests: Vec<ScoreRequest> = ["hello there the cat", "a b c d e f g", "the the the"]
+        .iter()
+        .map(|t| {
+            let ids = tokenizer.encode(t, false).unwrap();
+            ScoreRequest { from: ids.len() / 2, token_ids: ids }
+        })
+        .collect();
+    for k in [20, 32] {
+        let theirs = remote.score_tokens(&requests, k).unwrap();
+        let ours = local.score(&requests, 20, 1.0).unwrap();
+        for (r, (t, o)) in requests.iter().zip(theirs.iter().zip(&ours)) {
+            let rows = r.token_ids.len() - r.from;
+            assert_eq!((t.k, t.tail_logprob.len()), (k, rows));
+            for row in 0..rows {
+                let (tr, or) = (&t.ids[row * k..row * k + 20], &o.ids[row * 20..row * 20 + 20]);
+                assert_eq!(tr, or, "row {row}: the same top-20 ids");
+                for j in 0..20 {
+                    let (a, b) = (t.logprobs[row * k + j], o.logprobs[row * 20 + j]);
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(10.0), "row {row} entry {j}: {a} vs {b}");
+                }
+                // Entries past the API's 20 are padding; the tail is the mass the 20 miss.
+                assert!(t.logprobs[row * k + 20..row * k + k].iter().all(|lp| *lp == f32::NEG_INFINITY));
+                // (Below e^-15 the difference of sums is float noise and counts as no tail.)
+                let (a, b) = (t.tail_logprob[row], o.tail_logprob[row]);
+                if b > -15.0 {
+                    assert!((a - b).abs() < 2e-3, "row {row} tail: {a} vs {b}");
+                } else {
+                    assert!(a < -14.0, "row {row} tail: {a} vs {b}");
+                }
+            }
+        }
+    }
+    // Completing a token-id prompt gives the text the local model writes (greedy).
+    let params = distill_models::SamplingParams { temperature: 0.0, max_tokens: 6, ..Default::default() };
+    let prompt = tokenizer.encode("hello there", false).unwrap();
+    let theirs = remote.complete_tokens(std::slice::from_ref(&prompt), &params).unwrap();
+    let ours = local.generate(std::slice::from_ref(&prompt), &params).unwrap();
+    assert_eq!(theirs[0].text, tokenizer.decode(&ours[0].token_ids, false).unwrap());
+    // A token id outside the vocabulary is refused, naming the field.
+    let bad = ScoreRequest { token_ids: vec![1, 2, 9_999_999], from: 1 };
+    let err = remote.score_tokens(&[bad], 5).unwrap_err().to_string();
+    assert!(err.contains("prompt") && err.contains("vocabulary"), "{err}");
+}

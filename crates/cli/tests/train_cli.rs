@@ -346,3 +346,63 @@ fn on_policy_rollouts_are_scored_by_the_teacher_at_the_configured_share() {
     let first_step = metrics.lines().find(|l| l.contains("\"loss\"")).unwrap();
     assert!(first_step.contains("\"rollout_teacher_tokens\":0"), "step 1 is a warm-up: {metrics}");
 }
+
+#[test]
+fn on_policy_and_online_training_work_with_a_teacher_behind_an_openai_compatible_server() {
+    use common::server::{create_key, Server};
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = &teacher(dir.path(), 35);
+    let train = dataset(dir.path(), m, "train", 16, 1);
+    let prompts = dir.path().join("train.jsonl");
+    let db = dir.path().join("serve.db");
+    let key = create_key(&db, "trainer", &[]);
+    let server = Server::start(Path::new(m), &db, &[]);
+    let run = dir.path().join("run");
+    let config = |extra: &str| {
+        format!(
+            "dataset = {train:?}\noutput = {:?}\nsteps = 6\nbatch_size = 4\nseq_len = 64\n\n\
+             [student]\ntype = \"prune\"\nfrom = {m:?}\nkeep_layers = [0]\n\n[optimizer]\nlr = 0.002\n\n\
+             [on_policy]\nteacher = {:?}\nprompts = {:?}\nfraction = 0.5\nrollouts = 4\nmax_tokens = 10\n{extra}",
+            run.to_str().unwrap(),
+            server.url,
+            prompts.to_str().unwrap()
+        )
+    };
+    let path = dir.path().join("run.toml");
+    let train_with = |key: &str| {
+        common::command().args(["train", path.to_str().unwrap()]).env("DISTILL_TEACHER_API_KEY", key).output().unwrap()
+    };
+    std::fs::write(&path, config("")).unwrap();
+    let out = train_with("dk-wrong");
+    assert!(!out.status.success() && text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("dk-wrong"), "the key is never printed");
+    let _ = std::fs::remove_dir_all(&run);
+
+    let out = train_with(&key);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scored: Vec<u64> = metrics.iter().filter_map(|l| l["rollout_teacher_tokens"].as_u64()).collect();
+    assert_eq!(scored.len(), 6);
+    assert!(scored[1] > 0 && scored[5] > scored[3] && scored[3] > scored[1], "{scored:?}");
+    let losses: Vec<f64> = metrics.iter().filter_map(|l| l["loss"].as_f64()).collect();
+    for (i, loss) in losses.iter().enumerate() {
+        assert!(loss.is_finite() && *loss >= 0.0, "step {}: {loss}", i + 1);
+        if i % 2 == 1 {
+            assert!(*loss <= std::f64::consts::LN_2 + 1e-4, "a rollout step's JSD exceeds ln 2: {loss}");
+        }
+    }
+
+    // Online: the served teacher writes the rollouts too.
+    std::fs::remove_dir_all(&run).unwrap();
+    std::fs::write(&path, config("sampler = \"teacher\"\nteacher_model = \"tiny\"\n")).unwrap();
+    let out = train_with(&key);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last = metrics.lines().last().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).unwrap();
+    assert!(last["rollout_teacher_tokens"].as_u64().is_some_and(|t| t > 0), "{metrics}");
+}

@@ -187,7 +187,11 @@ async fn generate(
         };
         ApiError::rate_limited(message, r.retry_after_secs)
     })?;
-    observe(&app, &key.id, &req);
+    observe(&app, &key.id, &req, &prompt);
+    let prompt_logprobs = match req.prompt_logprobs {
+        Some(k) => Some(score_prompt(&app, &prompt, k).await?),
+        None => None,
+    };
     let top_logprobs = match (req.logprobs, req.store) {
         (k, true) => Some(k.unwrap_or(0).max(app.options.capture_top_k)),
         (k, false) => k,
@@ -208,8 +212,19 @@ async fn generate(
     let id = random_id(if endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" });
     let raw = String::from_utf8_lossy(&body).into_owned(); // parse_request checked it is UTF-8
     let usage = UsageGuard::new(app.clone(), &key.id, endpoint, prompt.len(), req.n);
-    let flight =
-        InFlight { app, key, req, raw, id, created: now(), prompt_tokens: prompt.len(), rx, usage, _permit: permit };
+    let flight = InFlight {
+        app,
+        key,
+        req,
+        raw,
+        id,
+        created: now(),
+        prompt_tokens: prompt.len(),
+        prompt_logprobs,
+        rx,
+        usage,
+        _permit: permit,
+    };
     if flight.req.stream {
         Ok(crate::stream::respond(flight))
     } else {
@@ -219,9 +234,14 @@ async fn generate(
 
 /// Shows the admitted request to the extraction guard and, when it decides to act on the key,
 /// records the decision without holding up the response.
-fn observe(app: &Arc<AppState>, key_id: &str, req: &GenerationRequest) {
+fn observe(app: &Arc<AppState>, key_id: &str, req: &GenerationRequest, prompt: &[u32]) {
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    let Some(decision) = app.guard.observe(key_id, &Guard::observation(req, at)) else { return };
+    // The guard reads text: a token-id prompt is decoded for it.
+    let decoded = match &req.prompt {
+        Prompt::Tokens(_) => Some(app.model.tokenizer.decode(prompt, false).unwrap_or_default()),
+        _ => None,
+    };
+    let Some(decision) = app.guard.observe(key_id, &Guard::observation(req, at, decoded.as_deref())) else { return };
     tracing::warn!(
         "extraction guard: key {} → {} (risk {:.2}): {}",
         decision.key_id,
@@ -237,9 +257,46 @@ fn observe(app: &Arc<AppState>, key_id: &str, req: &GenerationRequest) {
     });
 }
 
-/// The prompt's token ids: chat messages through the model's template, text as it is.
+/// vLLM's `prompt_logprobs`: for every prompt position after the first, the model's top `k`
+/// next-token log-probabilities, keyed by token id (`[null, {"id": {"logprob", "rank",
+/// "decoded_token"}}, ...]`). Computed on a blocking thread beside the engine.
+async fn score_prompt(app: &Arc<AppState>, prompt: &[u32], k: usize) -> Result<Value, ApiError> {
+    let model = app.model.clone();
+    let request = distill_teacher::ScoreRequest { token_ids: prompt.to_vec(), from: 1 };
+    let scored = tokio::task::spawn_blocking(move || {
+        distill_teacher::score_with(&model.model, std::slice::from_ref(&request), k, 1.0)
+            .map(|mut s| (model, s.remove(0)))
+    })
+    .await
+    .map_err(|e| ApiError::internal("scoring the prompt", e))?
+    .map_err(|e| ApiError::internal("scoring the prompt", e))?;
+    let (model, top) = scored;
+    let mut positions = vec![Value::Null];
+    for (ids, logprobs) in top.ids.chunks(k).zip(top.logprobs.chunks(k)) {
+        let mut row = serde_json::Map::with_capacity(k);
+        for (rank, (id, logprob)) in ids.iter().zip(logprobs).enumerate() {
+            let decoded = model.tokenizer.decode(&[*id], false).unwrap_or_default();
+            row.insert(id.to_string(), json!({"logprob": logprob, "rank": rank + 1, "decoded_token": decoded}));
+        }
+        positions.push(Value::Object(row));
+    }
+    Ok(Value::Array(positions))
+}
+
+/// The prompt's token ids: chat messages through the model's template, text as it is, token
+/// ids checked against the vocabulary.
 fn tokenize(app: &AppState, req: &GenerationRequest) -> Result<Vec<u32>, ApiError> {
     let text = match &req.prompt {
+        Prompt::Tokens(ids) => {
+            let vocab = app.model.model.config().vocab_size;
+            if let Some(bad) = ids.iter().find(|id| **id as usize >= vocab) {
+                return Err(ApiError::invalid(
+                    Some("prompt"),
+                    format!("`prompt` holds token id {bad}; this model's vocabulary has {vocab} tokens"),
+                ));
+            }
+            return Ok(ids.clone());
+        }
         Prompt::Text(t) => t.clone(),
         Prompt::Chat(messages) => {
             let template = app.model.chat_template.as_ref().ok_or_else(|| {
@@ -269,6 +326,8 @@ pub(crate) struct InFlight {
     pub id: String,
     pub created: i64,
     pub prompt_tokens: usize,
+    /// `prompt_logprobs` when asked for, the same for every choice.
+    pub prompt_logprobs: Option<Value>,
     pub rx: UnboundedReceiver<Event>,
     pub usage: UsageGuard,
     _permit: OwnedSemaphorePermit,
@@ -281,7 +340,13 @@ impl InFlight {
         let choices: Vec<Value> = completions
             .iter()
             .enumerate()
-            .map(|(i, c)| wire::choice(self.req.endpoint, tokenizer, i, c, self.req.logprobs))
+            .map(|(i, c)| {
+                let mut choice = wire::choice(self.req.endpoint, tokenizer, i, c, self.req.logprobs);
+                if let Some(scored) = &self.prompt_logprobs {
+                    choice["prompt_logprobs"] = scored.clone();
+                }
+                choice
+            })
             .collect();
         let generated: usize = completions.iter().map(|c| c.token_ids.len()).sum();
         json!({

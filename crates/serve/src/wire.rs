@@ -42,6 +42,9 @@ impl Endpoint {
 pub enum Prompt {
     Chat(Vec<ChatMessage>),
     Text(String),
+    /// Token ids as they are (`/v1/completions` with `prompt: [1, 2, 3]`): no re-tokenisation,
+    /// what a teacher needs to score exactly the tokens a student produced.
+    Tokens(Vec<u32>),
 }
 
 /// A validated request, independent of the endpoint's wire shape.
@@ -65,6 +68,9 @@ pub struct GenerationRequest {
     pub include_usage: bool,
     pub store: bool,
     pub metadata: BTreeMap<String, String>,
+    /// `Some(k)`: also return the top `k` log-probabilities at every prompt position (vLLM's
+    /// `prompt_logprobs`), `/v1/completions` only.
+    pub prompt_logprobs: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +130,7 @@ struct CompletionBody {
     echo: bool,
     suffix: Option<String>,
     best_of: Option<i64>,
+    prompt_logprobs: Option<i64>,
 }
 
 /// Parses a request body: UTF-8, then JSON, then every field's range. Errors name the field.
@@ -240,26 +247,59 @@ fn completion_request(c: Common, body: CompletionBody) -> Result<GenerationReque
             return Err(ApiError::invalid(Some("best_of"), "`best_of` other than `n` is not supported"));
         }
     }
+    let as_token = |v: &Value| v.as_u64().filter(|id| *id <= u64::from(u32::MAX)).map(|id| id as u32);
     let prompt = match &body.prompt {
-        Value::String(s) => s.clone(),
-        Value::Array(items) if items.len() == 1 && items[0].is_string() => items[0].as_str().unwrap_or_default().into(),
-        Value::Array(items) if items.iter().all(Value::is_string) => {
+        Value::String(s) if s.is_empty() => return Err(ApiError::invalid(Some("prompt"), "`prompt` is empty")),
+        Value::String(s) => Prompt::Text(s.clone()),
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => {
+            Prompt::Text(items[0].as_str().unwrap_or_default().into())
+        }
+        Value::Array(items) if items.len() > 1 && items.iter().all(Value::is_string) => {
             return Err(ApiError::invalid(
                 Some("prompt"),
                 format!("`prompt` holds {} prompts; send one prompt per request", items.len()),
             ))
         }
-        _ => return Err(ApiError::invalid(Some("prompt"), "`prompt` must be a string")),
+        Value::Array(items) if !items.is_empty() && items.iter().all(|v| as_token(v).is_some()) => {
+            Prompt::Tokens(items.iter().filter_map(as_token).collect())
+        }
+        Value::Array(items) if items.len() == 1 && items[0].as_array().is_some_and(|a| !a.is_empty()) => {
+            let ids: Option<Vec<u32>> = items[0].as_array().into_iter().flatten().map(as_token).collect();
+            Prompt::Tokens(ids.ok_or_else(|| {
+                ApiError::invalid(Some("prompt"), "`prompt` token ids must be integers from 0 to 2^32 − 1")
+            })?)
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                Some("prompt"),
+                "`prompt` must be a string or a list of token ids (one prompt per request)",
+            ))
+        }
     };
-    if prompt.is_empty() {
+    if matches!(&prompt, Prompt::Text(t) if t.is_empty()) {
         return Err(ApiError::invalid(Some("prompt"), "`prompt` is empty"));
+    }
+    let prompt_logprobs = match body.prompt_logprobs {
+        Some(k) => Some(range("prompt_logprobs", k, 1, MAX_TOP_LOGPROBS)? as usize),
+        None => None,
+    };
+    if prompt_logprobs.is_some() && c.stream {
+        return Err(ApiError::invalid(
+            Some("prompt_logprobs"),
+            "`prompt_logprobs` is returned with complete responses only; send `stream: false`",
+        ));
+    }
+    if c.store && matches!(prompt, Prompt::Tokens(_)) {
+        return Err(ApiError::invalid(Some("store"), "`store` needs a text prompt; token-id prompts are not captured"));
     }
     let top = match body.logprobs {
         Some(k) => Some(range("logprobs", k, 0, MAX_TOP_LOGPROBS)? as usize),
         None => None,
     };
     let max_tokens = c.max_tokens.map(|m| ("max_tokens", m));
-    common(c, Endpoint::Completions, Prompt::Text(prompt), max_tokens, top)
+    let mut request = common(c, Endpoint::Completions, prompt, max_tokens, top)?;
+    request.prompt_logprobs = prompt_logprobs;
+    Ok(request)
 }
 
 fn common(
@@ -370,6 +410,7 @@ fn common(
         include_usage: c.stream_options.is_some_and(|o| o.include_usage),
         store: c.store,
         metadata,
+        prompt_logprobs: None,
     })
 }
 

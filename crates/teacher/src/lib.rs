@@ -9,7 +9,7 @@ pub mod remote;
 
 use candle_core::{Device, Tensor};
 use distill_kernels::{topk_logprobs, TopK};
-use distill_models::{generate, Completion, LoadedModel, SamplingParams, TextTokenizer};
+use distill_models::{generate, Completion, Llama, LoadedModel, SamplingParams, TextTokenizer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -81,60 +81,60 @@ impl Teacher for LocalTeacher {
     }
 
     fn score(&self, requests: &[ScoreRequest], k: usize, temperature: f32) -> Result<Vec<TopK>> {
-        if requests.is_empty() {
-            return Ok(Vec::new());
-        }
-        let vocab = self.vocab_size();
-        if k == 0 || k > vocab {
-            return Err(Error::Input(format!("k must be in 1..={vocab}, got {k}")));
-        }
-        if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(Error::Input(format!("temperature must be positive, got {temperature}")));
-        }
-        for (i, r) in requests.iter().enumerate() {
-            if r.from == 0 || r.from > r.token_ids.len() {
-                return Err(Error::Input(format!(
-                    "request {i}: `from` {} must be in 1..={}",
-                    r.from,
-                    r.token_ids.len()
-                )));
-            }
-        }
-        let model = &self.model.model;
-        let device: &Device = model.device();
-        let longest = requests.iter().map(|r| r.token_ids.len()).max().unwrap_or(0);
-        // Right padding: causal attention keeps real positions from seeing it.
-        let padded: Vec<u32> = requests
-            .iter()
-            .flat_map(|r| r.token_ids.iter().copied().chain(std::iter::repeat_n(0, longest - r.token_ids.len())))
-            .collect();
-        let ids = Tensor::from_vec(padded, (requests.len(), longest), device)?;
-        let hidden = model.forward_hidden(&ids)?; // (B, T, C)
-        let head_t = model.lm_head_weight().t()?; // (C, V)
-        let mut out = Vec::with_capacity(requests.len());
-        for (row, r) in requests.iter().enumerate() {
-            // Position p predicts token p + 1.
-            let positions = r.from - 1..r.token_ids.len() - 1;
-            let row_hidden = hidden.get(row)?; // (T, C)
-            let mut merged = TopK {
-                k,
-                ids: Vec::with_capacity(positions.len() * k),
-                logprobs: Vec::with_capacity(positions.len() * k),
-                tail_logprob: Vec::with_capacity(positions.len()),
-            };
-            let mut start = positions.start;
-            while start < positions.end {
-                let len = SCORE_CHUNK_ROWS.min(positions.end - start);
-                let logits = row_hidden.narrow(0, start, len)?.matmul(&head_t)?; // (R, V)
-                let flat = logits.flatten_all()?.to_vec1::<f32>()?;
-                let top = topk_logprobs(&flat, vocab, k, temperature);
-                merged.ids.extend(top.ids);
-                merged.logprobs.extend(top.logprobs);
-                merged.tail_logprob.extend(top.tail_logprob);
-                start += len;
-            }
-            out.push(merged);
-        }
-        Ok(out)
+        score_with(&self.model.model, requests, k, temperature)
     }
+}
+
+/// [`Teacher::score`] for any loaded model: the server's `prompt_logprobs` use it too.
+pub fn score_with(model: &Llama, requests: &[ScoreRequest], k: usize, temperature: f32) -> Result<Vec<TopK>> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let vocab = model.config().vocab_size;
+    if k == 0 || k > vocab {
+        return Err(Error::Input(format!("k must be in 1..={vocab}, got {k}")));
+    }
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        return Err(Error::Input(format!("temperature must be positive, got {temperature}")));
+    }
+    for (i, r) in requests.iter().enumerate() {
+        if r.from == 0 || r.from > r.token_ids.len() {
+            return Err(Error::Input(format!("request {i}: `from` {} must be in 1..={}", r.from, r.token_ids.len())));
+        }
+    }
+    let device: &Device = model.device();
+    let longest = requests.iter().map(|r| r.token_ids.len()).max().unwrap_or(0);
+    // Right padding: causal attention keeps real positions from seeing it.
+    let padded: Vec<u32> = requests
+        .iter()
+        .flat_map(|r| r.token_ids.iter().copied().chain(std::iter::repeat_n(0, longest - r.token_ids.len())))
+        .collect();
+    let ids = Tensor::from_vec(padded, (requests.len(), longest), device)?;
+    let hidden = model.forward_hidden(&ids)?; // (B, T, C)
+    let head_t = model.lm_head_weight().t()?; // (C, V)
+    let mut out = Vec::with_capacity(requests.len());
+    for (row, r) in requests.iter().enumerate() {
+        // Position p predicts token p + 1.
+        let positions = r.from - 1..r.token_ids.len() - 1;
+        let row_hidden = hidden.get(row)?; // (T, C)
+        let mut merged = TopK {
+            k,
+            ids: Vec::with_capacity(positions.len() * k),
+            logprobs: Vec::with_capacity(positions.len() * k),
+            tail_logprob: Vec::with_capacity(positions.len()),
+        };
+        let mut start = positions.start;
+        while start < positions.end {
+            let len = SCORE_CHUNK_ROWS.min(positions.end - start);
+            let logits = row_hidden.narrow(0, start, len)?.matmul(&head_t)?; // (R, V)
+            let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+            let top = topk_logprobs(&flat, vocab, k, temperature);
+            merged.ids.extend(top.ids);
+            merged.logprobs.extend(top.logprobs);
+            merged.tail_logprob.extend(top.tail_logprob);
+            start += len;
+        }
+        out.push(merged);
+    }
+    Ok(out)
 }

@@ -6,6 +6,7 @@
 //! transport error, 429, 5xx) is retried on whichever endpoint is healthy, with exponential
 //! backoff for the one that failed, so a dead endpoint only slows the job. Each prompt's result
 //! is kept once, by its index. The API key comes from the environment and is never logged.
+//! [`tokens`] scores and completes token-id prompts through `/v1/completions`, for training.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +18,9 @@ use distill_models::{ChatMessage, SamplingParams, TextTokenizer};
 use serde_json::{json, Value};
 
 use crate::{Error, Result};
+
+mod tokens;
+pub use tokens::TextCompletion;
 
 /// Most alternatives per token OpenAI-compatible APIs return.
 pub const MAX_REMOTE_TOP_K: usize = 20;
@@ -74,6 +78,14 @@ pub struct RemoteTeacher {
     /// Set once an endpoint refuses log-probabilities: from then on completions are text only
     /// and stored as hard labels (sequence-level KD).
     text_only: AtomicBool,
+}
+
+/// The shared state of one fan-out: items left to do, results, the first fatal error.
+struct Job<'a, R> {
+    queue: &'a Mutex<VecDeque<(usize, usize)>>,
+    results: &'a Mutex<Vec<Option<R>>>,
+    fatal: &'a Mutex<Option<String>>,
+    remaining: &'a AtomicU64,
 }
 
 /// Why one attempt failed, and whether another attempt can help.
@@ -142,16 +154,29 @@ impl RemoteTeacher {
                 "remote teachers return 1 to {MAX_REMOTE_TOP_K} alternatives per token; got k = {k}"
             )));
         }
-        let queue: Mutex<VecDeque<(usize, usize)>> = Mutex::new((0..prompts.len()).map(|i| (i, 0)).collect());
-        let results: Mutex<Vec<Option<RemoteCompletion>>> = Mutex::new(vec![None; prompts.len()]);
+        self.fan_out(prompts, |endpoint, index, messages| {
+            let seeded = SamplingParams { seed: params.seed.wrapping_add(index as u64), ..params.clone() };
+            self.request(endpoint, messages, &seeded, k)
+        })
+    }
+
+    /// Runs `call` once per item over every endpoint (each with `concurrency` workers),
+    /// retrying failures on whichever endpoint is healthy with backoff for the one that
+    /// failed. Results come back in item order; the first fatal error ends the job.
+    fn fan_out<T: Sync, R: Send>(
+        &self,
+        items: &[T],
+        call: impl Fn(&Endpoint, usize, &T) -> std::result::Result<R, Failure> + Sync,
+    ) -> Result<Vec<R>> {
+        let queue: Mutex<VecDeque<(usize, usize)>> = Mutex::new((0..items.len()).map(|i| (i, 0)).collect());
+        let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
         let fatal: Mutex<Option<String>> = Mutex::new(None);
-        let remaining = AtomicU64::new(prompts.len() as u64);
+        let remaining = AtomicU64::new(items.len() as u64);
+        let job = Job { queue: &queue, results: &results, fatal: &fatal, remaining: &remaining };
         std::thread::scope(|s| {
             for endpoint in &self.endpoints {
                 for _ in 0..self.options.concurrency.max(1) {
-                    s.spawn(|| {
-                        self.worker(endpoint, prompts, params, k, &queue, &results, &fatal, &remaining);
-                    });
+                    s.spawn(|| self.worker(endpoint, items, &call, &job));
                 }
             }
         });
@@ -163,22 +188,18 @@ impl RemoteTeacher {
             .unwrap_or_else(|p| p.into_inner())
             .into_iter()
             .enumerate()
-            .map(|(i, r)| r.ok_or_else(|| Error::Input(format!("prompt {i} got no completion"))))
+            .map(|(i, r)| r.ok_or_else(|| Error::Input(format!("item {i} got no answer"))))
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn worker(
+    fn worker<T, R>(
         &self,
         endpoint: &Endpoint,
-        prompts: &[Vec<ChatMessage>],
-        params: &SamplingParams,
-        k: usize,
-        queue: &Mutex<VecDeque<(usize, usize)>>,
-        results: &Mutex<Vec<Option<RemoteCompletion>>>,
-        fatal: &Mutex<Option<String>>,
-        remaining: &AtomicU64,
+        items: &[T],
+        call: &(impl Fn(&Endpoint, usize, &T) -> std::result::Result<R, Failure> + Sync),
+        job: &Job<'_, R>,
     ) {
+        let Job { queue, results, fatal, remaining } = job;
         loop {
             if remaining.load(Ordering::SeqCst) == 0 || fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
                 return;
@@ -191,12 +212,11 @@ impl RemoteTeacher {
                 continue;
             }
             let Some((index, attempt)) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                // Others hold the last prompts; one of them may fail and come back.
+                // Others hold the last items; one of them may fail and come back.
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
-            let seeded = SamplingParams { seed: params.seed.wrapping_add(index as u64), ..params.clone() };
-            match self.request(endpoint, &prompts[index], &seeded, k) {
+            match call(endpoint, index, &items[index]) {
                 Ok(done) => {
                     endpoint.served.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut b) = endpoint.backoff.lock() {
@@ -239,7 +259,7 @@ impl RemoteTeacher {
                     if attempt + 1 >= self.options.attempts {
                         if let Ok(mut f) = fatal.lock() {
                             f.get_or_insert(format!(
-                                "prompt {index} failed {} times; last error from {}: {e}",
+                                "request {index} failed {} times; last error from {}: {e}",
                                 attempt + 1,
                                 endpoint.url
                             ));
@@ -275,7 +295,23 @@ impl RemoteTeacher {
         if !params.stop.is_empty() {
             body["stop"] = json!(params.stop);
         }
-        let mut request = ureq::post(&format!("{}/v1/chat/completions", endpoint.url))
+        let value = self.post(endpoint, "/v1/chat/completions", &body, |code, detail| {
+            code == 400 && detail.contains("logprobs") && !text_only
+        })?;
+        self.parse(&value, k, params).map_err(Failure::Fatal)
+    }
+
+    /// POSTs `body` to `path` of `endpoint`. Transport errors, 429 and 5xx can be retried;
+    /// other statuses are fatal, except those `no_logprobs(status, detail)` recognises as an
+    /// endpoint refusing log-probabilities.
+    fn post(
+        &self,
+        endpoint: &Endpoint,
+        path: &str,
+        body: &Value,
+        no_logprobs: impl Fn(u16, &str) -> bool,
+    ) -> std::result::Result<Value, Failure> {
+        let mut request = ureq::post(&format!("{}{path}", endpoint.url))
             .timeout(self.options.timeout)
             .set("Content-Type", "application/json");
         if let Some(key) = &self.options.api_key {
@@ -286,8 +322,7 @@ impl RemoteTeacher {
             Err(ureq::Error::Status(code, r)) => {
                 let detail = r.into_string().unwrap_or_default();
                 let detail: String = detail.chars().take(300).collect();
-                let refuses_logprobs = code == 400 && detail.contains("logprobs");
-                return Err(if refuses_logprobs && !text_only {
+                return Err(if no_logprobs(code, &detail) {
                     Failure::NoLogprobs
                 } else if code == 429 || code >= 500 {
                     Failure::Retry(format!("HTTP {code}: {detail}"))
@@ -298,9 +333,7 @@ impl RemoteTeacher {
             Err(e) => return Err(Failure::Retry(e.to_string())),
         };
         let text = response.into_string().map_err(|e| Failure::Retry(format!("reading the response: {e}")))?;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| Failure::Retry(format!("response is not JSON: {e}")))?;
-        self.parse(&value, k, params).map_err(Failure::Fatal)
+        serde_json::from_str(&text).map_err(|e| Failure::Retry(format!("response is not JSON: {e}")))
     }
 
     /// The completion's token ids and top-k rows from a chat response.

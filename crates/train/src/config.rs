@@ -62,9 +62,17 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OnPolicyConfig {
-    /// Teacher that scores the rollouts: GGUF, HF directory or Hub id (its tokenizer must be the
-    /// student's).
+    /// Teacher that scores the rollouts: GGUF, HF directory or Hub id, or the URL of an
+    /// OpenAI-compatible server offering `prompt_logprobs` (vLLM, `distill serve`), whose key
+    /// comes from DISTILL_TEACHER_API_KEY or OPENAI_API_KEY. Its tokenizer must be the student's.
     pub teacher: String,
+    /// With a teacher URL: the model name to send (default: the first the server lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_model: Option<String>,
+    /// With a teacher URL: requests in flight at once (a rollout's completions are scored in
+    /// parallel).
+    #[serde(default = "default_teacher_concurrency")]
+    pub teacher_concurrency: usize,
     /// Prompt file (JSONL, as for `distill generate`) the student completes.
     pub prompts: PathBuf,
     /// Share λ of micro-batches that are rollouts, in [0, 1].
@@ -105,6 +113,10 @@ pub enum Sampler {
 
 fn default_half() -> f64 {
     0.5
+}
+
+fn default_teacher_concurrency() -> usize {
+    4
 }
 
 fn default_rollouts() -> usize {

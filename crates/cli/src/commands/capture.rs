@@ -172,6 +172,7 @@ fn export_lines(row: &StoredCompletion, format: Format) -> Result<Vec<String>> {
         let mut line = match &request.prompt {
             Prompt::Chat(messages) => json!({"messages": messages}),
             Prompt::Text(text) => json!({"prompt": text}),
+            Prompt::Tokens(_) => bail!("stored request of {} has a token-id prompt, which is never stored", row.id),
         };
         line["completion"] = json!(completion);
         line["metadata"] = json!(metadata);

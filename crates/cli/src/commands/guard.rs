@@ -229,7 +229,7 @@ fn replay_traffic(path: &Path, config: GuardConfig, outputs: &ReplayOutputs) -> 
         // Timed as the server pays it: the request's fingerprint and the guard's bookkeeping
         // (parsing is the server's anyway).
         let start = Instant::now();
-        let decision = guard.observe(&key, &Guard::observation(&req, at));
+        let decision = guard.observe(&key, &Guard::observation(&req, at, None));
         micros.push(start.elapsed().as_secs_f64() * 1e6);
         let summary = summaries.entry(key).or_default();
         summary.requests += 1;

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
+use distill_serve::guard::Level;
 
 use super::serve::with_db;
 
@@ -75,7 +76,11 @@ pub fn run(args: KeysArgs) -> Result<()> {
                     if k.admin { "admin" } else { "inference" },
                     limit(k.rpm),
                     limit(k.tpm),
-                    if k.revoked.is_some() { "revoked" } else { "live" }
+                    match (k.revoked.is_some(), k.guard.level) {
+                        (true, _) => "revoked".to_string(),
+                        (false, Level::None) => "live".to_string(),
+                        (false, level) => format!("live, guard: {}", level.as_str()),
+                    }
                 );
             }
             Ok(())

@@ -93,13 +93,9 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
     }
     let student = Student::new(student_cfg.clone(), &weights)?;
     let mut rollouts = match &cfg.on_policy {
-        Some(o) => Some(super::on_policy::Rollouts::new(
-            o,
-            &tok.fingerprint(),
-            dataset.manifest().spec.k,
-            cfg.seq_len,
-            cfg.batch_size,
-        )?),
+        Some(o) => {
+            Some(super::on_policy::Rollouts::new(o, &source, dataset.manifest().spec.k, cfg.seq_len, cfg.batch_size)?)
+        }
         None => None,
     };
     eprintln!(

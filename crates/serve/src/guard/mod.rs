@@ -304,11 +304,15 @@ impl Guard {
         &self.config
     }
 
-    /// The guard's view of a request, as [`Guard::observe`] takes it.
-    pub fn observation(req: &GenerationRequest, at: f64) -> Observation {
+    /// The guard's view of a request, as [`Guard::observe`] takes it. `decoded` is the text of
+    /// a token-id prompt (the guard reads text; a replay without a tokenizer passes `None`).
+    pub fn observation(req: &GenerationRequest, at: f64, decoded: Option<&str>) -> Observation {
         Observation {
             at,
-            text: TextFeatures::of_request(req),
+            text: match decoded {
+                Some(text) => TextFeatures::of_text(text, text),
+                None => TextFeatures::of_request(req),
+            },
             logprobs: req.logprobs,
             logit_bias: (!req.logit_bias.is_empty()).then(|| {
                 req.logit_bias.iter().fold(text::mix(0), |h, (id, bias)| {

@@ -39,7 +39,7 @@ pub fn parse_request_line(line: &str) -> Result<(String, f64, GenerationRequest)
 /// [`parse_request_line`], then the guard's view of the request.
 pub fn parse_line(line: &str) -> Result<(String, Observation), String> {
     let (key, at, req) = parse_request_line(line)?;
-    Ok((key, Guard::observation(&req, at)))
+    Ok((key, Guard::observation(&req, at, None)))
 }
 
 /// Builds the distribution test's reference from traffic judged benign: the quantiles of the

@@ -33,6 +33,8 @@ impl TextFeatures {
         // is the same for all its users and says nothing about harvesting.
         let (user, all) = match &req.prompt {
             Prompt::Text(t) => (t.clone(), t.clone()),
+            // The server passes the decoded text instead (see `Guard::observation`).
+            Prompt::Tokens(_) => (String::new(), String::new()),
             Prompt::Chat(messages) => {
                 let user: Vec<&str> =
                     messages.iter().filter(|m| m.role == "user").map(|m| m.content.as_str()).collect();

@@ -76,7 +76,7 @@ fn each_out_of_range_field_is_named() {
     );
     refused(completion(r#"{"model": "m", "prompt": ""}"#), "prompt");
     refused(completion(r#"{"model": "m", "prompt": ["a", "b"]}"#), "prompt");
-    refused(completion(r#"{"model": "m", "prompt": [1, 2]}"#), "prompt");
+    refused(completion(r#"{"model": "m", "prompt": {"text": "x"}}"#), "prompt");
     refused(completion(r#"{"model": "m", "prompt": "x", "logprobs": 21}"#), "logprobs");
     refused(completion(r#"{"model": "m", "prompt": "x", "echo": true}"#), "echo");
 }
@@ -115,6 +115,27 @@ fn a_full_completion_request_is_understood() {
     assert!(r.stream && r.include_usage && r.store);
     assert_eq!(r.logit_bias, vec![(17, -100.0)]);
     assert_eq!(r.metadata.get("team").map(String::as_str), Some("support"));
+}
+
+#[test]
+fn token_id_prompts_and_prompt_logprobs_are_understood_and_checked() {
+    let r = completion(r#"{"model": "m", "prompt": [1, 2, 300], "max_tokens": 1, "prompt_logprobs": 5}"#).unwrap();
+    assert_eq!((r.prompt, r.prompt_logprobs), (Prompt::Tokens(vec![1, 2, 300]), Some(5)));
+    let r = completion(r#"{"model": "m", "prompt": [[7, 8]]}"#).unwrap();
+    assert_eq!((r.prompt, r.prompt_logprobs), (Prompt::Tokens(vec![7, 8]), None));
+    for (body, field) in [
+        (r#"{"model": "m", "prompt": [1, -2]}"#, "prompt"),
+        (r#"{"model": "m", "prompt": [1, "a"]}"#, "prompt"),
+        (r#"{"model": "m", "prompt": []}"#, "prompt"),
+        (r#"{"model": "m", "prompt": [[1, 2], [3]]}"#, "prompt"),
+        (r#"{"model": "m", "prompt": [1], "prompt_logprobs": 21}"#, "prompt_logprobs"),
+        (r#"{"model": "m", "prompt": [1], "prompt_logprobs": 0}"#, "prompt_logprobs"),
+        (r#"{"model": "m", "prompt": [1], "prompt_logprobs": 2, "stream": true}"#, "prompt_logprobs"),
+        (r#"{"model": "m", "prompt": [1], "store": true}"#, "store"),
+    ] {
+        let e = completion(body).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some(field), "{body}: {}", e.message);
+    }
 }
 
 /// A JSON value of any shape, a few levels deep.
