@@ -254,3 +254,50 @@ fn prompt_logprobs_of_a_served_teacher_score_given_tokens_as_the_local_teacher_d
     let err = remote.score_tokens(&[bad], 5).unwrap_err().to_string();
     assert!(err.contains("prompt") && err.contains("vocabulary"), "{err}");
 }
+
+#[test]
+fn given_completions_are_scored_by_a_served_teacher_as_by_the_local_one() {
+    let Setup { dir, model, db, key } = setup(59);
+    let server = Server::start(&model, &db, &[]);
+    // Half the prompts come with a completion to score, half are generated.
+    let lines: Vec<String> = (0..8)
+        .map(|i| {
+            let mut line = serde_json::json!({"messages": [{"role": "user", "content": format!("hello the {i}")}],
+                                              "metadata": {"id": format!("p{i}")}});
+            if i % 2 == 0 {
+                line["completion"] = serde_json::json!(format!("the cat {} sat", "a ".repeat(i)));
+            }
+            line.to_string()
+        })
+        .collect();
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, lines.join("\n") + "\n").unwrap();
+    let (m, p) = (model.to_str().unwrap(), prompts.to_str().unwrap());
+    let args = ["generate", "--model", m, "--prompts-file", p, "--k", "5", "--max-tokens", "8"];
+    let remote_dir = dir.path().join("remote");
+    let out = command()
+        .args(args)
+        .args(["--dataset", remote_dir.to_str().unwrap(), "--teacher-url", &server.url])
+        .env("DISTILL_TEACHER_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let local_dir = dir.path().join("local");
+    let out = command().args(args).args(["--dataset", local_dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (remote, local) = (read(&remote_dir), read(&local_dir));
+    assert_eq!(remote.len(), 8);
+    for i in (0..8).step_by(2) {
+        let id = format!("p{i}");
+        let (r, l) = (&remote[&id], &local[&id]);
+        assert_eq!((&r.token_ids, r.prompt_len), (&l.token_ids, l.prompt_len), "{id}: the given completion's tokens");
+        // Every row, the end-of-sequence one included: given tokens are scored, not generated.
+        for row in 0..r.tail_logprobs.len() {
+            assert_eq!(r.topk_ids[row * 5..(row + 1) * 5], l.topk_ids[row * 5..(row + 1) * 5], "{id} row {row}");
+            for j in row * 5..(row + 1) * 5 {
+                let (x, y) = (r.topk_logprobs[j], l.topk_logprobs[j]);
+                assert!((x - y).abs() < 0.02 || (x < -20.0 && y < -20.0), "{id} entry {j}: {x} vs {y}");
+            }
+        }
+    }
+}

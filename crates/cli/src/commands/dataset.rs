@@ -172,11 +172,7 @@ fn teacher_pass(
     let mut pending: Vec<(usize, u16, Vec<u32>)> = Vec::new();
     for (offset, r) in records.iter().enumerate() {
         if let Some(text) = &r.completion {
-            let mut ids = model.tokenizer.encode(text, false)?;
-            if opts.chat {
-                ids.extend(model.tokenizer.eos_id());
-            }
-            pending.push((offset, 0, ids));
+            pending.push((offset, 0, given_completion(model, text, opts.chat)?));
         }
     }
     let to_generate: Vec<usize> = (0..records.len()).filter(|&i| records[i].completion.is_none()).collect();
@@ -231,8 +227,18 @@ fn teacher_pass(
     Ok(sequences)
 }
 
-/// One shard through remote endpoints: every prompt as a conversation, its completions and their
-/// top-k from the endpoints' logprobs.
+/// A given completion's tokens: its text, then end-of-sequence for a chat turn.
+fn given_completion(model: &distill_models::LoadedModel, text: &str, chat: bool) -> Result<Vec<u32>> {
+    let mut ids = model.tokenizer.encode(text, false)?;
+    if chat {
+        ids.extend(model.tokenizer.eos_id());
+    }
+    Ok(ids)
+}
+
+/// One shard through remote endpoints: prompts without a completion are sent as conversations
+/// and come back with their completion's top-k from the endpoints' logprobs; given completions
+/// are scored token for token through `prompt_logprobs` (vLLM, distill serve).
 fn remote_pass(
     teacher: &RemoteTeacher,
     model: &distill_models::LoadedModel,
@@ -241,37 +247,64 @@ fn remote_pass(
     opts: &DatasetOptions,
 ) -> Result<Vec<Sequence>> {
     let mut conversations = Vec::with_capacity(records.len());
+    let mut to_generate = Vec::with_capacity(records.len());
+    let mut given = Vec::new();
     let mut prompt_ids = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
         let line = first_index + i + 1;
-        if r.completion.is_some() {
-            bail!(
-                "prompt {line} has a given completion: remote teachers cannot score given text (no prompt \
-                 logprobs through the chat API); drop `completion` or use a local teacher (--model)"
-            );
+        let text =
+            render(model, &r.prompt, opts.chat, opts.system.as_deref()).with_context(|| format!("prompt {line}"))?;
+        prompt_ids.push(model.tokenizer.encode(&text, true)?);
+        if let Some(completion) = &r.completion {
+            given.push((i, given_completion(model, completion, opts.chat)?));
+            continue;
         }
         let Some(messages) = conversation(&r.prompt, opts.chat, opts.system.as_deref()) else {
             bail!("prompt {line} is plain text: remote teachers are asked through the chat API; add --chat or use `messages`");
         };
-        let text =
-            render(model, &r.prompt, opts.chat, opts.system.as_deref()).with_context(|| format!("prompt {line}"))?;
-        prompt_ids.push(model.tokenizer.encode(&text, true)?);
         conversations.push(messages);
+        to_generate.push(i);
     }
-    let mut sequences = Vec::new();
+    let id_of = |i: usize| records[i].id.clone().unwrap_or_else(|| format!("line-{}", records[i].line));
+    let given: Vec<(usize, Vec<u32>)> = given.into_iter().filter(|(_, ids)| !ids.is_empty()).collect();
+    let requests: Vec<ScoreRequest> = given
+        .iter()
+        .map(|(i, ids)| ScoreRequest {
+            token_ids: prompt_ids[*i].iter().chain(ids).copied().collect(),
+            from: prompt_ids[*i].len(),
+        })
+        .collect();
+    let scored = if requests.is_empty() { Vec::new() } else { teacher.score_tokens(&requests, opts.k)? };
+    let mut sequences: Vec<Sequence> = given
+        .iter()
+        .zip(requests.into_iter().zip(scored))
+        .map(|((i, _), (request, top))| Sequence {
+            prompt_index: (first_index + i) as u32,
+            prompt_id: id_of(*i),
+            sample: 0,
+            prompt_len: request.from as u32,
+            token_ids: request.token_ids,
+            topk_ids: top.ids,
+            topk_logprobs: top.logprobs,
+            tail_logprobs: top.tail_logprob,
+        })
+        .collect();
+    if conversations.is_empty() {
+        return Ok(sequences);
+    }
     for sample in 0..opts.completions {
         let params = SamplingParams {
             seed: opts.sampling.seed.wrapping_add(sample as u64 * SAMPLE_SEED_STRIDE).wrapping_add(first_index as u64),
             ..opts.sampling.clone()
         };
         let completions = teacher.generate_scored(&conversations, &params, opts.k)?;
-        for (i, c) in completions.into_iter().enumerate() {
+        for (&i, c) in to_generate.iter().zip(completions) {
             if c.token_ids.is_empty() {
                 continue;
             }
             sequences.push(Sequence {
                 prompt_index: (first_index + i) as u32,
-                prompt_id: records[i].id.clone().unwrap_or_else(|| format!("line-{}", records[i].line)),
+                prompt_id: id_of(i),
                 sample: sample as u16,
                 prompt_len: prompt_ids[i].len() as u32,
                 token_ids: prompt_ids[i].iter().chain(&c.token_ids).copied().collect(),

@@ -104,6 +104,7 @@ pub struct GenerateArgs {
     /// endpoints; prompts fan out over all, a failing one is retried elsewhere). --model then
     /// names a local copy of the teacher for its tokenizer and chat template. The API key is read
     /// from DISTILL_TEACHER_API_KEY or OPENAI_API_KEY. At most 20 alternatives per token (--k 20).
+    /// Given completions are scored through `prompt_logprobs` (vLLM, distill serve).
     #[arg(long = "teacher-url", value_name = "URL", requires = "dataset", help_heading = "Remote teacher")]
     teacher_urls: Vec<String>,
 
