@@ -6,7 +6,8 @@
 # student's own completions (8 per micro-batch, ≤ 64 tokens, sampled at T = 1) of the 240
 # prompts, scored by the teacher inside the loop and trained with JSD(0.5). The script prints and
 # records both budgets and both students' held-out KL in each direction (`distill eval` on the 60
-# held-out prompts, on the teacher's greedy text).
+# held-out prompts), on the teacher's greedy text and on each student's own greedy text (where
+# reverse KL, an expectation under the student, is measured as the student will be used).
 #
 # Usage: [BETA=0.5] [STEPS=30] [START=0] [SKIP_OFFLINE=1] bench/on_policy.sh [WORK_DIR]
 # START > 0 trains the on-policy run offline only for its first START steps (a KD warm-up).
@@ -75,7 +76,8 @@ def rollout_tokens(run):
     return max([l.get("rollout_teacher_tokens", 0) for l in lines] or [0])
 result = {"beta": beta, "steps": steps, "start_step": start}
 for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
-    t = json.load(open(f"{work}/eval-{run}.json"))["in_domain"]["tokens"]
+    e = json.load(open(f"{work}/eval-{run}.json"))["in_domain"]
+    t, own = e["tokens"], e["tokens_on_student_text"]
     result[run] = {
         "teacher_tokens": dataset_tokens(data) + rollout_tokens(run),
         "dataset_tokens": dataset_tokens(data),
@@ -83,10 +85,14 @@ for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
         "heldout_kl_reverse": t["kl_reverse"],
         "heldout_kl_forward": t["kl_forward"],
         "heldout_top1": t["top1_agreement"],
+        "own_text_kl_reverse": own["kl_reverse"],
+        "own_text_kl_forward": own["kl_forward"],
+        "own_text_tokens": own["positions"],
     }
 for run, r in ((k, v) for k, v in result.items() if isinstance(v, dict)):
     print(f"{run:<10} teacher tokens {r['teacher_tokens']:>6} ({r['dataset_tokens']} offline + {r['rollout_tokens']} rollout)"
-          f"  held-out KL(s||t) {r['heldout_kl_reverse']:.3f}  KL(t||s) {r['heldout_kl_forward']:.3f}  top-1 {r['heldout_top1']:.3f}")
+          f"  held-out KL(s||t) {r['heldout_kl_reverse']:.3f}  KL(t||s) {r['heldout_kl_forward']:.3f}  top-1 {r['heldout_top1']:.3f}"
+          f"  on its own text: KL(s||t) {r['own_text_kl_reverse']:.3f}  KL(t||s) {r['own_text_kl_forward']:.3f}")
 suffix = f"_steps{steps}_start{start}" if (steps, start) != (30, 0) else ""
 json.dump(result, open(f"bench/results/on_policy_beta{beta:g}{suffix}.json", "w"), indent=2)
 PY

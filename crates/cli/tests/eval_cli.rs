@@ -49,6 +49,9 @@ fn identical_student_keeps_everything_and_another_does_not() {
     let d = &same["in_domain"];
     assert!(d["tokens"]["positions"].as_u64().unwrap() > 0);
     assert!(d["tokens"]["kl_forward"].as_f64().unwrap() < 1e-6, "{d}");
+    // The same student writes the teacher's text: the two token measures agree.
+    assert_eq!(d["tokens_on_student_text"]["positions"], d["tokens"]["positions"]);
+    assert!(d["tokens_on_student_text"]["kl_reverse"].as_f64().unwrap() < 1e-6, "{d}");
     assert_eq!(d["retention"]["top1_agreement_pct"], 100.0);
     assert!((d["retention"]["perplexity_pct"].as_f64().unwrap() - 100.0).abs() < 1e-6);
     assert_eq!(d["retention"]["rouge_l_pct"], 100.0);
@@ -61,6 +64,7 @@ fn identical_student_keeps_everything_and_another_does_not() {
     let diff = eval(dir.path(), t, other.to_str().unwrap(), &["--no-speed"]);
     let d = &diff["in_domain"];
     assert!(d["tokens"]["kl_forward"].as_f64().unwrap() > 0.01, "{d}");
+    assert!(d["tokens_on_student_text"]["kl_reverse"].as_f64().unwrap() > 0.01, "{d}");
     assert!(d["retention"]["perplexity_pct"].as_f64().unwrap() != 100.0);
     assert!(diff["cost"]["teacher"].get("speed").is_none());
 

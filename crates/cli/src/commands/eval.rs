@@ -156,20 +156,30 @@ fn evaluate_set(
     let teacher_out = greedy_all(teacher, &teacher_prompts, args, &bar)?;
     let student_out = greedy_all(student, &student_prompts, args, &bar)?;
     let vocab = teacher.model.config().vocab_size;
-    let mut stats = TokenStats::default();
-    for (prompt, (completion, _)) in teacher_prompts.iter().zip(&teacher_out) {
-        bar.inc(1);
-        if completion.is_empty() {
-            continue;
-        }
-        let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
-        let from = prompt.len() - 1;
-        let t = position_logits(teacher, &ids, from)?;
-        let s = position_logits(student, &ids, from)?;
-        stats.add(&t, &s, completion, vocab);
-    }
+    // Token metrics on a text: teacher and student logits at every completion position.
+    let on_text =
+        |prompts: &[Vec<u32>], outs: &[(Vec<u32>, String)], bar: Option<&ProgressBar>| -> Result<TokenStats> {
+            let mut stats = TokenStats::default();
+            for (prompt, (completion, _)) in prompts.iter().zip(outs) {
+                if let Some(bar) = bar {
+                    bar.inc(1);
+                }
+                if completion.is_empty() {
+                    continue;
+                }
+                let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+                let from = prompt.len() - 1;
+                let t = position_logits(teacher, &ids, from)?;
+                let s = position_logits(student, &ids, from)?;
+                stats.add(&t, &s, completion, vocab);
+            }
+            Ok(stats)
+        };
+    let tokens = on_text(&teacher_prompts, &teacher_out, Some(&bar))?.summary();
+    // The same on the student's own (greedy) text: the text it will actually produce, where
+    // on-policy training aims (reverse KL is an expectation under the student).
+    let on_student_text = on_text(&student_prompts, &student_out, None)?.summary();
     bar.finish_and_clear();
-    let tokens = stats.summary();
     let rouge: f64 =
         teacher_out.iter().zip(&student_out).map(|((_, t), (_, s))| rouge_l(s, t)).sum::<f64>() / records.len() as f64;
     let with_ref: Vec<(usize, &String)> =
@@ -190,6 +200,7 @@ fn evaluate_set(
     Ok(json!({
         "prompts": records.len(),
         "tokens": tokens,
+        "tokens_on_student_text": on_student_text,
         "rouge_l": rouge,
         "exact_match": exact.map(|(t, s)| json!({"teacher": t, "student": s, "with_reference": with_ref.len()})),
         "retention": {
@@ -275,6 +286,13 @@ fn print_set(name: &str, path: &Path, r: &Value) {
         "  perplexity on teacher text: teacher {}  student {}",
         f(&t["teacher_perplexity"]),
         f(&t["student_perplexity"])
+    );
+    let own = &r["tokens_on_student_text"];
+    println!(
+        "  on the student's own text ({} tokens): KL(teacher‖student) {}  KL(student‖teacher) {}",
+        own["positions"],
+        f(&own["kl_forward"]),
+        f(&own["kl_reverse"])
     );
     if let Some(em) = r["exact_match"].as_object() {
         println!("  exact match: teacher {}  student {}", f(&em["teacher"]), f(&em["student"]));
