@@ -405,4 +405,26 @@ fn on_policy_and_online_training_work_with_a_teacher_behind_an_openai_compatible
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let last = metrics.lines().last().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).unwrap();
     assert!(last["rollout_teacher_tokens"].as_u64().is_some_and(|t| t > 0), "{metrics}");
+
+    // Pure online training needs no dataset at all: every batch comes from the served teacher.
+    std::fs::remove_dir_all(&run).unwrap();
+    let no_dataset = |fraction: &str| {
+        config("sampler = \"teacher\"\nk = 8\n")
+            .lines()
+            .filter(|l| !l.starts_with("dataset = "))
+            .map(|l| if l.starts_with("fraction = ") { format!("fraction = {fraction}") } else { l.to_string() })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    std::fs::write(&path, no_dataset("0.5")).unwrap();
+    let out = train_with(&key);
+    assert!(!out.status.success() && text(&out.stderr).contains("`dataset` is missing"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&run);
+    std::fs::write(&path, no_dataset("1.0")).unwrap();
+    let out = train_with(&key);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no dataset"), "{}", text(&out.stderr));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 6, "{metrics}");
+    assert!(run.join("final/config.json").exists());
 }

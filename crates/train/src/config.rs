@@ -11,8 +11,11 @@ use crate::optim::AdamWConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Teacher-signal dataset to train on (made by `distill generate --dataset`).
-    pub dataset: PathBuf,
+    /// Teacher-signal dataset to train on (made by `distill generate --dataset`). May be left out
+    /// only for pure online or on-policy training (`[on_policy]` with `fraction = 1` and
+    /// `start_step = 0`), where every batch comes from the teacher inside the loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<PathBuf>,
     /// Optional held-out dataset (same teacher) for periodic evaluation.
     #[serde(default)]
     pub eval_dataset: Option<PathBuf>,
@@ -101,6 +104,10 @@ pub struct OnPolicyConfig {
     /// distillation: teacher signal made inside the loop instead of read from a store).
     #[serde(default)]
     pub sampler: Sampler,
+    /// Teacher alternatives kept per rollout token (default: the dataset's k; 20 without a
+    /// dataset, the most an OpenAI-compatible server returns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

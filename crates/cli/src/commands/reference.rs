@@ -21,8 +21,9 @@ use distill_train::config::TrainConfig;
 use distill_train::data::{self, BatchStream};
 
 pub fn export(cfg: &TrainConfig, dir: &Path) -> Result<()> {
-    let dataset = Dataset::open(&cfg.dataset)?;
-    let (student_cfg, weights, source) = super::train::build_student(cfg, &dataset)?;
+    let path = cfg.dataset.as_ref().context("the reference export replays the run's dataset; give `dataset`")?;
+    let dataset = Dataset::open(path)?;
+    let (student_cfg, weights, source) = super::train::build_student(cfg, Some(&dataset))?;
     let tok = &source.tokenizer;
     dataset.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -74,7 +74,14 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
         std::fs::write(&config_path, &resolved)?;
     }
 
-    let dataset = Dataset::open(&cfg.dataset)?;
+    let dataset = match (&cfg.dataset, &cfg.on_policy) {
+        (Some(path), _) => Some(Dataset::open(path)?),
+        (None, Some(o)) if o.fraction == 1.0 && o.start_step == 0 => None,
+        (None, _) => bail!(
+            "`dataset` is missing: only pure online or on-policy training ([on_policy] with fraction = 1 and \
+             start_step = 0) needs none\nHINT: make one with `distill generate --dataset DIR --prompts-file FILE`"
+        ),
+    };
     let eval = cfg.eval_dataset.as_ref().map(|p| Dataset::open(p)).transpose()?;
     let (student_cfg, weights, source) = match &resume_from {
         Some(dir) => {
@@ -83,10 +90,12 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
             let weights = loaded.model.named_parameters().into_iter().collect();
             (loaded.model.config().clone(), weights, loaded)
         }
-        None => build_student(cfg, &dataset)?,
+        None => build_student(cfg, dataset.as_ref())?,
     };
     let tok = &source.tokenizer;
-    dataset.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;
+    if let Some(dataset) = &dataset {
+        dataset.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;
+    }
     if let Some(eval) = &eval {
         eval.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)
             .context("eval_dataset was made with another teacher than dataset")?;
@@ -94,16 +103,19 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
     let student = Student::new(student_cfg.clone(), &weights)?;
     let mut rollouts = match &cfg.on_policy {
         Some(o) => {
-            Some(super::on_policy::Rollouts::new(o, &source, dataset.manifest().spec.k, cfg.seq_len, cfg.batch_size)?)
+            let k = o.k.or(dataset.as_ref().map(|d| d.manifest().spec.k)).unwrap_or(20);
+            Some(super::on_policy::Rollouts::new(o, &source, k, cfg.seq_len, cfg.batch_size)?)
         }
         None => None,
     };
+    let data = match (&cfg.dataset, &dataset) {
+        (Some(path), Some(d)) => format!("dataset {} ({} tokens)", path.display(), d.manifest().tokens()),
+        _ => "no dataset: every batch is made by the teacher inside the loop".to_string(),
+    };
     eprintln!(
-        "student: {} layers, {:.1}M parameters; dataset {} ({} tokens)",
+        "student: {} layers, {:.1}M parameters; {data}",
         student_cfg.num_hidden_layers,
         student_cfg.num_parameters() as f64 / 1e6,
-        cfg.dataset.display(),
-        dataset.manifest().tokens()
     );
     let schedule = Schedule {
         peak: cfg.optimizer.lr,
@@ -163,8 +175,10 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
     );
     let started = Instant::now();
     let session_start_tokens = state.tokens;
-    let mut stream =
-        BatchStream::new(&dataset, cfg.seq_len, cfg.batch_size, cfg.seed, state.epoch, state.batches_in_epoch)?;
+    let mut stream = dataset
+        .as_ref()
+        .map(|d| BatchStream::new(d, cfg.seq_len, cfg.batch_size, cfg.seed, state.epoch, state.batches_in_epoch))
+        .transpose()?;
     bar.set_position(state.step);
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -201,6 +215,8 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
                     continue;
                 }
             }
+            // Without a dataset every micro-batch is a rollout (checked above).
+            let stream = stream.as_mut().context("no dataset to read an offline batch from")?;
             let batch = stream.next_batch()?;
             (state.epoch, state.batches_in_epoch) = (stream.epoch, stream.batches_in_epoch);
             let Some(micro) = student.batch_loss(&batch, &cfg.loss)? else { continue };
@@ -262,7 +278,7 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
 /// Width pruning measures importance on `calibration` (the run's dataset).
 pub(crate) fn build_student(
     cfg: &TrainConfig,
-    calibration: &Dataset,
+    calibration: Option<&Dataset>,
 ) -> Result<(LlamaConfig, std::collections::HashMap<String, candle_core::Tensor>, LoadedModel)> {
     let load = |spec: &str| distill_models::load(spec, &Device::Cpu).with_context(|| format!("loading `{spec}`"));
     Ok(match &cfg.student {
@@ -286,6 +302,8 @@ pub(crate) fn build_student(
             let width =
                 prune::Width { intermediate_size: *intermediate_size, num_attention_heads: *num_attention_heads };
             if width != prune::Width::default() {
+                let calibration = calibration
+                    .context("width pruning measures channel importance on the run's dataset; give `dataset`")?;
                 let tok = &source.tokenizer;
                 calibration.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;
                 let probes = calibrate(&student_cfg, &weights, calibration, cfg, *calibration_batches)?;
