@@ -44,6 +44,35 @@ fn read(dir: &Path) -> BTreeMap<String, Sequence> {
     Dataset::open(dir).unwrap().sequences().map(|s| s.unwrap()).map(|s| (s.prompt_id.clone(), s)).collect()
 }
 
+/// `distill ARGS --dataset DIR/remote --teacher-url URL` with the key, then `distill ARGS --dataset
+/// DIR/local` with the local teacher; the remote run's stderr and both datasets' directories.
+fn remote_and_local(dir: &Path, args: &[&str], url: &str, key: &str) -> (String, PathBuf, PathBuf) {
+    let (remote_dir, local_dir) = (dir.join("remote"), dir.join("local"));
+    let out = command()
+        .args(args)
+        .args(["--dataset", remote_dir.to_str().unwrap(), "--teacher-url", url])
+        .env("DISTILL_TEACHER_API_KEY", key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let remote_log = text(&out.stderr);
+    let out = command().args(args).args(["--dataset", local_dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (remote_log, remote_dir, local_dir)
+}
+
+/// Rows `0..rows` of two sequences hold the same top-`k` ids, with log-probabilities equal to
+/// within the store's quantisation.
+fn assert_same_top(id: &str, r: &Sequence, l: &Sequence, k: usize, rows: usize) {
+    for row in 0..rows {
+        assert_eq!(r.topk_ids[row * k..(row + 1) * k], l.topk_ids[row * k..(row + 1) * k], "{id} row {row}");
+        for j in row * k..(row + 1) * k {
+            let (x, y) = (r.topk_logprobs[j], l.topk_logprobs[j]);
+            assert!((x - y).abs() < 0.02 || (x < -20.0 && y < -20.0), "{id} entry {j}: {x} vs {y}");
+        }
+    }
+}
+
 #[test]
 fn a_dataset_from_two_served_endpoints_matches_the_local_teacher() {
     let Setup { dir, model, db, key } = setup(51);
@@ -86,13 +115,7 @@ fn a_dataset_from_two_served_endpoints_matches_the_local_teacher() {
         // Every row but a final end-of-sequence one (a hard label remotely): same top-5 ids,
         // same log-probabilities to within the store's quantisation.
         let rows = r.tail_logprobs.len() - usize::from(r.token_ids.last() == Some(&2));
-        for row in 0..rows {
-            assert_eq!(r.topk_ids[row * 5..(row + 1) * 5], l.topk_ids[row * 5..(row + 1) * 5], "{id} row {row}");
-            for j in row * 5..(row + 1) * 5 {
-                let (x, y) = (r.topk_logprobs[j], l.topk_logprobs[j]);
-                assert!((x - y).abs() < 0.02 || (x < -20.0 && y < -20.0), "{id} entry {j}: {x} vs {y}");
-            }
-        }
+        assert_same_top(id, r, l, 5, rows);
     }
     // Both endpoints took work.
     assert!(log.lines().filter(|l| l.starts_with("endpoint ") && !l.contains(": 0 completions")).count() == 2, "{log}");
@@ -169,17 +192,8 @@ fn a_text_only_endpoint_falls_back_to_sequence_level_kd_with_a_warning() {
     write_prompts(&prompts, 4);
     let (m, p) = (model.to_str().unwrap(), prompts.to_str().unwrap());
     let args = ["generate", "--model", m, "--prompts-file", p, "--k", "4", "--max-tokens", "8"];
-    let remote_dir = dir.path().join("remote");
-    let out = command()
-        .args(args)
-        .args(["--dataset", remote_dir.to_str().unwrap(), "--teacher-url", &server.url])
-        .env("DISTILL_TEACHER_API_KEY", &key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("sequence-level KD"), "{}", text(&out.stderr));
-    let local_dir = dir.path().join("local");
-    assert!(command().args(args).args(["--dataset", local_dir.to_str().unwrap()]).status().unwrap().success());
+    let (log, remote_dir, local_dir) = remote_and_local(dir.path(), &args, &server.url, &key);
+    assert!(log.contains("sequence-level KD"), "{log}");
     let tokenizer = distill_models::load(m, &candle_core::Device::Cpu).unwrap().tokenizer;
     let (remote, local) = (read(&remote_dir), read(&local_dir));
     assert_eq!(remote.len(), 4);
@@ -274,17 +288,7 @@ fn given_completions_are_scored_by_a_served_teacher_as_by_the_local_one() {
     std::fs::write(&prompts, lines.join("\n") + "\n").unwrap();
     let (m, p) = (model.to_str().unwrap(), prompts.to_str().unwrap());
     let args = ["generate", "--model", m, "--prompts-file", p, "--k", "5", "--max-tokens", "8"];
-    let remote_dir = dir.path().join("remote");
-    let out = command()
-        .args(args)
-        .args(["--dataset", remote_dir.to_str().unwrap(), "--teacher-url", &server.url])
-        .env("DISTILL_TEACHER_API_KEY", &key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let local_dir = dir.path().join("local");
-    let out = command().args(args).args(["--dataset", local_dir.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (_, remote_dir, local_dir) = remote_and_local(dir.path(), &args, &server.url, &key);
     let (remote, local) = (read(&remote_dir), read(&local_dir));
     assert_eq!(remote.len(), 8);
     for i in (0..8).step_by(2) {
@@ -292,12 +296,6 @@ fn given_completions_are_scored_by_a_served_teacher_as_by_the_local_one() {
         let (r, l) = (&remote[&id], &local[&id]);
         assert_eq!((&r.token_ids, r.prompt_len), (&l.token_ids, l.prompt_len), "{id}: the given completion's tokens");
         // Every row, the end-of-sequence one included: given tokens are scored, not generated.
-        for row in 0..r.tail_logprobs.len() {
-            assert_eq!(r.topk_ids[row * 5..(row + 1) * 5], l.topk_ids[row * 5..(row + 1) * 5], "{id} row {row}");
-            for j in row * 5..(row + 1) * 5 {
-                let (x, y) = (r.topk_logprobs[j], l.topk_logprobs[j]);
-                assert!((x - y).abs() < 0.02 || (x < -20.0 && y < -20.0), "{id} entry {j}: {x} vs {y}");
-            }
-        }
+        assert_same_top(&id, r, l, 5, r.tail_logprobs.len());
     }
 }
