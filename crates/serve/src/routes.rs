@@ -264,6 +264,7 @@ async fn score_prompt(app: &Arc<AppState>, prompt: &[u32], k: usize) -> Result<V
     let model = app.model.clone();
     let request = distill_teacher::ScoreRequest { token_ids: prompt.to_vec(), from: 1 };
     let scored = tokio::task::spawn_blocking(move || {
+        // One request in, one row set out.
         distill_teacher::score_with(&model.model, std::slice::from_ref(&request), k, 1.0)
             .map(|mut s| (model, s.remove(0)))
     })
