@@ -129,6 +129,14 @@ fn a_logprob_sweep_is_flagged_throttled_audited_and_cleared_while_ordinary_traff
     let audit = guard(&db, &["audit", "sweeper"]);
     assert!(audit.lines().last().unwrap().contains("our own load test"), "{audit}");
     assert!(guard(&db, &["report"]).lines().any(|l| l.contains("sweeper") && l.contains(" none ")));
+    // The same over HTTP, for admins: audited, and the key keeps being served.
+    let (status, body, _) =
+        server.post("/v1/admin/guard/sweeper/clear", &admin, &json!({"note": "cleared over http"}).to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.post("/v1/admin/guard/nobody/clear", &admin, "").0, 404);
+    assert_eq!(server.post("/v1/admin/guard/sweeper/clear", &person, "").0, 403);
+    assert!(guard(&db, &["audit", "sweeper"]).lines().last().unwrap().contains("cleared over http"));
+    assert_eq!(server.post("/v1/chat/completions", &sweeper, &sweep(101)).0, 200);
     // Clearing a key that does not exist says so.
     let out = distill(&["guard", "clear", "nobody", "--db", db.to_str().unwrap()]);
     assert!(!out.status.success() && text(&out.stderr).contains("no key"), "{}", text(&out.stderr));

@@ -161,7 +161,7 @@ async fn generate(
             app.options.max_concurrent
         ))
     })?;
-    if app.guard.config().enabled() && app.guard.needs_history(&key.id) {
+    if app.guard.needs_history(&key.id) {
         // Once per key and process: a restarted server judges old keys by their own past.
         let week_ago = now() - 7 * 86_400;
         match app.db.hourly_requests(&key.id, week_ago).await {
@@ -263,20 +263,19 @@ fn observe(app: &Arc<AppState>, key_id: &str, req: &GenerationRequest, prompt: &
 async fn score_prompt(app: &Arc<AppState>, prompt: &[u32], k: usize) -> Result<Value, ApiError> {
     let model = app.model.clone();
     let request = distill_teacher::ScoreRequest { token_ids: prompt.to_vec(), from: 1 };
-    let scored = tokio::task::spawn_blocking(move || {
+    let top = tokio::task::spawn_blocking(move || {
         // One request in, one row set out.
-        distill_teacher::score_with(&model.model, std::slice::from_ref(&request), k, 1.0)
-            .map(|mut s| (model, s.remove(0)))
+        distill_teacher::score_with(&model.model, std::slice::from_ref(&request), k, 1.0).map(|mut s| s.remove(0))
     })
     .await
     .map_err(|e| ApiError::internal("scoring the prompt", e))?
     .map_err(|e| ApiError::internal("scoring the prompt", e))?;
-    let (model, top) = scored;
+    let tokenizer = &app.model.tokenizer;
     let mut positions = vec![Value::Null];
     for (ids, logprobs) in top.ids.chunks(k).zip(top.logprobs.chunks(k)) {
         let mut row = serde_json::Map::with_capacity(k);
         for (rank, (id, logprob)) in ids.iter().zip(logprobs).enumerate() {
-            let decoded = model.tokenizer.decode(&[*id], false).unwrap_or_default();
+            let decoded = tokenizer.decode(&[*id], false).unwrap_or_default();
             row.insert(id.to_string(), json!({"logprob": logprob, "rank": rank + 1, "decoded_token": decoded}));
         }
         positions.push(Value::Object(row));
@@ -558,8 +557,9 @@ async fn guard_clear(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::invalid(Some("note"), format!("expected {{\"note\"?}}: {e}")))?
     };
+    // As with `distill guard clear`: the key's next request sees the newer clear in the
+    // database (`Guard::sync`), which resets it and stores the volume it accepted.
     let cleared = app.db.clear_guard(&id, &note.note).await.map_err(|e| ApiError::internal("clearing a key", e))?;
     let key_id = cleared.ok_or_else(|| ApiError::not_found(format!("no key `{id}`")))?;
-    app.guard.clear(&key_id, crate::db::now());
     Ok(Json(json!({"id": key_id, "cleared": true})))
 }

@@ -327,8 +327,12 @@ impl Guard {
         (key.level, allowance.filter(|a| *a > stored.allowance.unwrap_or(0.0)))
     }
 
-    /// Whether the guard has yet to see the key in this process (see [`Guard::seed_history`]).
+    /// Whether the guard (when on) has yet to see the key in this process (see
+    /// [`Guard::seed_history`]).
     pub fn needs_history(&self, key_id: &str) -> bool {
+        if !self.config.enabled() {
+            return false;
+        }
         let state = self.lock();
         state.ids.get(key_id).is_none_or(|i| !state.keys[*i as usize].seeded)
     }
@@ -342,15 +346,6 @@ impl Guard {
         if !key.seeded {
             key.seeded = true;
             key.window.seed_hours(hours);
-        }
-    }
-
-    /// Forgets what the guard saw of a key: an admin judged it benign. It is judged afresh
-    /// from its next request.
-    pub fn clear(&self, key_id: &str, at: i64) {
-        let mut state = self.lock();
-        if let Some(idx) = state.ids.get(key_id).copied() {
-            state.reset(idx, self.config.own_factor, at);
         }
     }
 
