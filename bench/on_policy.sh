@@ -9,8 +9,12 @@
 # held-out prompts), on the teacher's greedy text and on each student's own greedy text (where
 # reverse KL, an expectation under the student, is measured as the student will be used).
 #
-# Usage: [BETA=0.5] [STEPS=30] [START=0] [SKIP_OFFLINE=1] bench/on_policy.sh [WORK_DIR]
-# START > 0 trains the on-policy run offline only for its first START steps (a KD warm-up).
+# Usage: [BETA=0.5] [STEPS=30] [START=0] [FRACTION=0.5] [ROLLOUTS=8] [ROLLOUT_T=1] [TAIL=bucket]
+#        [SKIP_OFFLINE=1] bench/on_policy.sh [WORK_DIR]
+# START > 0 trains the on-policy run offline only for its first START steps (a KD warm-up);
+# FRACTION is λ, the share of micro-batches after it that are rollouts, ROLLOUTS the completions
+# per rollout micro-batch and ROLLOUT_T their sampling temperature; TAIL=uniform (with BETA=1)
+# spreads the teacher's tail evenly over the tokens outside its top-K in the rollouts' reverse KL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-target/bench/on_policy}"
@@ -26,6 +30,10 @@ sample=(--k 32 --max-tokens 64 --temperature 0.7 --top-p 0.95 --seed 0)
 beta="${BETA:-0.5}"
 steps="${STEPS:-30}"
 start="${START:-0}"
+fraction="${FRACTION:-0.5}"
+rollouts="${ROLLOUTS:-8}"
+rollout_t="${ROLLOUT_T:-1}"
+tail_model="${TAIL:-bucket}"
 runs=(offline on-policy)
 [[ -n "${SKIP_OFFLINE:-}" && -f "$work/eval-offline.json" ]] && runs=(on-policy)
 for run in "${runs[@]}"; do
@@ -52,11 +60,13 @@ TOML
 [on_policy]
 teacher = "$teacher"
 prompts = "examples/support/train.jsonl"
-fraction = 0.5
+fraction = $fraction
 start_step = $start
 beta = $beta
-rollouts = 8
+rollouts = $rollouts
 max_tokens = 64
+temperature = $rollout_t
+tail = "$tail_model"
 TOML
   fi
   rm -rf "$work/run-$run"
@@ -65,16 +75,19 @@ TOML
     --no-speed --out "$work/eval-$run.json" > "$work/eval-$run.txt"
 done
 
-python3 - "$work" "$beta" "$steps" "$start" <<'PY'
+python3 - "$work" "$beta" "$steps" "$start" "$fraction" "$rollouts" "$rollout_t" "$tail_model" <<'PY'
 import json, sys
+tail_model = sys.argv[8]
 work, beta, steps, start = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+fraction, rollouts, rollout_t = float(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
 def dataset_tokens(name):
     m = json.load(open(f"{work}/{name}/manifest.json"))
     return sum(s["tokens"] for s in m["shards"])
 def rollout_tokens(run):
     lines = [json.loads(l) for l in open(f"{work}/run-{run}/metrics.jsonl")]
     return max([l.get("rollout_teacher_tokens", 0) for l in lines] or [0])
-result = {"beta": beta, "steps": steps, "start_step": start}
+result = {"beta": beta, "steps": steps, "start_step": start, "fraction": fraction,
+          "rollouts": rollouts, "rollout_temperature": rollout_t, "tail": tail_model}
 for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
     e = json.load(open(f"{work}/eval-{run}.json"))["in_domain"]
     t, own = e["tokens"], e["tokens_on_student_text"]
@@ -88,11 +101,19 @@ for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
         "own_text_kl_reverse": own["kl_reverse"],
         "own_text_kl_forward": own["kl_forward"],
         "own_text_tokens": own["positions"],
+        # Greedy text against the teacher's: a collapsed student (one sentence repeated for
+        # every prompt) can score a low reverse KL on its own text, and shows here.
+        "heldout_rouge_l": json.load(open(f"{work}/eval-{run}.json"))["in_domain"]["rouge_l"],
     }
 for run, r in ((k, v) for k, v in result.items() if isinstance(v, dict)):
     print(f"{run:<10} teacher tokens {r['teacher_tokens']:>6} ({r['dataset_tokens']} offline + {r['rollout_tokens']} rollout)"
           f"  held-out KL(s||t) {r['heldout_kl_reverse']:.3f}  KL(t||s) {r['heldout_kl_forward']:.3f}  top-1 {r['heldout_top1']:.3f}"
-          f"  on its own text: KL(s||t) {r['own_text_kl_reverse']:.3f}  KL(t||s) {r['own_text_kl_forward']:.3f}")
+          f"  on its own text: KL(s||t) {r['own_text_kl_reverse']:.3f}  KL(t||s) {r['own_text_kl_forward']:.3f}"
+          f"  ROUGE-L {r['heldout_rouge_l']:.3f}")
 suffix = f"_steps{steps}_start{start}" if (steps, start) != (30, 0) else ""
+if (fraction, rollouts, rollout_t) != (0.5, 8, 1.0):
+    suffix += f"_lambda{fraction:g}_rollouts{rollouts}_t{rollout_t:g}"
+if tail_model != "bucket":
+    suffix += f"_tail-{tail_model}"
 json.dump(result, open(f"bench/results/on_policy_beta{beta:g}{suffix}.json", "w"), indent=2)
 PY

@@ -52,12 +52,25 @@ def mix(a, w, b):
     return np.log(w * np.exp(a) + (1 - w) * np.exp(b))
 
 
+def reverse_kl_uniform_tail(z, tau):
+    """Full-vocabulary KL(q || p) with the teacher's (tempered) tail mass spread evenly over the
+    V - K tokens outside its top-K."""
+    q = log_softmax(z / tau)
+    _, t = buckets(z, tau)
+    p = np.repeat(t[:, K:] - np.log(V - K), V, 1)
+    np.put_along_axis(p, topk_ids, t[:, :K], 1)
+    return (np.exp(q) * (q - p)).sum(1)
+
+
 def loss(z, cfg):
     tau, alpha = cfg["temperature"], cfg["kd_weight"]
     s, t = buckets(z, tau)
     d = cfg["divergence"]
     kind = d["type"]
-    if kind == "forward_kl":
+    if cfg.get("tail") == "uniform":
+        assert kind == "reverse_kl" or (kind == "jsd" and d["beta"] == 1.0)
+        kd = reverse_kl_uniform_tail(z, tau)
+    elif kind == "forward_kl":
         kd = kl(t, s)
     elif kind == "reverse_kl":
         kd = kl(s, t)
@@ -83,6 +96,8 @@ configs = [
     {"divergence": {"type": "total_variation"}, "kd_weight": 1.0, "temperature": 1.0},
     {"divergence": {"type": "forward_kl"}, "kd_weight": 0.5, "temperature": 1.0},
     {"divergence": {"type": "forward_kl"}, "kd_weight": 0.0, "temperature": 1.0},
+    {"divergence": {"type": "reverse_kl"}, "kd_weight": 1.0, "temperature": 1.0, "tail": "uniform"},
+    {"divergence": {"type": "jsd", "beta": 1.0}, "kd_weight": 0.5, "temperature": 2.0, "tail": "uniform"},
 ]
 cases = []
 eps = 1e-6

@@ -87,6 +87,11 @@ fn bad_run_configs_are_refused_with_the_field_named() {
         ("dataset = \"d\"\noutput = \"o\"\nstepz = 3\n[student]\ntype = \"prune\"\nfrom = \"m\"\nkeep_every = 2\n", "stepz"),
         ("dataset = \"d\"\noutput = \"o\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\n", "keep_every or keep_layers"),
         ("dataset = \"d\"\noutput = \"o\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\nkeep_every = 2\n[loss]\nkd_weight = 2.0\n", "kd_weight"),
+        ("dataset = \"d\"\noutput = \"o\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\nkeep_every = 2\n[loss]\ntail = \"uniform\"\n", "reverse KL only"),
+        (
+            "dataset = \"d\"\noutput = \"o\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\nkeep_every = 2\n[on_policy]\nteacher = \"m\"\nprompts = \"p\"\nbeta = 0.5\ntail = \"uniform\"\n",
+            "needs beta = 1",
+        ),
     ];
     for (i, (toml, needle)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("c{i}.toml"));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::loss::LossConfig;
+use crate::loss::{LossConfig, TailModel};
 use crate::optim::AdamWConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +88,11 @@ pub struct OnPolicyConfig {
     /// β of the generalized JSD on rollouts: 0 is forward KL, 1 reverse KL.
     #[serde(default = "default_half")]
     pub beta: f64,
+    /// With β = 1: the teacher's tail as one bucket ("bucket"), or spread evenly over the tokens
+    /// outside its top-K ("uniform"), which penalises the student for piling mass on tokens the
+    /// teacher did not rank — the mistakes its own samples make.
+    #[serde(default, skip_serializing_if = "TailModel::is_bucket")]
+    pub tail: TailModel,
     /// Completions sampled per rollout micro-batch.
     #[serde(default = "default_rollouts")]
     pub rollouts: usize,
@@ -254,6 +259,15 @@ impl TrainConfig {
         }
         if self.loss.temperature <= 0.0 {
             return Err(format!("loss.temperature must be positive, got {}", self.loss.temperature));
+        }
+        self.loss.validate().map_err(|e| format!("loss: {e}"))?;
+        if let Some(o) = &self.on_policy {
+            if o.tail == TailModel::Uniform && o.beta < 1.0 {
+                return Err(format!(
+                    "on_policy: tail = \"uniform\" needs beta = 1 (reverse KL), got beta = {}",
+                    o.beta
+                ));
+            }
         }
         if self.optimizer.lr <= 0.0 {
             return Err(format!("optimizer.lr must be positive, got {}", self.optimizer.lr));

@@ -11,7 +11,9 @@
 //!    G = ∂L/∂(bucket log-probs), (R, K+1), and g = ∂L/∂(target log-prob), (R).
 //! 3. The hand-written backward of the head, with p = softmax(z/τ), q_b the student's bucket mass:
 //!    ∂L/∂z_v = (1/τ)·(G_b(v)·[v ∈ ids ? 1 : p_v/q_tail] − p_v·Σ_b G_b) + g·(1[v = target] − p¹_v)
-//!    where p¹ = softmax(z); then dh = dz W and dW += dz^T h.
+//!    where p¹ = softmax(z); then dh = dz W and dW += dz^T h. A uniform-tail reverse KL also
+//!    reads X = Σ_{v∉ids} p_v ln p_v; with G_X = ∂L/∂X it adds
+//!    (1/τ)·G_X·p_v·([v ∉ ids]·(ln p_v + 1) − X − q_tail).
 //!
 //! The logits chunk is computed once and overwritten in place by its gradient. What comes back is
 //! the loss value and an *objective* tensor, Σ h ⊙ dh + Σ W ⊙ dW (with dh, dW constants), whose
@@ -22,7 +24,7 @@
 use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::loss::{loss_from_buckets, LossConfig, PlainTargets, NEG_BIG};
+use crate::loss::{loss_from_buckets, LossConfig, PlainTargets, TailSelf, NEG_BIG};
 
 /// Upper bound on the floats of one logits chunk (rows × vocabulary): 64 MiB of f32.
 const CHUNK_FLOATS: usize = 16 << 20;
@@ -48,9 +50,11 @@ struct RowStats {
     tail_sum: f64,
     /// Σ exp(z − max) (untempered)
     sum_one: f64,
+    /// Σ_{v∉ids} p_v ln p_v at τ (only when asked for, else 0)
+    tail_plogp: f64,
 }
 
-fn row_stats(z: &[f32], ids: &[u32], tau: f32, need_one: bool) -> RowStats {
+fn row_stats(z: &[f32], ids: &[u32], tau: f32, need_one: bool, need_plogp: bool) -> RowStats {
     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let inv = 1.0 / tau;
     let term = |x: f32| ((x - max) * inv).exp() as f64;
@@ -63,7 +67,20 @@ fn row_stats(z: &[f32], ids: &[u32], tau: f32, need_one: bool) -> RowStats {
     } else {
         z.iter().map(|&x| (x - max).exp() as f64).sum()
     };
-    RowStats { max, sum_tau, tail_sum: (sum_tau - ids_sum).max(0.0), sum_one }
+    let tail_sum = (sum_tau - ids_sum).max(0.0);
+    let tail_plogp = if need_plogp && tail_sum > 0.0 {
+        // Σ_tail e·u with u = (z − max)/τ, then Σ_tail p ln p = Σ_tail e·u / S − q_tail ln S.
+        let eu = |x: f32| {
+            let u = ((x - max) * inv) as f64;
+            u.exp() * u
+        };
+        let all: f64 = z.iter().map(|&x| eu(x)).sum();
+        let on_ids: f64 = ids.iter().map(|&i| eu(z[i as usize])).sum();
+        (all - on_ids) / sum_tau - (tail_sum / sum_tau) * sum_tau.ln()
+    } else {
+        0.0
+    };
+    RowStats { max, sum_tau, tail_sum, sum_one, tail_plogp }
 }
 
 /// Fills `buckets` (K + 1) with the student's bucket log-probabilities at τ; returns the target's
@@ -81,10 +98,19 @@ fn row_buckets(z: &[f32], ids: &[u32], target: u32, tau: f32, s: &RowStats, buck
     }
 }
 
-/// Overwrites the logits row `z` with ∂L/∂z given the bucket gradients `g` (K + 1) and the
-/// target's `g_ce`.
-#[allow(clippy::too_many_arguments)]
-fn row_backward(z: &mut [f32], ids: &[u32], target: u32, tau: f32, s: &RowStats, g: &[f32], g_ce: f32) {
+/// Gradients of the loss with respect to one row's inputs.
+struct RowGrads<'a> {
+    /// ∂L/∂(bucket log-probabilities), K + 1
+    buckets: &'a [f32],
+    /// ∂L/∂(the target's untempered log-probability)
+    ce: f32,
+    /// ∂L/∂(Σ_{v∉ids} p ln p)
+    plogp: f32,
+}
+
+/// Overwrites the logits row `z` with ∂L/∂z given the row's gradients.
+fn row_backward(z: &mut [f32], ids: &[u32], target: u32, tau: f32, s: &RowStats, grads: &RowGrads) {
+    let (g, g_ce, g_x) = (grads.buckets, grads.ce, grads.plogp);
     let k = ids.len();
     let inv = 1.0 / tau;
     let g_tail = g[k];
@@ -93,8 +119,15 @@ fn row_backward(z: &mut [f32], ids: &[u32], target: u32, tau: f32, s: &RowStats,
     let tail_scale = if s.tail_sum > 0.0 { (g_tail as f64 / s.tail_sum) as f32 } else { 0.0 };
     let one_scale = if g_ce != 0.0 { (1.0 / s.sum_one) as f32 } else { 0.0 };
     let (max, tempered) = (s.max, tau != 1.0);
+    let ln_sum = s.sum_tau.ln() as f32;
+    let q_tail = (s.tail_sum / s.sum_tau) as f32;
+    let plogp_all = -(s.tail_plogp as f32) - q_tail;
+    // The plogp term of a tail token: G_X·p·(ln p + 1), applied to every id first and taken back
+    // from the K ids below.
+    let plogp_term = |x: f32, e: f32| g_x * e * p_scale * ((x - max) * inv - ln_sum + 1.0);
     // Each id's own term, computed exactly as in the sweep so the corrections below cancel it.
-    let id_terms: Vec<f32> = ids.iter().map(|&i| ((z[i as usize] - max) * inv).exp()).collect();
+    let id_logits: Vec<f32> = ids.iter().map(|&i| z[i as usize]).collect();
+    let id_terms: Vec<f32> = id_logits.iter().map(|&x| ((x - max) * inv).exp()).collect();
     for x in z.iter_mut() {
         let e = ((*x - max) * inv).exp();
         let mut d = (e * tail_scale - e * p_scale * g_sum) * inv;
@@ -102,10 +135,18 @@ fn row_backward(z: &mut [f32], ids: &[u32], target: u32, tau: f32, s: &RowStats,
             let e1 = if tempered { (*x - max).exp() } else { e };
             d -= g_ce * e1 * one_scale;
         }
+        if g_x != 0.0 {
+            d += (plogp_term(*x, e) + g_x * e * p_scale * plogp_all) * inv;
+        }
         *x = d;
     }
-    for ((&i, &e), &gk) in ids.iter().zip(&id_terms).zip(g) {
-        z[i as usize] += (gk - e * tail_scale) * inv;
+    for (j, ((&i, &e), &gk)) in ids.iter().zip(&id_terms).zip(g).enumerate() {
+        let mut d = (gk - e * tail_scale) * inv;
+        if g_x != 0.0 {
+            // z[i] now holds its gradient; the logit itself is needed for ln p.
+            d -= plogp_term(id_logits[j], e) * inv;
+        }
+        z[i as usize] += d;
     }
     z[target as usize] += g_ce;
 }
@@ -150,6 +191,7 @@ pub fn head_loss_in_chunks(
     let count = targets.mask.iter().map(|&m| m as f64).sum::<f64>().max(1.0);
     let tau = cfg.temperature as f32;
     let need_one = cfg.kd_weight < 1.0;
+    let need_plogp = cfg.uses_tail_self();
     let mut loss = 0f64;
     let mut dh_chunks = Vec::new();
     let mut dw: Option<Tensor> = None;
@@ -167,15 +209,21 @@ pub fn head_loss_in_chunks(
             .enumerate()
             .map(|(i, ((zr, br), tl))| {
                 let ids = &tc.topk_ids[i * k..(i + 1) * k];
-                let s = row_stats(zr, ids, tau, need_one);
+                let s = row_stats(zr, ids, tau, need_one, need_plogp);
                 *tl = row_buckets(zr, ids, tc.target_ids[i], tau, &s, br);
                 s
             })
             .collect();
         let student = Var::from_tensor(&Tensor::from_vec(buckets, (r, k + 1), device)?)?;
         let target = Var::from_tensor(&Tensor::from_vec(target_lp, r, device)?)?;
+        let plogp = Var::from_tensor(&Tensor::from_vec(
+            stats.iter().map(|s| s.tail_plogp as f32).collect::<Vec<_>>(),
+            r,
+            device,
+        )?)?;
+        let tail_self = TailSelf { plogp: plogp.as_tensor().clone(), ln_others: ((v - k) as f64).ln() };
         let tt = tc.clone().to_tensors(r, k, device)?;
-        let per = loss_from_buckets(student.as_tensor(), target.as_tensor(), &tt, cfg)?;
+        let per = loss_from_buckets(student.as_tensor(), target.as_tensor(), Some(&tail_self), &tt, cfg)?;
         let chunk_loss = ((per * &tt.mask)?.sum_all()? / count)?;
         loss += chunk_loss.to_scalar::<f32>()? as f64;
         let grads = chunk_loss.backward()?;
@@ -183,13 +231,15 @@ pub fn head_loss_in_chunks(
             Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
             None => vec![0.0; r * (k + 1)],
         };
-        let g_ce = match grads.get(target.as_tensor()) {
-            Some(g) => g.to_vec1::<f32>()?,
-            None => vec![0.0; r],
+        let per_row = |t: &Tensor| match grads.get(t) {
+            Some(g) => g.to_vec1::<f32>(),
+            None => Ok(vec![0.0; r]),
         };
+        let (g_ce, g_plogp) = (per_row(target.as_tensor())?, per_row(plogp.as_tensor())?);
         z.par_chunks_mut(v).enumerate().for_each(|(i, zr)| {
             let ids = &tc.topk_ids[i * k..(i + 1) * k];
-            row_backward(zr, ids, tc.target_ids[i], tau, &stats[i], &g[i * (k + 1)..(i + 1) * (k + 1)], g_ce[i]);
+            let row = RowGrads { buckets: &g[i * (k + 1)..(i + 1) * (k + 1)], ce: g_ce[i], plogp: g_plogp[i] };
+            row_backward(zr, ids, tc.target_ids[i], tau, &stats[i], &row);
         });
         let dz = Tensor::from_vec(z, (r, v), device)?;
         dh_chunks.push(dz.matmul(&w)?); // (R, C)
@@ -229,7 +279,7 @@ pub fn head_buckets(hidden: &Tensor, head: &Tensor, targets: &PlainTargets, k: u
             .for_each(|(i, ((zr, br), am))| {
                 let row = r0 + i;
                 let ids = &targets.topk_ids[row * k..(row + 1) * k];
-                let s = row_stats(zr, ids, 1.0, false);
+                let s = row_stats(zr, ids, 1.0, false, false);
                 row_buckets(zr, ids, targets.target_ids[row], 1.0, &s, br);
                 *am =
                     zr.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (j, &x)| if x > a.1 { (j, x) } else { a }).0
@@ -242,7 +292,7 @@ pub fn head_buckets(hidden: &Tensor, head: &Tensor, targets: &PlainTargets, k: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loss::{distillation_loss, Divergence};
+    use crate::loss::{distillation_loss, Divergence, TailModel};
     use candle_core::{Device, D};
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -285,6 +335,10 @@ mod tests {
         (hidden, head, t)
     }
 
+    fn config(divergence: Divergence, kd_weight: f64, temperature: f64, tail: TailModel) -> LossConfig {
+        LossConfig { divergence, kd_weight, temperature, tail }
+    }
+
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
     }
@@ -293,13 +347,15 @@ mod tests {
     fn fused_matches_composed_in_value_and_gradient() {
         let (n, c, v, k) = (11, 8, 50, 6);
         let configs = [
-            LossConfig { divergence: Divergence::ForwardKl, kd_weight: 1.0, temperature: 1.0 },
-            LossConfig { divergence: Divergence::ReverseKl, kd_weight: 1.0, temperature: 1.0 },
-            LossConfig { divergence: Divergence::Jsd { beta: 0.5 }, kd_weight: 0.7, temperature: 2.0 },
-            LossConfig { divergence: Divergence::SkewKl { alpha: 0.1 }, kd_weight: 1.0, temperature: 1.0 },
-            LossConfig { divergence: Divergence::TotalVariation, kd_weight: 0.5, temperature: 1.0 },
-            LossConfig { divergence: Divergence::ForwardKl, kd_weight: 0.0, temperature: 1.0 },
-            LossConfig { divergence: Divergence::ForwardKl, kd_weight: 0.5, temperature: 0.5 },
+            config(Divergence::ForwardKl, 1.0, 1.0, TailModel::Bucket),
+            config(Divergence::ReverseKl, 1.0, 1.0, TailModel::Bucket),
+            config(Divergence::Jsd { beta: 0.5 }, 0.7, 2.0, TailModel::Bucket),
+            config(Divergence::SkewKl { alpha: 0.1 }, 1.0, 1.0, TailModel::Bucket),
+            config(Divergence::TotalVariation, 0.5, 1.0, TailModel::Bucket),
+            config(Divergence::ForwardKl, 0.0, 1.0, TailModel::Bucket),
+            config(Divergence::ForwardKl, 0.5, 0.5, TailModel::Bucket),
+            config(Divergence::ReverseKl, 1.0, 1.0, TailModel::Uniform),
+            config(Divergence::Jsd { beta: 1.0 }, 0.6, 2.0, TailModel::Uniform),
         ];
         for (ci, cfg) in configs.iter().enumerate() {
             let (hidden, head, targets) = case(n, c, v, k, ci as u64);

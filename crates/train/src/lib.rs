@@ -11,4 +11,4 @@ pub mod loss;
 pub mod optim;
 pub mod trainer;
 
-pub use loss::{Divergence, LossConfig, PlainTargets, TeacherTargets};
+pub use loss::{Divergence, LossConfig, PlainTargets, TailModel, TeacherTargets};

@@ -15,6 +15,13 @@
 //! - cross-entropy on the sampled (teacher) tokens: −ln q(target), over the full vocabulary
 //!
 //! The loss is `α · divergence + (1 − α) · cross-entropy`, averaged over masked positions.
+//!
+//! Reverse KL on the buckets lets the student put its tail mass on any tokens, even a few the
+//! teacher never ranked: on the student's own samples that is the mistake to correct. With
+//! `tail = "uniform"` the teacher's tail mass is taken as spread evenly over the V − K other
+//! tokens, which makes reverse KL a full-vocabulary KL under that assumption:
+//! `KL_buckets + Σ_{v∉ids} q_v ln q_v − q_tail ln q_tail + q_tail ln(V − K)`, i.e. the bucket KL
+//! plus `q_tail · KL(q's tail shape ‖ uniform)`.
 //! At temperature τ ≠ 1 the student is softened as softmax(z/τ) and the teacher's buckets as
 //! softmax(ln p / τ) over the K + 1 buckets (the tail treated as one token: the per-token tail is
 //! not stored).
@@ -36,6 +43,25 @@ pub enum Divergence {
     TotalVariation,
 }
 
+/// What the teacher is taken to put on each token outside its top-K, where the student's own
+/// mass there is weighed (reverse KL).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TailModel {
+    /// The tail is one bucket: only the student's total mass outside the K ids counts.
+    #[default]
+    Bucket,
+    /// The teacher's tail mass is spread evenly over the V − K other tokens, so student mass piled
+    /// on a few tokens the teacher did not rank costs what it would in a full-vocabulary KL.
+    Uniform,
+}
+
+impl TailModel {
+    pub fn is_bucket(&self) -> bool {
+        *self == TailModel::Bucket
+    }
+}
+
 /// How the training loss is made.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,12 +70,45 @@ pub struct LossConfig {
     /// Weight of the divergence; `1 − kd_weight` goes to cross-entropy on the teacher's tokens.
     pub kd_weight: f64,
     pub temperature: f64,
+    /// The teacher's tail: one bucket, or spread evenly (reverse KL only).
+    #[serde(skip_serializing_if = "TailModel::is_bucket")]
+    pub tail: TailModel,
 }
 
 impl Default for LossConfig {
     fn default() -> Self {
-        Self { divergence: Divergence::ForwardKl, kd_weight: 1.0, temperature: 1.0 }
+        Self { divergence: Divergence::ForwardKl, kd_weight: 1.0, temperature: 1.0, tail: TailModel::Bucket }
     }
+}
+
+impl LossConfig {
+    /// Whether the loss needs the student's Σ_{v∉ids} q_v ln q_v ([`TailSelf`]).
+    pub fn uses_tail_self(&self) -> bool {
+        self.tail == TailModel::Uniform && self.kd_weight > 0.0 && is_reverse_kl(self.divergence)
+    }
+
+    /// Refuses a uniform tail with a divergence it is not defined for.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.tail == TailModel::Uniform && !is_reverse_kl(self.divergence) {
+            return Err(format!(
+                "tail = \"uniform\" is defined for reverse KL only (reverse_kl, or jsd with beta = 1), not {:?}",
+                self.divergence
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_reverse_kl(d: Divergence) -> bool {
+    matches!(d, Divergence::ReverseKl) || matches!(d, Divergence::Jsd { beta } if beta >= 1.0)
+}
+
+/// The student's own tail term for [`TailModel::Uniform`].
+pub struct TailSelf {
+    /// (N) Σ_{v∉ids} q_v ln q_v at temperature τ.
+    pub plogp: Tensor,
+    /// ln(V − K).
+    pub ln_others: f64,
 }
 
 /// Teacher signal for N positions.
@@ -82,26 +141,55 @@ pub fn per_position_loss(student_logits: &Tensor, targets: &TeacherTargets, cfg:
     let (n, v) = student_logits.dims2()?;
     let tau = cfg.temperature;
     let student_lp = log_softmax(&(student_logits / tau)?)?; // (N, V)
-    let student = student_buckets(&student_lp, targets, n, v)?; // (N, K+1)
-                                                                // Cross-entropy uses the untempered student, as SFT would.
+    let k = targets.topk_ids.dim(1)?;
+    // 0 on the ids outside the top-K, NEG_BIG on the K ids.
+    let outside = Tensor::zeros((n, v), student_lp.dtype(), student_lp.device())?.scatter_add(
+        &targets.topk_ids,
+        &Tensor::full(NEG_BIG as f32, (n, k), student_lp.device())?,
+        1,
+    )?;
+    let student_topk = student_lp.gather(&targets.topk_ids, 1)?; // (N, K)
+    let student_tail = logsumexp(&(&student_lp + &outside)?)?.unsqueeze(1)?; // (N, 1)
+    let student = Tensor::cat(&[student_topk, student_tail], 1)?; // (N, K+1)
+    let tail_self = if cfg.uses_tail_self() {
+        let plogp = ((&student_lp + &outside)?.exp()? * &student_lp)?.sum(D::Minus1)?;
+        Some(TailSelf { plogp, ln_others: ((v - k) as f64).ln() })
+    } else {
+        None
+    };
+    // Cross-entropy uses the untempered student, as SFT would.
     let lp = if tau == 1.0 { student_lp.clone() } else { log_softmax(student_logits)? };
     let target_lp = lp.gather(&targets.target_ids.reshape((n, 1))?, 1)?.squeeze(1)?; // (N)
-    loss_from_buckets(&student, &target_lp, targets, cfg)
+    loss_from_buckets(&student, &target_lp, tail_self.as_ref(), targets, cfg)
 }
 
 /// Loss of each position (N) from what the student puts on the buckets: `student` (N, K+1) holds
 /// ln q over the teacher's K ids and the tail at temperature τ, `target_lp` (N) the untempered
 /// ln q of the sampled token. Everything a loss needs from the (N, V) logits is in these two, which
-/// is what lets the fused head ([`crate::fused`]) skip the full logits.
+/// is what lets the fused head ([`crate::fused`]) skip the full logits. `tail_self` is needed
+/// when [`LossConfig::uses_tail_self`].
 pub fn loss_from_buckets(
     student: &Tensor,
     target_lp: &Tensor,
+    tail_self: Option<&TailSelf>,
     targets: &TeacherTargets,
     cfg: &LossConfig,
 ) -> Result<Tensor> {
     let kd = if cfg.kd_weight > 0.0 {
         let teacher = teacher_buckets(targets, cfg.temperature)?.to_dtype(student.dtype())?;
-        Some(divergence(student, &teacher, cfg.divergence)?)
+        let kd = divergence(student, &teacher, cfg.divergence)?;
+        match (cfg.uses_tail_self(), tail_self) {
+            (false, _) => Some(kd),
+            (true, None) => candle_core::bail!("a uniform-tail reverse KL needs the student's tail term"),
+            (true, Some(ts)) => {
+                // + Σ_{v∉ids} q ln q − q_tail ln q_tail + q_tail ln(V − K)
+                let k = student.dim(1)? - 1;
+                let tail_lp = student.narrow(1, k, 1)?.squeeze(1)?;
+                let q_tail = tail_lp.exp()?;
+                let correction = ((&ts.plogp - (&q_tail * &tail_lp)?)? + (q_tail * ts.ln_others)?)?;
+                Some((kd + correction)?)
+            }
+        }
     } else {
         None
     };
@@ -119,20 +207,6 @@ fn log_softmax(x: &Tensor) -> Result<Tensor> {
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     shifted.broadcast_sub(&lse)
-}
-
-/// Student log-probabilities over the K + 1 buckets (N, K+1) from its log-softmax (N, V).
-fn student_buckets(student_lp: &Tensor, targets: &TeacherTargets, n: usize, v: usize) -> Result<Tensor> {
-    let k = targets.topk_ids.dim(1)?;
-    let student_topk = student_lp.gather(&targets.topk_ids, 1)?; // (N, K)
-                                                                 // Student tail: log-sum-exp over the ids outside the top-K, via an additive mask.
-    let mask = Tensor::zeros((n, v), student_lp.dtype(), student_lp.device())?.scatter_add(
-        &targets.topk_ids,
-        &Tensor::full(NEG_BIG as f32, (n, k), student_lp.device())?,
-        1,
-    )?;
-    let student_tail = logsumexp(&(student_lp + mask)?)?.unsqueeze(1)?; // (N, 1)
-    Tensor::cat(&[student_topk, student_tail], 1)
 }
 
 /// The teacher's log-probabilities over the K + 1 buckets (N, K+1), softened at `tau`; no gradient.

@@ -106,7 +106,7 @@ impl Student {
     /// Token-level KL(teacher‖student) (over top-K + tail) and top-1 agreement on a dataset.
     pub fn evaluate(&self, dataset: &Dataset, seq_len: usize, batch_size: usize) -> Result<Evaluation> {
         let mut packer = crate::data::fixed_order(dataset, seq_len, batch_size);
-        let kl = LossConfig { divergence: Divergence::ForwardKl, kd_weight: 1.0, temperature: 1.0 };
+        let kl = LossConfig { divergence: Divergence::ForwardKl, ..LossConfig::default() };
         let (mut kl_sum, mut agree, mut count) = (0f64, 0usize, 0usize);
         while let Some(batch) = packer.next_batch().map_err(|e| candle_core::Error::Msg(e.to_string()))? {
             let Some((hidden, targets, n)) = self.hidden_and_targets(&batch)? else { continue };
@@ -116,7 +116,7 @@ impl Student {
             let student = Tensor::from_vec(buckets, (n, batch.k + 1), device)?;
             let t = targets.to_tensors(n, batch.k, device)?;
             let unused_ce = Tensor::zeros(n, DType::F32, device)?; // KL only: no cross-entropy term
-            let per = loss_from_buckets(&student, &unused_ce, &t, &kl)?.to_vec1::<f32>()?;
+            let per = loss_from_buckets(&student, &unused_ce, None, &t, &kl)?.to_vec1::<f32>()?;
             kl_sum += per.iter().map(|x| *x as f64).sum::<f64>();
             agree += student_top1.iter().zip(&top1).filter(|(a, b)| a == b).count();
             count += n;

@@ -32,7 +32,8 @@ use serde_json::json;
   keep_every = 3
   [loss]
   divergence = { type = \"forward_kl\" }   # reverse_kl, jsd (beta), skew_kl (alpha), total_variation
-  kd_weight = 1.0                          # 0 = SFT on the teacher's tokens")]
+  kd_weight = 1.0                          # 0 = SFT on the teacher's tokens
+  tail = \"bucket\"                          # reverse KL only: \"uniform\" spreads the teacher's tail evenly")]
 pub struct TrainArgs {
     /// Run configuration (TOML).
     config: PathBuf,
@@ -200,7 +201,12 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
                 let micro_index = since_start.map(|s| s * cfg.grad_accum + micro_losses.len() as u64);
                 if let Some(micro_index) = micro_index.filter(|&m| super::on_policy::is_rollout(m, o.fraction)) {
                     // The student's own completions, towards the teacher with JSD(β).
-                    let loss = LossConfig { divergence: Divergence::Jsd { beta: o.beta }, kd_weight: 1.0, ..cfg.loss };
+                    let loss = LossConfig {
+                        divergence: Divergence::Jsd { beta: o.beta },
+                        kd_weight: 1.0,
+                        tail: o.tail,
+                        ..cfg.loss
+                    };
                     let batches = r.batches(&student, micro_index, cfg.seed)?;
                     let weight = 1.0 / (cfg.grad_accum as f64 * batches.len().max(1) as f64);
                     let mut losses = Vec::with_capacity(batches.len());
