@@ -43,15 +43,16 @@ lr = 5e-4
 TOML
 rm -rf "$work/ref"
 "$distill" train "$work/run.toml" --export-reference "$work/ref"
-rss() { grep "Maximum resident set size" "$1" | awk '{printf "%d", $NF * 1024}'; }
+# Peak RSS in KiB, as /usr/bin/time reports it (bytes would overflow some awks' %d past 2 GiB).
+rss_kib() { grep "Maximum resident set size" "$1" | awk '{print $NF}'; }
 for round in 1 2; do
   rm -rf "$work/run"
   /usr/bin/time -v "$distill" train "$work/run.toml" 2> "$work/distill-$round.time" >/dev/null
   tail -1 "$work/run/metrics.jsonl" > "$work/distill-$round.last"
-  echo "$(rss "$work/distill-$round.time")" > "$work/distill-$round.rss"
+  rss_kib "$work/distill-$round.time" > "$work/distill-$round.rss"
   /usr/bin/time -v python3 bench/reference/train_reference.py "$work/ref" --threads 2 --out "$work/torch-$round.json" \
     2> "$work/torch-$round.time" >/dev/null
-  echo "$(rss "$work/torch-$round.time")" > "$work/torch-$round.rss"
+  rss_kib "$work/torch-$round.time" > "$work/torch-$round.rss"
 done
 python3 - "$work" "$steps" <<'PY'
 import json, sys
@@ -63,7 +64,7 @@ for r in (1, 2):
     last = json.loads((work / f"distill-{r}.last").read_text())
     ours_s = last["tokens"] / last["tokens_per_s"]
     theirs_s = json.loads((work / f"torch-{r}.json").read_text())["seconds"]
-    ours_rss, theirs_rss = (int(float((work / f"{w}-{r}.rss").read_text())) for w in ("distill", "torch"))
+    ours_rss, theirs_rss = (int((work / f"{w}-{r}.rss").read_text()) * 1024 for w in ("distill", "torch"))
     rows.append((ours_s, theirs_s, ours_rss, theirs_rss))
     print(f"round {r}: distill {positions / ours_s:7.0f} positions/s ({steps / ours_s:.2f} steps/s), peak {ours_rss / 2**30:.2f} GiB;"
           f" torch {positions / theirs_s:7.0f} positions/s ({steps / theirs_s:.2f} steps/s), peak {theirs_rss / 2**30:.2f} GiB")

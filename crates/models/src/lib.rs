@@ -29,5 +29,5 @@ pub use generate::{
 };
 pub use gguf::GgufFile;
 pub use llama::{ActivationProbe, KvCache, Llama, LlamaConfig};
-pub use loader::{load, LoadedModel};
+pub use loader::{load, LoadedModel, ModelText};
 pub use tokenizer::TextTokenizer;

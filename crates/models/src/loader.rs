@@ -24,6 +24,28 @@ pub struct LoadedModel {
     pub source: String,
 }
 
+/// What a model brings besides its weights. Code that needs only this once the weights were
+/// copied (a student built from a teacher) keeps it instead of the [`LoadedModel`], so the
+/// weights are freed.
+pub struct ModelText {
+    pub tokenizer: TextTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub stop_ids: Vec<u32>,
+    pub source: String,
+}
+
+impl LoadedModel {
+    /// Drops the weights, keeping the tokenizer, chat template and stop ids.
+    pub fn into_text(self) -> ModelText {
+        ModelText {
+            tokenizer: self.tokenizer,
+            chat_template: self.chat_template,
+            stop_ids: self.stop_ids,
+            source: self.source,
+        }
+    }
+}
+
 /// What a model argument refers to once resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelLocation {

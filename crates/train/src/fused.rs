@@ -15,13 +15,15 @@
 //!    reads X = Σ_{v∉ids} p_v ln p_v; with G_X = ∂L/∂X it adds
 //!    (1/τ)·G_X·p_v·([v ∉ ids]·(ln p_v + 1) − X − q_tail).
 //!
-//! The logits chunk is computed once and overwritten in place by its gradient. What comes back is
+//! The three products run through `gemm` on the tensors' own memory: the logits chunk is written
+//! into one buffer reused for every chunk, computed once and overwritten in place by its
+//! gradient, and dW accumulates in place, so no (V, C) temporary is made per chunk. What comes back is
 //! the loss value and an *objective* tensor, Σ h ⊙ dh + Σ W ⊙ dW (with dh, dW constants), whose
 //! gradient through the model equals the loss's: backward on it trains the student, including a
 //! head tied to the embeddings. The composed path ([`crate::loss::per_position_loss`]) is the
 //! reference this is tested against.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{CpuStorage, Result, Storage, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::loss::{loss_from_buckets, LossConfig, PlainTargets, TailSelf, NEG_BIG};
@@ -186,19 +188,43 @@ pub fn head_loss_in_chunks(
     let (n, c) = hidden.dims2()?;
     let v = head.dim(0)?;
     let device = hidden.device();
-    let (h, w) = (hidden.detach(), head.detach());
-    let wt = w.t()?;
+    if n == 0 {
+        return Ok(HeadLoss { loss: 0.0, objective: Tensor::zeros((), hidden.dtype(), device)? });
+    }
+    let (loss, dh, dw) = with_f32(&hidden.detach(), |h| {
+        with_f32(&head.detach(), |w| chunked_head_loss(h, w, (n, c, v), targets, k, cfg, rows.max(1)))
+    })?;
+    let dh = Tensor::from_vec(dh, (n, c), device)?;
+    let dw = Tensor::from_vec(dw, (v, c), device)?;
+    let objective = ((hidden * dh)?.sum_all()? + (head * dw)?.sum_all()?)?;
+    Ok(HeadLoss { loss, objective })
+}
+
+/// The loss and its gradients dh (N·C) and dW (V·C) from row-major `h` (N, C) and `w` (V, C).
+fn chunked_head_loss(
+    h: &[f32],
+    w: &[f32],
+    (n, c, v): (usize, usize, usize),
+    targets: &PlainTargets,
+    k: usize,
+    cfg: &LossConfig,
+    rows: usize,
+) -> Result<(f64, Vec<f32>, Vec<f32>)> {
+    let device = &candle_core::Device::Cpu;
     let count = targets.mask.iter().map(|&m| m as f64).sum::<f64>().max(1.0);
     let tau = cfg.temperature as f32;
     let need_one = cfg.kd_weight < 1.0;
     let need_plogp = cfg.uses_tail_self();
     let mut loss = 0f64;
-    let mut dh_chunks = Vec::new();
-    let mut dw: Option<Tensor> = None;
+    let mut z_buffer = vec![0f32; rows.min(n) * v];
+    let mut dh = vec![0f32; n * c];
+    let mut dw = vec![0f32; v * c];
     for r0 in (0..n).step_by(rows) {
         let r = rows.min(n - r0);
-        let hc = h.narrow(0, r0, r)?;
-        let mut z = hc.matmul(&wt)?.flatten_all()?.to_vec1::<f32>()?; // (R·V)
+        let hc = &h[r0 * c..(r0 + r) * c];
+        let z = &mut z_buffer[..r * v];
+        // z = hc · Wᵀ: Wᵀ's element (i, j) is w[j·C + i].
+        gemm_into(z, (r, v, c), Operand { data: hc, rs: c, cs: 1 }, Operand { data: w, rs: 1, cs: c }, false);
         let tc = slice_targets(targets, k, r0, r0 + r);
         let mut buckets = vec![0f32; r * (k + 1)];
         let mut target_lp = vec![0f32; r];
@@ -241,23 +267,72 @@ pub fn head_loss_in_chunks(
             let row = RowGrads { buckets: &g[i * (k + 1)..(i + 1) * (k + 1)], ce: g_ce[i], plogp: g_plogp[i] };
             row_backward(zr, ids, tc.target_ids[i], tau, &stats[i], &row);
         });
-        let dz = Tensor::from_vec(z, (r, v), device)?;
-        dh_chunks.push(dz.matmul(&w)?); // (R, C)
-        let dwc = dz.t()?.matmul(&hc)?; // (V, C)
-        dw = Some(match dw {
-            None => dwc,
-            Some(acc) => (acc + dwc)?,
-        });
+        let z = &z_buffer[..r * v]; // now dz
+                                    // dh = dz · W, and dW += dzᵀ · hc (dzᵀ's element (i, j) is dz[j·V + i]).
+        let dh_chunk = &mut dh[r0 * c..(r0 + r) * c];
+        gemm_into(dh_chunk, (r, c, v), Operand { data: z, rs: v, cs: 1 }, Operand { data: w, rs: c, cs: 1 }, false);
+        gemm_into(&mut dw, (v, c, r), Operand { data: z, rs: 1, cs: v }, Operand { data: hc, rs: c, cs: 1 }, r0 > 0);
     }
-    let objective = match dw {
-        None => Tensor::zeros((), hidden.dtype(), device)?,
-        Some(dw) => {
-            let dh = Tensor::cat(&dh_chunks, 0)?;
-            debug_assert_eq!(dh.dims(), &[n, c]);
-            ((hidden * dh)?.sum_all()? + (head * dw)?.sum_all()?)?
+    Ok((loss, dh, dw))
+}
+
+/// Calls `f` with the row-major f32 data of `t`, read in place when it is a contiguous f32 CPU
+/// tensor (else from a copy).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let Storage::Cpu(CpuStorage::F32(data)) = &*storage {
+            let start = layout.start_offset();
+            return f(&data[start..start + layout.shape().elem_count()]);
         }
-    };
-    Ok(HeadLoss { loss, objective })
+    }
+    f(&t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_device(&candle_core::Device::Cpu)?.to_vec1::<f32>()?)
+}
+
+/// A matrix operand: element (i, j) is `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl Operand<'_> {
+    /// Whether every element of an (m, k) matrix lies inside `data`.
+    fn covers(&self, m: usize, k: usize) -> bool {
+        m == 0 || k == 0 || (m - 1) * self.rs + (k - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst` (m, n), row-major, = lhs (m, k) · rhs (k, n), or `dst +=` it with `accumulate`.
+fn gemm_into(dst: &mut [f32], (m, n, k): (usize, usize, usize), lhs: Operand, rhs: Operand, accumulate: bool) {
+    assert!(dst.len() >= m * n && lhs.covers(m, k) && rhs.covers(k, n), "gemm operands out of bounds");
+    // SAFETY: the assert above keeps every index gemm computes from the strides inside the three
+    // slices, and `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
 }
 
 /// Forward-only figures per row: the student's bucket log-probabilities at τ = 1 (N, K+1) flat,

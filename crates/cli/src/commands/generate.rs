@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use distill_models::{generate, generate_with_logprobs, ChatMessage, LoadedModel, SamplingParams};
+use distill_models::{generate, generate_with_logprobs, ChatMessage, ChatTemplate, LoadedModel, SamplingParams};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -298,15 +298,23 @@ pub fn conversation(prompt: &Prompt, chat: bool, system: Option<&str>) -> Option
 }
 
 pub fn render(model: &LoadedModel, prompt: &Prompt, chat: bool, system: Option<&str>) -> Result<String> {
+    render_with(model.chat_template.as_ref(), &model.source, prompt, chat, system)
+}
+
+/// [`render`] with the chat template of the model named `name`.
+pub fn render_with(
+    template: Option<&ChatTemplate>,
+    name: &str,
+    prompt: &Prompt,
+    chat: bool,
+    system: Option<&str>,
+) -> Result<String> {
     if let (Prompt::Text(text), false) = (prompt, chat) {
         return Ok(text.clone());
     }
     let messages = conversation(prompt, chat, system).unwrap_or_default(); // Some for everything else
-    let template = model.chat_template.as_ref().with_context(|| {
-        format!(
-            "model `{}` has no chat template; drop --chat and `messages` prompts, or use a chat model",
-            model.source
-        )
+    let template = template.with_context(|| {
+        format!("model `{name}` has no chat template; drop --chat and `messages` prompts, or use a chat model")
     })?;
     Ok(template.render(&messages, true)?)
 }

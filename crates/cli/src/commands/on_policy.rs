@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use distill_models::{generate, Llama, LoadedModel, SamplingParams, TextTokenizer};
+use distill_models::{generate, Llama, LoadedModel, ModelText, SamplingParams, TextTokenizer};
 use distill_store::{pack_sequences, Batch, PackOptions, Sequence};
 use distill_teacher::remote::{first_model, RemoteOptions, RemoteTeacher};
 use distill_teacher::{LocalTeacher, ScoreRequest, Teacher};
 use distill_train::config::{OnPolicyConfig, Sampler};
 use distill_train::trainer::Student;
 
-use crate::commands::generate::render;
+use crate::commands::generate::render_with;
 use crate::prompts::read_prompt_file;
 
 /// Whether micro-batch `m` (counted over the whole run) is a rollout: exactly ⌊λ·M⌋ of the first
@@ -48,14 +48,8 @@ pub struct Rollouts {
 impl Rollouts {
     /// Loads (or connects to) the teacher and reads the prompts; refuses a local teacher whose
     /// tokenizer is not the student's (a remote one is checked on its first answer). `student`
-    /// is the model the student's tokenizer and chat template come from.
-    pub fn new(
-        cfg: &OnPolicyConfig,
-        student: &LoadedModel,
-        k: usize,
-        seq_len: usize,
-        batch_size: usize,
-    ) -> Result<Self> {
+    /// is the student's tokenizer and chat template.
+    pub fn new(cfg: &OnPolicyConfig, student: &ModelText, k: usize, seq_len: usize, batch_size: usize) -> Result<Self> {
         if !(0.0..=1.0).contains(&cfg.fraction) || !(0.0..=1.0).contains(&cfg.beta) {
             bail!("on_policy.fraction and on_policy.beta must be in [0, 1]");
         }
@@ -93,20 +87,25 @@ impl Rollouts {
             TeacherSide::Local(Box::new(LocalTeacher::new(teacher)))
         };
         // Prompts are rendered with the teacher's template when it is here, else the student's.
-        let template_source = match &teacher {
-            TeacherSide::Local(t) => &t.model,
-            TeacherSide::Remote(_) => student,
+        let (template, name, tokenizer, stop_ids) = match &teacher {
+            TeacherSide::Local(t) => {
+                let m: &LoadedModel = &t.model;
+                (m.chat_template.as_ref(), &m.source, &m.tokenizer, &m.stop_ids)
+            }
+            TeacherSide::Remote(_) => {
+                (student.chat_template.as_ref(), &student.source, &student.tokenizer, &student.stop_ids)
+            }
         };
         let records = read_prompt_file(&cfg.prompts)?;
         let prompts = records
             .iter()
             .map(|r| {
-                let text = render(template_source, &r.prompt, cfg.chat, None)
+                let text = render_with(template, name, &r.prompt, cfg.chat, None)
                     .with_context(|| format!("{}:{}", cfg.prompts.display(), r.line))?;
-                Ok(template_source.tokenizer.encode(&text, true)?)
+                Ok(tokenizer.encode(&text, true)?)
             })
             .collect::<Result<Vec<_>>>()?;
-        let (tokenizer, stop_ids) = (template_source.tokenizer.clone(), template_source.stop_ids.clone());
+        let (tokenizer, stop_ids) = (tokenizer.clone(), stop_ids.clone());
         let pack = PackOptions { seq_len, batch_size, seed: 0, pad_id: 0 };
         Ok(Self { cfg: cfg.clone(), teacher, tokenizer, stop_ids, prompts, k, pack, teacher_tokens: 0 })
     }

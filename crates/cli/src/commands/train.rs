@@ -102,6 +102,10 @@ pub fn train(cfg: &TrainConfig) -> Result<()> {
             .context("eval_dataset was made with another teacher than dataset")?;
     }
     let student = Student::new(student_cfg.clone(), &weights)?;
+    // The student holds its own copy now: free the initial weights and the model the tokenizer
+    // came from (a whole teacher, for a pruned or config student), keeping its text side.
+    drop(weights);
+    let source = source.into_text();
     let mut rollouts = match &cfg.on_policy {
         Some(o) => {
             let k = o.k.or(dataset.as_ref().map(|d| d.manifest().spec.k)).unwrap_or(20);
