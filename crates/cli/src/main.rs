@@ -44,7 +44,21 @@ enum Command {
     Measure(commands::eval::MeasureArgs),
 }
 
+/// Training and scoring free and reallocate tensors of up to tens of MB every step. glibc's
+/// malloc hands blocks above a moving threshold to mmap and back, so each one costs fresh zeroed
+/// pages: page faults were about a tenth of a training step. Keeping blocks up to 32 MiB (the
+/// most glibc allows) in the heap, and not trimming it below 1 GiB of free space, reuses them.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() {
+    tune_malloc();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DISTILL_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

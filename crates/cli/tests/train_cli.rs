@@ -58,7 +58,7 @@ fn pruned_student_learns_from_the_teacher_signal() {
     std::fs::write(
         &config,
         format!(
-            "dataset = {train:?}\neval_dataset = {heldout:?}\noutput = {:?}\nsteps = 40\nbatch_size = 4\nseq_len = 64\neval_every = 20\n\n[student]\ntype = \"prune\"\nfrom = {m:?}\nkeep_layers = [0]\n\n[optimizer]\nlr = 0.002\n",
+            "dataset = {train:?}\neval_dataset = {heldout:?}\noutput = {:?}\nsteps = 80\nbatch_size = 4\nseq_len = 64\neval_every = 20\n\n[student]\ntype = \"prune\"\nfrom = {m:?}\nkeep_layers = [0]\n\n[optimizer]\nlr = 0.001\n",
             run.to_str().unwrap()
         ),
     )
@@ -71,9 +71,12 @@ fn pruned_student_learns_from_the_teacher_signal() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let evals: Vec<f64> = metrics.iter().filter_map(|m| m["eval_kl"].as_f64()).collect();
-    assert_eq!(evals.len(), 3, "evaluations at steps 0, 20, 40");
-    eprintln!("held-out KL at steps 0, 20, 40: {evals:?}");
-    assert!(evals[2] < evals[0] * 0.8, "held-out KL did not fall enough: {evals:?}");
+    assert_eq!(evals.len(), 5, "evaluations at steps 0, 20, 40, 60, 80");
+    eprintln!("held-out KL at steps 0, 20, 40, 60, 80: {evals:?}");
+    // At lr 0.002 over 40 steps the curve was not monotone and the last figure swung by ±10%
+    // with rounding-level changes to the optimizer (eps × 1.001); at 0.001 over 80 steps it ends
+    // at 0.68–0.75 of the start under the same perturbations.
+    assert!(evals[4] < evals[0] * 0.8, "held-out KL did not fall enough: {evals:?}");
     assert!(run.join("config.toml").is_file());
     let student = run.join("final");
     let out = distill(&["generate", "--model", student.to_str().unwrap(), "--max-tokens", "4", "--json", "the"]);

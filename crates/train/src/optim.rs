@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{CpuStorage, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -53,6 +54,12 @@ impl AdamW {
     /// One update at learning rate `lr` (from the schedule). Parameters without a gradient are
     /// skipped entirely (no decay either), as in PyTorch.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_scaled(grads, lr, 1.0)
+    }
+
+    /// [`AdamW::step`] on the gradients times `grad_scale` (gradient clipping), without making
+    /// the scaled copies.
+    pub fn step_scaled(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
         let c = self.config;
         let bias1 = 1.0 - c.beta1.powi(self.step as i32);
@@ -60,6 +67,26 @@ impl AdamW {
         for (name, var) in &self.params {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
+            };
+            let (m, v, p) = (&self.m[name], &self.v[name], var.as_tensor());
+            if [g, m, v, p]
+                .iter()
+                .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous())
+            {
+                // In place, without a temporary: the composed update below allocates ~8 tensors of
+                // the parameter's size per step.
+                let fused = Fused { c, lr, bias1, bias2, grad_scale };
+                m.inplace_op2(g, &Moment { fused, second: false })?;
+                v.inplace_op2(g, &Moment { fused, second: true })?;
+                p.inplace_op3(m, v, &Update(fused))?;
+                continue;
+            }
+            let scaled;
+            let g = if grad_scale == 1.0 {
+                g
+            } else {
+                scaled = (g * grad_scale)?;
+                &scaled
             };
             let m = ((&self.m[name] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[name] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -73,7 +100,8 @@ impl AdamW {
         Ok(())
     }
 
-    /// Moments under `m.{name}` / `v.{name}` and the step count, for checkpoints.
+    /// Moments under `m.{name}` / `v.{name}` and the step count, for checkpoints. The tensors
+    /// share storage with the optimizer, whose next step updates them in place: save them first.
     pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
         let mut out = HashMap::new();
         for (name, t) in &self.m {
@@ -99,10 +127,97 @@ impl AdamW {
                         var.as_tensor().dims()
                     )));
                 }
-                store.insert(name.clone(), t.clone());
+                // A copy: the moments are updated in place.
+                store.insert(name.clone(), t.copy()?);
             }
         }
         self.step = step;
+        Ok(())
+    }
+}
+
+/// The constants of one AdamW step, for the in-place CPU kernels.
+#[derive(Clone, Copy)]
+struct Fused {
+    c: AdamWConfig,
+    lr: f64,
+    bias1: f64,
+    bias2: f64,
+    /// Multiplies the gradient (clipping).
+    grad_scale: f64,
+}
+
+/// `m ← β1·m + (1 − β1)·g`, or with `second`, `v ← β2·v + (1 − β2)·g²`, in place (g times the
+/// gradient scale).
+struct Moment {
+    fused: Fused,
+    second: bool,
+}
+
+/// `p ← p·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`, in place.
+struct Update(Fused);
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+/// The f32 slice a contiguous CPU storage holds for `layout`.
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => candle_core::bail!("the in-place AdamW kernels take contiguous f32 tensors"),
+    }
+}
+
+fn slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&mut data[start..end]),
+        _ => candle_core::bail!("the in-place AdamW kernels take contiguous f32 tensors"),
+    }
+}
+
+impl candle_core::InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, g_l: &Layout) -> Result<()> {
+        let (out, g) = (slice_mut(dst, dst_l)?, slice(g, g_l)?);
+        let beta = if self.second { self.fused.c.beta2 } else { self.fused.c.beta1 } as f32;
+        let (second, scale) = (self.second, self.fused.grad_scale as f32);
+        out.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(o, g)| {
+            for (o, &g) in o.iter_mut().zip(g) {
+                let g = g * scale;
+                let x = if second { g * g } else { g };
+                *o = beta * *o + (1.0 - beta) * x;
+            }
+        });
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        m_l: &Layout,
+        v: &CpuStorage,
+        v_l: &Layout,
+    ) -> Result<()> {
+        let (p, m, v) = (slice_mut(dst, dst_l)?, slice(m, m_l)?, slice(v, v_l)?);
+        let Fused { c, lr, bias1, bias2, .. } = self.0;
+        let decay = (1.0 - lr * c.weight_decay) as f32;
+        let (step, sqrt_bias2, eps) = ((lr / bias1) as f32, bias2.sqrt() as f32, c.eps as f32);
+        p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).zip(v.par_chunks(CHUNK)).for_each(|((p, m), v)| {
+            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                *p = *p * decay - step * (m / (v.sqrt() / sqrt_bias2 + eps));
+            }
+        });
         Ok(())
     }
 }
@@ -129,17 +244,44 @@ impl Schedule {
     }
 }
 
-/// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm(grads: &mut GradStore, params: &[(String, Var)], max_norm: f64) -> Result<f64> {
+/// The global L2 norm of the gradients of `params`.
+pub fn grad_norm(grads: &GradStore, params: &[(String, Var)]) -> Result<f64> {
     let mut total = 0f64;
     for (_, var) in params {
         if let Some(g) = grads.get(var.as_tensor()) {
-            total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            total += sum_of_squares(g)?;
         }
     }
-    let norm = total.sqrt();
+    Ok(total.sqrt())
+}
+
+/// Σ g², read in place from a contiguous f32 CPU tensor (else through candle's ops).
+fn sum_of_squares(g: &Tensor) -> Result<f64> {
+    {
+        let (storage, layout) = g.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            if let Ok(data) = slice(cpu, layout) {
+                return Ok(data.par_chunks(CHUNK).map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>()).sum());
+            }
+        }
+    }
+    g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
+}
+
+/// The factor that brings a gradient norm `norm` down to `max_norm` (1 when it is not above).
+pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
     if norm > max_norm && norm > 0.0 {
-        let scale = max_norm / (norm + 1e-6);
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
+
+/// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
+pub fn clip_grad_norm(grads: &mut GradStore, params: &[(String, Var)], max_norm: f64) -> Result<f64> {
+    let norm = grad_norm(grads, params)?;
+    let scale = clip_scale(norm, max_norm);
+    if scale != 1.0 {
         for (_, var) in params {
             if let Some(g) = grads.get(var.as_tensor()) {
                 let scaled = (g * scale)?;
@@ -212,6 +354,35 @@ mod tests {
         second.load_state(&state, step).unwrap();
         run(3..6, &mut second, &var3, &mut Vec::new());
         assert_eq!(var3.as_tensor().to_vec1::<f32>().unwrap(), got);
+    }
+
+    #[test]
+    fn in_place_kernels_match_the_composed_update() {
+        // f32 on CPU takes the in-place kernels, f64 the composed ops; several parallel chunks.
+        let c = AdamWConfig { lr: 0.01, weight_decay: 0.1, ..Default::default() };
+        let n = 3 * CHUNK + 17;
+        let dev = Device::Cpu;
+        let init: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1000) as f64 / 500.0 - 1.0).collect();
+        let w: Vec<f64> = (0..n).map(|i| ((i * 104_729) % 997) as f64 / 498.5 - 1.0).collect();
+        let run = |dtype: candle_core::DType| -> Vec<f64> {
+            let var = Var::from_tensor(&Tensor::new(init.as_slice(), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let w = Tensor::new(w.as_slice(), &dev).unwrap().to_dtype(dtype).unwrap();
+            let mut opt = AdamW::new(vec![("p".into(), var.clone())], c).unwrap();
+            for step in 0..4 {
+                // Gradient w + p: changes with p, so the moments see varied values.
+                let p = var.as_tensor();
+                let loss = ((p * &w).unwrap().sum_all().unwrap()
+                    + (p.sqr().unwrap().sum_all().unwrap() * 0.5).unwrap())
+                .unwrap();
+                opt.step_scaled(&loss.backward().unwrap(), 0.01 * (step + 1) as f64, 0.5).unwrap();
+            }
+            var.as_tensor().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap()
+        };
+        let (fused, composed) = (run(candle_core::DType::F32), run(candle_core::DType::F64));
+        let moved = fused.iter().zip(&init).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+        assert!(moved > 0.01, "the parameters barely moved ({moved})");
+        let worst = fused.iter().zip(&composed).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+        assert!(worst < 1e-5, "in-place and composed AdamW differ by {worst}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use distill_store::{Batch, Dataset};
 
 use crate::fused;
 use crate::loss::{distillation_loss, loss_from_buckets, Divergence, LossConfig, PlainTargets};
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
+use crate::optim::{clip_scale, grad_norm, AdamW, AdamWConfig, Schedule};
 
 /// A student whose parameters are trainable variables.
 pub struct Student {
@@ -206,12 +206,13 @@ impl Optimizer {
 
     /// Clips and applies the accumulated gradients. Returns (learning rate, norm before clipping).
     pub fn apply(&mut self) -> Result<(f64, f64)> {
-        let Some(mut grads) = self.pending.take() else {
+        let Some(grads) = self.pending.take() else {
             return Err(candle_core::Error::Msg("apply() without accumulated gradients".into()));
         };
-        let norm = clip_grad_norm(&mut grads, &self.params, self.clip.unwrap_or(f64::INFINITY))?;
+        // Clipping is folded into the update as a scale on the gradients.
+        let norm = grad_norm(&grads, &self.params)?;
         let lr = self.schedule.lr(self.adamw.steps_taken());
-        self.adamw.step(&grads, lr)?;
+        self.adamw.step_scaled(&grads, lr, clip_scale(norm, self.clip.unwrap_or(f64::INFINITY)))?;
         Ok((lr, norm))
     }
 }
