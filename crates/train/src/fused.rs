@@ -17,15 +17,16 @@
 //!
 //! The three products run through `gemm` on the tensors' own memory: the logits chunk is written
 //! into one buffer reused for every chunk, computed once and overwritten in place by its
-//! gradient, and dW accumulates in place, so no (V, C) temporary is made per chunk. What comes back is
-//! the loss value and an *objective* tensor, Σ h ⊙ dh + Σ W ⊙ dW (with dh, dW constants), whose
+//! gradient, and dW accumulates in place, so no (V, C) temporary is made per chunk. What comes
+//! back is the loss value and an *objective* tensor, Σ h ⊙ dh + Σ W ⊙ dW (with dh, dW constants), whose
 //! gradient through the model equals the loss's: backward on it trains the student, including a
 //! head tied to the embeddings. The composed path ([`crate::loss::per_position_loss`]) is the
 //! reference this is tested against.
 
-use candle_core::{CpuStorage, Result, Storage, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::cpu::with_f32_data;
 use crate::loss::{loss_from_buckets, LossConfig, PlainTargets, TailSelf, NEG_BIG};
 
 /// Upper bound on the floats of one logits chunk (rows × vocabulary): 64 MiB of f32.
@@ -242,14 +243,17 @@ fn chunked_head_loss(
             .collect();
         let student = Var::from_tensor(&Tensor::from_vec(buckets, (r, k + 1), device)?)?;
         let target = Var::from_tensor(&Tensor::from_vec(target_lp, r, device)?)?;
-        let plogp = Var::from_tensor(&Tensor::from_vec(
-            stats.iter().map(|s| s.tail_plogp as f32).collect::<Vec<_>>(),
-            r,
-            device,
-        )?)?;
-        let tail_self = TailSelf { plogp: plogp.as_tensor().clone(), ln_others: ((v - k) as f64).ln() };
+        // X = Σ_{v∉ids} p ln p per row, as a variable, when the loss reads it.
+        let plogp = if need_plogp {
+            let x: Vec<f32> = stats.iter().map(|s| s.tail_plogp as f32).collect();
+            Some(Var::from_tensor(&Tensor::from_vec(x, r, device)?)?)
+        } else {
+            None
+        };
+        let tail_self =
+            plogp.as_ref().map(|x| TailSelf { plogp: x.as_tensor().clone(), ln_others: ((v - k) as f64).ln() });
         let tt = tc.clone().to_tensors(r, k, device)?;
-        let per = loss_from_buckets(student.as_tensor(), target.as_tensor(), Some(&tail_self), &tt, cfg)?;
+        let per = loss_from_buckets(student.as_tensor(), target.as_tensor(), tail_self.as_ref(), &tt, cfg)?;
         let chunk_loss = ((per * &tt.mask)?.sum_all()? / count)?;
         loss += chunk_loss.to_scalar::<f32>()? as f64;
         let grads = chunk_loss.backward()?;
@@ -257,18 +261,19 @@ fn chunked_head_loss(
             Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
             None => vec![0.0; r * (k + 1)],
         };
-        let per_row = |t: &Tensor| match grads.get(t) {
+        let per_row = |t: Option<&Tensor>| match t.and_then(|t| grads.get(t)) {
             Some(g) => g.to_vec1::<f32>(),
             None => Ok(vec![0.0; r]),
         };
-        let (g_ce, g_plogp) = (per_row(target.as_tensor())?, per_row(plogp.as_tensor())?);
+        let g_ce = per_row(Some(target.as_tensor()))?;
+        let g_plogp = per_row(plogp.as_ref().map(Var::as_tensor))?;
         z.par_chunks_mut(v).enumerate().for_each(|(i, zr)| {
             let ids = &tc.topk_ids[i * k..(i + 1) * k];
             let row = RowGrads { buckets: &g[i * (k + 1)..(i + 1) * (k + 1)], ce: g_ce[i], plogp: g_plogp[i] };
             row_backward(zr, ids, tc.target_ids[i], tau, &stats[i], &row);
         });
-        let z = &z_buffer[..r * v]; // now dz
-                                    // dh = dz · W, and dW += dzᵀ · hc (dzᵀ's element (i, j) is dz[j·V + i]).
+        // z now holds dz: dh = dz · W, and dW += dzᵀ · hc (dzᵀ's element (i, j) is dz[j·V + i]).
+        let z = &z_buffer[..r * v];
         let dh_chunk = &mut dh[r0 * c..(r0 + r) * c];
         gemm_into(dh_chunk, (r, c, v), Operand { data: z, rs: v, cs: 1 }, Operand { data: w, rs: c, cs: 1 }, false);
         gemm_into(&mut dw, (v, c, r), Operand { data: z, rs: 1, cs: v }, Operand { data: hc, rs: c, cs: 1 }, r0 > 0);
@@ -277,17 +282,10 @@ fn chunked_head_loss(
 }
 
 /// Calls `f` with the row-major f32 data of `t`, read in place when it is a contiguous f32 CPU
-/// tensor (else from a copy).
+/// tensor (else from a converted copy).
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let Storage::Cpu(CpuStorage::F32(data)) = &*storage {
-            let start = layout.start_offset();
-            return f(&data[start..start + layout.shape().elem_count()]);
-        }
-    }
-    f(&t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_device(&candle_core::Device::Cpu)?.to_vec1::<f32>()?)
+    let t = t.to_device(&candle_core::Device::Cpu)?.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    with_f32_data(&t, f).expect("a contiguous f32 CPU tensor")
 }
 
 /// A matrix operand: element (i, j) is `data[i·rs + j·cs]`.

@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod cpu;
 pub mod data;
 pub mod fused;
 pub mod loss;

@@ -11,6 +11,8 @@ use candle_core::{CpuStorage, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::{f32_data, f32_data_mut, with_f32_data};
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
@@ -160,20 +162,17 @@ struct Update(Fused);
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
-/// The f32 slice a contiguous CPU storage holds for `layout`.
+/// The data of an operand of the in-place kernels, which [`AdamW::step_scaled`] only calls on
+/// contiguous f32 CPU tensors.
 fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
-        _ => candle_core::bail!("the in-place AdamW kernels take contiguous f32 tensors"),
-    }
+    f32_data(storage, layout).ok_or_else(|| candle_core::Error::Msg(NOT_F32.into()))
 }
 
 fn slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) => Ok(&mut data[start..end]),
-        _ => candle_core::bail!("the in-place AdamW kernels take contiguous f32 tensors"),
-    }
+    f32_data_mut(storage, layout).ok_or_else(|| candle_core::Error::Msg(NOT_F32.into()))
 }
+
+const NOT_F32: &str = "the in-place AdamW kernels take contiguous f32 tensors";
 
 impl candle_core::InplaceOp2 for Moment {
     fn name(&self) -> &'static str {
@@ -257,15 +256,13 @@ pub fn grad_norm(grads: &GradStore, params: &[(String, Var)]) -> Result<f64> {
 
 /// Σ g², read in place from a contiguous f32 CPU tensor (else through candle's ops).
 fn sum_of_squares(g: &Tensor) -> Result<f64> {
-    {
-        let (storage, layout) = g.storage_and_layout();
-        if let candle_core::Storage::Cpu(cpu) = &*storage {
-            if let Ok(data) = slice(cpu, layout) {
-                return Ok(data.par_chunks(CHUNK).map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>()).sum());
-            }
-        }
+    let in_place = with_f32_data(g, |data| {
+        data.par_chunks(CHUNK).map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>()).sum()
+    });
+    match in_place {
+        Some(sum) => Ok(sum),
+        None => g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>(),
     }
-    g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
 }
 
 /// The factor that brings a gradient norm `norm` down to `max_norm` (1 when it is not above).

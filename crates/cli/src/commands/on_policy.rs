@@ -89,8 +89,7 @@ impl Rollouts {
         // Prompts are rendered with the teacher's template when it is here, else the student's.
         let (template, name, tokenizer, stop_ids) = match &teacher {
             TeacherSide::Local(t) => {
-                let m: &LoadedModel = &t.model;
-                (m.chat_template.as_ref(), &m.source, &m.tokenizer, &m.stop_ids)
+                (t.model.chat_template.as_ref(), &t.model.source, &t.model.tokenizer, &t.model.stop_ids)
             }
             TeacherSide::Remote(_) => {
                 (student.chat_template.as_ref(), &student.source, &student.tokenizer, &student.stop_ids)
