@@ -161,27 +161,90 @@ fn shards_open_in_pyarrow_as_they_are() {
     let model = dir.path().join("tiny.gguf");
     tiny_gguf(&model, 24).unwrap();
     let prompts = prompts(dir.path(), 7);
-    let out_dir = dir.path().join("data");
-    let out = run(&dataset_args(model.to_str().unwrap(), prompts.to_str().unwrap(), out_dir.to_str().unwrap(), "3"));
-    assert!(out.status.success(), "{}", text(&out.stderr));
     let script = r#"
 import glob, json, sys
 import pyarrow.parquet as pq
-rows = tokens = entries = 0
+rows = tokens = entries = coded_bytes = 0
+ids = []
 for path in sorted(glob.glob(sys.argv[1] + "/shard-*.parquet")):
     t = pq.read_table(path)
     rows += t.num_rows
-    tails = t.column("tail_codes").to_pylist()
-    ids = t.column("topk_ids").to_pylist()
-    tokens += sum(len(x) for x in tails)
-    entries += sum(len(x) for x in ids)
-print(json.dumps({"rows": rows, "tokens": tokens, "entries": entries}))
+    ids += t.column("prompt_id").to_pylist()
+    lengths = zip(t.column("token_ids").to_pylist(), t.column("prompt_len").to_pylist())
+    tokens += sum(len(x) - n for x, n in lengths)
+    if "topk_ids" in t.column_names:
+        assert sum(len(x) for x in t.column("tail_codes").to_pylist()) == sum(len(x) for x in t.column("token_ids").to_pylist()) - sum(t.column("prompt_len").to_pylist())
+        entries += sum(len(x) for x in t.column("topk_ids").to_pylist())
+    else:
+        coded_bytes += sum(len(x) for x in t.column("topk_coded").to_pylist())
+print(json.dumps({"rows": rows, "tokens": tokens, "entries": entries, "coded_bytes": coded_bytes, "ids": ids}))
 "#;
-    let py = Command::new("python3").arg("-c").arg(script).arg(&out_dir).output().expect("python3 runs");
-    assert!(py.status.success(), "pyarrow could not read the shards (pip install pyarrow):\n{}", text(&py.stderr));
-    let got: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    for layout in ["coded", "plain"] {
+        let out_dir = dir.path().join(layout);
+        let mut args = dataset_args(model.to_str().unwrap(), prompts.to_str().unwrap(), out_dir.to_str().unwrap(), "3");
+        args.extend(["--layout", layout]);
+        let out = run(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let py = Command::new("python3").arg("-c").arg(script).arg(&out_dir).output().expect("python3 runs");
+        assert!(py.status.success(), "pyarrow could not read the shards (pip install pyarrow):\n{}", text(&py.stderr));
+        let got: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+        let ds = Dataset::open(&out_dir).unwrap();
+        assert_eq!(got["rows"], ds.manifest().sequences(), "{layout}");
+        assert_eq!(got["tokens"], ds.manifest().tokens(), "{layout}");
+        let ids: Vec<String> = all_sequences(&out_dir).into_iter().map(|s| s.prompt_id).collect();
+        let mut py_ids: Vec<String> = serde_json::from_value(got["ids"].clone()).unwrap();
+        py_ids.sort_by_key(|id| ids.iter().position(|x| x == id));
+        assert_eq!(py_ids, ids, "{layout}");
+        match layout {
+            "plain" => {
+                assert_eq!(ds.manifest().format_version, 1);
+                assert_eq!(got["entries"], ds.manifest().tokens() * 8);
+            }
+            _ => {
+                assert_eq!(ds.manifest().format_version, 2);
+                let coded = got["coded_bytes"].as_u64().unwrap();
+                assert!(coded > 0 && coded < ds.manifest().bytes(), "{coded} coded bytes");
+            }
+        }
+    }
+    // Same seed, same teacher: both layouts hold the same sequences and ids, and log-probabilities
+    // that agree to within the two quantisation steps.
+    let (coded, plain) = (all_sequences(&dir.path().join("coded")), all_sequences(&dir.path().join("plain")));
+    assert_eq!(coded.len(), plain.len());
+    for (c, p) in coded.iter().zip(&plain) {
+        assert_eq!((&c.token_ids, &c.topk_ids), (&p.token_ids, &p.topk_ids), "{}", c.prompt_id);
+        for (a, b) in c.topk_logprobs.iter().zip(&p.topk_logprobs).filter(|(a, _)| **a > -8.0) {
+            assert!((a - b).abs() < 0.2, "{}: {a} vs {b}", c.prompt_id);
+        }
+    }
+}
+
+#[test]
+fn resuming_keeps_the_layout_the_dataset_was_started_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    tiny_gguf(&model, 25).unwrap();
+    let prompts = prompts(dir.path(), 6);
+    let out_dir = dir.path().join("data");
+    let (m, p, o) = (model.to_str().unwrap(), prompts.to_str().unwrap(), out_dir.to_str().unwrap());
+    let mut first = dataset_args(m, p, o, "3");
+    first.extend(["--layout", "plain"]);
+    assert!(run(&first).status.success());
+    let whole = all_sequences(&out_dir);
+    // Drop the second shard from the manifest, as if the run had been killed before it.
+    let manifest_path = out_dir.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["shards"].as_array_mut().unwrap().truncate(1);
+    manifest["complete"] = false.into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let out = run(&dataset_args(m, p, o, "3"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let ds = Dataset::open(&out_dir).unwrap();
-    assert_eq!(got["rows"], ds.manifest().sequences());
-    assert_eq!(got["tokens"], ds.manifest().tokens());
-    assert_eq!(got["entries"], ds.manifest().tokens() * 8);
+    assert_eq!((ds.manifest().format_version, ds.num_shards()), (1, 2), "resumed in the plain layout");
+    assert_eq!(all_sequences(&out_dir), whole, "the redone shard holds the same sequences");
+    let mut other = dataset_args(m, p, o, "3");
+    other.extend(["--layout", "coded"]);
+    let out = run(&other);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("quantization"), "{}", text(&out.stderr));
 }

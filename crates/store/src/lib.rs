@@ -2,13 +2,14 @@
 //!
 //! A dataset is a directory: `manifest.json` plus Parquet shards (`shard-00000.parquet`, …, zstd).
 //! Each shard row is one sequence (prompt + completion) with, for every completion token, the
-//! teacher's top-K token ids, their log-probabilities (quantised, see [`quant`]) and the tail mass.
-//! Shards cover fixed, consecutive ranges of prompts and are written atomically, so a killed run
+//! teacher's top-K token ids, their log-probabilities (quantised, see [`quant`]) and the tail mass,
+//! range-coded ([`codec`]) or as plain lists ([`shard`] describes both layouts). Shards cover fixed, consecutive ranges of prompts and are written atomically, so a killed run
 //! resumes exactly where it stopped.
 //!
 //! Shape letters: `T` sequence tokens, `Tc` completion tokens, `K` top-k entries, `B` batch rows,
 //! `L` packed row length.
 
+pub mod codec;
 pub mod error;
 pub mod manifest;
 pub mod pack;

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::quant::Quantization;
 
-/// Version of the shard layout and manifest; a reader refuses versions it does not know.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest version of the shard layout and manifest this code reads; a reader refuses
+/// versions it does not know. Version 1 is the `plain` layout, 2 the `coded` one (both read).
+pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Everything that determines a dataset's contents. A re-run into the same directory must
@@ -79,12 +80,21 @@ impl Manifest {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let manifest: Manifest =
             serde_json::from_str(&text).map_err(|e| Error::corrupt(&path, format!("not a distill manifest: {e}")))?;
-        if manifest.format_version != FORMAT_VERSION {
+        if manifest.format_version > FORMAT_VERSION || manifest.format_version == 0 {
             return Err(Error::Mismatch(format!(
-                "{} has format version {}, this distill reads version {FORMAT_VERSION}\nHINT: re-create the dataset with this version of `distill generate`",
+                "{} has format version {}, this distill reads versions 1 to {FORMAT_VERSION}\nHINT: re-create the dataset with this version of `distill generate`, or upgrade distill",
                 path.display(),
                 manifest.format_version
             )));
+        }
+        if manifest.format_version != manifest.spec.quantization.format_version() {
+            return Err(Error::corrupt(
+                &path,
+                format!(
+                    "format version {} does not store quantisation scheme {:?}",
+                    manifest.format_version, manifest.spec.quantization.scheme
+                ),
+            ));
         }
         Ok(Some(manifest))
     }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::shard::{read_shard, Sequence};
+use crate::shard::{read_shard, Sequence, ShardCoding};
 
 pub struct Dataset {
     dir: PathBuf,
@@ -65,8 +65,7 @@ impl Dataset {
     /// All sequences of shard `index`, log-probabilities reconstructed.
     pub fn read_shard(&self, index: usize) -> Result<Vec<Sequence>> {
         let info = self.manifest.shards.get(index).ok_or_else(|| Error::Invalid(format!("no shard {index}")))?;
-        let spec = &self.manifest.spec;
-        let sequences = read_shard(&self.dir.join(&info.file), spec.k, &spec.quantization)?;
+        let sequences = read_shard(&self.dir.join(&info.file), &ShardCoding::of(&self.manifest.spec))?;
         if sequences.len() != info.sequences {
             return Err(Error::corrupt(
                 &self.dir.join(&info.file),

@@ -9,8 +9,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::manifest::{DatasetSpec, Manifest, ShardInfo, FORMAT_VERSION, MANIFEST_FILE};
-use crate::shard::{write_shard, Sequence};
+use crate::manifest::{DatasetSpec, Manifest, ShardInfo, MANIFEST_FILE};
+use crate::shard::{write_shard, Sequence, ShardCoding};
 
 pub struct DatasetWriter {
     dir: PathBuf,
@@ -49,7 +49,7 @@ impl DatasetWriter {
                     )));
                 }
                 let manifest = Manifest {
-                    format_version: FORMAT_VERSION,
+                    format_version: spec.quantization.format_version(),
                     created_by: concat!("distill ", env!("CARGO_PKG_VERSION")).to_string(),
                     spec,
                     prompts_path: prompts_path.to_string(),
@@ -108,8 +108,7 @@ impl DatasetWriter {
             )));
         }
         let file = shard_file_name(self.manifest.shards.len());
-        let spec = &self.manifest.spec;
-        let stats = write_shard(&self.dir.join(&file), sequences, spec.k, &spec.quantization)?;
+        let stats = write_shard(&self.dir.join(&file), sequences, &ShardCoding::of(&self.manifest.spec))?;
         self.manifest.shards.push(ShardInfo {
             file,
             first_prompt: range.start,

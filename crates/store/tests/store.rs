@@ -1,7 +1,7 @@
 //! The dataset store on synthetic teacher signal: round trips, resumption, refusals, packing.
 
 use distill_store::quant::{kl_with_tail, Quantization};
-use distill_store::shard::{read_shard, write_shard};
+use distill_store::shard::{read_shard, write_shard, ShardCoding};
 use distill_store::{Dataset, DatasetSpec, DatasetWriter, PackOptions, Packer, Sequence};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -64,16 +64,25 @@ fn spec(prompts: usize, per_shard: usize) -> DatasetSpec {
     }
 }
 
+fn coding(quantization: Quantization) -> ShardCoding {
+    ShardCoding { k: K, vocab: VOCAB as usize, quantization }
+}
+
 #[test]
 fn shard_round_trip_keeps_ids_and_bounds_the_quantisation_kl() {
+    for q in [Quantization::default(), Quantization::plain()] {
+        shard_round_trip(q);
+    }
+}
+
+fn shard_round_trip(q: Quantization) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(1);
     let seqs: Vec<Sequence> = (0..20).map(|i| sequence(&mut rng, i, 0)).collect();
     let path = dir.path().join("s.parquet");
-    let q = Quantization::default();
-    let stats = write_shard(&path, &seqs, K, &q).unwrap();
-    assert!(stats.kl_max < 1e-3, "max KL {}", stats.kl_max);
-    let back = read_shard(&path, K, &q).unwrap();
+    let stats = write_shard(&path, &seqs, &coding(q)).unwrap();
+    assert!(stats.kl_max < 1e-3, "{:?}: max KL {}", q.scheme, stats.kl_max);
+    let back = read_shard(&path, &coding(q)).unwrap();
     assert_eq!(back.len(), seqs.len());
     for (a, b) in seqs.iter().zip(&back) {
         assert_eq!(
@@ -90,6 +99,62 @@ fn shard_round_trip_keeps_ids_and_bounds_the_quantisation_kl() {
             assert!(kl < 1e-3, "position {pos}: KL {kl}");
         }
     }
+}
+
+#[test]
+fn damaged_coded_bytes_are_reported_not_decoded_into_garbage() {
+    use arrow_array::{Array, BinaryArray, RecordBatch};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let seqs: Vec<Sequence> = (0..6).map(|i| sequence(&mut rng, i, 0)).collect();
+    let path = dir.path().join("s.parquet");
+    write_shard(&path, &seqs, &coding(Quantization::default())).unwrap();
+    // Rewrite the shard with the last row's coded bytes cut short.
+    let file = std::fs::File::open(&path).unwrap();
+    let batch: RecordBatch = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let coded = batch.column_by_name("topk_coded").unwrap().as_any().downcast_ref::<BinaryArray>().unwrap();
+    let last = coded.len() - 1;
+    let cut: Vec<&[u8]> = (0..coded.len())
+        .map(|i| if i == last { &coded.value(i)[..coded.value(i).len() / 2] } else { coded.value(i) })
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    let index = batch.schema().index_of("topk_coded").unwrap();
+    columns[index] = std::sync::Arc::new(BinaryArray::from_iter_values(cut));
+    let damaged = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&damaged).unwrap();
+    writer.close().unwrap();
+    let err = read_shard(&path, &coding(Quantization::default())).unwrap_err().to_string();
+    assert!(err.contains(&format!("row {last}")) && err.contains("truncated or damaged"), "{err}");
+}
+
+#[test]
+fn a_plain_dataset_reads_back_through_the_dataset_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut plain = spec(4, 2);
+    plain.quantization = Quantization::plain();
+    let mut w = DatasetWriter::open(dir.path(), plain, "p.jsonl").unwrap();
+    let mut written = Vec::new();
+    while let Some(range) = w.next_shard() {
+        let seqs: Vec<Sequence> = range.clone().map(|i| sequence(&mut rng, i as u32, 0)).collect();
+        w.write_shard(range, &seqs).unwrap();
+        written.extend(seqs);
+    }
+    assert_eq!(w.manifest().format_version, 1, "the plain layout is format version 1");
+    let ds = Dataset::open(dir.path()).unwrap();
+    let back: Vec<Sequence> = ds.sequences().map(|s| s.unwrap()).collect();
+    assert_eq!(
+        back.iter().map(|s| &s.topk_ids).collect::<Vec<_>>(),
+        written.iter().map(|s| &s.topk_ids).collect::<Vec<_>>()
+    );
 }
 
 #[test]

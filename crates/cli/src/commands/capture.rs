@@ -132,6 +132,7 @@ pub fn run(args: CaptureArgs) -> Result<()> {
             prompts_per_shard: 64,
             batch_size: 8,
             logprob_temperature: 1.0,
+            layout: None,
             remote: None,
         })?;
     }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use distill_models::loader::{resolve, ModelLocation};
 use distill_models::SamplingParams;
 use distill_store::quant::Quantization;
-use distill_store::{DatasetSpec, DatasetWriter, Sequence};
+use distill_store::{DatasetSpec, DatasetWriter, Manifest, Sequence};
 use distill_teacher::remote::{RemoteOptions, RemoteTeacher};
 use distill_teacher::{LocalTeacher, ScoreRequest, Teacher};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,9 +28,20 @@ pub struct DatasetOptions {
     pub prompts_per_shard: usize,
     pub batch_size: usize,
     pub logprob_temperature: f32,
+    /// `None`: coded for a new dataset, the existing layout when resuming.
+    pub layout: Option<Layout>,
     /// Generate and score through OpenAI-compatible endpoints instead of the local model, which
     /// then only supplies the tokenizer and chat template.
     pub remote: Option<RemoteOptions>,
+}
+
+/// How shards store the teacher signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// Range-coded ids and log-probabilities (format version 2).
+    Coded,
+    /// Lists of ids, log-probability codes and tail codes (format version 1).
+    Plain,
 }
 
 /// Seeds are a function of (prompt, sample) alone, so a resumed run redoes a shard identically.
@@ -59,6 +70,11 @@ pub fn run(opts: DatasetOptions) -> Result<()> {
         }
         None => (model.source.clone(), weights_hash(&model.source)?),
     };
+    let quantization = match opts.layout {
+        Some(Layout::Coded) => Quantization::default(),
+        Some(Layout::Plain) => Quantization::plain(),
+        None => Manifest::read(&opts.output)?.map(|m| m.spec.quantization).unwrap_or_default(),
+    };
     let tokenizer = &model.tokenizer;
     let spec = DatasetSpec {
         teacher: teacher_name,
@@ -74,7 +90,7 @@ pub fn run(opts: DatasetOptions) -> Result<()> {
         prompts_hash,
         prompts: records.len(),
         prompts_per_shard: opts.prompts_per_shard,
-        quantization: Quantization::default(),
+        quantization,
     };
     let mut writer = DatasetWriter::open(&opts.output, spec, &opts.prompts_file.display().to_string())?;
     let remote = match opts.remote.clone() {

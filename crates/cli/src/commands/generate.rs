@@ -100,6 +100,12 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1.0, help_heading = "Dataset")]
     logprob_temperature: f32,
 
+    /// How shards store the top-k: `coded` (range-coded, about half the bytes, read through
+    /// distill) or `plain` (lists any Parquet reader uses as they are). Default: coded for a new
+    /// dataset, the dataset's own layout when resuming one.
+    #[arg(long, value_enum, help_heading = "Dataset")]
+    layout: Option<super::dataset::Layout>,
+
     /// With --dataset: the teacher is served at this OpenAI-compatible URL (repeat for several
     /// endpoints; prompts fan out over all, a failing one is retried elsewhere). --model then
     /// names a local copy of the teacher for its tokenizer and chat template. The API key is read
@@ -147,6 +153,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             prompts_per_shard: args.prompts_per_shard,
             batch_size: args.batch_size,
             logprob_temperature: args.logprob_temperature,
+            layout: args.layout,
             remote: remote_options(&args)?,
         });
     }

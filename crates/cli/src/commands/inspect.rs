@@ -37,6 +37,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let summary = json!({
         "dir": args.dir.display().to_string(),
         "complete": m.complete,
+        "format_version": m.format_version,
         "prompts": spec.prompts,
         "prompts_done": m.prompts_done(),
         "shards": m.shards.len(),
@@ -75,8 +76,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
     println!("size         {} bytes, {:.1} bytes/token", m.bytes(), m.bytes() as f64 / tokens.max(1) as f64);
     println!("entropy      {:.3} nats mean over top-{} + tail", entropy_sum / positions.max(1) as f64, spec.k);
     println!(
-        "quantisation {:?} step {} nats: KL mean {kl_mean:.2e}, max {kl_max:.2e} nats",
-        spec.quantization.scheme, spec.quantization.step
+        "quantisation {:?} (format version {}), step {} nats: KL mean {kl_mean:.2e}, max {kl_max:.2e} nats",
+        spec.quantization.scheme, m.format_version, spec.quantization.step
     );
     println!("sampling     {}", spec.sampling);
     Ok(())

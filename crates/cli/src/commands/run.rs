@@ -226,6 +226,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 prompts_per_shard: 32,
                 batch_size: 8,
                 logprob_temperature: 1.0,
+                layout: None,
                 remote: None,
             })
         })?;
