@@ -107,6 +107,30 @@ pub enum Coded {
     Escaped,
 }
 
+/// Where the next symbol of a PPM model falls.
+enum Split {
+    /// The model has no unexcluded ids and codes nothing.
+    Nothing,
+    /// An escape (already consumed).
+    Escape,
+    /// Inside the ids' counts: the caller finds the id and consumes its interval.
+    Target(u64),
+}
+
+/// Ids own `[0, n)` of the total `n + d`, the escape `[n, n + d)` (method C: one count per
+/// distinct id).
+fn decode_split(dec: &mut Decoder, n: u64, d: u64) -> Split {
+    if n == 0 {
+        return Split::Nothing;
+    }
+    let target = dec.target(n + d);
+    if target >= n {
+        dec.consume(n, d);
+        return Split::Escape;
+    }
+    Split::Target(target)
+}
+
 /// Counts of the ids seen in one context.
 #[derive(Default)]
 pub struct SparseContext {
@@ -163,15 +187,14 @@ impl SparseContext {
 
     pub fn decode(&self, dec: &mut Decoder, excluded: &mut Exclusions) -> Coded {
         let (n, d) = self.live(excluded);
-        if n == 0 {
-            return Coded::Escaped;
-        }
-        let target = dec.target(n + d);
-        if target >= n {
-            dec.consume(n, d);
-            self.exclude_all(excluded);
-            return Coded::Escaped;
-        }
+        let target = match decode_split(dec, n, d) {
+            Split::Nothing => return Coded::Escaped,
+            Split::Escape => {
+                self.exclude_all(excluded);
+                return Coded::Escaped;
+            }
+            Split::Target(target) => target,
+        };
         let mut cum = 0u64;
         for (&x, &c) in self.ids.iter().zip(&self.counts) {
             if excluded.contains(x) {
@@ -274,14 +297,9 @@ impl Order0 {
 
     pub fn decode(&self, dec: &mut Decoder, excluded: &[u32]) -> Coded {
         let (n, d) = self.live(excluded);
-        if n == 0 {
+        let Split::Target(target) = decode_split(dec, n, d) else {
             return Coded::Escaped;
-        }
-        let target = dec.target(n + d);
-        if target >= n {
-            dec.consume(n, d);
-            return Coded::Escaped;
-        }
+        };
         // Find the id in the full table, then step past the excluded ids' counts below it
         // until no more of them lie at or below the id found.
         let mut skipped = 0u64;
