@@ -341,6 +341,26 @@ mod tests {
         }
     }
 
+    /// Garbage decodes to something (the shard reader's row-end check then refuses it) without
+    /// panicking or indexing past the vocabulary.
+    #[test]
+    fn random_bytes_never_panic_the_decoder() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let (k, vocab) = (8usize, 1000usize);
+        let mut codec = TopkCodec::new(k, vocab);
+        let (mut ids, mut deltas) = (vec![0u32; k], vec![0u8; k]);
+        for _ in 0..200 {
+            let bytes: Vec<u8> = (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect();
+            let mut dec = Decoder::new(&bytes);
+            for _ in 0..20 {
+                let at = Neighbours { before2: rng.gen_range(0..2000), before: 1, token: rng.gen_range(0..1000) };
+                let tail = codec.decode(&mut dec, at, &mut ids, &mut deltas);
+                assert!(ids.iter().all(|&id| (id as usize) < vocab));
+                assert!(tail <= MAX_TAIL_CODE || tail == NO_TAIL);
+            }
+        }
+    }
+
     #[test]
     fn out_of_range_input_is_refused_by_name() {
         let codec = TopkCodec::new(2, 100);

@@ -71,10 +71,12 @@ impl RowDecoder {
     pub fn decode_row(&mut self, path: &Path, columns: &Columns, row: usize, seq: &mut Sequence) -> Result<()> {
         let k = self.coding.k;
         let tc = seq.completion_len();
-        if let Some(id) = seq.token_ids.iter().find(|&&id| id as usize >= self.coding.vocab) {
+        // Completion tokens index the models' tables (the writer checked them; prompts it did not).
+        let completion = &seq.token_ids[seq.prompt_len as usize..];
+        if let Some(id) = completion.iter().find(|&&id| id as usize >= self.coding.vocab) {
             return Err(Error::corrupt(
                 path,
-                format!("row {row}: token id {id} outside the vocabulary of {}", self.coding.vocab),
+                format!("row {row}: completion token id {id} outside the vocabulary of {}", self.coding.vocab),
             ));
         }
         let mut dec = Decoder::new(columns.coded.value(row));
