@@ -484,8 +484,7 @@ impl Llama {
         let k = repeat_kv(&k, h / kv)?; // (B, H, S, D)
         let v = repeat_kv(&v, h / kv)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?; // (B, H, T, S)
-        let probs = ops::softmax_last_dim(&scores)?;
+        let probs = ops::masked_softmax(&q.matmul(&k.t()?)?, mask, scale)?; // (B, H, T, S)
         let out = probs.matmul(&v)?; // (B, H, T, D)
         if let Some((probe, valid)) = probe {
             let energy = out.detach().sqr()?.sum(3)?.broadcast_mul(&valid.unsqueeze(1)?)?.sum((0, 2))?; // (H)
