@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod checkpoint;
+pub mod cpu;
 pub mod error;
 pub mod export;
 pub mod fixtures;

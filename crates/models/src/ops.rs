@@ -62,9 +62,9 @@ impl MaskedSoftmax {
 }
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
-        _ => candle_core::bail!("masked softmax: {what} must be contiguous f32"),
+    match crate::cpu::f32_data(storage, layout) {
+        Some(data) => Ok(data),
+        None => candle_core::bail!("masked softmax: {what} must be contiguous f32"),
     }
 }
 

@@ -26,8 +26,8 @@
 use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::cpu::with_f32_data;
 use crate::loss::{loss_from_buckets, LossConfig, PlainTargets, TailSelf, NEG_BIG};
+use distill_models::cpu::with_f32_data;
 
 /// Upper bound on the floats of one logits chunk (rows × vocabulary): 64 MiB of f32.
 const CHUNK_FLOATS: usize = 16 << 20;

@@ -5,7 +5,6 @@
 
 pub mod checkpoint;
 pub mod config;
-mod cpu;
 pub mod data;
 pub mod fused;
 pub mod loss;

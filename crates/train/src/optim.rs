@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::{f32_data, f32_data_mut, with_f32_data};
+use distill_models::cpu::{f32_data, f32_data_mut, with_f32_data};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

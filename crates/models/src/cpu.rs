@@ -1,10 +1,10 @@
 //! Reading a tensor's f32 data in place on the CPU, for the kernels that bypass candle's ops
-//! (the fused head's GEMMs, the in-place AdamW).
+//! (the fused attention softmax here; the trainer's fused head and in-place AdamW).
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 
 /// The f32 data `layout` covers, when the storage is f32 and the layout contiguous.
-pub(crate) fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f32]> {
+pub fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(data), Some((start, end))) => Some(&data[start..end]),
         _ => None,
@@ -12,7 +12,7 @@ pub(crate) fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&
 }
 
 /// [`f32_data`], mutably.
-pub(crate) fn f32_data_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Option<&'a mut [f32]> {
+pub fn f32_data_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Option<&'a mut [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(data), Some((start, end))) => Some(&mut data[start..end]),
         _ => None,
@@ -21,7 +21,7 @@ pub(crate) fn f32_data_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> 
 
 /// Calls `f` on `t`'s row-major f32 data in place when `t` is a contiguous f32 CPU tensor; None
 /// otherwise (the caller picks its fallback).
-pub(crate) fn with_f32_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+pub fn with_f32_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cpu(cpu) => f32_data(cpu, layout).map(f),
