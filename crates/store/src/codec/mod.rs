@@ -42,14 +42,16 @@ const RANK_BANDS: usize = 5;
 const PREV_CAP: usize = 12;
 const TAIL_DEPTH_CONTEXTS: usize = 32;
 
-fn rank_band(j: usize) -> usize {
-    match j {
+/// The log-probability model for rank `j` after a difference of `previous`.
+fn delta_context(j: usize, previous: usize) -> usize {
+    let band = match j {
         0 => 0,
         1..=2 => 1,
         3..=7 => 2,
         8..=15 => 3,
         _ => 4,
-    }
+    };
+    band * (PREV_CAP + 1) + previous.min(PREV_CAP)
 }
 
 /// The tokens around a completion position (see the module docs).
@@ -69,6 +71,36 @@ impl Neighbours {
     }
 }
 
+/// The PPM contexts over ids: what followed the previous two tokens, what was ranked below a
+/// top-1 id, what followed the previous token.
+#[derive(Default)]
+struct IdContexts {
+    order2: HashMap<u64, SparseContext>,
+    after_top1: HashMap<u32, SparseContext>,
+    order1: HashMap<u32, SparseContext>,
+}
+
+impl IdContexts {
+    fn pair(at: Neighbours) -> u64 {
+        ((at.before2 as u64) << 32) | at.before as u64
+    }
+
+    /// The contexts for rank `j` (`ids[..j]` already known), most specific first.
+    fn for_rank(&self, at: Neighbours, ids: &[u32], j: usize) -> [Option<&SparseContext>; 3] {
+        let after_top1 = if j > 0 { self.after_top1.get(&ids[0]) } else { None };
+        [self.order2.get(&Self::pair(at)), after_top1, self.order1.get(&at.before)]
+    }
+
+    fn learn(&mut self, at: Neighbours, ids: &[u32]) {
+        let order2 = self.order2.entry(Self::pair(at)).or_default();
+        ids.iter().for_each(|&id| order2.add(id));
+        let order1 = self.order1.entry(at.before).or_default();
+        ids.iter().for_each(|&id| order1.add(id));
+        let after_top1 = self.after_top1.entry(ids[0]).or_default();
+        ids[1..].iter().for_each(|&id| after_top1.add(id));
+    }
+}
+
 /// One completion position's top-K, as coded: ids in rank order, log-probability code
 /// differences, tail code.
 pub struct PositionCodes<'a> {
@@ -85,9 +117,7 @@ pub struct TopkCodec {
     deltas: Vec<FreqTable>,
     tail_high: Vec<FreqTable>,
     tail_low: Vec<FreqTable>,
-    order2: HashMap<u64, SparseContext>,
-    after_top1: HashMap<u32, SparseContext>,
-    order1: HashMap<u32, SparseContext>,
+    contexts: IdContexts,
     order0: Order0,
     excluded: Exclusions,
     /// Ids coded so far at the current position (the only exclusions of order 0).
@@ -105,9 +135,7 @@ impl TopkCodec {
             deltas: (0..RANK_BANDS * (PREV_CAP + 1)).map(|_| FreqTable::new(256)).collect(),
             tail_high: (0..TAIL_DEPTH_CONTEXTS).map(|_| FreqTable::new(256)).collect(),
             tail_low: (0..32).map(|_| FreqTable::new(16)).collect(),
-            order2: HashMap::new(),
-            after_top1: HashMap::new(),
-            order1: HashMap::new(),
+            contexts: IdContexts::default(),
             order0: Order0::new(vocab),
             excluded: Exclusions::new(vocab),
             position_ids: Vec::with_capacity(k),
@@ -179,24 +207,16 @@ impl TopkCodec {
         }
     }
 
-    /// The sparse contexts for rank `j`, most specific first.
-    fn contexts(&self, at: Neighbours, ids: &[u32], j: usize) -> [Option<&SparseContext>; 3] {
-        let key2 = ((at.before2 as u64) << 32) | at.before as u64;
-        [self.order2.get(&key2), if j > 0 { self.after_top1.get(&ids[0]) } else { None }, self.order1.get(&at.before)]
-    }
-
     fn encode_id(&mut self, enc: &mut Encoder, at: Neighbours, ids: &[u32], j: usize, id: u32) {
-        let mut excluded = std::mem::replace(&mut self.excluded, Exclusions::new(0));
         let mut found = false;
-        for ctx in self.contexts(at, ids, j).into_iter().flatten() {
-            if ctx.encode(enc, id, &mut excluded) != Coded::Escaped {
+        for ctx in self.contexts.for_rank(at, ids, j).into_iter().flatten() {
+            if ctx.encode(enc, id, &mut self.excluded) != Coded::Escaped {
                 found = true;
                 break;
             }
         }
         // Back to the position's own exclusions (what the contexts added is scoped to this id).
-        excluded.truncate(self.position_ids.len());
-        self.excluded = excluded;
+        self.excluded.truncate(self.position_ids.len());
         if found || self.order0.encode(enc, id, &self.position_ids) != Coded::Escaped {
             return;
         }
@@ -207,16 +227,14 @@ impl TopkCodec {
     }
 
     fn decode_id(&mut self, dec: &mut Decoder, at: Neighbours, ids: &[u32], j: usize) -> u32 {
-        let mut excluded = std::mem::replace(&mut self.excluded, Exclusions::new(0));
         let mut found = None;
-        for ctx in self.contexts(at, ids, j).into_iter().flatten() {
-            if let Coded::Found(id) = ctx.decode(dec, &mut excluded) {
+        for ctx in self.contexts.for_rank(at, ids, j).into_iter().flatten() {
+            if let Coded::Found(id) = ctx.decode(dec, &mut self.excluded) {
                 found = Some(id);
                 break;
             }
         }
-        excluded.truncate(self.position_ids.len());
-        self.excluded = excluded;
+        self.excluded.truncate(self.position_ids.len());
         if let Some(id) = found {
             return id;
         }
@@ -236,7 +254,7 @@ impl TopkCodec {
     fn encode_logprobs(&mut self, enc: &mut Encoder, deltas: &[u8], tail: u16) {
         let mut previous = 0usize;
         for (j, &d) in deltas.iter().enumerate() {
-            self.deltas[rank_band(j) * (PREV_CAP + 1) + previous.min(PREV_CAP)].encode(enc, d as usize);
+            self.deltas[delta_context(j, previous)].encode(enc, d as usize);
             previous = d as usize;
         }
         let depth = Self::depth_context(deltas);
@@ -250,7 +268,7 @@ impl TopkCodec {
     fn decode_logprobs(&mut self, dec: &mut Decoder, deltas: &mut [u8]) -> u16 {
         let mut previous = 0usize;
         for (j, d) in deltas.iter_mut().enumerate() {
-            let symbol = self.deltas[rank_band(j) * (PREV_CAP + 1) + previous.min(PREV_CAP)].decode(dec);
+            let symbol = self.deltas[delta_context(j, previous)].decode(dec);
             *d = symbol as u8;
             previous = symbol;
         }
@@ -268,13 +286,7 @@ impl TopkCodec {
     }
 
     fn learn(&mut self, at: Neighbours, ids: &[u32]) {
-        let key2 = ((at.before2 as u64) << 32) | at.before as u64;
-        let order2 = self.order2.entry(key2).or_default();
-        ids.iter().for_each(|&id| order2.add(id));
-        let order1 = self.order1.entry(at.before).or_default();
-        ids.iter().for_each(|&id| order1.add(id));
-        let after_top1 = self.after_top1.entry(ids[0]).or_default();
-        ids[1..].iter().for_each(|&id| after_top1.add(id));
+        self.contexts.learn(at, ids);
         ids.iter().for_each(|&id| self.order0.add(id));
     }
 }

@@ -300,25 +300,21 @@ impl Order0 {
         let Split::Target(target) = decode_split(dec, n, d) else {
             return Coded::Escaped;
         };
-        // Find the id in the full table, then step past the excluded ids' counts below it
-        // until no more of them lie at or below the id found.
-        let mut skipped = 0u64;
-        let mut counted = vec![false; excluded.len()];
+        // The id whose interval in the full table holds the target once the counts of the
+        // excluded ids at or below it are skipped: a fixed point reached from below, since
+        // both the search and the skipped counts only grow with the id.
+        let skipped_to =
+            |id: u32| -> u64 { excluded.iter().filter(|&&e| e <= id).map(|&e| self.counts[e as usize] as u64).sum() };
+        let mut id = self.find(target);
         loop {
-            let id = self.find(target + skipped);
-            let mut moved = false;
-            for (e, seen) in excluded.iter().zip(counted.iter_mut()) {
-                if !*seen && *e <= id {
-                    *seen = true;
-                    skipped += self.counts[*e as usize] as u64;
-                    moved |= self.counts[*e as usize] > 0;
-                }
+            let next = self.find(target + skipped_to(id));
+            if next == id {
+                break;
             }
-            if !moved {
-                dec.consume(self.prefix(id) - skipped, self.counts[id as usize] as u64);
-                return Coded::Found(id);
-            }
+            id = next;
         }
+        dec.consume(self.prefix(id) - skipped_to(id), self.counts[id as usize] as u64);
+        Coded::Found(id)
     }
 }
 

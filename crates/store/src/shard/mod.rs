@@ -207,7 +207,10 @@ pub fn read_shard(path: &Path, coding: &ShardCoding) -> Result<Vec<Sequence>> {
         .map_err(|e| Error::corrupt(path, format!("not a readable Parquet shard: {e}")))?;
     let mut out = Vec::new();
     // The coded layout's models carry over from row to row, across record batches too.
-    let mut decoder = coded::RowDecoder::new(coding);
+    let mut decoder = match coding.quantization.scheme {
+        QuantScheme::DeltaU8 => None,
+        QuantScheme::RangeCoded => Some(coded::RowDecoder::new(coding)),
+    };
     for batch in reader {
         let batch = batch.map_err(|e| Error::corrupt(path, e))?;
         let prompt_index = column::<UInt32Array>(path, &batch, "prompt_index")?;
@@ -215,9 +218,9 @@ pub fn read_shard(path: &Path, coding: &ShardCoding) -> Result<Vec<Sequence>> {
         let sample = column::<UInt16Array>(path, &batch, "sample")?;
         let prompt_len = column::<UInt32Array>(path, &batch, "prompt_len")?;
         let token_ids = column::<ListArray>(path, &batch, "token_ids")?;
-        let signal = match coding.quantization.scheme {
-            QuantScheme::DeltaU8 => Signal::Plain(plain::Columns::of(path, &batch)?),
-            QuantScheme::RangeCoded => Signal::Coded(coded::Columns::of(path, &batch)?),
+        let mut signal = match decoder.as_mut() {
+            None => Signal::Plain(plain::Columns::of(path, &batch)?),
+            Some(decoder) => Signal::Coded(coded::Columns::of(path, &batch)?, decoder),
         };
         for row in 0..batch.num_rows() {
             let tokens = list_values::<UInt32Array>(path, token_ids, row, "token_ids")?;
@@ -238,9 +241,9 @@ pub fn read_shard(path: &Path, coding: &ShardCoding) -> Result<Vec<Sequence>> {
                     format!("row {row}: prompt_len {} > {} tokens", seq.prompt_len, seq.token_ids.len()),
                 ));
             }
-            match &signal {
+            match &mut signal {
                 Signal::Plain(columns) => columns.decode_row(path, row, coding, &mut seq)?,
-                Signal::Coded(columns) => decoder.decode_row(path, columns, row, &mut seq)?,
+                Signal::Coded(columns, decoder) => decoder.decode_row(path, columns, row, &mut seq)?,
             }
             seq.validate(coding.k).map_err(|e| Error::corrupt(path, format!("row {row}: {e}")))?;
             out.push(seq);
@@ -249,9 +252,10 @@ pub fn read_shard(path: &Path, coding: &ShardCoding) -> Result<Vec<Sequence>> {
     Ok(out)
 }
 
+/// A record batch's teacher-signal columns, with the decoder the coded layout carries along.
 enum Signal<'a> {
     Plain(plain::Columns<'a>),
-    Coded(coded::Columns<'a>),
+    Coded(coded::Columns<'a>, &'a mut coded::RowDecoder),
 }
 
 fn column<'a, T: 'static>(path: &Path, batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
