@@ -4,6 +4,8 @@
 //!
 //! Shapes: `x`, `out`, `grad`: (R, S) row-major, one row per (batch, head, query).
 
+use crate::exp::exp;
+use crate::reduce::{dot, max, sum};
 use rayon::prelude::*;
 
 /// Rows handed to one rayon task: enough work to amortise the dispatch.
@@ -23,21 +25,8 @@ pub fn masked_softmax(
     out.par_chunks_mut(s * ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
         for (i, row_out) in rows.chunks_mut(s).enumerate() {
             let r = task * ROWS_PER_TASK + i;
-            let row_x = &x[r * s..(r + 1) * s];
             let m = mask_row(r);
-            let row_mask = &mask[m * s..(m + 1) * s];
-            let mut max = f32::NEG_INFINITY;
-            for ((o, &v), &a) in row_out.iter_mut().zip(row_x).zip(row_mask) {
-                *o = v * scale + a;
-                max = max.max(*o);
-            }
-            let mut sum = 0f32;
-            for o in row_out.iter_mut() {
-                *o = (*o - max).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            row_out.iter_mut().for_each(|o| *o *= inv);
+            softmax_row(&x[r * s..(r + 1) * s], scale, &mask[m * s..(m + 1) * s], row_out);
         }
     });
 }
@@ -50,13 +39,28 @@ pub fn masked_softmax_backward(p: &[f32], grad: &[f32], s: usize, scale: f32, dx
     dx.par_chunks_mut(s * ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
         for (i, row_dx) in rows.chunks_mut(s).enumerate() {
             let r = task * ROWS_PER_TASK + i;
-            let (row_p, row_g) = (&p[r * s..(r + 1) * s], &grad[r * s..(r + 1) * s]);
-            let dot: f32 = row_p.iter().zip(row_g).map(|(a, b)| a * b).sum();
-            for ((d, &pj), &gj) in row_dx.iter_mut().zip(row_p).zip(row_g) {
-                *d = scale * pj * (gj - dot);
-            }
+            softmax_backward_row(&p[r * s..(r + 1) * s], &grad[r * s..(r + 1) * s], scale, row_dx);
         }
     });
+}
+
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn softmax_row(x: &[f32], scale: f32, mask: &[f32], out: &mut [f32]) {
+    for ((o, &v), &a) in out.iter_mut().zip(x).zip(mask) {
+        *o = v * scale + a;
+    }
+    let top = max(out);
+    out.iter_mut().for_each(|o| *o = exp(*o - top));
+    let inv = 1.0 / sum(out);
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn softmax_backward_row(p: &[f32], grad: &[f32], scale: f32, dx: &mut [f32]) {
+    let dot = dot(p, grad);
+    for ((d, &pj), &gj) in dx.iter_mut().zip(p).zip(grad) {
+        *d = scale * pj * (gj - dot);
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,11 @@
 //!
 //! For a row of logits `z` (V) at temperature τ: `lse = log Σ exp(z/τ)`, the K largest entries
 //! `(id, z_id/τ − lse)` in descending order, and `log(1 − Σ_topk p)` as the tail. Rows run in
-//! parallel; nothing of size V is allocated per row beyond an index buffer reused per thread.
+//! parallel; nothing of size V is allocated. The selection is one scan against the running K-th
+//! value (after the first few hundred entries almost nothing passes it), and the sum of
+//! exponentials runs in vectorised f32 blocks added up in f64.
 
+use crate::{exp, reduce};
 use rayon::prelude::*;
 
 /// Top-K of many rows: `ids` and `logprobs` are (R, K) row-major, `tail_logprob` is (R).
@@ -42,24 +45,17 @@ pub fn topk_logprobs(logits: &[f32], vocab: usize, k: usize, temperature: f32) -
         .zip(tail.par_iter_mut())
         .zip(logits.par_chunks(vocab))
         .for_each_init(
-            || Vec::with_capacity(vocab),
-            |order, (((row_ids, row_lp), row_tail), row)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) * inv_t;
-                // f64 accumulation: V terms of very different sizes.
-                let sum: f64 = row.iter().map(|&z| ((z * inv_t - max) as f64).exp()).sum();
-                let lse = max as f64 + sum.ln();
-                order.clear();
-                order.extend(0..row.len() as u32);
-                if k > 0 && k < vocab {
-                    order.select_nth_unstable_by(k - 1, |&a, &b| {
-                        row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
-                    });
-                }
-                let top = &mut order[..k];
-                top.sort_unstable_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+            || Vec::with_capacity(k + 1),
+            |top, (((row_ids, row_lp), row_tail), row)| {
+                select_top(row, k, top);
+                let max = match top.first() {
+                    Some(&(z, _)) if z.is_finite() => z,
+                    _ => reduce::max(row),
+                } * inv_t;
+                let lse = max as f64 + exp::sum_exp(row, inv_t, max).ln();
                 let mut kept = 0f64;
-                for (j, &id) in top.iter().enumerate() {
-                    let lp = (row[id as usize] * inv_t) as f64 - lse;
+                for (j, &(z, id)) in top.iter().enumerate() {
+                    let lp = (z * inv_t) as f64 - lse;
                     row_ids[j] = id;
                     row_lp[j] = lp as f32;
                     kept += lp.exp();
@@ -71,6 +67,40 @@ pub fn topk_logprobs(logits: &[f32], vocab: usize, k: usize, temperature: f32) -
         tail.iter_mut().for_each(|t| *t = 0.0);
     }
     TopK { k, ids, logprobs, tail_logprob: tail }
+}
+
+/// The `k` largest entries of `row` as (value, id), largest first; equal values keep the lower id
+/// first. NaN entries are never selected unless fewer than `k` others exist.
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn select_top(row: &[f32], k: usize, top: &mut Vec<(f32, u32)>) {
+    top.clear();
+    if k == 0 {
+        return;
+    }
+    let mut floor = f32::NEG_INFINITY; // the K-th value once K are held
+    for (i, &z) in row.iter().enumerate() {
+        let full = top.len() == k;
+        if z.is_nan() || (full && z <= floor) {
+            continue;
+        }
+        // After every held value >= z: among equal values, the lower id (seen first) stays ahead.
+        let at = top.partition_point(|&(v, _)| v >= z);
+        if full {
+            top.pop();
+        }
+        top.insert(at, (z, i as u32));
+        if let Some(&(v, _)) = top.get(k - 1) {
+            floor = v;
+        }
+    }
+    let mut next = 0u32;
+    while top.len() < k {
+        // Only NaNs are left: the lowest ids not yet held, in order.
+        if !top.iter().any(|&(_, id)| id == next) {
+            top.push((row[next as usize], next));
+        }
+        next += 1;
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +152,10 @@ mod tests {
         let logits = vec![1.0, 3.0, 3.0, 0.0];
         let got = topk_logprobs(&logits, 4, 2, 1.0);
         assert_eq!(got.ids, vec![1, 2]);
+        let ids_of = |row: &[f32], k: usize| topk_logprobs(row, row.len(), k, 1.0).ids;
+        assert_eq!(ids_of(&[2.0, f32::NAN, 2.0, f32::NEG_INFINITY, 5.0], 3), vec![4, 0, 2]);
+        assert_eq!(ids_of(&[f32::NEG_INFINITY, f32::NAN, 0.0, f32::NEG_INFINITY], 3), vec![2, 0, 3]);
+        assert_eq!(ids_of(&[f32::NAN, 1.0, f32::NAN], 3), vec![1, 0, 2]);
         let all = topk_logprobs(&logits, 4, 4, 1.0);
         assert!(all.tail_logprob[0] < -10.0 || all.tail_logprob[0] == f32::NEG_INFINITY);
     }

@@ -463,13 +463,12 @@ impl Llama {
         let (b, t, _) = x.dims3()?;
         let Frame { cos, sin, mask } = *frame;
         let (h, kv, d) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
-        let heads = |proj: &Tensor, bias: Option<&Tensor>, n: usize| -> Result<Tensor> {
-            Ok(ops::linear(x, proj, bias)?.reshape((b, t, n, d))?.transpose(1, 2)?)
-            // (B, n, T, D)
+        let project = |proj: &Tensor, bias: Option<&Tensor>, n: usize| -> Result<Tensor> {
+            Ok(ops::linear(x, proj, bias)?.reshape((b, t, n, d))?) // (B, T, n, D)
         };
-        let q = ops::rope(&heads(&block.q_proj, block.q_bias.as_ref(), h)?, cos, sin)?;
-        let k = ops::rope(&heads(&block.k_proj, block.k_bias.as_ref(), kv)?, cos, sin)?;
-        let v = heads(&block.v_proj, block.v_bias.as_ref(), kv)?.contiguous()?;
+        let q = ops::rope_heads(&project(&block.q_proj, block.q_bias.as_ref(), h)?, cos, sin)?; // (B, H, T, D)
+        let k = ops::rope_heads(&project(&block.k_proj, block.k_bias.as_ref(), kv)?, cos, sin)?; // (B, KVH, T, D)
+        let v = project(&block.v_proj, block.v_bias.as_ref(), kv)?.transpose(1, 2)?.contiguous()?;
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {

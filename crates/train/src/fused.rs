@@ -27,6 +27,8 @@ use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::loss::{loss_from_buckets, LossConfig, PlainTargets, TailSelf, NEG_BIG};
+use distill_kernels::exp::{exp, sum_exp};
+use distill_kernels::reduce;
 use distill_models::cpu::with_f32_data;
 
 /// Upper bound on the floats of one logits chunk (rows × vocabulary): 64 MiB of f32.
@@ -57,18 +59,19 @@ struct RowStats {
     tail_plogp: f64,
 }
 
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 fn row_stats(z: &[f32], ids: &[u32], tau: f32, need_one: bool, need_plogp: bool) -> RowStats {
-    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = reduce::max(z);
     let inv = 1.0 / tau;
-    let term = |x: f32| ((x - max) * inv).exp() as f64;
-    let sum_tau: f64 = z.iter().map(|&x| term(x)).sum();
+    let term = |x: f32| exp((x - max) * inv) as f64;
+    let sum_tau = sum_exp(z, inv, max * inv);
     let ids_sum: f64 = ids.iter().map(|&i| term(z[i as usize])).sum();
     let sum_one = if !need_one {
         0.0
     } else if tau == 1.0 {
         sum_tau
     } else {
-        z.iter().map(|&x| (x - max).exp() as f64).sum()
+        sum_exp(z, 1.0, max)
     };
     let tail_sum = (sum_tau - ids_sum).max(0.0);
     let tail_plogp = if need_plogp && tail_sum > 0.0 {
@@ -112,6 +115,7 @@ struct RowGrads<'a> {
 }
 
 /// Overwrites the logits row `z` with ∂L/∂z given the row's gradients.
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 fn row_backward(z: &mut [f32], ids: &[u32], target: u32, tau: f32, s: &RowStats, grads: &RowGrads) {
     let (g, g_ce, g_x) = (grads.buckets, grads.ce, grads.plogp);
     let k = ids.len();
@@ -130,18 +134,24 @@ fn row_backward(z: &mut [f32], ids: &[u32], target: u32, tau: f32, s: &RowStats,
     let plogp_term = |x: f32, e: f32| g_x * e * p_scale * ((x - max) * inv - ln_sum + 1.0);
     // Each id's own term, computed exactly as in the sweep so the corrections below cancel it.
     let id_logits: Vec<f32> = ids.iter().map(|&i| z[i as usize]).collect();
-    let id_terms: Vec<f32> = id_logits.iter().map(|&x| ((x - max) * inv).exp()).collect();
-    for x in z.iter_mut() {
-        let e = ((*x - max) * inv).exp();
-        let mut d = (e * tail_scale - e * p_scale * g_sum) * inv;
-        if g_ce != 0.0 {
-            let e1 = if tempered { (*x - max).exp() } else { e };
-            d -= g_ce * e1 * one_scale;
+    let id_terms: Vec<f32> = id_logits.iter().map(|&x| exp((x - max) * inv)).collect();
+    if g_x == 0.0 && (g_ce == 0.0 || !tempered) {
+        // The common case: every term is a multiple of e (e¹ = e untempered), one pass.
+        let c = (tail_scale - p_scale * g_sum) * inv - g_ce * one_scale;
+        z.iter_mut().for_each(|x| *x = exp((*x - max) * inv) * c);
+    } else {
+        for x in z.iter_mut() {
+            let e = exp((*x - max) * inv);
+            let mut d = (e * tail_scale - e * p_scale * g_sum) * inv;
+            if g_ce != 0.0 {
+                let e1 = if tempered { exp(*x - max) } else { e };
+                d -= g_ce * e1 * one_scale;
+            }
+            if g_x != 0.0 {
+                d += (plogp_term(*x, e) + g_x * e * p_scale * plogp_all) * inv;
+            }
+            *x = d;
         }
-        if g_x != 0.0 {
-            d += (plogp_term(*x, e) + g_x * e * p_scale * plogp_all) * inv;
-        }
-        *x = d;
     }
     for (j, ((&i, &e), &gk)) in ids.iter().zip(&id_terms).zip(g).enumerate() {
         let mut d = (gk - e * tail_scale) * inv;

@@ -1,0 +1,179 @@
+//! Differentiable building blocks.
+//!
+//! candle-nn's `rms_norm`, `softmax_last_dim` and `rope` are fused kernels without a backward pass:
+//! a model built on them trains silently wrong. Each block here is either composed from ops that
+//! candle's autograd knows, or — on the CPU in f32 — a fused kernel from the kernels crate wrapped
+//! as a candle custom op with a hand-written backward. The choice is made per call: the composed
+//! form is the fallback on other devices and dtypes, and the tests hold each fused op to it,
+//! outputs and gradients.
+
+mod gate;
+mod norm;
+mod rotary;
+mod softmax;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor, D};
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if let Some(op) = norm::RmsNorm::fits(x, weight, eps) {
+        return x.contiguous()?.apply_op2(&weight.contiguous()?, op);
+    }
+    rms_norm_composed(x, weight, eps)
+}
+
+fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?; // (…, 1)
+    let inv_rms = (mean_sq + eps)?.sqrt()?.recip()?;
+    x.broadcast_mul(&inv_rms)?.broadcast_mul(weight)
+}
+
+/// Softmax over the last dimension. The row maximum is subtracted for stability and detached:
+/// softmax is invariant to the shift, so its gradient through the maximum is zero anyway.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    let sum = exp.sum_keepdim(D::Minus1)?;
+    exp.broadcast_div(&sum)
+}
+
+/// Attention weights `softmax(scores · scale + mask)` over the last dimension.
+///
+/// `scores`: (B, H, T, S); `mask`: additive, (B, 1, T, S) or (1, 1, T, S). Fused on the CPU in f32
+/// for these mask shapes (`distill_kernels::softmax`).
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    if let Some(op) = softmax::MaskedSoftmax::fits(scores, mask, scale) {
+        return scores.contiguous()?.apply_op2(&mask.contiguous()?, op);
+    }
+    softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)
+}
+
+/// Log-softmax over the last dimension, stable and differentiable.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Rotary position embedding in the Hugging Face ("rotate half") layout, applied to a
+/// projection's heads and moved to attention's layout: `x` (B, T, N, D) → (B, N, T, D).
+///
+/// `cos`, `sin`: (B, 1, T, D/2) or (1, 1, T, D/2). Fused with the move on the CPU in f32
+/// (`distill_kernels::rope`).
+pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if let Some(op) = rotary::Rope::fits(x, cos, sin) {
+        return x.contiguous()?.apply_op3(cos, sin, op);
+    }
+    rope_composed(&x.transpose(1, 2)?, cos, sin)
+}
+
+/// RoPE on (B, H, T, D) with `cos`, `sin` broadcastable to (B, 1, T, D/2).
+fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?; // (B, H, T, D/2)
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated_1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let rotated_2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Tensor::cat(&[rotated_1, rotated_2], D::Minus1) // (B, H, T, D)
+}
+
+/// SwiGLU feed-forward activation: `silu(gate) * up`. Fused on the CPU in f32
+/// (`distill_kernels::swiglu`).
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if let Some(op) = gate::Swiglu::fits(gate, up) {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, op);
+    }
+    swiglu_composed(gate, up)
+}
+
+fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
+}
+
+/// `x @ wᵀ` for a (…, C_in) input and an (C_out, C_in) weight, as `nn.Linear` does.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let c_in = *dims.last().unwrap_or(&0);
+    let rows = x.elem_count() / c_in.max(1);
+    let y = x.reshape((rows, c_in))?.matmul(&weight.t()?)?; // (rows, C_out)
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    if let Some(last) = out_dims.last_mut() {
+        *last = weight.dim(0)?;
+    }
+    y.reshape(out_dims)
+}
+
+/// Additive attention mask value for disallowed positions: finite, so a row with every key
+/// masked (a padding query) still yields a valid distribution instead of NaN.
+pub const MASKED: f32 = -1e9;
+
+/// Builds a (1, 1, T, S) causal mask for `t` new queries after `past` cached keys.
+pub fn causal_mask(t: usize, past: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+    let s = past + t;
+    let mask: Vec<f32> = (0..t).flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { MASKED })).collect();
+    Tensor::from_vec(mask, (1, 1, t, s), device)?.to_dtype(dtype)
+}
+
+/// Whether every tensor lives on the CPU in f32: where the fused kernels run.
+fn cpu_f32(tensors: &[&Tensor]) -> bool {
+    tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// A custom op's operand as a contiguous f32 slice, or an error naming the op and the operand.
+fn operand<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str, what: &str) -> Result<&'a [f32]> {
+    match crate::cpu::f32_data(storage, layout) {
+        Some(data) => Ok(data),
+        None => candle_core::bail!("{op}: {what} must be contiguous f32"),
+    }
+}
+
+#[cfg(test)]
+mod testing {
+    use candle_core::{Result, Tensor, Var};
+
+    /// Outputs and input gradients of `f` at `inputs`, the gradients of the loss `Σ out ⊙ w` for
+    /// fixed, uneven weights `w`.
+    fn run(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&tensors).unwrap();
+        let n = out.elem_count();
+        let w: Vec<f32> = (0..n).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.5 + 0.1).collect();
+        let w = Tensor::from_vec(w, out.shape(), out.device()).unwrap();
+        let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let input_grads = tensors.iter().map(|t| flat(grads.get(t).expect("every input gets a gradient"))).collect();
+        (flat(&out), input_grads)
+    }
+
+    /// The fused op against the composed ops it replaces: same outputs and same gradients for
+    /// every input, within `tol`.
+    pub(super) fn assert_matches_composed(
+        inputs: &[Tensor],
+        fused: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+        composed: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+        tol: f32,
+    ) {
+        let ((out_f, grads_f), (out_c, grads_c)) = (run(inputs, fused), run(inputs, composed));
+        assert_eq!(out_f.len(), out_c.len(), "output sizes differ");
+        for (i, (a, c)) in out_f.iter().zip(&out_c).enumerate() {
+            assert!((a - c).abs() <= tol * c.abs().max(1.0), "out[{i}]: fused {a} vs composed {c}");
+        }
+        for (k, (gf, gc)) in grads_f.iter().zip(&grads_c).enumerate() {
+            assert_eq!(gf.len(), gc.len(), "input {k}: gradient sizes differ");
+            for (i, (a, c)) in gf.iter().zip(gc).enumerate() {
+                assert!((a - c).abs() <= tol * c.abs().max(1.0), "input {k} grad[{i}]: fused {a} vs composed {c}");
+            }
+        }
+    }
+
+    /// Deterministic, uneven test values.
+    pub(super) fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| (((i + seed) * 37 % 29) as f32 - 14.0) * 0.11).collect()
+    }
+}
