@@ -248,3 +248,60 @@ fn resuming_keeps_the_layout_the_dataset_was_started_with() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("quantization"), "{}", text(&out.stderr));
 }
+
+/// `--matmuls bf16`: the manifest records what the teacher ran, a resume with other matmuls is
+/// refused, and the scored (given) completions' top-k stays close to an f32 run's. Where the CPU
+/// lacks AVX-512 BF16 the run warns and records f32.
+#[test]
+fn bf16_matmuls_are_recorded_and_stay_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    tiny_gguf(&model, 26).unwrap();
+    let prompts = prompts(dir.path(), 10);
+    let (exact_dir, fast_dir) = (dir.path().join("f32"), dir.path().join("bf16"));
+    let (m, p) = (model.to_str().unwrap(), prompts.to_str().unwrap());
+    let out = run(&dataset_args(m, p, exact_dir.to_str().unwrap(), "5"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut fast = dataset_args(m, p, fast_dir.to_str().unwrap(), "5");
+    fast.extend(["--matmuls", "bf16"]);
+    let out = run(&fast);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let available = distill_kernels::bf16::available();
+    let recorded = |d: &Path| Dataset::open(d).unwrap().manifest().spec.teacher_matmuls.clone();
+    assert_eq!(recorded(&exact_dir), "f32");
+    if !available {
+        assert!(text(&out.stderr).contains("needs a CPU with AVX-512 BF16"), "{}", text(&out.stderr));
+        assert_eq!(recorded(&fast_dir), "f32");
+        return;
+    }
+    assert_eq!(recorded(&fast_dir), "bf16");
+    // Resuming the bf16 dataset with f32 matmuls would mix two teachers' signals.
+    let out = run(&dataset_args(m, p, fast_dir.to_str().unwrap(), "5"));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("teacher matmuls: dataset has bf16, this run has f32"), "{}", text(&out.stderr));
+    // Given completions are scored, not sampled: the same tokens, so their top-k compare.
+    let given =
+        |d: &Path| all_sequences(d).into_iter().filter(|s| s.prompt_id.starts_with("given-")).collect::<Vec<_>>();
+    let (a, b) = (given(&exact_dir), given(&fast_dir));
+    assert_eq!(a.len(), 2);
+    let (mut same_top1, mut rows, mut diff, mut size) = (0, 0, 0f64, 0f64);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.token_ids, y.token_ids);
+        for (rx, ry) in x.topk_ids.chunks(8).zip(y.topk_ids.chunks(8)) {
+            same_top1 += usize::from(rx[0] == ry[0]);
+            rows += 1;
+        }
+        for (i, (ix, lx)) in x.topk_ids.iter().zip(&x.topk_logprobs).enumerate() {
+            if y.topk_ids[i] == *ix {
+                diff += (lx - y.topk_logprobs[i]).abs() as f64;
+                size += lx.abs() as f64;
+            }
+        }
+    }
+    assert!(same_top1 * 10 >= rows * 9, "top-1 agrees at {same_top1} of {rows} positions");
+    // This fixture's weights are scaled up 20× (norms included), so its logits run to hundreds and
+    // bf16's rounding compounds through the layers to ~2% of the values (measured 2.2%). The
+    // bound catches wiring errors (a wrong weight layout is off by ~100%); the fidelity on a real
+    // teacher is measured by bench/score_speed.sh and on sane tiny models by the models crate.
+    assert!(diff / size < 0.05, "Σ|Δ log p| / Σ|log p| = {}", diff / size);
+}

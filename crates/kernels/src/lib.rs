@@ -4,6 +4,7 @@
 //! row, `S` keys per attention row, `C` hidden size, `I` MLP width, `B` batch rows, `T`
 //! positions, `N` heads, `D` head dimension.
 
+pub mod bf16;
 pub mod exp;
 pub mod reduce;
 pub mod rms_norm;

@@ -296,3 +296,48 @@ fn packed_rows_equal_each_sequence_run_alone() {
     let err = model.forward_packed_hidden(&ids, &positions[..3], &segments).unwrap_err().to_string();
     assert!(err.contains("positions"), "{err}");
 }
+
+/// Mean over positions of KL(p ‖ q) between the softmaxes of two (…, V) logit tensors.
+fn mean_kl(p_logits: &Tensor, q_logits: &Tensor) -> f64 {
+    let v = p_logits.dim(candle_core::D::Minus1).unwrap();
+    let lp = ops::log_softmax_last_dim(&p_logits.reshape(((), v)).unwrap()).unwrap();
+    let lq = ops::log_softmax_last_dim(&q_logits.reshape(((), v)).unwrap()).unwrap();
+    let kl = (lp.exp().unwrap() * (&lp - &lq).unwrap()).unwrap().sum(1).unwrap();
+    kl.mean_all().unwrap().to_scalar::<f32>().unwrap() as f64
+}
+
+#[test]
+fn bf16_matmuls_stay_close_to_f32_and_refuse_backward() {
+    for cfg in configs() {
+        let w = weights(&cfg, 5);
+        let exact = Llama::from_weights(cfg.clone(), &w).unwrap();
+        let mut fast = Llama::from_weights(cfg.clone(), &w).unwrap();
+        let switched = fast.use_bf16_matmuls().unwrap();
+        assert_eq!(switched, distill_kernels::bf16::available());
+        assert_eq!(fast.bf16_matmuls(), switched);
+        if !switched {
+            eprintln!("this CPU has no AVX-512 BF16: the bf16 model path is not exercised here");
+            return;
+        }
+        let (b, t) = (2, 9);
+        let input = Tensor::from_vec(ids(b, t, cfg.vocab_size, 4), (b, t), &Device::Cpu).unwrap();
+        let (want, got) = (exact.forward(&input).unwrap(), fast.forward(&input).unwrap());
+        let kl = mean_kl(&want, &got);
+        assert!(kl > 0.0 && kl < 3e-4, "{}: KL(f32 ‖ bf16) {kl}", cfg.model_type);
+        // The cached decoding step takes the same bf16 path as the all-position forward.
+        let mut cache = KvCache::new(&cfg, vec![0; b]);
+        let step = fast.step(&input, &mut cache).unwrap();
+        let last = got.narrow(1, t - 1, 1).unwrap().squeeze(1).unwrap();
+        assert!(max_abs_diff(&step, &last) < 1e-3, "{}: step vs forward", cfg.model_type);
+    }
+    // Training through the bf16 matmuls is refused, not silently missing gradients.
+    let cfg = tiny("llama", true, 2);
+    let vars: HashMap<String, Tensor> =
+        weights(&cfg, 6).into_iter().map(|(k, t)| (k, Var::from_tensor(&t).unwrap().as_tensor().clone())).collect();
+    let mut model = Llama::from_weights(cfg.clone(), &vars).unwrap();
+    if model.use_bf16_matmuls().unwrap() {
+        let input = Tensor::from_vec(ids(1, 4, cfg.vocab_size, 0), (1, 4), &Device::Cpu).unwrap();
+        let loss = model.forward(&input).unwrap().sum_all().unwrap();
+        assert!(loss.backward().is_err(), "backward through bf16 matmuls must be an error");
+    }
+}

@@ -42,6 +42,14 @@ pub struct DatasetSpec {
     /// Prompts per shard: shard i holds prompts [i·n, (i+1)·n).
     pub prompts_per_shard: usize,
     pub quantization: Quantization,
+    /// The arithmetic of the teacher's matmuls: `f32`, or `bf16` (bf16 operands, f32 sums).
+    /// Manifests written before this field existed were all f32.
+    #[serde(default = "f32_matmuls")]
+    pub teacher_matmuls: String,
+}
+
+fn f32_matmuls() -> String {
+    "f32".into()
 }
 
 /// One complete shard.
@@ -157,6 +165,7 @@ impl DatasetSpec {
         check("prompt file", short(&self.prompts_hash).into(), short(&other.prompts_hash).into());
         check("prompts per shard", self.prompts_per_shard.to_string(), other.prompts_per_shard.to_string());
         check("quantization", format!("{:?}", self.quantization), format!("{:?}", other.quantization));
+        check("teacher matmuls", self.teacher_matmuls.clone(), other.teacher_matmuls.clone());
         out
     }
 }

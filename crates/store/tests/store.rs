@@ -61,6 +61,7 @@ fn spec(prompts: usize, per_shard: usize) -> DatasetSpec {
         prompts,
         prompts_per_shard: per_shard,
         quantization: Quantization::default(),
+        teacher_matmuls: "f32".into(),
     }
 }
 

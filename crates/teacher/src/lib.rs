@@ -111,7 +111,6 @@ pub fn score_with(model: &Llama, requests: &[ScoreRequest], k: usize, temperatur
         .collect();
     let ids = Tensor::from_vec(padded, (requests.len(), longest), device)?;
     let hidden = model.forward_hidden(&ids)?; // (B, T, C)
-    let head_t = model.lm_head_weight().t()?; // (C, V)
     let mut out = Vec::with_capacity(requests.len());
     for (row, r) in requests.iter().enumerate() {
         // Position p predicts token p + 1.
@@ -126,7 +125,7 @@ pub fn score_with(model: &Llama, requests: &[ScoreRequest], k: usize, temperatur
         let mut start = positions.start;
         while start < positions.end {
             let len = SCORE_CHUNK_ROWS.min(positions.end - start);
-            let logits = row_hidden.narrow(0, start, len)?.matmul(&head_t)?; // (R, V)
+            let logits = model.logits(&row_hidden.narrow(0, start, len)?)?; // (R, V)
             let flat = logits.flatten_all()?.to_vec1::<f32>()?;
             let top = topk_logprobs(&flat, vocab, k, temperature);
             merged.ids.extend(top.ids);

@@ -133,6 +133,7 @@ pub fn run(args: CaptureArgs) -> Result<()> {
             batch_size: 8,
             logprob_temperature: 1.0,
             layout: None,
+            matmuls: super::generate::Matmuls::F32,
             remote: None,
         })?;
     }

@@ -30,6 +30,8 @@ pub struct DatasetOptions {
     pub logprob_temperature: f32,
     /// `None`: coded for a new dataset, the existing layout when resuming.
     pub layout: Option<Layout>,
+    /// The local teacher's matmul arithmetic.
+    pub matmuls: crate::commands::generate::Matmuls,
     /// Generate and score through OpenAI-compatible endpoints instead of the local model, which
     /// then only supplies the tokenizer and chat template.
     pub remote: Option<RemoteOptions>,
@@ -60,7 +62,11 @@ pub fn run(opts: DatasetOptions) -> Result<()> {
     }
     let records = read_prompt_file(&opts.prompts_file)?;
     let prompts_hash = distill_store::sha256_file(&opts.prompts_file)?;
-    let model = crate::commands::generate::load_model(opts.model.as_deref())?;
+    let mut model = crate::commands::generate::load_model(opts.model.as_deref())?;
+    let teacher_matmuls = match &opts.remote {
+        Some(_) => "f32", // the endpoints compute; the local copy only tokenizes
+        None => crate::commands::generate::use_matmuls(&mut model, opts.matmuls)?,
+    };
     let (teacher_name, teacher_hash) = match &opts.remote {
         // Endpoints may change between resumed runs; the model they serve may not.
         Some(remote) => {
@@ -91,6 +97,7 @@ pub fn run(opts: DatasetOptions) -> Result<()> {
         prompts: records.len(),
         prompts_per_shard: opts.prompts_per_shard,
         quantization,
+        teacher_matmuls: teacher_matmuls.into(),
     };
     let mut writer = DatasetWriter::open(&opts.output, spec, &opts.prompts_file.display().to_string())?;
     let remote = match opts.remote.clone() {

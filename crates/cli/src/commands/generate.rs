@@ -106,6 +106,12 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, help_heading = "Dataset")]
     layout: Option<super::dataset::Layout>,
 
+    /// Arithmetic of the model's matmuls. `bf16` rounds weights and activations to bfloat16 and
+    /// sums in f32: about 2.5× faster scoring and generation on CPUs with AVX-512 BF16, at a small
+    /// cost in fidelity (measured in the README). Elsewhere it falls back to f32, with a warning.
+    #[arg(long, value_enum, default_value_t = Matmuls::F32, conflicts_with = "teacher_urls")]
+    matmuls: Matmuls,
+
     /// With --dataset: the teacher is served at this OpenAI-compatible URL (repeat for several
     /// endpoints; prompts fan out over all, a failing one is retried elsewhere). --model then
     /// names a local copy of the teacher for its tokenizer and chat template. The API key is read
@@ -125,6 +131,31 @@ pub struct GenerateArgs {
     /// Seconds before a request is abandoned (and retried on another endpoint).
     #[arg(long, default_value_t = 300, help_heading = "Remote teacher")]
     teacher_timeout: u64,
+}
+
+/// The arithmetic of a local model's matmuls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Matmuls {
+    /// f32 throughout.
+    F32,
+    /// bf16 operands, f32 sums (CPUs with AVX-512 BF16).
+    Bf16,
+}
+
+/// Switches `model` to bf16 matmuls when asked and the CPU runs them; returns what it runs
+/// (`"f32"` or `"bf16"`), warning when bf16 was asked for and is not available.
+pub fn use_matmuls(model: &mut LoadedModel, matmuls: Matmuls) -> Result<&'static str> {
+    if matmuls == Matmuls::F32 {
+        return Ok("f32");
+    }
+    let started = Instant::now();
+    if model.model.use_bf16_matmuls()? {
+        eprintln!("matmuls in bf16 (packed in {:.1} s)", started.elapsed().as_secs_f64());
+        Ok("bf16")
+    } else {
+        eprintln!("warning: --matmuls bf16 needs a CPU with AVX-512 BF16; running f32 matmuls");
+        Ok("f32")
+    }
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -154,11 +185,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             batch_size: args.batch_size,
             logprob_temperature: args.logprob_temperature,
             layout: args.layout,
+            matmuls: args.matmuls,
             remote: remote_options(&args)?,
         });
     }
     let prompts = collect_prompts(&args)?;
-    let model = load_model(args.model.as_deref())?;
+    let mut model = load_model(args.model.as_deref())?;
+    use_matmuls(&mut model, args.matmuls)?;
     let rendered: Vec<String> =
         prompts.iter().map(|p| render(&model, p, args.chat, args.system.as_deref())).collect::<Result<_>>()?;
     let token_ids: Vec<Vec<u32>> =

@@ -9,10 +9,14 @@
 
 mod gate;
 mod norm;
+mod packed;
 mod rotary;
 mod softmax;
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, D};
+use distill_kernels::bf16::PackedBf16;
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -59,7 +63,7 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// Rotary position embedding in the Hugging Face ("rotate half") layout, applied to a
 /// projection's heads and moved to attention's layout: `x` (B, T, N, D) → (B, N, T, D).
 ///
-/// `cos`, `sin`: (B, 1, T, D/2) or (1, 1, T, D/2). Fused with the move on the CPU in f32
+/// `cos`, `sin`: (B, 1, T, D/2), (1, 1, T, D/2) or (T, D/2). Fused with the move on the CPU in f32
 /// (`distill_kernels::rope`).
 pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if let Some(op) = rotary::Rope::fits(x, cos, sin) {
@@ -104,6 +108,28 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let mut out_dims = dims;
     if let Some(last) = out_dims.last_mut() {
         *last = weight.dim(0)?;
+    }
+    y.reshape(out_dims)
+}
+
+/// [`linear`] against a weight packed for the bf16 kernel (`distill_kernels::bf16`): both
+/// operands rounded to bf16, products summed in f32. Inference only — the op has no backward, so
+/// calling `backward` through it is an error, not a silently missing gradient.
+pub fn linear_bf16(x: &Tensor, weight: &Arc<PackedBf16>, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let c_in = weight.in_features();
+    if dims.last() != Some(&c_in) || !cpu_f32(&[x]) {
+        candle_core::bail!("bf16 linear: input {dims:?} {:?} does not fit a weight of {c_in} inputs", x.dtype());
+    }
+    let rows = x.elem_count() / c_in.max(1);
+    let y = x.reshape((rows, c_in))?.contiguous()?.apply_op1(packed::Bf16Linear(weight.clone()))?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    if let Some(last) = out_dims.last_mut() {
+        *last = weight.out_features();
     }
     y.reshape(out_dims)
 }

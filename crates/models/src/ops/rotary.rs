@@ -13,15 +13,13 @@ pub(super) struct Rope {
 impl Rope {
     pub(super) fn fits(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Self> {
         let (b, t, n, d) = x.dims4().ok()?;
-        let (cb, one, ct, half) = cos.dims4().ok()?;
+        let (cb, ct, half) = match *cos.dims() {
+            [ct, half] => (1, ct, half),
+            [cb, 1, ct, half] => (cb, ct, half),
+            _ => return None,
+        };
         let tables_fit = cos.dims() == sin.dims() && cos.is_contiguous() && sin.is_contiguous();
-        let fits = cpu_f32(&[x, cos, sin])
-            && tables_fit
-            && d.is_multiple_of(2)
-            && (cb == b || cb == 1)
-            && one == 1
-            && ct == t
-            && half * 2 == d;
+        let fits = cpu_f32(&[x, cos, sin]) && tables_fit && (cb == b || cb == 1) && ct == t && half * 2 == d;
         let shape = RopeShape { batch: b, tokens: t, heads: n, head_dim: d, per_batch_angles: cb == b && b > 1 };
         fits.then_some(Self { shape })
     }
@@ -110,16 +108,17 @@ mod tests {
     use candle_core::Device;
 
     /// Against the composed RoPE on the transposed input: outputs and the input's gradient, with
-    /// per-batch-row angle tables (packed rows, left padding) and with one table for all rows.
+    /// per-batch-row angle tables (packed rows, left padding) and with one table for all rows,
+    /// 4-d or 2-d.
     #[test]
     fn fused_rope_matches_the_composed_ops_forward_and_backward() {
         let dev = Device::Cpu;
         let (b, t, n, d) = (2usize, 4usize, 3usize, 8usize);
         let x = Tensor::from_vec(values(b * t * n * d, 0), (b, t, n, d), &dev).unwrap();
-        for table_rows in [b, 1] {
-            let angles: Vec<f32> = (0..table_rows * t * d / 2).map(|i| 0.37 * i as f32).collect();
+        for table_dims in [vec![b, 1, t, d / 2], vec![1, 1, t, d / 2], vec![t, d / 2]] {
+            let angles: Vec<f32> = (0..table_dims.iter().product::<usize>()).map(|i| 0.37 * i as f32).collect();
             let table = |f: fn(f32) -> f32| {
-                Tensor::from_vec(angles.iter().map(|a| f(*a)).collect::<Vec<f32>>(), (table_rows, 1, t, d / 2), &dev)
+                Tensor::from_vec(angles.iter().map(|a| f(*a)).collect::<Vec<f32>>(), table_dims.as_slice(), &dev)
                     .unwrap()
             };
             let (cos, sin) = (table(f32::cos), table(f32::sin));
