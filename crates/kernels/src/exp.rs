@@ -72,6 +72,36 @@ fn sum_exp_dispatch(row: &[f32], scale: f32, shift: f32) -> f64 {
     total
 }
 
+/// `Σ e^(z·scale − shift)` over the values of `row` below `floor`, and how many values equal
+/// `floor`: a top-k's tail summed directly, so a tail of 1e-9 keeps its digits (1 − Σ top-k
+/// would keep none).
+pub fn sum_exp_below(row: &[f32], scale: f32, shift: f32, floor: f32) -> (f64, usize) {
+    sum_exp_below_dispatch(row, scale, shift, floor)
+}
+
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn sum_exp_below_dispatch(row: &[f32], scale: f32, shift: f32, floor: f32) -> (f64, usize) {
+    let (mut total, mut equal) = (0f64, 0usize);
+    for block in row.chunks(BLOCK) {
+        let (mut acc, mut count) = ([0f32; LANES], [0u32; LANES]);
+        let lanes = block.chunks_exact(LANES);
+        for &z in lanes.remainder() {
+            total += if z < floor { exp(z * scale - shift) as f64 } else { 0.0 };
+            equal += usize::from(z == floor);
+        }
+        for chunk in lanes {
+            for l in 0..LANES {
+                let z = chunk[l];
+                acc[l] += if z < floor { exp(z * scale - shift) } else { 0.0 };
+                count[l] += u32::from(z == floor);
+            }
+        }
+        total += acc.iter().map(|&a| a as f64).sum::<f64>();
+        equal += count.iter().map(|&c| c as usize).sum::<usize>();
+    }
+    (total, equal)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +124,17 @@ mod tests {
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert!(exp(f32::NAN).is_nan());
         assert!(exp(1e9) > 1.6e38 && exp(1e9).is_finite());
+    }
+
+    #[test]
+    fn sum_exp_below_counts_only_the_values_under_the_floor() {
+        let row: Vec<f32> = (0..3000).map(|i| ((i * 7919 % 1000) as f32 - 900.0) * 0.02).collect();
+        let floor = row[17];
+        let want: f64 = row.iter().filter(|&&z| z < floor).map(|&z| ((z - 2.0) as f64).exp()).sum();
+        let (got, equal) = sum_exp_below(&row, 1.0, 2.0, floor);
+        assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
+        assert_eq!(equal, row.iter().filter(|&&z| z == floor).count());
+        assert!(equal >= 1);
     }
 
     #[test]

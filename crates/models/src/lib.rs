@@ -15,6 +15,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hub;
 pub mod init;
+mod kv_cache;
 pub mod llama;
 pub mod llama_config;
 pub mod loader;
