@@ -149,6 +149,7 @@ unsafe fn task_tile(
     let mut a = vec![0u32; count.div_ceil(MR) * MR * pairs];
     {
         // SAFETY: the same memory as u16 values, twice as many; u32 alignment satisfies u16's.
+        // Little-endian (the kernel runs on x86_64 only): u16 pair (lo, hi) reads as lo | hi << 16.
         let a16 = unsafe { std::slice::from_raw_parts_mut(a.as_mut_ptr().cast::<u16>(), a.len() * 2) };
         for (r, dst) in a16.chunks_mut(2 * pairs).take(count).enumerate() {
             row_to_bf16(&x[(rows.start + r) * k..(rows.start + r + 1) * k], dst);

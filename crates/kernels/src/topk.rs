@@ -3,9 +3,9 @@
 //! For a row of logits `z` (V) at temperature τ: `lse = log Σ exp(z/τ)`, the K largest entries
 //! `(id, z_id/τ − lse)` in descending order, and `log(1 − Σ_topk p)` as the tail. Rows run in
 //! parallel; nothing of size V is allocated. The selection is one scan against the running K-th
-//! value (after the first few hundred entries almost nothing passes it), and the sum of
-//! exponentials runs in vectorised f32 blocks added up in f64. The tail is summed directly
-//! (the entries below the K-th), never as `1 − Σ top-K`, which loses a small tail to rounding.
+//! value (after the first few hundred entries almost nothing passes it). The tail is summed
+//! directly over the entries below the K-th, in vectorised f32 blocks added up in f64, and the K
+//! top terms in f64 — never as `1 − Σ top-K`, which loses a small tail to rounding.
 
 use crate::{exp, reduce};
 use rayon::prelude::*;
