@@ -131,6 +131,43 @@ fn a_dataset_from_two_served_endpoints_matches_the_local_teacher() {
     assert!(log.lines().filter(|l| l.starts_with("endpoint ") && !l.contains(": 0 completions")).count() == 2, "{log}");
 }
 
+/// `distill serve --matmuls bf16` serves what the local teacher computes with `--matmuls bf16`:
+/// the same greedy completions and top-k. (Where the CPU lacks AVX-512 BF16 both fall back to
+/// f32, and the comparison still holds.)
+#[test]
+fn a_bf16_server_matches_the_local_bf16_teacher() {
+    let Setup { dir, model, db, key } = setup(53);
+    let server = Server::start(&model, &db, &["--matmuls", "bf16"]);
+    let prompts = dir.path().join("prompts.jsonl");
+    write_prompts(&prompts, 6);
+    let (m, p) = (model.to_str().unwrap(), prompts.to_str().unwrap());
+    let common_args = ["generate", "--model", m, "--prompts-file", p, "--k", "5", "--max-tokens", "8"];
+    let (remote_dir, local_dir) = (dir.path().join("remote"), dir.path().join("local"));
+    let out = command()
+        .args(common_args)
+        .args(["--dataset", remote_dir.to_str().unwrap(), "--teacher-url", &server.url])
+        .env("DISTILL_TEACHER_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = command()
+        .args(common_args)
+        .args(["--dataset", local_dir.to_str().unwrap(), "--matmuls", "bf16"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (remote, local) = (read(&remote_dir), read(&local_dir));
+    assert_eq!(remote.len(), 6);
+    for (id, r) in &remote {
+        let l = &local[id];
+        assert_eq!(r.token_ids, l.token_ids, "{id}: greedy completions agree");
+        // A final stop token (<|endoftext|> 0 or <|im_end|> 2 in the fixture) is a hard label
+        // remotely.
+        let rows = r.tail_logprobs.len() - usize::from(matches!(r.token_ids.last(), Some(&0) | Some(&2)));
+        assert_same_top(id, r, l, 5, rows);
+    }
+}
+
 #[test]
 fn a_dead_endpoint_only_slows_the_job_and_no_prompt_is_lost_or_repeated() {
     let Setup { dir, model, db, key } = setup(52);

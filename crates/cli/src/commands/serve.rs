@@ -66,6 +66,12 @@ pub struct ServeArgs {
     /// default), throttle (lower the key's limits), revoke, or off. Overrides the config's.
     #[arg(long)]
     guard: Option<Level>,
+
+    /// Arithmetic of the model's matmuls: `bf16` (bf16 operands, f32 sums) decodes about 1.9×
+    /// faster on CPUs with AVX-512 BF16, at a small cost in fidelity; elsewhere it falls back to
+    /// f32 with a warning.
+    #[arg(long, value_enum, default_value_t = super::generate::Matmuls::F32)]
+    matmuls: super::generate::Matmuls,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -73,7 +79,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(level) = args.guard {
         guard.max_action = level;
     }
-    let model = super::generate::load_model(args.model.as_deref())?;
+    let mut model = super::generate::load_model(args.model.as_deref())?;
+    super::generate::use_matmuls(&mut model, args.matmuls)?;
     let name = args.name.clone().unwrap_or_else(|| default_name(&model.source));
     let options = ServeOptions {
         model_name: name.clone(),
