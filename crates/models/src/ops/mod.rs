@@ -97,41 +97,39 @@ fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 /// `x @ wᵀ` for a (…, C_in) input and an (C_out, C_in) weight, as `nn.Linear` does.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let c_in = *dims.last().unwrap_or(&0);
-    let rows = x.elem_count() / c_in.max(1);
-    let y = x.reshape((rows, c_in))?.matmul(&weight.t()?)?; // (rows, C_out)
-    let y = match bias {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    let mut out_dims = dims;
-    if let Some(last) = out_dims.last_mut() {
-        *last = weight.dim(0)?;
-    }
-    y.reshape(out_dims)
+    on_rows(x, weight.dim(0)?, bias, |rows| rows.matmul(&weight.t()?))
 }
 
 /// [`linear`] against a weight packed for the bf16 kernel (`distill_kernels::bf16`): both
 /// operands rounded to bf16, products summed in f32. Inference only — the op has no backward, so
 /// calling `backward` through it is an error, not a silently missing gradient.
 pub fn linear_bf16(x: &Tensor, weight: &Arc<PackedBf16>, bias: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
     let c_in = weight.in_features();
-    if dims.last() != Some(&c_in) || !cpu_f32(&[x]) {
-        candle_core::bail!("bf16 linear: input {dims:?} {:?} does not fit a weight of {c_in} inputs", x.dtype());
+    if x.dims().last() != Some(&c_in) || !cpu_f32(&[x]) {
+        candle_core::bail!("bf16 linear: input {:?} {:?} does not fit a weight of {c_in} inputs", x.dims(), x.dtype());
     }
-    let rows = x.elem_count() / c_in.max(1);
-    let y = x.reshape((rows, c_in))?.contiguous()?.apply_op1(packed::Bf16Linear(weight.clone()))?;
+    on_rows(x, weight.out_features(), bias, |rows| rows.contiguous()?.apply_op1(packed::Bf16Linear(weight.clone())))
+}
+
+/// Applies `project` ((rows, C_in) → (rows, C_out)) to the rows of a (…, C_in) input, adds the
+/// bias and restores the leading dimensions: (…, C_out).
+fn on_rows(
+    x: &Tensor,
+    c_out: usize,
+    bias: Option<&Tensor>,
+    project: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let c_in = *dims.last().unwrap_or(&0);
+    let y = project(&x.reshape((x.elem_count() / c_in.max(1), c_in))?)?; // (rows, C_out)
     let y = match bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
-    let mut out_dims = dims;
-    if let Some(last) = out_dims.last_mut() {
-        *last = weight.out_features();
+    if let Some(last) = dims.last_mut() {
+        *last = c_out;
     }
-    y.reshape(out_dims)
+    y.reshape(dims)
 }
 
 /// Additive attention mask value for disallowed positions: finite, so a row with every key
