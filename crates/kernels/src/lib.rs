@@ -14,3 +14,7 @@ pub mod swiglu;
 pub mod topk;
 
 pub use topk::{topk_logprobs, TopK};
+
+/// Values handed to one rayon task by the element-wise kernels: enough work to amortise the
+/// dispatch.
+const VALUES_PER_TASK: usize = 16 * 1024;

@@ -5,10 +5,8 @@
 //! Shapes: `x`, `out`, `grad`, `dx`: (R, C) row-major; `w`, `dw`: (C).
 
 use crate::reduce::dot;
+use crate::VALUES_PER_TASK;
 use rayon::prelude::*;
-
-/// Values handed to one rayon task: enough work to amortise the dispatch.
-const VALUES_PER_TASK: usize = 16 * 1024;
 
 fn rows_per_task(c: usize) -> usize {
     (VALUES_PER_TASK / c.max(1)).max(1)

@@ -4,10 +4,8 @@
 //! With `σ = 1 / (1 + e^−g)`: `d/dgate = up · σ · (1 + g · (1 − σ))`, `d/dup = g · σ`.
 
 use crate::exp::exp;
+use crate::VALUES_PER_TASK;
 use rayon::prelude::*;
-
-/// Values handed to one rayon task: enough work to amortise the dispatch.
-const VALUES_PER_TASK: usize = 16 * 1024;
 
 #[inline(always)]
 fn sigmoid(g: f32) -> f32 {
@@ -17,11 +15,9 @@ fn sigmoid(g: f32) -> f32 {
 /// `out = silu(gate) · up`, element by element.
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && gate.len() == out.len(), "SwiGLU operands differ in size");
-    out.par_chunks_mut(VALUES_PER_TASK).enumerate().for_each(|(task, out)| {
-        let start = task * VALUES_PER_TASK;
-        let (gate, up) = (&gate[start..start + out.len()], &up[start..start + out.len()]);
-        swiglu_chunk(gate, up, out);
-    });
+    out.par_chunks_mut(VALUES_PER_TASK)
+        .zip(gate.par_chunks(VALUES_PER_TASK).zip(up.par_chunks(VALUES_PER_TASK)))
+        .for_each(|(out, (gate, up))| swiglu_chunk(gate, up, out));
 }
 
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
@@ -38,14 +34,11 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], grad: &[f32], d_gate: &mut [f32
         up.len() == n && grad.len() == n && d_gate.len() == n && d_up.len() == n,
         "SwiGLU backward operands differ in size"
     );
-    d_gate.par_chunks_mut(VALUES_PER_TASK).zip(d_up.par_chunks_mut(VALUES_PER_TASK)).enumerate().for_each(
-        |(task, (d_gate, d_up))| {
-            let start = task * VALUES_PER_TASK;
-            let range = start..start + d_gate.len();
-            let (gate, up, grad) = (&gate[range.clone()], &up[range.clone()], &grad[range]);
-            swiglu_backward_chunk(gate, up, grad, d_gate, d_up);
-        },
-    );
+    d_gate
+        .par_chunks_mut(VALUES_PER_TASK)
+        .zip(d_up.par_chunks_mut(VALUES_PER_TASK))
+        .zip(gate.par_chunks(VALUES_PER_TASK).zip(up.par_chunks(VALUES_PER_TASK)).zip(grad.par_chunks(VALUES_PER_TASK)))
+        .for_each(|((d_gate, d_up), ((gate, up), grad))| swiglu_backward_chunk(gate, up, grad, d_gate, d_up));
 }
 
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
