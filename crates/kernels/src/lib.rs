@@ -4,8 +4,10 @@
 //! row, `S` keys per attention row, `C` hidden size, `I` MLP width, `B` batch rows, `T`
 //! positions, `N` heads, `D` head dimension.
 
+pub mod attention;
 pub mod bf16;
 pub mod exp;
+pub mod matmul;
 pub mod reduce;
 pub mod rms_norm;
 pub mod rope;

@@ -45,7 +45,7 @@ pub fn masked_softmax_backward(p: &[f32], grad: &[f32], s: usize, scale: f32, dx
 }
 
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
-fn softmax_row(x: &[f32], scale: f32, mask: &[f32], out: &mut [f32]) {
+pub(crate) fn softmax_row(x: &[f32], scale: f32, mask: &[f32], out: &mut [f32]) {
     for ((o, &v), &a) in out.iter_mut().zip(x).zip(mask) {
         *o = v * scale + a;
     }
@@ -56,7 +56,7 @@ fn softmax_row(x: &[f32], scale: f32, mask: &[f32], out: &mut [f32]) {
 }
 
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
-fn softmax_backward_row(p: &[f32], grad: &[f32], scale: f32, dx: &mut [f32]) {
+pub(crate) fn softmax_backward_row(p: &[f32], grad: &[f32], scale: f32, dx: &mut [f32]) {
     let dot = dot(p, grad);
     for ((d, &pj), &gj) in dx.iter_mut().zip(p).zip(grad) {
         *d = scale * pj * (gj - dot);

@@ -438,16 +438,13 @@ impl Llama {
             }
             None => (k, v),
         };
-        let k = repeat_kv(&k, h / kv)?; // (B, H, S, D)
-        let v = repeat_kv(&v, h / kv)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let probs = ops::masked_softmax(&q.matmul(&k.t()?)?, mask, scale)?; // (B, H, T, S)
-        let out = probs.matmul(&v)?; // (B, H, T, D)
+        let out = ops::attention(&q, &k, &v, mask, scale)?; // (B, T, H·D)
         if let Some((probe, valid)) = probe {
-            let energy = out.detach().sqr()?.sum(3)?.broadcast_mul(&valid.unsqueeze(1)?)?.sum((0, 2))?; // (H)
+            let energy = out.detach().reshape((b, t, h, d))?.sqr()?.sum(3)?; // (B, T, H)
+            let energy = energy.broadcast_mul(&valid.unsqueeze(2)?)?.sum((0, 1))?; // (H)
             probe.add_heads(&energy.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         }
-        let out = out.transpose(1, 2)?.reshape((b, t, h * d))?; // (B, T, H·D)
         Ok(project(&out, &block.o_proj, packed.map(|p| &p.o), None)?)
     }
 }
@@ -511,16 +508,6 @@ fn project(
         Some(packed) => ops::linear_bf16(x, packed, bias),
         None => ops::linear(x, w, bias),
     }
-}
-
-/// Repeats each key/value head `n_rep` times for grouped-query attention.
-fn repeat_kv(x: &Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, s, d) = x.dims4()?;
-    x.unsqueeze(2)?.broadcast_as((b, kv, n_rep, s, d))?.reshape((b, kv * n_rep, s, d))
-    // (B, H, S, D)
 }
 
 fn rope_tables(cfg: &LlamaConfig, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {

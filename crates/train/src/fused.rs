@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use crate::loss::{loss_from_buckets, LossConfig, PlainTargets, TailSelf, NEG_BIG};
 use distill_kernels::exp::{exp, sum_exp};
+use distill_kernels::matmul::{gemm_into, Operand, Threads};
 use distill_kernels::reduce;
 use distill_models::cpu::with_f32_data;
 
@@ -235,7 +236,7 @@ fn chunked_head_loss(
         let hc = &h[r0 * c..(r0 + r) * c];
         let z = &mut z_buffer[..r * v];
         // z = hc · Wᵀ: Wᵀ's element (i, j) is w[j·C + i].
-        gemm_into(z, (r, v, c), Operand { data: hc, rs: c, cs: 1 }, Operand { data: w, rs: 1, cs: c }, false);
+        gemm_into(z, v, (r, v, c), Operand::rows(hc, c), Operand::transposed(w, c), false, Threads::Pool);
         let tc = slice_targets(targets, k, r0, r0 + r);
         let mut buckets = vec![0f32; r * (k + 1)];
         let mut target_lp = vec![0f32; r];
@@ -285,8 +286,8 @@ fn chunked_head_loss(
         // z now holds dz: dh = dz · W, and dW += dzᵀ · hc (dzᵀ's element (i, j) is dz[j·V + i]).
         let z = &z_buffer[..r * v];
         let dh_chunk = &mut dh[r0 * c..(r0 + r) * c];
-        gemm_into(dh_chunk, (r, c, v), Operand { data: z, rs: v, cs: 1 }, Operand { data: w, rs: c, cs: 1 }, false);
-        gemm_into(&mut dw, (v, c, r), Operand { data: z, rs: 1, cs: v }, Operand { data: hc, rs: c, cs: 1 }, r0 > 0);
+        gemm_into(dh_chunk, c, (r, c, v), Operand::rows(z, v), Operand::rows(w, c), false, Threads::Pool);
+        gemm_into(&mut dw, c, (v, c, r), Operand::transposed(z, v), Operand::rows(hc, c), r0 > 0, Threads::Pool);
     }
     Ok((loss, dh, dw))
 }
@@ -296,51 +297,6 @@ fn chunked_head_loss(
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.to_device(&candle_core::Device::Cpu)?.to_dtype(candle_core::DType::F32)?.contiguous()?;
     with_f32_data(&t, f).expect("a contiguous f32 CPU tensor")
-}
-
-/// A matrix operand: element (i, j) is `data[i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-struct Operand<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl Operand<'_> {
-    /// Whether every element of an (m, k) matrix lies inside `data`.
-    fn covers(&self, m: usize, k: usize) -> bool {
-        m == 0 || k == 0 || (m - 1) * self.rs + (k - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst` (m, n), row-major, = lhs (m, k) · rhs (k, n), or `dst +=` it with `accumulate`.
-fn gemm_into(dst: &mut [f32], (m, n, k): (usize, usize, usize), lhs: Operand, rhs: Operand, accumulate: bool) {
-    assert!(dst.len() >= m * n && lhs.covers(m, k) && rhs.covers(k, n), "gemm operands out of bounds");
-    // SAFETY: the assert above keeps every index gemm computes from the strides inside the three
-    // slices, and `dst` is borrowed mutably, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-    }
 }
 
 /// Forward-only figures per row: the student's bucket log-probabilities at τ = 1 (N, K+1) flat,

@@ -7,6 +7,7 @@
 //! form is the fallback on other devices and dtypes, and the tests hold each fused op to it,
 //! outputs and gradients.
 
+mod attention;
 mod gate;
 mod norm;
 mod packed;
@@ -50,6 +51,32 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tens
         return scores.contiguous()?.apply_op2(&mask.contiguous()?, op);
     }
     softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)
+}
+
+/// Attention `softmax(q kᵀ · scale + mask) v`, heads side by side in the output.
+///
+/// `q`: (B, N, T, D); `k`, `v`: (B, G, S, D), G key/value heads each shared by N/G query heads;
+/// `mask`: additive, (B, 1, T, S) or (1, 1, T, S). Returns (B, T, N·D), the output projection's
+/// input. Fused on the CPU in f32 (`distill_kernels::attention`): tiles of queries multiply only
+/// the keys their mask leaves open, and nothing of size (B, N, T, S) is kept for the backward.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    if let Some(op) = attention::Attention::fits(q, k, v, mask, scale) {
+        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
+    let (b, n, t, d) = q.dims4()?;
+    let group = n / k.dim(1)?;
+    let probs = masked_softmax(&q.matmul(&repeat_kv(k, group)?.t()?)?, mask, scale)?; // (B, N, T, S)
+    probs.matmul(&repeat_kv(v, group)?)?.transpose(1, 2)?.reshape((b, t, n * d))
+}
+
+/// Repeats each key/value head `n_rep` times for grouped-query attention: (B, G, S, D) →
+/// (B, G·n_rep, S, D).
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, g, s, d) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((b, g, n_rep, s, d))?.reshape((b, g * n_rep, s, d))
 }
 
 /// Log-softmax over the last dimension, stable and differentiable.
