@@ -10,18 +10,21 @@
 # reverse KL, an expectation under the student, is measured as the student will be used).
 #
 # Usage: [BETA=0.5] [STEPS=30] [START=0] [FRACTION=0.5] [ROLLOUTS=8] [ROLLOUT_T=1] [TAIL=bucket]
-#        [SKIP_OFFLINE=1] bench/on_policy.sh [WORK_DIR]
+#        [MAX_TOKENS=64] [SKIP_OFFLINE=1] bench/on_policy.sh [WORK_DIR]
 # START > 0 trains the on-policy run offline only for its first START steps (a KD warm-up);
 # FRACTION is λ, the share of micro-batches after it that are rollouts, ROLLOUTS the completions
 # per rollout micro-batch and ROLLOUT_T their sampling temperature; TAIL=uniform (with BETA=1)
-# spreads the teacher's tail evenly over the tokens outside its top-K in the rollouts' reverse KL.
+# spreads the teacher's tail evenly over the tokens outside its top-K in the rollouts' reverse KL;
+# MAX_TOKENS caps both the teacher's completions and the rollouts (give each value its own
+# WORK_DIR: the teacher datasets there are reused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-target/bench/on_policy}"
 source bench/common.sh
 mkdir -p "$work"
 head -120 examples/support/train.jsonl > "$work/train-half.jsonl"
-sample=(--k 32 --max-tokens 64 --temperature 0.7 --top-p 0.95 --seed 0)
+max_tokens="${MAX_TOKENS:-64}"
+sample=(--k 32 --max-tokens "$max_tokens" --temperature 0.7 --top-p 0.95 --seed 0)
 [[ -f "$work/data-full/manifest.json" ]] ||
   "$distill" generate --model "$teacher" --dataset "$work/data-full" --prompts-file examples/support/train.jsonl "${sample[@]}"
 [[ -f "$work/data-half/manifest.json" ]] ||
@@ -43,7 +46,7 @@ dataset = "$work/$data"
 output = "$work/run-$run"
 steps = $steps
 batch_size = 4
-seq_len = 192
+seq_len = $((max_tokens + 128))
 checkpoint_every = 1000
 
 [student]
@@ -64,7 +67,7 @@ fraction = $fraction
 start_step = $start
 beta = $beta
 rollouts = $rollouts
-max_tokens = 64
+max_tokens = $max_tokens
 temperature = $rollout_t
 tail = "$tail_model"
 TOML
@@ -72,12 +75,12 @@ TOML
   rm -rf "$work/run-$run"
   "$distill" train "$work/$run.toml"
   "$distill" eval --student "$work/run-$run/final" --teacher "$teacher" --prompts examples/support/heldout.jsonl \
-    --no-speed --out "$work/eval-$run.json" > "$work/eval-$run.txt"
+    --max-tokens "$max_tokens" --no-speed --out "$work/eval-$run.json" > "$work/eval-$run.txt"
 done
 
-python3 - "$work" "$beta" "$steps" "$start" "$fraction" "$rollouts" "$rollout_t" "$tail_model" <<'PY'
+python3 - "$work" "$beta" "$steps" "$start" "$fraction" "$rollouts" "$rollout_t" "$tail_model" "$max_tokens" <<'PY'
 import json, sys
-tail_model = sys.argv[8]
+tail_model, max_tokens = sys.argv[8], int(sys.argv[9])
 work, beta, steps, start = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 fraction, rollouts, rollout_t = float(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
 def dataset_tokens(name):
@@ -87,7 +90,7 @@ def rollout_tokens(run):
     lines = [json.loads(l) for l in open(f"{work}/run-{run}/metrics.jsonl")]
     return max([l.get("rollout_teacher_tokens", 0) for l in lines] or [0])
 result = {"beta": beta, "steps": steps, "start_step": start, "fraction": fraction,
-          "rollouts": rollouts, "rollout_temperature": rollout_t, "tail": tail_model}
+          "rollouts": rollouts, "rollout_temperature": rollout_t, "tail": tail_model, "max_tokens": max_tokens}
 for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
     e = json.load(open(f"{work}/eval-{run}.json"))["in_domain"]
     t, own = e["tokens"], e["tokens_on_student_text"]
@@ -115,5 +118,7 @@ if (fraction, rollouts, rollout_t) != (0.5, 8, 1.0):
     suffix += f"_lambda{fraction:g}_rollouts{rollouts}_t{rollout_t:g}"
 if tail_model != "bucket":
     suffix += f"_tail-{tail_model}"
+if max_tokens != 64:
+    suffix += f"_tokens{max_tokens}"
 json.dump(result, open(f"bench/results/on_policy_beta{beta:g}{suffix}.json", "w"), indent=2)
 PY

@@ -59,26 +59,35 @@ pub struct Mask<'a> {
     pub per_batch: bool,
 }
 
-/// The keys `[first, end)` each (mask plane, query tile) must see: every open key of the
-/// tile's rows, or all keys where a row has none open.
-fn key_ranges(dims: &Dims, mask: &Mask) -> Vec<(usize, usize)> {
-    let (t, s) = (dims.queries, dims.keys);
-    let planes = if mask.per_batch { dims.batch } else { 1 };
-    (0..planes * dims.tiles())
-        .map(|i| {
-            let (plane, tile) = (i / dims.tiles(), i % dims.tiles());
-            let rows = tile * QUERY_TILE..((tile + 1) * QUERY_TILE).min(t);
-            let mut range = (s, 0);
-            for row in rows {
-                let m = &mask.data[(plane * t + row) * s..(plane * t + row + 1) * s];
-                match (m.iter().position(|&x| x > MASKED_BELOW), m.iter().rposition(|&x| x > MASKED_BELOW)) {
-                    (Some(first), Some(last)) => range = (range.0.min(first), range.1.max(last + 1)),
-                    _ => return (0, s),
-                }
-            }
-            range
-        })
-        .collect()
+/// The keys each query sees, from the mask: per (mask plane, query) its open keys
+/// `[first, end)` (all keys where none is open), and per (mask plane, query tile) the union over
+/// the tile's queries — what the tile's products cover.
+struct KeyRanges {
+    rows: Vec<(usize, usize)>,
+    tiles: Vec<(usize, usize)>,
+}
+
+impl KeyRanges {
+    fn new(dims: &Dims, mask: &Mask) -> Self {
+        let (t, s) = (dims.queries, dims.keys);
+        let planes = if mask.per_batch { dims.batch } else { 1 };
+        let rows: Vec<(usize, usize)> = mask
+            .data
+            .chunks(s)
+            .map(|m| match (m.iter().position(|&x| x > MASKED_BELOW), m.iter().rposition(|&x| x > MASKED_BELOW)) {
+                (Some(first), Some(last)) => (first, last + 1),
+                _ => (0, s),
+            })
+            .collect();
+        let tiles = (0..planes * dims.tiles())
+            .map(|i| {
+                let (plane, tile) = (i / dims.tiles(), i % dims.tiles());
+                let queries = plane * t + tile * QUERY_TILE..plane * t + ((tile + 1) * QUERY_TILE).min(t);
+                rows[queries].iter().fold((s, 0), |(a, e), &(first, end)| (a.min(first), e.max(end)))
+            })
+            .collect();
+        Self { rows, tiles }
+    }
 }
 
 /// One (batch row, head, query tile): where its operands lie.
@@ -87,7 +96,10 @@ struct Tile<'a> {
     b: usize,
     head: usize,
     tile: usize,
+    /// The tile's keys: the union of its queries' `row_keys`.
     keys: (usize, usize),
+    /// Each of the tile's queries' own keys.
+    row_keys: &'a [(usize, usize)],
 }
 
 impl Tile<'_> {
@@ -108,7 +120,16 @@ impl Tile<'_> {
         ((self.b * d.kv_heads + group) * d.keys + self.keys.0) * d.head_dim
     }
 
+    /// Where query `i` of the tile reads its keys within a row of the tile's scores.
+    fn own_keys(&self, i: usize) -> std::ops::Range<usize> {
+        let (first, end) = self.row_keys[i];
+        first - self.keys.0..end - self.keys.0
+    }
+
     /// `p` (rows, L) = softmax(q kᵀ · scale + mask) over the tile's keys; `scores` is scratch.
+    /// Each query's softmax runs over its own keys only (the rest of its row is 0), so its
+    /// figures do not depend on which other queries share the tile: a sequence scores the same
+    /// alone as beside longer ones in a padded batch.
     fn probabilities(&self, q: &[f32], k: &[f32], mask: &Mask, scale: f32, scores: &mut [f32], p: &mut [f32]) {
         let (dims, dh) = (self.dims, self.dims.head_dim);
         let (m, l) = (self.rows().len(), self.keys.1 - self.keys.0);
@@ -117,9 +138,12 @@ impl Tile<'_> {
         gemm_into(scores, l, (m, l, dh), q_tile, k_t, false, Threads::Caller);
         let plane = if mask.per_batch { self.b } else { 0 };
         for (i, row) in self.rows().enumerate() {
-            let at = (plane * dims.queries + row) * dims.keys;
-            let mask_row = &mask.data[at + self.keys.0..at + self.keys.1];
-            softmax_row(&scores[i * l..(i + 1) * l], scale, mask_row, &mut p[i * l..(i + 1) * l]);
+            let at = (plane * dims.queries + row) * dims.keys + self.keys.0;
+            let own = self.own_keys(i);
+            let p_row = &mut p[i * l..(i + 1) * l];
+            p_row.fill(0.0);
+            let mask_row = &mask.data[at + own.start..at + own.end];
+            softmax_row(&scores[i * l..][own.clone()], scale, mask_row, &mut p_row[own]);
         }
     }
 }
@@ -132,7 +156,7 @@ pub fn forward(dims: &Dims, q: &[f32], k: &[f32], v: &[f32], mask: Mask, scale: 
     if out.is_empty() {
         return;
     }
-    let ranges = key_ranges(dims, &mask);
+    let ranges = KeyRanges::new(dims, &mask);
     let tiles = dims.tiles();
     // One task per (batch row, query tile): its rows of `out` are contiguous.
     let tasks: Vec<(usize, usize, &mut [f32])> = out
@@ -142,12 +166,13 @@ pub fn forward(dims: &Dims, q: &[f32], k: &[f32], v: &[f32], mask: Mask, scale: 
         .collect();
     tasks.into_par_iter().for_each(|(b, tile, out_rows)| {
         let plane = if mask.per_batch { b } else { 0 };
-        let keys = ranges[plane * tiles + tile];
+        let keys = ranges.tiles[plane * tiles + tile];
+        let row_keys = &ranges.rows[plane * t + tile * QUERY_TILE..];
         let l = keys.1 - keys.0;
         let mut scratch = vec![0f32; 2 * QUERY_TILE * l];
         let (scores, p) = scratch.split_at_mut(QUERY_TILE * l);
         for head in 0..n {
-            let at = Tile { dims, b, head, tile, keys };
+            let at = Tile { dims, b, head, tile, keys, row_keys };
             let m = at.rows().len();
             at.probabilities(q, k, &mask, scale, scores, p);
             let v_tile = Operand::rows(&v[at.kv_offset()..], dh);
@@ -187,7 +212,7 @@ pub fn backward(
         dv.fill(0.0);
         return;
     }
-    let ranges = key_ranges(dims, &mask);
+    let ranges = KeyRanges::new(dims, &mask);
     let tiles = dims.tiles();
     let per_group = n / g;
     // One task per (batch row, key/value head): it owns that head's dk, dv and its query heads' dq.
@@ -199,12 +224,13 @@ pub fn backward(
             let plane = if mask.per_batch { b } else { 0 };
             dk_head.fill(0.0);
             dv_head.fill(0.0);
-            let longest = (0..tiles).map(|i| ranges[plane * tiles + i]).map(|(a, e)| e - a).max().unwrap_or(0);
+            let longest = (0..tiles).map(|i| ranges.tiles[plane * tiles + i]).map(|(a, e)| e - a).max().unwrap_or(0);
             let mut scratch = vec![0f32; 3 * QUERY_TILE * longest];
             for head in task % g * per_group..(task % g + 1) * per_group {
                 for tile in 0..tiles {
-                    let keys = ranges[plane * tiles + tile];
-                    let at = Tile { dims, b, head, tile, keys };
+                    let keys = ranges.tiles[plane * tiles + tile];
+                    let row_keys = &ranges.rows[plane * t + tile * QUERY_TILE..];
+                    let at = Tile { dims, b, head, tile, keys, row_keys };
                     let (m, l) = (at.rows().len(), keys.1 - keys.0);
                     let (scores, rest) = scratch.split_at_mut(QUERY_TILE * longest);
                     let (p, dp) = rest.split_at_mut(QUERY_TILE * longest);
@@ -220,8 +246,10 @@ pub fn backward(
                     gemm_into(dp, l, (m, l, dh), grad_tile, Operand::transposed(v_keys, dh), false, Threads::Caller);
                     // ds: the scores' gradient, scale included.
                     for i in 0..m {
-                        let row = i * l..(i + 1) * l;
-                        softmax_backward_row(&p[row.clone()], &dp[row.clone()], scale, &mut ds[row]);
+                        let own = at.own_keys(i);
+                        let (row, ds_row) = (i * l + own.start..i * l + own.end, &mut ds[i * l..(i + 1) * l]);
+                        ds_row.fill(0.0);
+                        softmax_backward_row(&p[row.clone()], &dp[row], scale, &mut ds_row[own]);
                     }
                     // dq = ds · k (each tile's rows once); dk += dsᵀ · q.
                     let dq_rows = &mut dq_group[((head % per_group) * t + at.rows().start) * dh..][..m * dh];
@@ -332,6 +360,27 @@ mod tests {
         }
     }
 
+    /// A sequence scores the same alone as after right padding to a longer batch-mate's length:
+    /// the teacher's figures must not depend on what it was batched with.
+    #[test]
+    fn padding_leaves_a_sequence_unchanged() {
+        let (short, long, d) = (QUERY_TILE + 9, QUERY_TILE * 2 + 3, 16);
+        let run = |t: usize| {
+            let dims = Dims { batch: 1, heads: 2, kv_heads: 1, queries: t, keys: t, head_dim: d };
+            // The same values for the first `short` positions whatever `t` is.
+            let seq = |seed: usize, heads: usize| -> Vec<f32> {
+                (0..heads).flat_map(|h| values(t * d, seed + h * 1000).into_iter().take(t * d)).collect()
+            };
+            let (q, k, v) = (seq(1, 2), seq(2, 1), seq(3, 1));
+            let (mask, _) = masks(1, t, 0);
+            let mut out = vec![0f32; t * 2 * d];
+            forward(&dims, &q, &k, &v, Mask { data: &mask, per_batch: false }, 0.25, &mut out);
+            out.truncate(short * 2 * d);
+            out
+        };
+        assert_eq!(run(short), run(long));
+    }
+
     /// Every gradient against central differences of `Σ out ⊙ w`, in float64 through the
     /// reference (so the check does not lean on the kernel's own forward).
     #[test]
@@ -375,9 +424,12 @@ mod tests {
         let t = QUERY_TILE * 2;
         let dims = Dims { batch: 1, heads: 1, kv_heads: 1, queries: t, keys: t, head_dim: 1 };
         let (causal, _) = masks(1, t, 0);
-        assert_eq!(key_ranges(&dims, &Mask { data: &causal, per_batch: false }), vec![(0, QUERY_TILE), (0, t)]);
+        let ranges = KeyRanges::new(&dims, &Mask { data: &causal, per_batch: false });
+        assert_eq!(ranges.tiles, vec![(0, QUERY_TILE), (0, t)]);
+        assert_eq!(ranges.rows[..3], [(0, 1), (0, 2), (0, 3)]);
         let mut closed = causal.clone();
         closed[..t].fill(-1e9); // query 0 sees nothing
-        assert_eq!(key_ranges(&dims, &Mask { data: &closed, per_batch: false })[0], (0, t));
+        let ranges = KeyRanges::new(&dims, &Mask { data: &closed, per_batch: false });
+        assert_eq!((ranges.rows[0], ranges.tiles[0]), ((0, t), (0, t)));
     }
 }
