@@ -1,6 +1,6 @@
 //! The fused attention behind [`super::attention`]: `distill_kernels::attention` as a candle op.
 
-use super::{cpu_f32, operand};
+use super::{cpu_f32, operands3};
 use crate::cpu::with_f32_data;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use distill_kernels::attention::{self as kernel, Dims, Mask};
@@ -41,15 +41,7 @@ impl Attention {
     }
 }
 
-/// The (q, k, v) operands of the kernel, read from candle's storages.
-fn operands<'a>(
-    op: &str,
-    (s1, l1): (&'a CpuStorage, &Layout),
-    (s2, l2): (&'a CpuStorage, &Layout),
-    (s3, l3): (&'a CpuStorage, &Layout),
-) -> Result<(&'a [f32], &'a [f32], &'a [f32])> {
-    Ok((operand(s1, l1, op, "queries")?, operand(s2, l2, op, "keys")?, operand(s3, l3, op, "values")?))
-}
+const QKV: [&str; 3] = ["queries", "keys", "values"];
 
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
@@ -65,7 +57,7 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = operands("attention", (s1, l1), (s2, l2), (s3, l3))?;
+        let (q, k, v) = operands3("attention", QKV, (s1, l1), (s2, l2), (s3, l3))?;
         let Dims { batch: b, heads: n, queries: t, head_dim: d, .. } = self.dims;
         let mut out = vec![0f32; b * t * n * d];
         self.with_mask(|mask| kernel::forward(&self.dims, q, k, v, mask, self.scale, &mut out))?;
@@ -111,7 +103,7 @@ impl CustomOp3 for AttentionGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = operands("attention backward", (s1, l1), (s2, l2), (s3, l3))?;
+        let (q, k, v) = operands3("attention backward", QKV, (s1, l1), (s2, l2), (s3, l3))?;
         let mut all = vec![0f32; q.len() + 2 * k.len()];
         let (dq, rest) = all.split_at_mut(q.len());
         let (dk, dv) = rest.split_at_mut(k.len());

@@ -183,6 +183,18 @@ fn operand<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str, what: &str) -
     }
 }
 
+/// The three operands of a [`candle_core::CustomOp3`] as contiguous f32 slices, named for the
+/// error message.
+fn operands3<'a>(
+    op: &str,
+    names: [&str; 3],
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32], &'a [f32])> {
+    Ok((operand(s1, l1, op, names[0])?, operand(s2, l2, op, names[1])?, operand(s3, l3, op, names[2])?))
+}
+
 #[cfg(test)]
 mod testing {
     use candle_core::{Result, Tensor, Var};

@@ -1,6 +1,6 @@
 //! The fused RoPE behind [`super::rope_heads`].
 
-use super::{cpu_f32, operand};
+use super::{cpu_f32, operands3};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use distill_kernels::rope::{self as kernel, RopeShape};
 
@@ -30,16 +30,6 @@ impl Rope {
     }
 }
 
-/// The three operands, as slices.
-fn operands<'a>(
-    op: &str,
-    (s1, l1): (&'a CpuStorage, &Layout),
-    (s2, l2): (&'a CpuStorage, &Layout),
-    (s3, l3): (&'a CpuStorage, &Layout),
-) -> Result<(&'a [f32], &'a [f32], &'a [f32])> {
-    Ok((operand(s1, l1, op, "input")?, operand(s2, l2, op, "cos table")?, operand(s3, l3, op, "sin table")?))
-}
-
 impl CustomOp3 for Rope {
     fn name(&self) -> &'static str {
         "rope"
@@ -54,7 +44,7 @@ impl CustomOp3 for Rope {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, cos, sin) = operands("RoPE", (s1, l1), (s2, l2), (s3, l3))?;
+        let (x, cos, sin) = operands3("RoPE", ["input", "cos table", "sin table"], (s1, l1), (s2, l2), (s3, l3))?;
         let mut out = vec![0f32; x.len()];
         kernel::rope_to_heads(x, self.shape, cos, sin, &mut out);
         Ok((CpuStorage::F32(out), self.out_shape()))
@@ -92,7 +82,8 @@ impl CustomOp3 for RopeGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (grad, cos, sin) = operands("RoPE backward", (s1, l1), (s2, l2), (s3, l3))?;
+        let (grad, cos, sin) =
+            operands3("RoPE backward", ["gradient", "cos table", "sin table"], (s1, l1), (s2, l2), (s3, l3))?;
         let shape = self.forward.shape;
         let mut dx = vec![0f32; grad.len()];
         kernel::rope_to_heads_backward(grad, shape, cos, sin, &mut dx);
