@@ -1,49 +1,10 @@
-//! Attention softmax: scale, additive mask and softmax in one pass over each row, and its
-//! backward, so the (B, H, T, S) scores are read and written once instead of by six separate
-//! element-wise ops (and their six backward passes).
-//!
-//! Shapes: `x`, `out`, `grad`: (R, S) row-major, one row per (batch, head, query).
+//! Attention softmax rows for [`crate::attention`]: scale, additive mask and softmax in one pass
+//! over a row, and its backward.
 
 use crate::exp::exp;
 use crate::reduce::{dot, max, sum};
-use rayon::prelude::*;
 
-/// Rows handed to one rayon task: enough work to amortise the dispatch.
-const ROWS_PER_TASK: usize = 64;
-
-/// `out[r] = softmax(x[r]·scale + mask[mask_row(r)])`, each `mask` row S long.
-pub fn masked_softmax(
-    x: &[f32],
-    s: usize,
-    scale: f32,
-    mask: &[f32],
-    mask_row: impl Fn(usize) -> usize + Sync,
-    out: &mut [f32],
-) {
-    assert_eq!(x.len(), out.len(), "softmax input and output differ in size");
-    assert!(s > 0 && x.len().is_multiple_of(s), "softmax rows of {s} do not tile {} values", x.len());
-    out.par_chunks_mut(s * ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
-        for (i, row_out) in rows.chunks_mut(s).enumerate() {
-            let r = task * ROWS_PER_TASK + i;
-            let m = mask_row(r);
-            softmax_row(&x[r * s..(r + 1) * s], scale, &mask[m * s..(m + 1) * s], row_out);
-        }
-    });
-}
-
-/// Gradient with respect to `x` of [`masked_softmax`] given its output `p` and the gradient of
-/// the loss with respect to it: `dx = scale · p ⊙ (grad − Σ_j grad_j p_j)`, row by row.
-pub fn masked_softmax_backward(p: &[f32], grad: &[f32], s: usize, scale: f32, dx: &mut [f32]) {
-    assert!(p.len() == grad.len() && p.len() == dx.len(), "softmax backward operands differ in size");
-    assert!(s > 0 && p.len().is_multiple_of(s), "softmax rows of {s} do not tile {} values", p.len());
-    dx.par_chunks_mut(s * ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
-        for (i, row_dx) in rows.chunks_mut(s).enumerate() {
-            let r = task * ROWS_PER_TASK + i;
-            softmax_backward_row(&p[r * s..(r + 1) * s], &grad[r * s..(r + 1) * s], scale, row_dx);
-        }
-    });
-}
-
+/// `out = softmax(x·scale + mask)` over one row.
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 pub(crate) fn softmax_row(x: &[f32], scale: f32, mask: &[f32], out: &mut [f32]) {
     for ((o, &v), &a) in out.iter_mut().zip(x).zip(mask) {
@@ -55,6 +16,8 @@ pub(crate) fn softmax_row(x: &[f32], scale: f32, mask: &[f32], out: &mut [f32]) 
     out.iter_mut().for_each(|o| *o *= inv);
 }
 
+/// Gradient with respect to `x` of [`softmax_row`] given its output `p` and the gradient of the
+/// loss with respect to it: `dx = scale · p ⊙ (grad − Σ_j grad_j p_j)`.
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 pub(crate) fn softmax_backward_row(p: &[f32], grad: &[f32], scale: f32, dx: &mut [f32]) {
     let dot = dot(p, grad);
@@ -78,8 +41,14 @@ mod tests {
         mask[4..s].iter_mut().for_each(|m| *m = -1e9);
         mask[s..].iter_mut().for_each(|m| *m = -1e9);
         let mask_row = |r: usize| r % 2;
+        let softmax = |x: &[f32], out: &mut [f32]| {
+            for (r, row_out) in out.chunks_mut(s).enumerate() {
+                let m = mask_row(r);
+                softmax_row(&x[r * s..(r + 1) * s], scale, &mask[m * s..(m + 1) * s], row_out);
+            }
+        };
         let mut p = vec![0f32; rows * s];
-        masked_softmax(&x, s, scale, &mask, mask_row, &mut p);
+        softmax(&x, &mut p);
         for r in 0..rows {
             // The masked sum in f32, as the model forms it (a fully masked row is uniform there).
             let z: Vec<f64> = (0..s).map(|j| (x[r * s + j] * scale + mask[(r % 2) * s + j]) as f64).collect();
@@ -92,10 +61,12 @@ mod tests {
         }
         let w: Vec<f32> = (0..rows * s).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.5).collect();
         let mut dx = vec![0f32; rows * s];
-        masked_softmax_backward(&p, &w, s, scale, &mut dx);
+        for (r, row_dx) in dx.chunks_mut(s).enumerate() {
+            softmax_backward_row(&p[r * s..(r + 1) * s], &w[r * s..(r + 1) * s], scale, row_dx);
+        }
         let loss = |x: &[f32]| -> f64 {
             let mut out = vec![0f32; rows * s];
-            masked_softmax(x, s, scale, &mask, mask_row, &mut out);
+            softmax(x, &mut out);
             out.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum()
         };
         let h = 1e-2f32;

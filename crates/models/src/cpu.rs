@@ -1,7 +1,7 @@
 //! Reading a tensor's f32 data in place on the CPU, for the kernels that bypass candle's ops
 //! (the fused attention softmax here; the trainer's fused head and in-place AdamW).
 
-use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 
 /// The f32 data `layout` covers, when the storage is f32 and the layout contiguous.
 pub fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f32]> {
@@ -27,4 +27,11 @@ pub fn with_f32_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
         Storage::Cpu(cpu) => f32_data(cpu, layout).map(f),
         _ => None,
     }
+}
+
+/// Calls `f` with `t`'s row-major f32 data: in place when `t` is a contiguous f32 CPU tensor
+/// (the conversions below are then shallow clones), else from a converted copy.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?;
+    Ok(with_f32_data(&t, f).expect("a contiguous f32 CPU tensor"))
 }

@@ -7,9 +7,9 @@
 
 pub mod remote;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use distill_kernels::{topk_logprobs, TopK};
-use distill_models::cpu::with_f32_data;
+use distill_models::cpu::with_f32;
 use distill_models::{generate, Completion, Llama, LoadedModel, SamplingParams, TextTokenizer};
 
 #[derive(Debug, thiserror::Error)]
@@ -127,12 +127,7 @@ pub fn score_with(model: &Llama, requests: &[ScoreRequest], k: usize, temperatur
         while start < positions.end {
             let len = SCORE_CHUNK_ROWS.min(positions.end - start);
             let logits = model.logits(&row_hidden.narrow(0, start, len)?)?; // (R, V)
-                                                                            // Read in place where the logits are f32 on the CPU; copied out otherwise.
-            let reduce = |flat: &[f32]| topk_logprobs(flat, vocab, k, temperature);
-            let top = match with_f32_data(&logits, reduce) {
-                Some(top) => top,
-                None => reduce(&logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-            };
+            let top = with_f32(&logits, |flat| topk_logprobs(flat, vocab, k, temperature))?;
             merged.ids.extend(top.ids);
             merged.logprobs.extend(top.logprobs);
             merged.tail_logprob.extend(top.tail_logprob);

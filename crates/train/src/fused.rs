@@ -30,7 +30,7 @@ use crate::loss::{loss_from_buckets, LossConfig, PlainTargets, TailSelf, NEG_BIG
 use distill_kernels::exp::{exp, sum_exp};
 use distill_kernels::matmul::{gemm_into, Operand, Threads};
 use distill_kernels::reduce;
-use distill_models::cpu::with_f32_data;
+use distill_models::cpu::with_f32;
 
 /// Upper bound on the floats of one logits chunk (rows × vocabulary): 64 MiB of f32.
 const CHUNK_FLOATS: usize = 16 << 20;
@@ -217,8 +217,8 @@ pub fn head_loss_in_chunks(
         return Ok(HeadLoss { loss: 0.0, objective: Tensor::zeros((), hidden.dtype(), device)? });
     }
     let (loss, dh, dw) = with_f32(&hidden.detach(), |h| {
-        with_f32(&head.detach(), |w| chunked_head_loss(h, w, (n, c, v), targets, k, cfg, rows.max(1)))
-    })?;
+        with_f32(&head.detach(), |w| chunked_head_loss(h, w, (n, c, v), targets, k, cfg, rows.max(1)))?
+    })??;
     let dh = Tensor::from_vec(dh, (n, c), device)?;
     let dw = Tensor::from_vec(dw, (v, c), device)?;
     let objective = ((hidden * dh)?.sum_all()? + (head * dw)?.sum_all()?)?;
@@ -303,13 +303,6 @@ fn chunked_head_loss(
         gemm_into(&mut dw, c, (v, c, r), Operand::transposed(z, v), Operand::rows(hc, c), r0 > 0, Threads::Pool);
     }
     Ok((loss, dh, dw))
-}
-
-/// Calls `f` with the row-major f32 data of `t`, read in place when it is a contiguous f32 CPU
-/// tensor (else from a converted copy).
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.to_device(&candle_core::Device::Cpu)?.to_dtype(candle_core::DType::F32)?.contiguous()?;
-    with_f32_data(&t, f).expect("a contiguous f32 CPU tensor")
 }
 
 /// Forward-only figures per row: the student's bucket log-probabilities at τ = 1 (N, K+1) flat,

@@ -12,7 +12,6 @@ mod gate;
 mod norm;
 mod packed;
 mod rotary;
-mod softmax;
 
 use std::sync::Arc;
 
@@ -44,12 +43,9 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// Attention weights `softmax(scores · scale + mask)` over the last dimension.
 ///
-/// `scores`: (B, H, T, S); `mask`: additive, (B, 1, T, S) or (1, 1, T, S). Fused on the CPU in f32
-/// for these mask shapes (`distill_kernels::softmax`).
+/// `scores`: (B, H, T, S); `mask`: additive, broadcastable to it. Composed: on the CPU in f32,
+/// [`attention`] runs its fused kernel instead and never forms the scores.
 pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    if let Some(op) = softmax::MaskedSoftmax::fits(scores, mask, scale) {
-        return scores.contiguous()?.apply_op2(&mask.contiguous()?, op);
-    }
     softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)
 }
 
