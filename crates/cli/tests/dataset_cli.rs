@@ -266,7 +266,7 @@ fn bf16_matmuls_are_recorded_and_stay_close_to_f32() {
     fast.extend(["--matmuls", "bf16"]);
     let out = run(&fast);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let available = distill_kernels::bf16::available();
+    let available = distill_kernels::packed::Precision::Bf16.available();
     let recorded = |d: &Path| Dataset::open(d).unwrap().manifest().spec.teacher_matmuls.clone();
     assert_eq!(recorded(&exact_dir), "f32");
     if !available {

@@ -5,9 +5,9 @@
 //! positions, `N` heads, `D` head dimension.
 
 pub mod attention;
-pub mod bf16;
 pub mod exp;
 pub mod matmul;
+pub mod packed;
 pub mod reduce;
 pub mod rms_norm;
 pub mod rope;

@@ -16,7 +16,7 @@ fn main() -> Result<()> {
     let seqs: Vec<Vec<u32>> = serde_json::from_value(json["ids"].clone()).context("SEQS_JSON needs \"ids\"")?;
     let exact = distill_models::load(model, &Device::Cpu)?.model;
     let mut fast = distill_models::load(model, &Device::Cpu)?.model;
-    if !fast.use_bf16_matmuls()? {
+    if !fast.use_packed_matmuls(distill_kernels::packed::Precision::Bf16)? {
         bail!("this CPU has no AVX-512 BF16: nothing to compare");
     }
     let (mut kls, mut top1, mut overlap, mut positions) = (Vec::new(), 0usize, 0usize, 0usize);

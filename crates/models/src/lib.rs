@@ -20,6 +20,7 @@ pub mod llama;
 pub mod llama_config;
 pub mod loader;
 pub mod ops;
+mod proj;
 pub mod prune;
 pub mod teacher;
 pub mod tokenizer;

@@ -8,40 +8,28 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use distill_kernels::bf16::{self, PackedBf16};
+use distill_kernels::packed::{PackedWeight, Precision};
 
 use crate::error::{Error, Result};
 use crate::ops;
+use crate::proj::Proj;
 
 pub use crate::kv_cache::KvCache;
 pub use crate::llama_config::{LlamaConfig, RopeScaling, TokenIds};
 
 struct Block {
     attn_norm: Tensor,
-    q_proj: Tensor,
-    k_proj: Tensor,
-    v_proj: Tensor,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
     q_bias: Option<Tensor>,
     k_bias: Option<Tensor>,
     v_bias: Option<Tensor>,
-    o_proj: Tensor,
+    o_proj: Proj,
     mlp_norm: Tensor,
-    gate_proj: Tensor,
-    up_proj: Tensor,
-    down_proj: Tensor,
-    /// The projections packed for bf16 matmuls, once [`Llama::use_bf16_matmuls`] is on.
-    bf16: Option<BlockBf16>,
-}
-
-/// One block's projection weights in the bf16 kernel's layout.
-struct BlockBf16 {
-    q: Arc<PackedBf16>,
-    k: Arc<PackedBf16>,
-    v: Arc<PackedBf16>,
-    o: Arc<PackedBf16>,
-    gate: Arc<PackedBf16>,
-    up: Arc<PackedBf16>,
-    down: Arc<PackedBf16>,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 /// A Llama-family decoder. Weights are plain tensors; pass `Var`-backed tensors to train.
@@ -51,8 +39,8 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Option<Tensor>,
-    /// The output projection packed for bf16 matmuls, once [`Llama::use_bf16_matmuls`] is on.
-    lm_head_bf16: Option<Arc<PackedBf16>>,
+    /// The output projection packed for a matmul kernel, once [`Llama::use_packed_matmuls`] is on.
+    lm_head_packed: Option<Arc<PackedWeight>>,
     cos: Tensor, // (P, D/2)
     sin: Tensor, // (P, D/2)
 }
@@ -99,18 +87,17 @@ impl Llama {
             };
             blocks.push(Block {
                 attn_norm: get(&n[0].1, &[c])?,
-                q_proj: get(&n[1].1, &[h * d, c])?,
-                k_proj: get(&n[2].1, &[kv * d, c])?,
-                v_proj: get(&n[3].1, &[kv * d, c])?,
+                q_proj: Proj::Plain(get(&n[1].1, &[h * d, c])?),
+                k_proj: Proj::Plain(get(&n[2].1, &[kv * d, c])?),
+                v_proj: Proj::Plain(get(&n[3].1, &[kv * d, c])?),
                 q_bias: bias("q_proj", h * d)?,
                 k_bias: bias("k_proj", kv * d)?,
                 v_bias: bias("v_proj", kv * d)?,
-                o_proj: get(&n[4].1, &[c, h * d])?,
+                o_proj: Proj::Plain(get(&n[4].1, &[c, h * d])?),
                 mlp_norm: get(&n[5].1, &[c])?,
-                gate_proj: get(&n[6].1, &[i, c])?,
-                up_proj: get(&n[7].1, &[i, c])?,
-                down_proj: get(&n[8].1, &[c, i])?,
-                bf16: None,
+                gate_proj: Proj::Plain(get(&n[6].1, &[i, c])?),
+                up_proj: Proj::Plain(get(&n[7].1, &[i, c])?),
+                down_proj: Proj::Plain(get(&n[8].1, &[c, i])?),
             });
         }
         let embed_tokens = get("model.embed_tokens.weight", &[v, c])?;
@@ -119,44 +106,49 @@ impl Llama {
         let device = embed_tokens.device().clone();
         let dtype = embed_tokens.dtype();
         let (cos, sin) = rope_tables(&cfg, &device, dtype)?;
-        Ok(Self { cfg, embed_tokens, blocks, norm, lm_head, lm_head_bf16: None, cos, sin })
+        Ok(Self { cfg, embed_tokens, blocks, norm, lm_head, lm_head_packed: None, cos, sin })
     }
 
-    /// From now on, runs every projection and the output head as bf16 matmuls with f32
-    /// accumulation (`distill_kernels::bf16`): on CPUs with AVX-512 BF16 those matmuls run about
-    /// 2.3× faster (teacher scoring as a whole 1.7×), at the cost of rounding weights and
-    /// activations to bf16. Returns false, changing nothing,
-    /// where the kernel cannot run: no AVX-512 BF16, not on the CPU, not f32.
+    /// From now on, runs every projection and the output head through a packed-weight kernel
+    /// (`distill_kernels::packed`) at `precision`. Returns false, changing nothing, where that
+    /// kernel cannot run: no AVX-512 (AVX-512 BF16 for bf16), not on the CPU, not f32.
+    /// - [`Precision::F32`]: the same arithmetic as the plain path, up to the order of the sums,
+    ///   with no weight repacked per call; teacher scoring runs ~15% faster.
+    /// - [`Precision::Bf16`]: weights and activations rounded to bf16, sums in f32; the matmuls
+    ///   run about 2× faster than f32 (teacher scoring as a whole ~1.7×).
     ///
-    /// For inference only (the teacher's scoring and generation): the packed copies take another
-    /// 2 bytes per weight, and `backward` through them is an error.
-    pub fn use_bf16_matmuls(&mut self) -> Result<bool> {
-        if !(bf16::available() && self.device().is_cpu() && self.dtype() == DType::F32) {
+    /// For inference only (the teacher's scoring and generation, serving): `backward` through the
+    /// packed weights is an error. Memory: an f32 packing replaces the block projections' plain
+    /// weights (`named_parameters` unpacks them); a bf16 packing takes another 2 bytes per weight
+    /// beside them. The output head's packed copy is extra in both (a tied head's plain weight is
+    /// the embedding, which stays). Switching precision repacks.
+    pub fn use_packed_matmuls(&mut self, precision: Precision) -> Result<bool> {
+        if !(precision.available() && self.device().is_cpu() && self.dtype() == DType::F32) {
             return Ok(false);
         }
-        let pack = |w: &Tensor| -> Result<Arc<PackedBf16>> {
-            let (n, k) = w.dims2()?;
-            let data = w.flatten_all()?.to_vec1::<f32>()?;
-            Ok(Arc::new(PackedBf16::pack(&data, n, k)))
-        };
         for b in &mut self.blocks {
-            b.bf16 = Some(BlockBf16 {
-                q: pack(&b.q_proj)?,
-                k: pack(&b.k_proj)?,
-                v: pack(&b.v_proj)?,
-                o: pack(&b.o_proj)?,
-                gate: pack(&b.gate_proj)?,
-                up: pack(&b.up_proj)?,
-                down: pack(&b.down_proj)?,
-            });
+            for proj in [
+                &mut b.q_proj,
+                &mut b.k_proj,
+                &mut b.v_proj,
+                &mut b.o_proj,
+                &mut b.gate_proj,
+                &mut b.up_proj,
+                &mut b.down_proj,
+            ] {
+                proj.pack(precision)?;
+            }
         }
-        self.lm_head_bf16 = Some(pack(self.lm_head_weight())?);
+        let head = self.lm_head_weight();
+        let (n, k) = head.dims2()?;
+        self.lm_head_packed =
+            Some(Arc::new(PackedWeight::pack(&head.flatten_all()?.to_vec1::<f32>()?, n, k, precision)));
         Ok(true)
     }
 
-    /// Whether [`Self::use_bf16_matmuls`] is on.
-    pub fn bf16_matmuls(&self) -> bool {
-        self.lm_head_bf16.is_some()
+    /// The precision of the packed matmuls, once [`Self::use_packed_matmuls`] is on.
+    pub fn packed_matmuls(&self) -> Option<Precision> {
+        self.lm_head_packed.as_ref().map(|w| w.precision())
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -176,19 +168,20 @@ impl Llama {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
         for (layer, b) in self.blocks.iter().enumerate() {
             let n = block_names(layer);
+            let device = self.device();
             let tensors = [
-                &b.attn_norm,
-                &b.q_proj,
-                &b.k_proj,
-                &b.v_proj,
-                &b.o_proj,
-                &b.mlp_norm,
-                &b.gate_proj,
-                &b.up_proj,
-                &b.down_proj,
+                b.attn_norm.clone(),
+                b.q_proj.tensor(device),
+                b.k_proj.tensor(device),
+                b.v_proj.tensor(device),
+                b.o_proj.tensor(device),
+                b.mlp_norm.clone(),
+                b.gate_proj.tensor(device),
+                b.up_proj.tensor(device),
+                b.down_proj.tensor(device),
             ];
             for ((_, name), t) in n.into_iter().zip(tensors) {
-                out.push((name, t.clone()));
+                out.push((name, t));
             }
             for (proj, bias) in [("q_proj", &b.q_bias), ("k_proj", &b.k_bias), ("v_proj", &b.v_bias)] {
                 if let Some(t) = bias {
@@ -216,7 +209,10 @@ impl Llama {
 
     /// The output head on final-norm hidden states: (…, C) → (…, V).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(project(hidden, self.lm_head_weight(), self.lm_head_bf16.as_ref(), None)?)
+        Ok(match &self.lm_head_packed {
+            Some(packed) => ops::linear_packed(hidden, packed, None)?,
+            None => ops::linear(hidden, self.lm_head_weight(), None)?,
+        })
     }
 
     /// Final-norm hidden states for every position, for callers that apply the head themselves
@@ -394,15 +390,14 @@ impl Llama {
         let attn = self.attention(block, &h, frame, cache, probe.as_mut().map(|(p, v)| (&mut **p, *v)))?;
         let x = (x + attn)?;
         let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
-        let packed = block.bf16.as_ref();
-        let gate = project(&h, &block.gate_proj, packed.map(|p| &p.gate), None)?; // (B, T, I)
-        let up = project(&h, &block.up_proj, packed.map(|p| &p.up), None)?;
+        let gate = block.gate_proj.apply(&h, None)?; // (B, T, I)
+        let up = block.up_proj.apply(&h, None)?;
         let act = ops::swiglu(&gate, &up)?; // (B, T, I)
         if let Some((probe, valid)) = probe {
             let energy = act.detach().sqr()?.broadcast_mul(&valid.unsqueeze(2)?)?.sum((0, 1))?; // (I)
             probe.add_mlp(&energy.to_dtype(DType::F32)?.to_vec1::<f32>()?, valid)?;
         }
-        let mlp = project(&act, &block.down_proj, packed.map(|p| &p.down), None)?; // (B, T, C)
+        let mlp = block.down_proj.apply(&act, None)?; // (B, T, C)
         Ok((x + mlp)?)
     }
 
@@ -417,13 +412,12 @@ impl Llama {
         let (b, t, _) = x.dims3()?;
         let Frame { cos, sin, mask } = *frame;
         let (h, kv, d) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
-        let packed = block.bf16.as_ref();
-        let heads = |w: &Tensor, w_bf16: Option<&Arc<PackedBf16>>, bias: Option<&Tensor>, n: usize| -> Result<Tensor> {
-            Ok(project(x, w, w_bf16, bias)?.reshape((b, t, n, d))?) // (B, T, n, D)
+        let heads = |w: &Proj, bias: Option<&Tensor>, n: usize| -> Result<Tensor> {
+            Ok(w.apply(x, bias)?.reshape((b, t, n, d))?) // (B, T, n, D)
         };
-        let q = heads(&block.q_proj, packed.map(|p| &p.q), block.q_bias.as_ref(), h)?;
-        let k = heads(&block.k_proj, packed.map(|p| &p.k), block.k_bias.as_ref(), kv)?;
-        let v = heads(&block.v_proj, packed.map(|p| &p.v), block.v_bias.as_ref(), kv)?;
+        let q = heads(&block.q_proj, block.q_bias.as_ref(), h)?;
+        let k = heads(&block.k_proj, block.k_bias.as_ref(), kv)?;
+        let v = heads(&block.v_proj, block.v_bias.as_ref(), kv)?;
         let q = ops::rope_heads(&q, cos, sin)?; // (B, H, T, D)
         let k = ops::rope_heads(&k, cos, sin)?; // (B, KVH, T, D)
         let v = v.transpose(1, 2)?.contiguous()?;
@@ -445,7 +439,7 @@ impl Llama {
             let energy = energy.broadcast_mul(&valid.unsqueeze(2)?)?.sum((0, 1))?; // (H)
             probe.add_heads(&energy.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         }
-        Ok(project(&out, &block.o_proj, packed.map(|p| &p.o), None)?)
+        Ok(block.o_proj.apply(&out, None)?)
     }
 }
 
@@ -494,19 +488,6 @@ fn add(acc: &mut Vec<f64>, x: &[f32]) {
     }
     for (a, b) in acc.iter_mut().zip(x) {
         *a += *b as f64;
-    }
-}
-
-/// `x @ wᵀ (+ bias)`: through the packed bf16 weight when there is one.
-fn project(
-    x: &Tensor,
-    w: &Tensor,
-    w_bf16: Option<&Arc<PackedBf16>>,
-    bias: Option<&Tensor>,
-) -> candle_core::Result<Tensor> {
-    match w_bf16 {
-        Some(packed) => ops::linear_bf16(x, packed, bias),
-        None => ops::linear(x, w, bias),
     }
 }
 

@@ -306,38 +306,52 @@ fn mean_kl(p_logits: &Tensor, q_logits: &Tensor) -> f64 {
     kl.mean_all().unwrap().to_scalar::<f32>().unwrap() as f64
 }
 
+/// Packed f32 matmuls give the plain path's logits up to the order of the sums; packed bf16
+/// ones stay within a small KL of them. Both refuse backward.
 #[test]
-fn bf16_matmuls_stay_close_to_f32_and_refuse_backward() {
-    for cfg in configs() {
-        let w = weights(&cfg, 5);
-        let exact = Llama::from_weights(cfg.clone(), &w).unwrap();
-        let mut fast = Llama::from_weights(cfg.clone(), &w).unwrap();
-        let switched = fast.use_bf16_matmuls().unwrap();
-        assert_eq!(switched, distill_kernels::bf16::available());
-        assert_eq!(fast.bf16_matmuls(), switched);
-        if !switched {
-            eprintln!("this CPU has no AVX-512 BF16: the bf16 model path is not exercised here");
-            return;
+fn packed_matmuls_stay_close_to_f32_and_refuse_backward() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        for cfg in configs() {
+            let w = weights(&cfg, 5);
+            let exact = Llama::from_weights(cfg.clone(), &w).unwrap();
+            let mut fast = Llama::from_weights(cfg.clone(), &w).unwrap();
+            let switched = fast.use_packed_matmuls(precision).unwrap();
+            assert_eq!(switched, precision.available());
+            assert_eq!(fast.packed_matmuls(), switched.then_some(precision));
+            if !switched {
+                eprintln!("this CPU lacks the {precision:?} packed kernel: that model path is not exercised here");
+                break;
+            }
+            let (b, t) = (2, 9);
+            let input = Tensor::from_vec(ids(b, t, cfg.vocab_size, 4), (b, t), &Device::Cpu).unwrap();
+            let (want, got) = (exact.forward(&input).unwrap(), fast.forward(&input).unwrap());
+            let kl = mean_kl(&want, &got);
+            match precision {
+                Precision::F32 => {
+                    assert!(max_abs_diff(&want, &got) < 1e-4, "{}: packed f32 vs plain", cfg.model_type);
+                    // The plain weights were dropped for the packed ones, and come back unpacked.
+                    for ((name, a), (_, b)) in exact.named_parameters().iter().zip(fast.named_parameters()) {
+                        assert_eq!(a.to_vec2::<f32>().ok(), b.to_vec2::<f32>().ok(), "{name}");
+                        assert_eq!(a.dims(), b.dims(), "{name}");
+                    }
+                }
+                Precision::Bf16 => assert!(kl > 0.0 && kl < 3e-4, "{}: KL(f32 ‖ bf16) {kl}", cfg.model_type),
+            }
+            // The cached decoding step takes the same packed path as the all-position forward.
+            let mut cache = KvCache::new(&cfg, vec![0; b]);
+            let step = fast.step(&input, &mut cache).unwrap();
+            let last = got.narrow(1, t - 1, 1).unwrap().squeeze(1).unwrap();
+            assert!(max_abs_diff(&step, &last) < 1e-3, "{}: step vs forward", cfg.model_type);
         }
-        let (b, t) = (2, 9);
-        let input = Tensor::from_vec(ids(b, t, cfg.vocab_size, 4), (b, t), &Device::Cpu).unwrap();
-        let (want, got) = (exact.forward(&input).unwrap(), fast.forward(&input).unwrap());
-        let kl = mean_kl(&want, &got);
-        assert!(kl > 0.0 && kl < 3e-4, "{}: KL(f32 ‖ bf16) {kl}", cfg.model_type);
-        // The cached decoding step takes the same bf16 path as the all-position forward.
-        let mut cache = KvCache::new(&cfg, vec![0; b]);
-        let step = fast.step(&input, &mut cache).unwrap();
-        let last = got.narrow(1, t - 1, 1).unwrap().squeeze(1).unwrap();
-        assert!(max_abs_diff(&step, &last) < 1e-3, "{}: step vs forward", cfg.model_type);
-    }
-    // Training through the bf16 matmuls is refused, not silently missing gradients.
-    let cfg = tiny("llama", true, 2);
-    let vars: HashMap<String, Tensor> =
-        weights(&cfg, 6).into_iter().map(|(k, t)| (k, Var::from_tensor(&t).unwrap().as_tensor().clone())).collect();
-    let mut model = Llama::from_weights(cfg.clone(), &vars).unwrap();
-    if model.use_bf16_matmuls().unwrap() {
-        let input = Tensor::from_vec(ids(1, 4, cfg.vocab_size, 0), (1, 4), &Device::Cpu).unwrap();
-        let loss = model.forward(&input).unwrap().sum_all().unwrap();
-        assert!(loss.backward().is_err(), "backward through bf16 matmuls must be an error");
+        // Training through the packed matmuls is refused, not silently missing gradients.
+        let cfg = tiny("llama", true, 2);
+        let vars: HashMap<String, Tensor> =
+            weights(&cfg, 6).into_iter().map(|(k, t)| (k, Var::from_tensor(&t).unwrap().as_tensor().clone())).collect();
+        let mut model = Llama::from_weights(cfg.clone(), &vars).unwrap();
+        if model.use_packed_matmuls(precision).unwrap() {
+            let input = Tensor::from_vec(ids(1, 4, cfg.vocab_size, 0), (1, 4), &Device::Cpu).unwrap();
+            let loss = model.forward(&input).unwrap().sum_all().unwrap();
+            assert!(loss.backward().is_err(), "backward through {precision:?} packed matmuls must be an error");
+        }
     }
 }

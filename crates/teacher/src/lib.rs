@@ -55,7 +55,13 @@ pub struct LocalTeacher {
 }
 
 impl LocalTeacher {
-    pub fn new(model: LoadedModel) -> Self {
+    /// A teacher only runs inference: unless the model's matmuls are packed already (bf16, say),
+    /// its weights are packed for the f32 kernel where the CPU runs it (the plain path where not).
+    /// Packing cannot fail on a loaded model's 2-d f32 weights; if it did, the plain path stays.
+    pub fn new(mut model: LoadedModel) -> Self {
+        if model.model.packed_matmuls().is_none() {
+            let _ = model.model.use_packed_matmuls(distill_kernels::packed::Precision::F32);
+        }
         Self { model }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
+use distill_kernels::packed::Precision;
 use distill_models::{generate, generate_with_logprobs, ChatMessage, ChatTemplate, LoadedModel, SamplingParams};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -136,24 +137,28 @@ pub struct GenerateArgs {
 /// The arithmetic of a local model's matmuls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Matmuls {
-    /// f32 throughout.
+    /// f32 throughout (weights packed once for the AVX-512 kernel where the CPU has it).
     F32,
     /// bf16 operands, f32 sums (CPUs with AVX-512 BF16).
     Bf16,
 }
 
-/// Switches `model` to bf16 matmuls when asked and the CPU runs them; returns what it runs
-/// (`"f32"` or `"bf16"`), warning when bf16 was asked for and is not available.
+/// Packs `model`'s weights for the asked precision's kernel where the CPU runs it (the model is
+/// only used for inference from here on); returns what it runs (`"f32"` or `"bf16"`), warning
+/// when bf16 was asked for and is not available. f32 falls back to the plain matmuls silently:
+/// the same arithmetic.
 pub fn use_matmuls(model: &mut LoadedModel, matmuls: Matmuls) -> Result<&'static str> {
     if matmuls == Matmuls::F32 {
+        model.model.use_packed_matmuls(Precision::F32)?;
         return Ok("f32");
     }
     let started = Instant::now();
-    if model.model.use_bf16_matmuls()? {
+    if model.model.use_packed_matmuls(Precision::Bf16)? {
         eprintln!("matmuls in bf16 (packed in {:.1} s)", started.elapsed().as_secs_f64());
         Ok("bf16")
     } else {
         eprintln!("warning: --matmuls bf16 needs a CPU with AVX-512 BF16; running f32 matmuls");
+        model.model.use_packed_matmuls(Precision::F32)?;
         Ok("f32")
     }
 }

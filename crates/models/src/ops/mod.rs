@@ -16,7 +16,7 @@ mod rotary;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, D};
-use distill_kernels::bf16::PackedBf16;
+use distill_kernels::packed::PackedWeight;
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -123,15 +123,19 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     on_rows(x, weight.dim(0)?, bias, |rows| rows.matmul(&weight.t()?))
 }
 
-/// [`linear`] against a weight packed for the bf16 kernel (`distill_kernels::bf16`): both
-/// operands rounded to bf16, products summed in f32. Inference only — the op has no backward, so
-/// calling `backward` through it is an error, not a silently missing gradient.
-pub fn linear_bf16(x: &Tensor, weight: &Arc<PackedBf16>, bias: Option<&Tensor>) -> Result<Tensor> {
+/// [`linear`] against a weight packed for one of `distill_kernels::packed`'s kernels (f32, or
+/// bf16 operands with f32 sums). Inference only — the op has no backward, so calling `backward`
+/// through it is an error, not a silently missing gradient.
+pub fn linear_packed(x: &Tensor, weight: &Arc<PackedWeight>, bias: Option<&Tensor>) -> Result<Tensor> {
     let c_in = weight.in_features();
     if x.dims().last() != Some(&c_in) || !cpu_f32(&[x]) {
-        candle_core::bail!("bf16 linear: input {:?} {:?} does not fit a weight of {c_in} inputs", x.dims(), x.dtype());
+        candle_core::bail!(
+            "packed linear: input {:?} {:?} does not fit a weight of {c_in} inputs",
+            x.dims(),
+            x.dtype()
+        );
     }
-    on_rows(x, weight.out_features(), bias, |rows| rows.contiguous()?.apply_op1(packed::Bf16Linear(weight.clone())))
+    on_rows(x, weight.out_features(), bias, |rows| rows.contiguous()?.apply_op1(packed::PackedLinear(weight.clone())))
 }
 
 /// Applies `project` ((rows, C_in) → (rows, C_out)) to the rows of a (…, C_in) input, adds the

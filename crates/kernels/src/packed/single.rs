@@ -1,0 +1,127 @@
+//! The f32 kernel: tiles of up to 8 rows × [`NR`] columns, 24 AVX-512 accumulators.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::{tile_rows, Out};
+
+/// Output columns per panel: three 16-lane registers.
+pub(super) const NR: usize = 48;
+/// Rows per task: with K up to a few thousand, the task's rows stay in L2 while its panels pass.
+pub(super) const MC: usize = 64;
+
+/// Panels of K × [`NR`]: for each input position, the panel's columns side by side.
+pub(super) fn pack(w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    let mut data = vec![0f32; n.div_ceil(NR) * k * NR];
+    data.par_chunks_mut(k * NR).enumerate().for_each(|(panel, out)| {
+        for c in 0..NR.min(n - panel * NR) {
+            let row = &w[(panel * NR + c) * k..(panel * NR + c + 1) * k];
+            for (i, &v) in row.iter().enumerate() {
+                out[i * NR + c] = v;
+            }
+        }
+    });
+    data
+}
+
+/// The row-major (N, K) weight of [`pack`]'s panels.
+pub(super) fn unpack(data: &[f32], n: usize, k: usize) -> Vec<f32> {
+    let mut w = vec![0f32; n * k];
+    for (row, out) in w.chunks_mut(k).enumerate() {
+        let panel = &data[(row / NR) * k * NR..(row / NR + 1) * k * NR];
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = panel[i * NR + row % NR];
+        }
+    }
+    w
+}
+
+/// Rows × panels of the output.
+///
+/// # Safety
+/// No other task may write the same rectangle of `out` concurrently; `rows` and `panels` lie
+/// inside the output.
+pub(super) unsafe fn task(
+    x: &[f32],
+    panels_data: &[f32],
+    k: usize,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    out: &Out,
+) {
+    // The rows in register-tile order: tile by tile, for each input position the tile's rows
+    // side by side (one cache line serves two positions of a full tile). A block's last tile may
+    // be shorter than its kernel's height: its extra rows stay zero.
+    let count = rows.len();
+    let mut tiles = Vec::new(); // (first row, rows, kernel height, offset in `a`)
+    let (mut r0, mut offset) = (0, 0);
+    while r0 < count {
+        let height = tile_rows(count - r0);
+        let real = height.min(count - r0);
+        tiles.push((r0, real, height, offset));
+        (r0, offset) = (r0 + real, offset + height * k);
+    }
+    let mut a = vec![0f32; offset];
+    for &(r0, real, height, offset) in &tiles {
+        for r in 0..real {
+            let src = &x[(rows.start + r0 + r) * k..(rows.start + r0 + r + 1) * k];
+            for (p, &v) in src.iter().enumerate() {
+                a[offset + p * height + r] = v;
+            }
+        }
+    }
+    let mut tile_out = [0f32; 8 * NR];
+    for panel in panels {
+        let b = &panels_data[panel * k * NR..(panel + 1) * k * NR];
+        let cols = NR.min(out.n - panel * NR);
+        for &(r0, real, height, offset) in &tiles {
+            let rows_a = &a[offset..offset + height * k];
+            // SAFETY: `Precision::F32.available()` was checked by `matmul`; `rows_a` holds
+            // height × k values and `b` k × NR, as the kernel reads.
+            unsafe {
+                match height {
+                    8 => kernel::<8>(rows_a, b, k, &mut tile_out),
+                    4 => kernel::<4>(rows_a, b, k, &mut tile_out),
+                    2 => kernel::<2>(rows_a, b, k, &mut tile_out),
+                    _ => kernel::<1>(rows_a, b, k, &mut tile_out),
+                }
+            }
+            // SAFETY: inside this task's rectangle.
+            unsafe { out.store(&tile_out, NR, real, (rows.start + r0, panel * NR), cols) };
+        }
+    }
+}
+
+/// One R × NR tile over all K: `a` is K × R (position-major), `b` one panel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize>(a: &[f32], b: &[f32], k: usize, tile: &mut [f32; 8 * NR]) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= R * k && b.len() >= k * NR);
+    let mut acc = [[_mm512_setzero_ps(); 3]; R];
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    for p in 0..k {
+        // SAFETY (the loads): inside `a` and `b`, as asserted above.
+        let b0 = unsafe { _mm512_loadu_ps(b.add(p * NR)) };
+        let b1 = unsafe { _mm512_loadu_ps(b.add(p * NR + 16)) };
+        let b2 = unsafe { _mm512_loadu_ps(b.add(p * NR + 32)) };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(unsafe { *a.add(p * R + r) });
+            acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            acc[2] = _mm512_fmadd_ps(av, b2, acc[2]);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (j, v) in acc.iter().enumerate() {
+            // SAFETY: row r < 8 of the tile, 16 values at column 16·j < NR.
+            unsafe { _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + 16 * j), *v) };
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel<const R: usize>(_: &[f32], _: &[f32], _: usize, _: &mut [f32; 8 * NR]) {
+    unreachable!("Precision::F32.available() is false off x86_64")
+}

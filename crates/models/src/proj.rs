@@ -1,0 +1,54 @@
+//! A projection's weight (C_out, C_in): a plain tensor (trainable, any device), or packed for one
+//! of `distill_kernels::packed`'s CPU kernels (inference only).
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use distill_kernels::packed::{PackedWeight, Precision};
+
+use crate::error::Result;
+use crate::ops;
+
+pub(crate) enum Proj {
+    Plain(Tensor),
+    /// Packed. The plain tensor stays beside a lossy (bf16) packing, for `tensor` to return; an f32
+    /// packing holds the same values, so the plain copy is dropped and `tensor` unpacks them.
+    Packed {
+        packed: Arc<PackedWeight>,
+        plain: Option<Tensor>,
+    },
+}
+
+impl Proj {
+    /// The weight as a tensor, unpacked from an f32 packing when it has no plain copy.
+    pub(crate) fn tensor(&self, device: &Device) -> Tensor {
+        match self {
+            Proj::Plain(t) | Proj::Packed { plain: Some(t), .. } => t.clone(),
+            Proj::Packed { packed, plain: None } => {
+                let (n, k) = (packed.out_features(), packed.in_features());
+                let data = packed.unpack().expect("only an f32 packing drops the plain copy, and it unpacks");
+                // Invariant: `unpack` returns the N × K values of the (N, K) weight.
+                Tensor::from_vec(data, (n, k), device).expect("an N × K buffer makes an (N, K) tensor")
+            }
+        }
+    }
+
+    /// Packs the weight for `precision`'s kernel (repacking a packed one). The caller checked
+    /// that the kernel runs here and the weight is an f32 CPU tensor.
+    pub(crate) fn pack(&mut self, precision: Precision) -> Result<()> {
+        let plain = self.tensor(&Device::Cpu);
+        let (n, k) = plain.dims2()?;
+        let packed = Arc::new(PackedWeight::pack(&plain.flatten_all()?.to_vec1::<f32>()?, n, k, precision));
+        let plain = (precision != Precision::F32).then_some(plain);
+        *self = Proj::Packed { packed, plain };
+        Ok(())
+    }
+
+    /// `x @ wᵀ (+ bias)`, through the packed kernel when packed.
+    pub(crate) fn apply(&self, x: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        match self {
+            Proj::Plain(w) => ops::linear(x, w, bias),
+            Proj::Packed { packed, .. } => ops::linear_packed(x, packed, bias),
+        }
+    }
+}
