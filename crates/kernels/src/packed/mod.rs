@@ -17,6 +17,7 @@
 pub mod bf16;
 mod single;
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -104,13 +105,22 @@ impl PackedWeight {
 /// `y` (M, N) = `x` (M, K) · Wᵀ. Panics when the CPU lacks the weight's kernel (check
 /// [`Precision::available`]) or the sizes disagree.
 pub fn matmul(x: &[f32], w: &PackedWeight, y: &mut [f32]) {
+    // SAFETY: `MaybeUninit<f32>` has f32's layout, and `matmul_uninit` only writes initialised
+    // values.
+    let y = unsafe { &mut *(y as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    matmul_uninit(x, w, y);
+}
+
+/// [`matmul`] into memory not yet initialised (a fresh output need not be zeroed first): every
+/// element of `y` is written.
+pub fn matmul_uninit(x: &[f32], w: &PackedWeight, y: &mut [MaybeUninit<f32>]) {
     let precision = w.precision();
     assert!(precision.available(), "the {precision:?} packed matmul needs AVX-512; check Precision::available() first");
     let (n, k) = (w.n, w.k);
     assert!(k > 0 && x.len().is_multiple_of(k), "packed matmul: input of {} values is not (M, {k})", x.len());
     let m = x.len() / k;
     assert_eq!(y.len(), m * n, "packed matmul: output is not ({m}, {n})");
-    let out = Out { ptr: y.as_mut_ptr(), n };
+    let out = Out { ptr: y.as_mut_ptr().cast::<f32>(), n };
     match &w.panels {
         // SAFETY (both arms): `grid` hands each task a disjoint rectangle of `y`, which outlives it.
         Panels::F32(data) => {
@@ -148,6 +158,11 @@ struct Out {
 unsafe impl Sync for Out {}
 
 impl Out {
+    /// The address of output element (row, col).
+    fn at(&self, row: usize, col: usize) -> *mut f32 {
+        self.ptr.wrapping_add(row * self.n + col)
+    }
+
     /// Writes the first `rows` rows of a register tile (`nr` values per row) at output row `row`,
     /// column `col`, `cols` values each.
     ///

@@ -66,8 +66,8 @@ pub(super) unsafe fn task(
     for &(r0, real, height, offset) in &tiles {
         for r in 0..real {
             let src = &x[(rows.start + r0 + r) * k..(rows.start + r0 + r + 1) * k];
-            for (p, &v) in src.iter().enumerate() {
-                a[offset + p * height + r] = v;
+            for (slot, &v) in a[offset + r..offset + height * k].iter_mut().step_by(height).zip(src) {
+                *slot = v;
             }
         }
     }
@@ -77,26 +77,41 @@ pub(super) unsafe fn task(
         let cols = NR.min(out.n - panel * NR);
         for &(r0, real, height, offset) in &tiles {
             let rows_a = &a[offset..offset + height * k];
+            // A whole tile (all its rows real, all NR columns inside the output) goes straight to
+            // the output; a partial one through `tile_out`.
+            let direct = real == height && cols == NR;
+            let (dst, dst_rs) = match direct {
+                true => (out.at(rows.start + r0, panel * NR), out.n),
+                false => (tile_out.as_mut_ptr(), NR),
+            };
             // SAFETY: `Precision::F32.available()` was checked by `matmul`; `rows_a` holds
-            // height × k values and `b` k × NR, as the kernel reads.
+            // height × k values and `b` k × NR, as the kernel reads; `dst` takes height rows of
+            // NR values `dst_rs` apart: inside this task's rectangle of the output when direct,
+            // inside `tile_out` otherwise.
             unsafe {
                 match height {
-                    8 => kernel::<8>(rows_a, b, k, &mut tile_out),
-                    4 => kernel::<4>(rows_a, b, k, &mut tile_out),
-                    2 => kernel::<2>(rows_a, b, k, &mut tile_out),
-                    _ => kernel::<1>(rows_a, b, k, &mut tile_out),
+                    8 => kernel::<8>(rows_a, b, k, dst, dst_rs),
+                    4 => kernel::<4>(rows_a, b, k, dst, dst_rs),
+                    2 => kernel::<2>(rows_a, b, k, dst, dst_rs),
+                    _ => kernel::<1>(rows_a, b, k, dst, dst_rs),
                 }
             }
-            // SAFETY: inside this task's rectangle.
-            unsafe { out.store(&tile_out, NR, real, (rows.start + r0, panel * NR), cols) };
+            if !direct {
+                // SAFETY: inside this task's rectangle.
+                unsafe { out.store(&tile_out, NR, real, (rows.start + r0, panel * NR), cols) };
+            }
         }
     }
 }
 
-/// One R × NR tile over all K: `a` is K × R (position-major), `b` one panel.
+/// One R × NR tile over all K: `a` is K × R (position-major), `b` one panel; the tile's rows go
+/// to `dst`, `dst_rs` apart.
+///
+/// # Safety
+/// The CPU has AVX-512F; `dst` can take R rows of NR values `dst_rs` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize>(a: &[f32], b: &[f32], k: usize, tile: &mut [f32; 8 * NR]) {
+unsafe fn kernel<const R: usize>(a: &[f32], b: &[f32], k: usize, dst: *mut f32, dst_rs: usize) {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= R * k && b.len() >= k * NR);
     let mut acc = [[_mm512_setzero_ps(); 3]; R];
@@ -115,13 +130,13 @@ unsafe fn kernel<const R: usize>(a: &[f32], b: &[f32], k: usize, tile: &mut [f32
     }
     for (r, acc) in acc.iter().enumerate() {
         for (j, v) in acc.iter().enumerate() {
-            // SAFETY: row r < 8 of the tile, 16 values at column 16·j < NR.
-            unsafe { _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + 16 * j), *v) };
+            // SAFETY: row r < R of `dst`, 16 values at column 16·j < NR (the caller's bounds).
+            unsafe { _mm512_storeu_ps(dst.add(r * dst_rs + 16 * j), *v) };
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel<const R: usize>(_: &[f32], _: &[f32], _: usize, _: &mut [f32; 8 * NR]) {
+unsafe fn kernel<const R: usize>(_: &[f32], _: &[f32], _: usize, _: *mut f32, _: usize) {
     unreachable!("Precision::F32.available() is false off x86_64")
 }

@@ -20,8 +20,11 @@ impl CustomOp1 for PackedLinear {
         if x.len() % k != 0 {
             candle_core::bail!("packed linear: input of {} values is not rows of {k}", x.len());
         }
-        let mut y = vec![0f32; x.len() / k * n];
-        packed::matmul(x, &self.0, &mut y);
+        let len = x.len() / k * n;
+        let mut y = Vec::with_capacity(len);
+        packed::matmul_uninit(x, &self.0, &mut y.spare_capacity_mut()[..len]);
+        // SAFETY: `matmul_uninit` wrote all `len` values.
+        unsafe { y.set_len(len) };
         Ok((CpuStorage::F32(y), Shape::from((x.len() / k, n))))
     }
     // No backward: candle reports "backward not supported" for this op, so a model that runs its
