@@ -12,7 +12,7 @@ use distill_kernels::packed::{PackedWeight, Precision};
 
 use crate::error::{Error, Result};
 use crate::ops;
-use crate::proj::Proj;
+use crate::proj::{pack_weight, Proj};
 
 pub use crate::kv_cache::KvCache;
 pub use crate::llama_config::{LlamaConfig, RopeScaling, TokenIds};
@@ -139,10 +139,7 @@ impl Llama {
                 proj.pack(precision)?;
             }
         }
-        let head = self.lm_head_weight();
-        let (n, k) = head.dims2()?;
-        self.lm_head_packed =
-            Some(Arc::new(PackedWeight::pack(&head.flatten_all()?.to_vec1::<f32>()?, n, k, precision)));
+        self.lm_head_packed = Some(pack_weight(self.lm_head_weight(), precision)?);
         Ok(true)
     }
 
@@ -166,9 +163,9 @@ impl Llama {
     /// All parameters under their HF names (a tied head appears once, as the embedding).
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        let device = self.device();
         for (layer, b) in self.blocks.iter().enumerate() {
             let n = block_names(layer);
-            let device = self.device();
             let tensors = [
                 b.attn_norm.clone(),
                 b.q_proj.tensor(device),

@@ -37,8 +37,7 @@ impl Proj {
     /// that the kernel runs here and the weight is an f32 CPU tensor.
     pub(crate) fn pack(&mut self, precision: Precision) -> Result<()> {
         let plain = self.tensor(&Device::Cpu);
-        let (n, k) = plain.dims2()?;
-        let packed = Arc::new(PackedWeight::pack(&plain.flatten_all()?.to_vec1::<f32>()?, n, k, precision));
+        let packed = pack_weight(&plain, precision)?;
         let plain = (precision != Precision::F32).then_some(plain);
         *self = Proj::Packed { packed, plain };
         Ok(())
@@ -51,4 +50,10 @@ impl Proj {
             Proj::Packed { packed, .. } => ops::linear_packed(x, packed, bias),
         }
     }
+}
+
+/// A (C_out, C_in) f32 CPU tensor packed for `precision`'s kernel.
+pub(crate) fn pack_weight(w: &Tensor, precision: Precision) -> Result<Arc<PackedWeight>> {
+    let (n, k) = w.dims2()?;
+    Ok(Arc::new(PackedWeight::pack(&w.flatten_all()?.to_vec1::<f32>()?, n, k, precision)))
 }

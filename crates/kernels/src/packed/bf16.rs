@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{tile_rows, Out};
+use super::{tiles, Out};
 
 /// Output columns per panel: two 16-lane registers.
 pub(super) const NR: usize = 32;
@@ -89,9 +89,7 @@ pub(super) unsafe fn task(
     for panel in panels {
         let b = &panels_data[panel * pairs * NR * 2..(panel + 1) * pairs * NR * 2];
         let cols = NR.min(out.n - panel * NR);
-        let mut r0 = 0;
-        while r0 < count {
-            let height = tile_rows(count - r0);
+        for (r0, real, height) in tiles(count) {
             let a = &a[r0 * pairs..(r0 + height) * pairs];
             // SAFETY: `Precision::Bf16.available()` was checked by `matmul`; `a` holds height ×
             // pairs values (zero past the block's rows) and `b` pairs × NR × 2, as the kernel reads.
@@ -103,10 +101,8 @@ pub(super) unsafe fn task(
                     _ => kernel::<1>(a, b, pairs, &mut tile),
                 }
             }
-            let real = height.min(count - r0);
             // SAFETY: inside this task's rectangle.
             unsafe { out.store(&tile, NR, real, (rows.start + r0, panel * NR), cols) };
-            r0 += real;
         }
     }
 }

@@ -171,7 +171,7 @@ impl Out {
     unsafe fn store(&self, tile: &[f32], nr: usize, rows: usize, (row, col): (usize, usize), cols: usize) {
         for (r, src) in tile.chunks(nr).take(rows).enumerate() {
             // SAFETY: the caller's rectangle.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add((row + r) * self.n + col), cols) };
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.at(row + r, col), cols) };
         }
     }
 }
@@ -180,6 +180,19 @@ impl Out {
 /// above what is left, so a decoding step's single row does not pay for eight.
 fn tile_rows(left: usize) -> usize {
     left.min(8).next_power_of_two()
+}
+
+/// The register tiles of a block of `count` rows: (first row, real rows, kernel height).
+fn tiles(count: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let mut r0 = 0;
+    std::iter::from_fn(move || {
+        (r0 < count).then(|| {
+            let height = tile_rows(count - r0);
+            let real = height.min(count - r0);
+            r0 += real;
+            (r0 - real, real, height)
+        })
+    })
 }
 
 #[cfg(test)]
@@ -270,5 +283,8 @@ mod tests {
     #[test]
     fn tile_heights() {
         assert_eq!([1, 2, 3, 5, 8, 9].map(tile_rows), [1, 2, 4, 8, 8, 8]);
+        assert_eq!(tiles(19).collect::<Vec<_>>(), [(0, 8, 8), (8, 8, 8), (16, 3, 4)]);
+        assert_eq!(tiles(1).collect::<Vec<_>>(), [(0, 1, 1)]);
+        assert_eq!(tiles(0).count(), 0);
     }
 }

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{tile_rows, Out};
+use super::{tiles, Out};
 
 /// Output columns per panel: three 16-lane registers.
 pub(super) const NR: usize = 48;
@@ -53,16 +53,15 @@ pub(super) unsafe fn task(
     // The rows in register-tile order: tile by tile, for each input position the tile's rows
     // side by side (one cache line serves two positions of a full tile). A block's last tile may
     // be shorter than its kernel's height: its extra rows stay zero.
-    let count = rows.len();
-    let mut tiles = Vec::new(); // (first row, rows, kernel height, offset in `a`)
-    let (mut r0, mut offset) = (0, 0);
-    while r0 < count {
-        let height = tile_rows(count - r0);
-        let real = height.min(count - r0);
-        tiles.push((r0, real, height, offset));
-        (r0, offset) = (r0 + real, offset + height * k);
-    }
-    let mut a = vec![0f32; offset];
+    let mut len = 0;
+    // (first row, real rows, kernel height, offset in `a`)
+    let tiles: Vec<_> = tiles(rows.len())
+        .map(|(r0, real, height)| {
+            len += height * k;
+            (r0, real, height, len - height * k)
+        })
+        .collect();
+    let mut a = vec![0f32; len];
     for &(r0, real, height, offset) in &tiles {
         for r in 0..real {
             let src = &x[(rows.start + r0 + r) * k..(rows.start + r0 + r + 1) * k];
