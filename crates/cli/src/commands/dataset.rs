@@ -145,7 +145,7 @@ pub fn run(opts: DatasetOptions) -> Result<()> {
     }
     let m = writer.manifest();
     eprintln!(
-        "{}: {} prompts, {} sequences, {} tokens, {:.1} bytes/token (this run: {tokens} tokens in {:.1} s)",
+        "{}: {} prompts, {} sequences, {} tokens, {:.1} bytes/token (this run: {tokens} tokens in {:.2} s)",
         opts.output.display(),
         m.prompts_done(),
         m.sequences(),

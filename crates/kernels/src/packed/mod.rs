@@ -7,8 +7,9 @@
 //!
 //! Packing lays the (N, K) weight out as panels of a few output columns, in the order the kernel
 //! reads them, so no call repacks it (a general GEMM repacks its right operand on every call).
-//! Each call copies its rows of `x` into register-tile order and computes tiles of up to 8 rows ×
-//! one panel in registers over the whole K.
+//! Each call computes tiles of up to 8 rows × one panel in registers over the whole K. The f32
+//! kernel reads its rows of `x` where they lie; the bf16 one first rounds them to bf16 pairs in
+//! register-tile order.
 //!
 //! Every output is one sum over K in a fixed order, the same whatever the other rows are: a
 //! sequence gets bit-for-bit the same projections alone as in a batch, so a served model and a

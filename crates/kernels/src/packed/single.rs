@@ -4,8 +4,10 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{tiles, Out};
+use super::Out;
 
+/// Rows per register tile.
+const TILE: usize = 8;
 /// Output columns per panel: three 16-lane registers.
 pub(super) const NR: usize = 48;
 /// Rows per task: with K up to a few thousand, the task's rows stay in L2 while its panels pass.
@@ -50,61 +52,48 @@ pub(super) unsafe fn task(
     panels: Range<usize>,
     out: &Out,
 ) {
-    // The rows in register-tile order: tile by tile, for each input position the tile's rows
-    // side by side (one cache line serves two positions of a full tile). A block's last tile may
-    // be shorter than its kernel's height: its extra rows stay zero.
-    let mut len = 0;
-    // (first row, real rows, kernel height, offset in `a`)
-    let tiles: Vec<_> = tiles(rows.len())
-        .map(|(r0, real, height)| {
-            len += height * k;
-            (r0, real, height, len - height * k)
-        })
-        .collect();
-    let mut a = vec![0f32; len];
-    for &(r0, real, height, offset) in &tiles {
-        for r in 0..real {
-            let src = &x[(rows.start + r0 + r) * k..(rows.start + r0 + r + 1) * k];
-            for (slot, &v) in a[offset + r..offset + height * k].iter_mut().step_by(height).zip(src) {
-                *slot = v;
-            }
-        }
-    }
-    let mut tile_out = [0f32; 8 * NR];
+    let mut tile_out = [0f32; TILE * NR];
     for panel in panels {
         let b = &panels_data[panel * k * NR..(panel + 1) * k * NR];
         let cols = NR.min(out.n - panel * NR);
-        for &(r0, real, height, offset) in &tiles {
-            let rows_a = &a[offset..offset + height * k];
-            // A whole tile (all its rows real, all NR columns inside the output) goes straight to
-            // the output; a partial one through `tile_out`.
-            let direct = real == height && cols == NR;
+        for r0 in rows.clone().step_by(TILE) {
+            let real = TILE.min(rows.end - r0);
+            // The tile's rows are read where they lie in `x`: a tile of `real` rows runs the
+            // kernel of that height, so nothing is copied or padded.
+            let a = &x[r0 * k..(r0 + real) * k];
+            // A tile of all NR columns goes straight to the output; a ragged last panel's
+            // through `tile_out`.
+            let direct = cols == NR;
             let (dst, dst_rs) = match direct {
-                true => (out.at(rows.start + r0, panel * NR), out.n),
+                true => (out.at(r0, panel * NR), out.n),
                 false => (tile_out.as_mut_ptr(), NR),
             };
-            // SAFETY: `Precision::F32.available()` was checked by `matmul`; `rows_a` holds
-            // height × k values and `b` k × NR, as the kernel reads; `dst` takes height rows of
+            // SAFETY: `Precision::F32.available()` was checked by `matmul`; `a` holds `real`
+            // rows of k values and `b` k × NR, as the kernel reads; `dst` takes `real` rows of
             // NR values `dst_rs` apart: inside this task's rectangle of the output when direct,
             // inside `tile_out` otherwise.
             unsafe {
-                match height {
-                    8 => kernel::<8>(rows_a, b, k, dst, dst_rs),
-                    4 => kernel::<4>(rows_a, b, k, dst, dst_rs),
-                    2 => kernel::<2>(rows_a, b, k, dst, dst_rs),
-                    _ => kernel::<1>(rows_a, b, k, dst, dst_rs),
+                match real {
+                    8 => kernel::<8>(a, b, k, dst, dst_rs),
+                    7 => kernel::<7>(a, b, k, dst, dst_rs),
+                    6 => kernel::<6>(a, b, k, dst, dst_rs),
+                    5 => kernel::<5>(a, b, k, dst, dst_rs),
+                    4 => kernel::<4>(a, b, k, dst, dst_rs),
+                    3 => kernel::<3>(a, b, k, dst, dst_rs),
+                    2 => kernel::<2>(a, b, k, dst, dst_rs),
+                    _ => kernel::<1>(a, b, k, dst, dst_rs),
                 }
             }
             if !direct {
                 // SAFETY: inside this task's rectangle.
-                unsafe { out.store(&tile_out, NR, real, (rows.start + r0, panel * NR), cols) };
+                unsafe { out.store(&tile_out, NR, real, (r0, panel * NR), cols) };
             }
         }
     }
 }
 
-/// One R × NR tile over all K: `a` is K × R (position-major), `b` one panel; the tile's rows go
-/// to `dst`, `dst_rs` apart.
+/// One R × NR tile over all K: `a` is R rows of K values, `b` one panel; the tile's rows go to
+/// `dst`, `dst_rs` apart.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `dst` can take R rows of NR values `dst_rs` apart.
@@ -121,7 +110,7 @@ unsafe fn kernel<const R: usize>(a: &[f32], b: &[f32], k: usize, dst: *mut f32, 
         let b1 = unsafe { _mm512_loadu_ps(b.add(p * NR + 16)) };
         let b2 = unsafe { _mm512_loadu_ps(b.add(p * NR + 32)) };
         for (r, acc) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(unsafe { *a.add(p * R + r) });
+            let av = _mm512_set1_ps(unsafe { *a.add(r * k + p) });
             acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
             acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
             acc[2] = _mm512_fmadd_ps(av, b2, acc[2]);
