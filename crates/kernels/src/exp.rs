@@ -55,7 +55,7 @@ pub fn sum_exp(row: &[f32], scale: f32, shift: f32) -> f64 {
     sum_exp_dispatch(row, scale, shift)
 }
 
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn sum_exp_dispatch(row: &[f32], scale: f32, shift: f32) -> f64 {
     let mut total = 0f64;
     for block in row.chunks(BLOCK) {
@@ -79,7 +79,7 @@ pub fn sum_exp_below(row: &[f32], scale: f32, shift: f32, floor: f32) -> (f64, u
     sum_exp_below_dispatch(row, scale, shift, floor)
 }
 
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn sum_exp_below_dispatch(row: &[f32], scale: f32, shift: f32, floor: f32) -> (f64, usize) {
     let (mut total, mut equal) = (0f64, 0usize);
     for block in row.chunks(BLOCK) {

@@ -34,7 +34,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     });
 }
 
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn rms_norm_row(row: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let r = inv_rms(row, eps);
     for ((o, &v), &g) in out.iter_mut().zip(row).zip(w) {
@@ -72,7 +72,7 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], grad: &[f32], eps: f32, dx: &mut 
 }
 
 /// One row of [`rms_norm_backward`]: writes `dx`, adds to `dw`; `gw` is scratch of C values.
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn rms_norm_backward_row(row: &[f32], w: &[f32], g: &[f32], eps: f32, gw: &mut [f32], dx: &mut [f32], dw: &mut [f32]) {
     let c = w.len();
     let r = inv_rms(row, eps);

@@ -63,7 +63,7 @@ pub fn rope_to_heads(x: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32], out:
 }
 
 /// One (batch row, head) plane of [`rope_to_heads`]'s output.
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn rope_plane(x: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32], plane: usize, out: &mut [f32]) {
     let RopeShape { tokens: t, heads: n, head_dim: d, .. } = shape;
     let (half, b, h) = (d / 2, plane / n, plane % n);
@@ -83,7 +83,7 @@ pub fn rope_to_heads_backward(grad: &[f32], shape: RopeShape, cos: &[f32], sin: 
 }
 
 /// One (batch row, position) row of [`rope_to_heads_backward`]'s output.
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn rope_backward_row(grad: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32], row: usize, dx: &mut [f32]) {
     let RopeShape { tokens: t, heads: n, head_dim: d, .. } = shape;
     let (half, b, ti) = (d / 2, row / t, row % t);

@@ -5,7 +5,7 @@ use crate::exp::exp;
 use crate::reduce::{dot, max, sum};
 
 /// `out = softmax(x·scale + mask)` over one row.
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 pub(crate) fn softmax_row(x: &[f32], scale: f32, mask: &[f32], out: &mut [f32]) {
     for ((o, &v), &a) in out.iter_mut().zip(x).zip(mask) {
         *o = v * scale + a;
@@ -18,7 +18,7 @@ pub(crate) fn softmax_row(x: &[f32], scale: f32, mask: &[f32], out: &mut [f32]) 
 
 /// Gradient with respect to `x` of [`softmax_row`] given its output `p` and the gradient of the
 /// loss with respect to it: `dx = scale · p ⊙ (grad − Σ_j grad_j p_j)`.
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 pub(crate) fn softmax_backward_row(p: &[f32], grad: &[f32], scale: f32, dx: &mut [f32]) {
     let dot = dot(p, grad);
     for ((d, &pj), &gj) in dx.iter_mut().zip(p).zip(grad) {

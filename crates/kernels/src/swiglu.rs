@@ -20,7 +20,7 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
         .for_each(|(out, (gate, up))| swiglu_chunk(gate, up, out));
 }
 
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn swiglu_chunk(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g * sigmoid(g) * u;
@@ -41,7 +41,7 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], grad: &[f32], d_gate: &mut [f32
         .for_each(|((d_gate, d_up), ((gate, up), grad))| swiglu_backward_chunk(gate, up, grad, d_gate, d_up));
 }
 
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn swiglu_backward_chunk(gate: &[f32], up: &[f32], grad: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
     for (((dg, du), (&g, &u)), &o) in d_gate.iter_mut().zip(d_up.iter_mut()).zip(gate.iter().zip(up)).zip(grad) {
         let s = sigmoid(g);

@@ -79,28 +79,39 @@ pub fn topk_logprobs(logits: &[f32], vocab: usize, k: usize, temperature: f32) -
     TopK { k, ids, logprobs, tail_logprob: tail }
 }
 
+/// Entries [`select_top`] tests at once against the K-th value.
+const SCAN: usize = 32;
+
 /// The `k` largest entries of `row` as (value, id), largest first; equal values keep the lower id
 /// first. NaN entries are never selected unless fewer than `k` others exist.
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn select_top(row: &[f32], k: usize, top: &mut Vec<(f32, u32)>) {
     top.clear();
     if k == 0 {
         return;
     }
     let mut floor = f32::NEG_INFINITY; // the K-th value once K are held
-    for (i, &z) in row.iter().enumerate() {
-        let full = top.len() == k;
-        if z.is_nan() || (full && z <= floor) {
+    for (c, chunk) in row.chunks(SCAN).enumerate() {
+        // Once K are held, a chunk with nothing above the K-th value (almost every chunk after
+        // the first few hundred entries) is passed over by one branch-free, vectorised test.
+        if top.len() == k && !chunk.iter().fold(false, |any, &z| any | (z > floor)) {
             continue;
         }
-        // After every held value >= z: among equal values, the lower id (seen first) stays ahead.
-        let at = top.partition_point(|&(v, _)| v >= z);
-        if full {
-            top.pop();
-        }
-        top.insert(at, (z, i as u32));
-        if let Some(&(v, _)) = top.get(k - 1) {
-            floor = v;
+        for (j, &z) in chunk.iter().enumerate() {
+            let full = top.len() == k;
+            if z.is_nan() || (full && z <= floor) {
+                continue;
+            }
+            // After every held value >= z: among equal values, the lower id (seen first) stays
+            // ahead.
+            let at = top.partition_point(|&(v, _)| v >= z);
+            if full {
+                top.pop();
+            }
+            top.insert(at, (z, (c * SCAN + j) as u32));
+            if let Some(&(v, _)) = top.get(k - 1) {
+                floor = v;
+            }
         }
     }
     let mut next = 0u32;

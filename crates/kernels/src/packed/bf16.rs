@@ -30,7 +30,7 @@ pub fn to_bf16(v: f32) -> u16 {
 }
 
 /// Converts one row to bf16, zero-padding `dst` past the row.
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn row_to_bf16(src: &[f32], dst: &mut [u16]) {
     let (head, pad) = dst.split_at_mut(src.len());
     for (d, &v) in head.iter_mut().zip(src) {
