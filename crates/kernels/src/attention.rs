@@ -16,6 +16,7 @@
 
 use crate::matmul::{gemm_into, Operand, Threads};
 use crate::softmax::{softmax_backward_row, softmax_row};
+use crate::tile;
 use rayon::prelude::*;
 
 /// Queries per tile: small enough that the causal staircase wastes little, large enough for
@@ -130,12 +131,27 @@ impl Tile<'_> {
     /// Each query's softmax runs over its own keys only (the rest of its row is 0), so its
     /// figures do not depend on which other queries share the tile: a sequence scores the same
     /// alone as beside longer ones in a padded batch.
-    fn probabilities(&self, q: &[f32], k: &[f32], mask: &Mask, scale: f32, scores: &mut [f32], p: &mut [f32]) {
+    fn probabilities(&self, q: &[f32], keys: Keys, mask: &Mask, scale: f32, scores: &mut [f32], p: &mut [f32]) {
         let (dims, dh) = (self.dims, self.dims.head_dim);
         let (m, l) = (self.rows().len(), self.keys.1 - self.keys.0);
-        let q_tile = Operand::rows(&q[self.q_offset()..], dh);
-        let k_t = Operand::transposed(&k[self.kv_offset()..], dh);
-        gemm_into(scores, l, (m, l, dh), q_tile, k_t, false, Threads::Caller);
+        let q_tile = &q[self.q_offset()..];
+        // Row stride of `scores`.
+        let ls = match keys {
+            Keys::Rows(k) => {
+                let k_t = Operand::transposed(&k[self.kv_offset()..], dh);
+                gemm_into(scores, l, (m, l, dh), Operand::rows(q_tile, dh), k_t, false, Threads::Caller);
+                l
+            }
+            Keys::Transposed(kt) => {
+                // Whole registers of keys: the columns past L are the next keys or padding,
+                // computed and ignored.
+                let ls = l.next_multiple_of(tile::LANES);
+                let group = self.head / (dims.heads / dims.kv_heads);
+                let at = (self.b * dims.kv_heads + group) * dh * kt.stride + self.keys.0;
+                tile::product(q_tile, dh, &kt.data[at..], kt.stride, (m, ls, dh), scores, ls);
+                ls
+            }
+        };
         let plane = if mask.per_batch { self.b } else { 0 };
         for (i, row) in self.rows().enumerate() {
             let at = (plane * dims.queries + row) * dims.keys + self.keys.0;
@@ -143,8 +159,41 @@ impl Tile<'_> {
             let p_row = &mut p[i * l..(i + 1) * l];
             p_row.fill(0.0);
             let mask_row = &mask.data[at + own.start..at + own.end];
-            softmax_row(&scores[i * l..][own.clone()], scale, mask_row, &mut p_row[own]);
+            softmax_row(&scores[i * ls..][own.clone()], scale, mask_row, &mut p_row[own]);
         }
+    }
+}
+
+/// Where a tile's products read the keys.
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    /// `k` as given, (B, G, S, D).
+    Rows(&'a [f32]),
+    /// Transposed for the register-tile kernel.
+    Transposed(&'a TransposedKeys),
+}
+
+/// The keys as (B, G, D, stride): each key/value head's keys side by side for each of the D
+/// dimensions, so a row of query tiles' scores is a product of row-major operands. `stride`
+/// leaves room for a whole register past any tile's last key (zeros).
+struct TransposedKeys {
+    data: Vec<f32>,
+    stride: usize,
+}
+
+impl TransposedKeys {
+    fn new(dims: &Dims, k: &[f32]) -> Self {
+        let (s, dh) = (dims.keys, dims.head_dim);
+        let stride = (s + tile::LANES - 1).next_multiple_of(tile::LANES);
+        let mut data = vec![0f32; dims.batch * dims.kv_heads * dh * stride];
+        data.par_chunks_mut(dh * stride).zip(k.par_chunks(s * dh)).for_each(|(out, keys)| {
+            for (j, key) in keys.chunks(dh).enumerate() {
+                for (x, &value) in key.iter().enumerate() {
+                    out[x * stride + j] = value;
+                }
+            }
+        });
+        Self { data, stride }
     }
 }
 
@@ -158,6 +207,13 @@ pub fn forward(dims: &Dims, q: &[f32], k: &[f32], v: &[f32], mask: Mask, scale: 
     }
     let ranges = KeyRanges::new(dims, &mask);
     let tiles = dims.tiles();
+    // The register-tile kernel where the CPU has it and the head dimension is whole registers;
+    // `gemm` otherwise.
+    let transposed = (tile::available() && dh.is_multiple_of(tile::LANES)).then(|| TransposedKeys::new(dims, k));
+    let keys_at = match &transposed {
+        Some(kt) => Keys::Transposed(kt),
+        None => Keys::Rows(k),
+    };
     // One task per (batch row, query tile): its rows of `out` are contiguous.
     let tasks: Vec<(usize, usize, &mut [f32])> = out
         .chunks_mut(t * n * dh)
@@ -169,22 +225,26 @@ pub fn forward(dims: &Dims, q: &[f32], k: &[f32], v: &[f32], mask: Mask, scale: 
         let keys = ranges.tiles[plane * tiles + tile];
         let row_keys = &ranges.rows[plane * t + tile * QUERY_TILE..];
         let l = keys.1 - keys.0;
-        let mut scratch = vec![0f32; 2 * QUERY_TILE * l];
-        let (scores, p) = scratch.split_at_mut(QUERY_TILE * l);
+        let mut scratch = vec![0f32; QUERY_TILE * (2 * l + tile::LANES)];
+        let (scores, p) = scratch.split_at_mut(QUERY_TILE * (l + tile::LANES));
         for head in 0..n {
             let at = Tile { dims, b, head, tile, keys, row_keys };
             let m = at.rows().len();
-            at.probabilities(q, k, &mask, scale, scores, p);
-            let v_tile = Operand::rows(&v[at.kv_offset()..], dh);
-            gemm_into(
-                &mut out_rows[head * dh..],
-                n * dh,
-                (m, dh, l),
-                Operand::rows(p, l),
-                v_tile,
-                false,
-                Threads::Caller,
-            );
+            at.probabilities(q, keys_at, &mask, scale, scores, p);
+            let v_tile = &v[at.kv_offset()..];
+            let out_head = &mut out_rows[head * dh..];
+            match keys_at {
+                Keys::Transposed(_) => tile::product(p, l, v_tile, dh, (m, dh, l), out_head, n * dh),
+                Keys::Rows(_) => gemm_into(
+                    out_head,
+                    n * dh,
+                    (m, dh, l),
+                    Operand::rows(p, l),
+                    Operand::rows(v_tile, dh),
+                    false,
+                    Threads::Caller,
+                ),
+            }
         }
     });
 }
@@ -234,7 +294,7 @@ pub fn backward(
                     let (m, l) = (at.rows().len(), keys.1 - keys.0);
                     let (scores, rest) = scratch.split_at_mut(QUERY_TILE * longest);
                     let (p, dp) = rest.split_at_mut(QUERY_TILE * longest);
-                    at.probabilities(q, k, &mask, scale, scores, p);
+                    at.probabilities(q, Keys::Rows(k), &mask, scale, scores, p);
                     let (p, dp, ds) = (&p[..m * l], &mut dp[..m * l], &mut scores[..m * l]);
                     let grad_tile = Operand::rows(&grad[(b * t + at.rows().start) * n * dh + head * dh..], n * dh);
                     let q_tile = Operand::rows(&q[at.q_offset()..], dh);
@@ -343,18 +403,21 @@ mod tests {
     /// shapes, against the float64 reference.
     #[test]
     fn forward_matches_float64() {
-        for (t, past) in [(QUERY_TILE * 2 + 5, 0), (7, 3), (QUERY_TILE, 0)] {
-            let dims = Dims { batch: 2, heads: 4, kv_heads: 2, queries: t, keys: past + t, head_dim: 8 };
-            let q = values(2 * 4 * t * 8, 1);
-            let k = values(2 * 2 * (past + t) * 8, 2);
+        // Head dimension 8 runs `gemm`; 16 the register-tile kernel where the CPU has AVX-512F.
+        for (t, past, d) in
+            [(QUERY_TILE * 2 + 5, 0, 8), (7, 3, 8), (QUERY_TILE, 0, 8), (QUERY_TILE * 2 + 5, 0, 16), (7, 3, 16)]
+        {
+            let dims = Dims { batch: 2, heads: 4, kv_heads: 2, queries: t, keys: past + t, head_dim: d };
+            let q = values(2 * 4 * t * d, 1);
+            let k = values(2 * 2 * (past + t) * d, 2);
             let v = values(k.len(), 3);
             let (causal, packed) = masks(2, t, past);
             for mask in [Mask { data: &causal, per_batch: false }, Mask { data: &packed, per_batch: true }] {
-                let mut out = vec![f32::NAN; 2 * t * 4 * 8];
+                let mut out = vec![f32::NAN; 2 * t * 4 * d];
                 forward(&dims, &q, &k, &v, mask, 0.35, &mut out);
                 let want = reference(&dims, &q, &k, &v, &mask, 0.35);
                 for (i, (a, w)) in out.iter().zip(&want).enumerate() {
-                    assert!((*a as f64 - w).abs() < 2e-5, "T={t} past={past} out[{i}]: {a} vs {w}");
+                    assert!((*a as f64 - w).abs() < 2e-5, "T={t} past={past} D={d} out[{i}]: {a} vs {w}");
                 }
             }
         }

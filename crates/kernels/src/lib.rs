@@ -13,6 +13,7 @@ pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
 pub mod swiglu;
+pub mod tile;
 pub mod topk;
 
 pub use topk::{topk_logprobs, TopK};

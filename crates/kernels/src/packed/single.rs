@@ -5,11 +5,12 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::Out;
+use crate::tile;
 
 /// Rows per register tile.
-const TILE: usize = 8;
+const TILE: usize = tile::max_rows(NR / tile::LANES);
 /// Output columns per panel: three 16-lane registers.
-pub(super) const NR: usize = 48;
+pub(super) const NR: usize = 3 * tile::LANES;
 /// Rows per task: with K up to a few thousand, the task's rows stay in L2 while its panels pass.
 pub(super) const MC: usize = 64;
 
@@ -68,63 +69,15 @@ pub(super) unsafe fn task(
                 true => (out.at(r0, panel * NR), out.n),
                 false => (tile_out.as_mut_ptr(), NR),
             };
-            // SAFETY: `Precision::F32.available()` was checked by `matmul`; `a` holds `real`
-            // rows of k values and `b` k × NR, as the kernel reads; `dst` takes `real` rows of
-            // NR values `dst_rs` apart: inside this task's rectangle of the output when direct,
-            // inside `tile_out` otherwise.
-            unsafe {
-                match real {
-                    8 => kernel::<8>(a, b, k, dst, dst_rs),
-                    7 => kernel::<7>(a, b, k, dst, dst_rs),
-                    6 => kernel::<6>(a, b, k, dst, dst_rs),
-                    5 => kernel::<5>(a, b, k, dst, dst_rs),
-                    4 => kernel::<4>(a, b, k, dst, dst_rs),
-                    3 => kernel::<3>(a, b, k, dst, dst_rs),
-                    2 => kernel::<2>(a, b, k, dst, dst_rs),
-                    _ => kernel::<1>(a, b, k, dst, dst_rs),
-                }
-            }
+            // SAFETY: `Precision::F32.available()` (AVX-512F) was checked by `matmul`; `a`
+            // holds `real` ≤ 8 rows of k values and `b` k rows of NR, as the kernel reads; `dst`
+            // takes `real` rows of NR values `dst_rs` apart: inside this task's rectangle of the
+            // output when direct, inside `tile_out` otherwise.
+            unsafe { tile::run((real, NR / tile::LANES), a.as_ptr(), k, b.as_ptr(), NR, k, dst, dst_rs) };
             if !direct {
                 // SAFETY: inside this task's rectangle.
                 unsafe { out.store(&tile_out, NR, real, (r0, panel * NR), cols) };
             }
         }
     }
-}
-
-/// One R × NR tile over all K: `a` is R rows of K values, `b` one panel; the tile's rows go to
-/// `dst`, `dst_rs` apart.
-///
-/// # Safety
-/// The CPU has AVX-512F; `dst` can take R rows of NR values `dst_rs` apart.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize>(a: &[f32], b: &[f32], k: usize, dst: *mut f32, dst_rs: usize) {
-    use std::arch::x86_64::*;
-    debug_assert!(a.len() >= R * k && b.len() >= k * NR);
-    let mut acc = [[_mm512_setzero_ps(); 3]; R];
-    let (a, b) = (a.as_ptr(), b.as_ptr());
-    for p in 0..k {
-        // SAFETY (the loads): inside `a` and `b`, as asserted above.
-        let b0 = unsafe { _mm512_loadu_ps(b.add(p * NR)) };
-        let b1 = unsafe { _mm512_loadu_ps(b.add(p * NR + 16)) };
-        let b2 = unsafe { _mm512_loadu_ps(b.add(p * NR + 32)) };
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(unsafe { *a.add(r * k + p) });
-            acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-            acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-            acc[2] = _mm512_fmadd_ps(av, b2, acc[2]);
-        }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        for (j, v) in acc.iter().enumerate() {
-            // SAFETY: row r < R of `dst`, 16 values at column 16·j < NR (the caller's bounds).
-            unsafe { _mm512_storeu_ps(dst.add(r * dst_rs + 16 * j), *v) };
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel<const R: usize>(_: &[f32], _: &[f32], _: usize, _: *mut f32, _: usize) {
-    unreachable!("Precision::F32.available() is false off x86_64")
 }
