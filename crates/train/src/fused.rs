@@ -63,7 +63,7 @@ struct RowStats {
 /// The statistics of one logits row. The tail is summed directly over the entries outside `ids`
 /// (which are set to −∞ for that pass and then restored), not taken as Σ all − Σ ids: a student
 /// whose top-K holds all but 1e-9 of its mass keeps its tail's digits.
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn row_stats(z: &mut [f32], ids: &[u32], tau: f32, need_one: bool, need_plogp: bool) -> RowStats {
     let max = reduce::max(z);
     let inv = 1.0 / tau;
@@ -129,7 +129,7 @@ struct RowGrads<'a> {
 }
 
 /// Overwrites the logits row `z` with ∂L/∂z given the row's gradients.
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn row_backward(z: &mut [f32], ids: &[u32], target: u32, tau: f32, s: &RowStats, grads: &RowGrads) {
     let (g, g_ce, g_x) = (grads.buckets, grads.ce, grads.plogp);
     let k = ids.len();
