@@ -18,12 +18,12 @@
 //! The three products run through `gemm` on the tensors' own memory: the logits chunk is written
 //! into one buffer reused for every chunk, computed once and overwritten in place by its
 //! gradient, and dW accumulates in place, so no (V, C) temporary is made per chunk. What comes
-//! back is the loss value and an *objective* tensor, Σ h ⊙ dh + Σ W ⊙ dW (with dh, dW constants), whose
-//! gradient through the model equals the loss's: backward on it trains the student, including a
-//! head tied to the embeddings. The composed path ([`crate::loss::per_position_loss`]) is the
+//! back is the loss value and an *objective* tensor, a scalar (the loss, on the CPU) whose
+//! gradients with respect to h and W are dh and dW: backward on it trains the student, including
+//! a head tied to the embeddings. The composed path ([`crate::loss::per_position_loss`]) is the
 //! reference this is tested against.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::loss::{loss_from_buckets, LossConfig, PlainTargets, TailSelf, NEG_BIG};
@@ -221,8 +221,37 @@ pub fn head_loss_in_chunks(
     })??;
     let dh = Tensor::from_vec(dh, (n, c), device)?;
     let dw = Tensor::from_vec(dw, (v, c), device)?;
-    let objective = ((hidden * dh)?.sum_all()? + (head * dw)?.sum_all()?)?;
+    let objective = if device.is_cpu() && hidden.dtype() == DType::F32 && head.dtype() == DType::F32 {
+        hidden.apply_op2(head, Objective { loss: loss as f32, dh, dw })?
+    } else {
+        ((hidden * dh)?.sum_all()? + (head * dw)?.sum_all()?)?
+    };
     Ok(HeadLoss { loss, objective })
+}
+
+/// The loss as a scalar whose gradients with respect to (h, W) are the dh and dW computed with
+/// it, handed back as they are: nothing of size (V, C) is multiplied or summed on the way (the
+/// composed objective Σ h ⊙ dh + Σ W ⊙ dW costs three passes over W per step).
+struct Objective {
+    loss: f32,
+    dh: Tensor,
+    dw: Tensor,
+}
+
+impl CustomOp2 for Objective {
+    fn name(&self) -> &'static str {
+        "fused-head-objective"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![self.loss]), Shape::from(())))
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let scaled = |t: &Tensor| if g == 1.0 { Ok(t.clone()) } else { t.affine(g as f64, 0.0) };
+        Ok((Some(scaled(&self.dh)?), Some(scaled(&self.dw)?)))
+    }
 }
 
 /// The loss and its gradients dh (N·C) and dW (V·C) from row-major `h` (N, C) and `w` (V, C).
@@ -424,6 +453,25 @@ mod tests {
                     assert!(d < 1e-4 * scale.max(1.0), "{cfg:?}, {rows} rows: gradient differs by {d} (scale {scale})");
                 }
             }
+        }
+    }
+
+    /// The objective's value is the loss, and a scaled objective scales both gradients (the
+    /// op hands dh and dW back as they are only for a unit gradient).
+    #[test]
+    fn the_objective_is_the_loss_and_scales_its_gradients() {
+        let (n, c, v, k) = (7, 8, 40, 4);
+        let cfg = config(Divergence::ForwardKl, 1.0, 1.0, TailModel::Bucket);
+        let (hidden, head, targets) = case(n, c, v, k, 9);
+        let fused = head_loss(hidden.as_tensor(), head.as_tensor(), &targets, k, &cfg).unwrap();
+        let value = fused.objective.to_scalar::<f32>().unwrap() as f64;
+        assert!((value - fused.loss).abs() < 1e-6 * fused.loss.abs().max(1.0), "{value} vs {}", fused.loss);
+        let whole = fused.objective.backward().unwrap();
+        let scaled = (&fused.objective * -2.5).unwrap().backward().unwrap();
+        for var in [&hidden, &head] {
+            let want = (whole.get(var.as_tensor()).unwrap() * -2.5).unwrap();
+            let d = max_diff(scaled.get(var.as_tensor()).unwrap(), &want);
+            assert!(d < 1e-6, "scaled gradient differs by {d}");
         }
     }
 
