@@ -51,21 +51,20 @@ pub fn product(
         let height = max_rows(regs);
         for r0 in (0..m).step_by(height) {
             let rows = height.min(m - r0);
+            // Addresses only: the kernel reads and writes inside the slices.
+            let tile = Tile {
+                a: a.as_ptr().wrapping_add(r0 * a_rs),
+                a_rs,
+                b: b.as_ptr().wrapping_add(c0),
+                b_rs,
+                k,
+                dst: dst.as_mut_ptr().wrapping_add(r0 * dst_rs + c0),
+                dst_rs,
+            };
             // SAFETY: AVX-512F is present (asserted); the tile's rows of `a` (k values each),
             // the k rows of `b` (regs · LANES values from column c0) and `dst`'s rectangle lie
             // inside the slices, as asserted above.
-            unsafe {
-                run(
-                    (rows, regs),
-                    a.as_ptr().add(r0 * a_rs),
-                    a_rs,
-                    b.as_ptr().add(c0),
-                    b_rs,
-                    k,
-                    dst.as_mut_ptr().add(r0 * dst_rs + c0),
-                    dst_rs,
-                )
-            };
+            unsafe { run((rows, regs), tile) };
         }
         c0 += regs * LANES;
     }
@@ -81,26 +80,29 @@ pub const fn max_rows(regs: usize) -> usize {
     }
 }
 
+/// One tile's operands: `a` (rows, k) and `b` (k, columns) read, `dst` (rows, columns) written,
+/// each row `*_rs` values after the previous one.
+#[derive(Clone, Copy)]
+pub(crate) struct Tile {
+    pub a: *const f32,
+    pub a_rs: usize,
+    pub b: *const f32,
+    pub b_rs: usize,
+    pub k: usize,
+    pub dst: *mut f32,
+    pub dst_rs: usize,
+}
+
 /// One tile of `rows` × `regs`·[`LANES`] through the kernel of that size.
 ///
 /// # Safety
 /// As [`kernel`]; `rows` ≤ [`max_rows`]`(regs)`, `regs` in 1..=4.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn run(
-    (rows, regs): (usize, usize),
-    a: *const f32,
-    a_rs: usize,
-    b: *const f32,
-    b_rs: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-) {
+pub(crate) unsafe fn run((rows, regs): (usize, usize), tile: Tile) {
     macro_rules! sizes {
         ($(($r:literal, $v:literal)),*) => {
             match (rows, regs) {
                 // SAFETY: the caller's.
-                $(($r, $v) => unsafe { kernel::<$r, $v>(a, a_rs, b, b_rs, k, dst, dst_rs) },)*
+                $(($r, $v) => unsafe { kernel::<$r, $v>(tile) },)*
                 _ => unreachable!("no {rows} × {regs} register tile"),
             }
         };
@@ -146,17 +148,9 @@ pub(crate) unsafe fn run(
 /// `b_rs` apart, and `dst` can take R rows of V·16 values `dst_rs` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const R: usize, const V: usize>(
-    a: *const f32,
-    a_rs: usize,
-    b: *const f32,
-    b_rs: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-) {
+unsafe fn kernel<const R: usize, const V: usize>(tile: Tile) {
     use std::arch::x86_64::*;
+    let Tile { a, a_rs, b, b_rs, k, dst, dst_rs } = tile;
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     for p in 0..k {
         let mut bv = [_mm512_setzero_ps(); V];
@@ -181,16 +175,7 @@ unsafe fn kernel<const R: usize, const V: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const R: usize, const V: usize>(
-    _: *const f32,
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: *mut f32,
-    _: usize,
-) {
+unsafe fn kernel<const R: usize, const V: usize>(_: Tile) {
     unreachable!("tile::available() is false off x86_64")
 }
 

@@ -73,7 +73,8 @@ pub(super) unsafe fn task(
             // holds `real` ≤ 8 rows of k values and `b` k rows of NR, as the kernel reads; `dst`
             // takes `real` rows of NR values `dst_rs` apart: inside this task's rectangle of the
             // output when direct, inside `tile_out` otherwise.
-            unsafe { tile::run((real, NR / tile::LANES), a.as_ptr(), k, b.as_ptr(), NR, k, dst, dst_rs) };
+            let operands = tile::Tile { a: a.as_ptr(), a_rs: k, b: b.as_ptr(), b_rs: NR, k, dst, dst_rs };
+            unsafe { tile::run((real, NR / tile::LANES), operands) };
             if !direct {
                 // SAFETY: inside this task's rectangle.
                 unsafe { out.store(&tile_out, NR, real, (r0, panel * NR), cols) };
