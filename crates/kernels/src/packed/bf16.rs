@@ -9,12 +9,31 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{tiles, Out};
+use super::Out;
 
 /// Output columns per panel: two 16-lane registers.
 pub(super) const NR: usize = 32;
 /// Rows per task: the task's bf16 rows stay in cache while its panels pass over them.
 pub(super) const MC: usize = 128;
+
+/// Register-tile heights: full tiles take 8 rows; the last one of a block the next power of two
+/// above what is left, so a decoding step's single row does not pay for eight.
+fn tile_rows(left: usize) -> usize {
+    left.min(8).next_power_of_two()
+}
+
+/// The register tiles of a block of `count` rows: (first row, real rows, kernel height).
+fn tiles(count: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let mut r0 = 0;
+    std::iter::from_fn(move || {
+        (r0 < count).then(|| {
+            let height = tile_rows(count - r0);
+            let real = height.min(count - r0);
+            r0 += real;
+            (r0 - real, real, height)
+        })
+    })
+}
 
 /// f32 → bf16, rounding to nearest even (NaN stays NaN).
 #[inline(always)]
@@ -147,5 +166,13 @@ mod tests {
         assert_eq!(from_bf16(to_bf16(1.0 + 1.5 / 256.0)), 1.0 + 2.0 / 256.0);
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
         assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+    }
+
+    #[test]
+    fn tile_heights() {
+        assert_eq!([1, 2, 3, 5, 8, 9].map(tile_rows), [1, 2, 4, 8, 8, 8]);
+        assert_eq!(tiles(19).collect::<Vec<_>>(), [(0, 8, 8), (8, 8, 8), (16, 3, 4)]);
+        assert_eq!(tiles(1).collect::<Vec<_>>(), [(0, 1, 1)]);
+        assert_eq!(tiles(0).count(), 0);
     }
 }

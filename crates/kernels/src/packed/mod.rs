@@ -33,18 +33,23 @@ pub enum Precision {
 impl Precision {
     /// Whether this CPU runs the kernel.
     pub fn available(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            match self {
-                Precision::F32 => has!("avx512f"),
-                Precision::Bf16 => has!("avx512f") && has!("avx512bf16"),
-            }
+        // The f32 kernel is the register-tile kernel; bf16 needs AVX-512 BF16 on top.
+        match self {
+            Precision::F32 => crate::tile::available(),
+            Precision::Bf16 => crate::tile::available() && bf16_instructions(),
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+    }
+}
+
+/// Whether the CPU has AVX-512 BF16's dot products.
+fn bf16_instructions() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -177,25 +182,6 @@ impl Out {
     }
 }
 
-/// Register-tile heights: full tiles take 8 rows; the last one of a block the next power of two
-/// above what is left, so a decoding step's single row does not pay for eight.
-fn tile_rows(left: usize) -> usize {
-    left.min(8).next_power_of_two()
-}
-
-/// The register tiles of a block of `count` rows: (first row, real rows, kernel height).
-fn tiles(count: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-    let mut r0 = 0;
-    std::iter::from_fn(move || {
-        (r0 < count).then(|| {
-            let height = tile_rows(count - r0);
-            let real = height.min(count - r0);
-            r0 += real;
-            (r0 - real, real, height)
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,13 +265,5 @@ mod tests {
         let (_, w) = case(1, n, k);
         assert_eq!(PackedWeight::pack(&w, n, k, Precision::F32).unpack(), Some(w.clone()));
         assert_eq!(PackedWeight::pack(&w, n, k, Precision::Bf16).unpack(), None);
-    }
-
-    #[test]
-    fn tile_heights() {
-        assert_eq!([1, 2, 3, 5, 8, 9].map(tile_rows), [1, 2, 4, 8, 8, 8]);
-        assert_eq!(tiles(19).collect::<Vec<_>>(), [(0, 8, 8), (8, 8, 8), (16, 3, 4)]);
-        assert_eq!(tiles(1).collect::<Vec<_>>(), [(0, 1, 1)]);
-        assert_eq!(tiles(0).count(), 0);
     }
 }
