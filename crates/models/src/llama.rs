@@ -384,8 +384,8 @@ impl Llama {
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps;
         let h = ops::rms_norm(x, &block.attn_norm, eps)?;
-        let attn = self.attention(block, &h, frame, cache, probe.as_mut().map(|(p, v)| (&mut **p, *v)))?;
-        let x = (x + attn)?;
+        let heads = self.attention(block, &h, frame, cache, probe.as_mut().map(|(p, v)| (&mut **p, *v)))?;
+        let x = block.o_proj.apply_residual(&heads, x)?;
         let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
         let gate = block.gate_proj.apply(&h, None)?; // (B, T, I)
         let up = block.up_proj.apply(&h, None)?;
@@ -394,10 +394,10 @@ impl Llama {
             let energy = act.detach().sqr()?.broadcast_mul(&valid.unsqueeze(2)?)?.sum((0, 1))?; // (I)
             probe.add_mlp(&energy.to_dtype(DType::F32)?.to_vec1::<f32>()?, valid)?;
         }
-        let mlp = block.down_proj.apply(&act, None)?; // (B, T, C)
-        Ok((x + mlp)?)
+        Ok(block.down_proj.apply_residual(&act, &x)?) // (B, T, C)
     }
 
+    /// Self-attention's heads, side by side: (B, T, H·D), the output projection's input.
     fn attention(
         &self,
         block: &Block,
@@ -436,7 +436,7 @@ impl Llama {
             let energy = energy.broadcast_mul(&valid.unsqueeze(2)?)?.sum((0, 1))?; // (H)
             probe.add_heads(&energy.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         }
-        Ok(block.o_proj.apply(&out, None)?)
+        Ok(out)
     }
 }
 

@@ -50,6 +50,15 @@ impl Proj {
             Proj::Packed { packed, .. } => ops::linear_packed(x, packed, bias),
         }
     }
+
+    /// `residual + x @ wᵀ`: a residual connection after a projection without bias. The packed
+    /// kernel adds it as it writes the product; the values are the same either way.
+    pub(crate) fn apply_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Proj::Plain(w) => residual + ops::linear(x, w, None)?,
+            Proj::Packed { packed, .. } => ops::linear_packed_residual(x, packed, residual),
+        }
+    }
 }
 
 /// A (C_out, C_in) f32 CPU tensor packed for `precision`'s kernel.

@@ -120,6 +120,18 @@ pub fn matmul(x: &[f32], w: &PackedWeight, y: &mut [f32]) {
 /// [`matmul`] into memory not yet initialised (a fresh output need not be zeroed first): every
 /// element of `y` is written.
 pub fn matmul_uninit(x: &[f32], w: &PackedWeight, y: &mut [MaybeUninit<f32>]) {
+    run(x, w, None, y);
+}
+
+/// `y` = `residual` + `x` · Wᵀ, into memory not yet initialised: a residual connection added as
+/// each task's block of the product is still in cache, instead of a pass of its own. Each value
+/// is `residual + sum`, rounded once, as the separate addition would give.
+pub fn matmul_residual(x: &[f32], w: &PackedWeight, residual: &[f32], y: &mut [MaybeUninit<f32>]) {
+    assert_eq!(residual.len(), y.len(), "packed matmul: the residual is not the output's size");
+    run(x, w, Some(residual), y);
+}
+
+fn run(x: &[f32], w: &PackedWeight, residual: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
     let precision = w.precision();
     assert!(precision.available(), "the {precision:?} packed matmul needs AVX-512; check Precision::available() first");
     let (n, k) = (w.n, w.k);
@@ -127,15 +139,23 @@ pub fn matmul_uninit(x: &[f32], w: &PackedWeight, y: &mut [MaybeUninit<f32>]) {
     let m = x.len() / k;
     assert_eq!(y.len(), m * n, "packed matmul: output is not ({m}, {n})");
     let out = Out { ptr: y.as_mut_ptr().cast::<f32>(), n };
-    match &w.panels {
-        // SAFETY (both arms): `grid` hands each task a disjoint rectangle of `y`, which outlives it.
-        Panels::F32(data) => {
-            grid(m, n, single::NR, single::MC, |rows, panels| unsafe { single::task(x, data, k, rows, panels, &out) })
+    let (nr, mc) = match &w.panels {
+        Panels::F32(_) => (single::NR, single::MC),
+        Panels::Bf16 { .. } => (bf16::NR, bf16::MC),
+    };
+    grid(m, n, nr, mc, |rows, panels| {
+        let cols = panels.start * nr..(panels.end * nr).min(n);
+        match &w.panels {
+            // SAFETY (both arms): `grid` hands each task a disjoint rectangle of `y`, which
+            // outlives it.
+            Panels::F32(data) => unsafe { single::task(x, data, k, rows.clone(), panels, &out) },
+            Panels::Bf16 { pairs, data } => unsafe { bf16::task(x, data, k, *pairs, rows.clone(), panels, &out) },
         }
-        Panels::Bf16 { pairs, data } => {
-            grid(m, n, bf16::NR, bf16::MC, |rows, panels| unsafe { bf16::task(x, data, k, *pairs, rows, panels, &out) })
+        if let Some(residual) = residual {
+            // SAFETY: the task's own rectangle, which it has just written.
+            unsafe { out.add(residual, rows, cols) };
         }
-    }
+    });
 }
 
 /// Runs `task` over a grid of blocks of `mc` rows × groups of `nr`-column panels: enough groups
@@ -167,6 +187,21 @@ impl Out {
     /// The address of output element (row, col).
     fn at(&self, row: usize, col: usize) -> *mut f32 {
         self.ptr.wrapping_add(row * self.n + col)
+    }
+
+    /// Adds `residual` (laid out as the output) to the rectangle `rows` × `cols`.
+    ///
+    /// # Safety
+    /// The rectangle must lie inside the output, be written already, and belong to the calling
+    /// task alone.
+    unsafe fn add(&self, residual: &[f32], rows: Range<usize>, cols: Range<usize>) {
+        for row in rows {
+            // SAFETY: the caller's rectangle, initialised.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.at(row, cols.start), cols.len()) };
+            for (d, &r) in dst.iter_mut().zip(&residual[row * self.n + cols.start..row * self.n + cols.end]) {
+                *d += r;
+            }
+        }
     }
 
     /// Writes the first `rows` rows of a register tile (`nr` values per row) at output row `row`,
@@ -255,6 +290,29 @@ mod tests {
                     part == all[start * n..(start + len) * n],
                     "{precision:?} rows {start}..+{len} differ from the batch"
                 );
+            }
+        }
+    }
+
+    /// The residual variant gives, bit for bit, the product plus the residual added after it.
+    #[test]
+    fn the_residual_is_added_to_the_product_as_a_separate_addition_would() {
+        let (m, n, k) = (2 * single::MC + 3, 2 * single::NR + 7, 19);
+        let (x, w) = case(m, n, k);
+        let residual: Vec<f32> = (0..m * n).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.31).collect();
+        for precision in [Precision::F32, Precision::Bf16] {
+            if !precision.available() {
+                continue;
+            }
+            let packed = PackedWeight::pack(&w, n, k, precision);
+            let mut product = vec![0f32; m * n];
+            matmul(&x, &packed, &mut product);
+            let mut y = vec![MaybeUninit::uninit(); m * n];
+            matmul_residual(&x, &packed, &residual, &mut y);
+            for (i, (y, (p, r))) in y.iter().zip(product.iter().zip(&residual)).enumerate() {
+                // SAFETY: `matmul_residual` wrote every value.
+                let y = unsafe { y.assume_init() };
+                assert!(y.to_bits() == (r + p).to_bits(), "{precision:?} y[{i}]: {y} vs {r} + {p}");
             }
         }
     }

@@ -138,6 +138,28 @@ pub fn linear_packed(x: &Tensor, weight: &Arc<PackedWeight>, bias: Option<&Tenso
     on_rows(x, weight.out_features(), bias, |rows| rows.contiguous()?.apply_op1(packed::PackedLinear(weight.clone())))
 }
 
+/// `residual + x @ wᵀ` against a packed weight: the residual connection added inside the
+/// matmul, as each block of the product is still in cache. `residual` has the output's shape
+/// (…, C_out). The same values as [`linear_packed`] followed by the addition; inference only.
+pub fn linear_packed_residual(x: &Tensor, weight: &Arc<PackedWeight>, residual: &Tensor) -> Result<Tensor> {
+    let (c_in, c_out) = (weight.in_features(), weight.out_features());
+    let rows = x.elem_count() / c_in.max(1);
+    if x.dims().last() != Some(&c_in)
+        || !cpu_f32(&[x, residual])
+        || residual.dims().last() != Some(&c_out)
+        || residual.elem_count() != rows * c_out
+    {
+        candle_core::bail!(
+            "packed linear: input {:?} and residual {:?} do not fit a weight of {c_out}×{c_in}",
+            x.dims(),
+            residual.dims()
+        );
+    }
+    let flat = |t: &Tensor, c: usize| t.reshape((rows, c))?.contiguous();
+    let y = flat(x, c_in)?.apply_op2(&flat(residual, c_out)?, packed::PackedLinearResidual(weight.clone()))?;
+    y.reshape(residual.shape())
+}
+
 /// Applies `project` ((rows, C_in) → (rows, C_out)) to the rows of a (…, C_in) input, adds the
 /// bias and restores the leading dimensions: (…, C_out).
 fn on_rows(

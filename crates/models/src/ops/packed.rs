@@ -1,9 +1,10 @@
-//! The packed-weight matmul behind [`super::linear_packed`]: forward only.
+//! The packed-weight matmuls behind [`super::linear_packed`] and
+//! [`super::linear_packed_residual`]: forward only.
 
 use std::sync::Arc;
 
 use super::operand;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use distill_kernels::packed::{self, PackedWeight};
 
 /// `x · Wᵀ` for (R, K) rows against a packed (N, K) weight.
@@ -29,4 +30,34 @@ impl CustomOp1 for PackedLinear {
     }
     // No backward: candle reports "backward not supported" for this op, so a model that runs its
     // matmuls on packed weights cannot be trained by mistake.
+}
+
+/// `residual + x · Wᵀ` for (R, K) rows against a packed (N, K) weight and an (R, N) residual.
+pub(super) struct PackedLinearResidual(pub(super) Arc<PackedWeight>);
+
+impl CustomOp2 for PackedLinearResidual {
+    fn name(&self) -> &'static str {
+        "packed-linear-residual"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = operand(s1, l1, "packed linear", "input")?;
+        let residual = operand(s2, l2, "packed linear", "residual")?;
+        let (n, k) = (self.0.out_features(), self.0.in_features());
+        let rows = x.len() / k;
+        if x.len() % k != 0 || residual.len() != rows * n {
+            candle_core::bail!(
+                "packed linear: input of {} values and residual of {} do not fit a weight of {n}×{k}",
+                x.len(),
+                residual.len()
+            );
+        }
+        let len = rows * n;
+        let mut y = Vec::with_capacity(len);
+        packed::matmul_residual(x, &self.0, residual, &mut y.spare_capacity_mut()[..len]);
+        // SAFETY: `matmul_residual` wrote all `len` values.
+        unsafe { y.set_len(len) };
+        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+    }
+    // No backward, as `PackedLinear`.
 }
