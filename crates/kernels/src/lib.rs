@@ -16,8 +16,26 @@ pub mod swiglu;
 pub mod tile;
 pub mod topk;
 
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
 pub use topk::{topk_logprobs, TopK};
 
 /// Values handed to one rayon task by the element-wise kernels: enough work to amortise the
 /// dispatch.
 const VALUES_PER_TASK: usize = 16 * 1024;
+
+/// A new vector of `len` values, filled in parallel chunks of `chunk` values by `fill` (given the
+/// chunk's index and its memory) without being zeroed first: a kernel's output is overwritten
+/// whole, and a serial memset of it would leave the other threads idle.
+///
+/// # Safety
+/// `fill` must write every value of the chunk it is given.
+unsafe fn written(len: usize, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
+    // SAFETY: every chunk of the `len` values was written (the caller's promise).
+    unsafe { out.set_len(len) };
+    out
+}

@@ -4,6 +4,8 @@
 //!
 //! Shapes: `x`, `out`, `grad`, `dx`: (R, C) row-major; `w`, `dw`: (C).
 
+use std::mem::MaybeUninit;
+
 use crate::reduce::dot;
 use crate::VALUES_PER_TASK;
 use rayon::prelude::*;
@@ -22,23 +24,25 @@ fn check(x: usize, w: usize, other: usize, what: &str) {
     assert_eq!(x, other, "RMSNorm {what} differs in size from its input");
 }
 
-/// `out[r] = x[r] · r_r · w`.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+/// Row `r` of the result is `x[r] · r_r · w`; a new vector.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let c = w.len();
-    check(x.len(), c, out.len(), "output");
+    check(x.len(), c, x.len(), "input");
     let chunk = c * rows_per_task(c);
-    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
-        for (o, row) in out.chunks_mut(c).zip(x.chunks(c)) {
+    let fill = |i: usize, out: &mut [MaybeUninit<f32>]| {
+        for (o, row) in out.chunks_mut(c).zip(x[i * chunk..].chunks(c)) {
             rms_norm_row(row, w, eps, o);
         }
-    });
+    };
+    // SAFETY: the chunk is whole rows of `x`, and `rms_norm_row` writes each value of a row.
+    unsafe { crate::written(x.len(), chunk, fill) }
 }
 
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn rms_norm_row(row: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+fn rms_norm_row(row: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
     let r = inv_rms(row, eps);
     for ((o, &v), &g) in out.iter_mut().zip(row).zip(w) {
-        *o = v * r * g;
+        o.write(v * r * g);
     }
 }
 
@@ -108,8 +112,7 @@ mod tests {
         let (rows, c, eps) = (6usize, 13usize, 1e-5f32);
         let x: Vec<f32> = (0..rows * c).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.13).collect();
         let w: Vec<f32> = (0..c).map(|i| 0.5 + (i * 7 % 5) as f32 * 0.3).collect();
-        let mut y = vec![0f32; rows * c];
-        rms_norm(&x, &w, eps, &mut y);
+        let y = rms_norm(&x, &w, eps);
         for (i, (a, b)) in y.iter().zip(reference(&x, &w, eps as f64)).enumerate() {
             assert!((*a as f64 - b).abs() < 1e-5, "y[{i}]: {a} vs {b}");
         }

@@ -6,7 +6,7 @@
 //! For each half-pair `(x1, x2)` at frequency `i`: `y1 = x1·cos − x2·sin`, `y2 = x2·cos + x1·sin`.
 //! The backward is the inverse rotation (`sin` negated) and the inverse move.
 
-use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Dimensions of one RoPE application. `cos` and `sin` are (B or 1, T, D/2) row-major: one row of
 /// half-dimension angles per (batch row, position), or one for every batch row.
@@ -32,39 +32,40 @@ impl RopeShape {
         }
     }
 
-    fn check(&self, x: usize, out: usize, cos: &[f32], sin: &[f32]) {
+    fn check(&self, x: usize, cos: &[f32], sin: &[f32]) {
         let half = self.head_dim / 2;
         let rows = if self.per_batch_angles { self.batch * self.tokens } else { self.tokens };
         assert!(self.head_dim.is_multiple_of(2), "RoPE head dimension {} is odd", self.head_dim);
-        assert!(x == self.len() && out == self.len(), "RoPE operands differ in size from {self:?}");
+        assert!(x == self.len(), "RoPE operand differs in size from {self:?}");
         assert!(cos.len() == rows * half && sin.len() == rows * half, "RoPE tables do not fit {self:?}");
     }
 }
 
 /// Rotates one head vector: `sign` +1 forward, −1 for the inverse rotation.
 #[inline(always)]
-fn rotate(x: &[f32], cos: &[f32], sin: &[f32], sign: f32, out: &mut [f32]) {
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], sign: f32, out: &mut [MaybeUninit<f32>]) {
     let half = cos.len();
     let (x1, x2) = x.split_at(half);
     let (o1, o2) = out.split_at_mut(half);
     for i in 0..half {
         let (c, s) = (cos[i], sign * sin[i]);
-        o1[i] = x1[i] * c - x2[i] * s;
-        o2[i] = x2[i] * c + x1[i] * s;
+        o1[i].write(x1[i] * c - x2[i] * s);
+        o2[i].write(x2[i] * c + x1[i] * s);
     }
 }
 
-/// `x`: (B, T, N, D) → `out`: (B, N, T, D), rotated.
-pub fn rope_to_heads(x: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32], out: &mut [f32]) {
-    shape.check(x.len(), out.len(), cos, sin);
+/// `x`: (B, T, N, D) → (B, N, T, D), rotated; a new vector.
+pub fn rope_to_heads(x: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32]) -> Vec<f32> {
+    shape.check(x.len(), cos, sin);
     let (t, d) = (shape.tokens, shape.head_dim);
     // One task per (batch row, head) plane of the output.
-    out.par_chunks_mut(t * d).enumerate().for_each(|(plane, out)| rope_plane(x, shape, cos, sin, plane, out));
+    // SAFETY: `rope_plane` writes each of the plane's T rows of D values.
+    unsafe { crate::written(x.len(), t * d, |plane, out| rope_plane(x, shape, cos, sin, plane, out)) }
 }
 
 /// One (batch row, head) plane of [`rope_to_heads`]'s output.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn rope_plane(x: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32], plane: usize, out: &mut [f32]) {
+fn rope_plane(x: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32], plane: usize, out: &mut [MaybeUninit<f32>]) {
     let RopeShape { tokens: t, heads: n, head_dim: d, .. } = shape;
     let (half, b, h) = (d / 2, plane / n, plane % n);
     for (ti, o) in out.chunks_mut(d).enumerate() {
@@ -74,17 +75,25 @@ fn rope_plane(x: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32], plane: usiz
     }
 }
 
-/// Gradient of [`rope_to_heads`]: `grad` (B, N, T, D) → `dx` (B, T, N, D).
-pub fn rope_to_heads_backward(grad: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32], dx: &mut [f32]) {
-    shape.check(grad.len(), dx.len(), cos, sin);
+/// Gradient of [`rope_to_heads`]: `grad` (B, N, T, D) → `dx` (B, T, N, D), a new vector.
+pub fn rope_to_heads_backward(grad: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32]) -> Vec<f32> {
+    shape.check(grad.len(), cos, sin);
     let (n, d) = (shape.heads, shape.head_dim);
     // One task per (batch row, position) row of the input.
-    dx.par_chunks_mut(n * d).enumerate().for_each(|(row, dx)| rope_backward_row(grad, shape, cos, sin, row, dx));
+    // SAFETY: `rope_backward_row` writes each of the row's N heads of D values.
+    unsafe { crate::written(grad.len(), n * d, |row, dx| rope_backward_row(grad, shape, cos, sin, row, dx)) }
 }
 
 /// One (batch row, position) row of [`rope_to_heads_backward`]'s output.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn rope_backward_row(grad: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32], row: usize, dx: &mut [f32]) {
+fn rope_backward_row(
+    grad: &[f32],
+    shape: RopeShape,
+    cos: &[f32],
+    sin: &[f32],
+    row: usize,
+    dx: &mut [MaybeUninit<f32>],
+) {
     let RopeShape { tokens: t, heads: n, head_dim: d, .. } = shape;
     let (half, b, ti) = (d / 2, row / t, row % t);
     let a = shape.angle_row(b, ti) * half;
@@ -125,14 +134,12 @@ mod tests {
                 }
                 y
             };
-            let mut y = vec![0f32; x.len()];
-            rope_to_heads(&x, shape, &cos, &sin, &mut y);
+            let y = rope_to_heads(&x, shape, &cos, &sin);
             for (i, (a, e)) in y.iter().zip(reference(&x)).enumerate() {
                 assert!((*a as f64 - e).abs() < 1e-5, "y[{i}]: {a} vs {e}");
             }
             let g: Vec<f32> = (0..x.len()).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.5).collect();
-            let mut dx = vec![0f32; x.len()];
-            rope_to_heads_backward(&g, shape, &cos, &sin, &mut dx);
+            let dx = rope_to_heads_backward(&g, shape, &cos, &sin);
             let loss = |x: &[f32]| -> f64 { reference(x).iter().zip(&g).map(|(a, b)| a * *b as f64).sum() };
             let h = 1e-3f32;
             for i in 0..x.len() {

@@ -3,6 +3,8 @@
 //!
 //! With `σ = 1 / (1 + e^−g)`: `d/dgate = up · σ · (1 + g · (1 − σ))`, `d/dup = g · σ`.
 
+use std::mem::MaybeUninit;
+
 use crate::exp::exp;
 use crate::VALUES_PER_TASK;
 use rayon::prelude::*;
@@ -12,18 +14,21 @@ fn sigmoid(g: f32) -> f32 {
     1.0 / (1.0 + exp(-g))
 }
 
-/// `out = silu(gate) · up`, element by element.
-pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(gate.len() == up.len() && gate.len() == out.len(), "SwiGLU operands differ in size");
-    out.par_chunks_mut(VALUES_PER_TASK)
-        .zip(gate.par_chunks(VALUES_PER_TASK).zip(up.par_chunks(VALUES_PER_TASK)))
-        .for_each(|(out, (gate, up))| swiglu_chunk(gate, up, out));
+/// `silu(gate) · up`, element by element, as a new vector.
+pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    assert!(gate.len() == up.len(), "SwiGLU operands differ in size");
+    let fill = |i: usize, out: &mut [MaybeUninit<f32>]| {
+        let at = i * VALUES_PER_TASK..i * VALUES_PER_TASK + out.len();
+        swiglu_chunk(&gate[at.clone()], &up[at], out);
+    };
+    // SAFETY: `swiglu_chunk` writes each value of its chunk, as long as its inputs.
+    unsafe { crate::written(gate.len(), VALUES_PER_TASK, fill) }
 }
 
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn swiglu_chunk(gate: &[f32], up: &[f32], out: &mut [f32]) {
+fn swiglu_chunk(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g * sigmoid(g) * u;
+        o.write(g * sigmoid(g) * u);
     }
 }
 
@@ -64,8 +69,7 @@ mod tests {
         let reference = |gate: &[f32], up: &[f32]| -> Vec<f64> {
             gate.iter().zip(up).map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64).collect()
         };
-        let mut y = vec![0f32; n];
-        swiglu(&gate, &up, &mut y);
+        let y = swiglu(&gate, &up);
         for (i, (a, e)) in y.iter().zip(reference(&gate, &up)).enumerate() {
             assert!((*a as f64 - e).abs() < 1e-5, "y[{i}]: {a} vs {e}");
         }

@@ -22,8 +22,7 @@ impl CustomOp2 for Swiglu {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let gate = operand(s1, l1, "SwiGLU", "gate")?;
         let up = operand(s2, l2, "SwiGLU", "up projection")?;
-        let mut out = vec![0f32; gate.len()];
-        kernel::swiglu(gate, up, &mut out);
+        let out = kernel::swiglu(gate, up);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

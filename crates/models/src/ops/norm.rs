@@ -26,8 +26,7 @@ impl CustomOp2 for RmsNorm {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = operand(s1, l1, "RMSNorm", "input")?;
         let w = operand(s2, l2, "RMSNorm", "weight")?;
-        let mut out = vec![0f32; x.len()];
-        kernel::rms_norm(x, w, self.eps, &mut out);
+        let out = kernel::rms_norm(x, w, self.eps);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

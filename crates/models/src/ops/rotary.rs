@@ -45,8 +45,7 @@ impl CustomOp3 for Rope {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, cos, sin) = operands3("RoPE", ["input", "cos table", "sin table"], (s1, l1), (s2, l2), (s3, l3))?;
-        let mut out = vec![0f32; x.len()];
-        kernel::rope_to_heads(x, self.shape, cos, sin, &mut out);
+        let out = kernel::rope_to_heads(x, self.shape, cos, sin);
         Ok((CpuStorage::F32(out), self.out_shape()))
     }
 
@@ -85,8 +84,7 @@ impl CustomOp3 for RopeGrad {
         let (grad, cos, sin) =
             operands3("RoPE backward", ["gradient", "cos table", "sin table"], (s1, l1), (s2, l2), (s3, l3))?;
         let shape = self.forward.shape;
-        let mut dx = vec![0f32; grad.len()];
-        kernel::rope_to_heads_backward(grad, shape, cos, sin, &mut dx);
+        let dx = kernel::rope_to_heads_backward(grad, shape, cos, sin);
         Ok((CpuStorage::F32(dx), Shape::from((shape.batch, shape.tokens, shape.heads, shape.head_dim))))
     }
 }
