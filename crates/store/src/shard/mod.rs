@@ -22,6 +22,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::quant::{kl_with_tail, QuantScheme, Quantization};
@@ -111,26 +112,33 @@ pub struct ShardStats {
 /// Writes `sequences` to `path` atomically (temp file, fsync, rename, fsync of the directory).
 pub fn write_shard(path: &Path, sequences: &[Sequence], coding: &ShardCoding) -> Result<ShardStats> {
     let (k, quant) = (coding.k, &coding.quantization);
-    let (mut kl_sum, mut kl_max, mut tokens) = (0f64, 0f64, 0usize);
-    let mut back = vec![0f32; k];
-    let mut codes = Vec::with_capacity(sequences.len());
-    for seq in sequences {
-        seq.validate(k)?;
-        let mut c = SequenceCodes { deltas: Vec::with_capacity(seq.topk_ids.len()), tails: Vec::new() };
-        for (pos, tail_lp) in seq.tail_logprobs.iter().enumerate() {
-            let lps = &seq.topk_logprobs[pos * k..(pos + 1) * k];
-            let start = c.deltas.len();
-            let tail_code = quant.encode_position(lps, *tail_lp, &mut c.deltas);
-            c.tails.push(tail_code);
-            // Measure what the quantisation costs, position by position.
-            let tail_back = quant.decode_position(&c.deltas[start..], tail_code, &mut back);
-            let kl = kl_with_tail(lps, *tail_lp, &back, tail_back);
-            kl_sum += kl;
-            kl_max = kl_max.max(kl);
-        }
-        tokens += seq.completion_len();
-        codes.push(c);
+    // Sequences are quantised in parallel, and their figures summed in order afterwards.
+    let quantised: Vec<(SequenceCodes, Vec<f64>)> = sequences
+        .par_iter()
+        .map(|seq| {
+            seq.validate(k)?;
+            let mut back = vec![0f32; k];
+            let mut c = SequenceCodes { deltas: Vec::with_capacity(seq.topk_ids.len()), tails: Vec::new() };
+            let mut kls = Vec::with_capacity(seq.tail_logprobs.len());
+            for (pos, tail_lp) in seq.tail_logprobs.iter().enumerate() {
+                let lps = &seq.topk_logprobs[pos * k..(pos + 1) * k];
+                let start = c.deltas.len();
+                let tail_code = quant.encode_position(lps, *tail_lp, &mut c.deltas);
+                c.tails.push(tail_code);
+                // Measure what the quantisation costs, position by position.
+                let tail_back = quant.decode_position(&c.deltas[start..], tail_code, &mut back);
+                kls.push(kl_with_tail(lps, *tail_lp, &back, tail_back));
+            }
+            Ok((c, kls))
+        })
+        .collect::<Result<_>>()?;
+    let (mut kl_sum, mut kl_max) = (0f64, 0f64);
+    for kl in quantised.iter().flat_map(|(_, kls)| kls) {
+        kl_sum += kl;
+        kl_max = kl_max.max(*kl);
     }
+    let tokens = sequences.iter().map(Sequence::completion_len).sum();
+    let codes: Vec<SequenceCodes> = quantised.into_iter().map(|(c, _)| c).collect();
     let mut fields = common_fields();
     let mut columns = common_columns(sequences);
     match quant.scheme {
