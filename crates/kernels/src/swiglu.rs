@@ -25,6 +25,12 @@ pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
     unsafe { crate::written(gate.len(), VALUES_PER_TASK, fill) }
 }
 
+/// [`swiglu`] into `out`, on the calling thread.
+pub(crate) fn swiglu_into(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
+    assert!(gate.len() == up.len() && gate.len() == out.len(), "SwiGLU operands differ in size");
+    swiglu_chunk(gate, up, out);
+}
+
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn swiglu_chunk(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {

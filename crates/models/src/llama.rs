@@ -12,7 +12,7 @@ use distill_kernels::packed::{PackedWeight, Precision};
 
 use crate::error::{Error, Result};
 use crate::ops;
-use crate::proj::{pack_weight, Proj};
+use crate::proj::{self, pack_weight, Proj};
 
 pub use crate::kv_cache::KvCache;
 pub use crate::llama_config::{LlamaConfig, RopeScaling, TokenIds};
@@ -387,9 +387,7 @@ impl Llama {
         let heads = self.attention(block, &h, frame, cache, probe.as_mut().map(|(p, v)| (&mut **p, *v)))?;
         let x = block.o_proj.apply_residual(&heads, x)?;
         let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
-        let gate = block.gate_proj.apply(&h, None)?; // (B, T, I)
-        let up = block.up_proj.apply(&h, None)?;
-        let act = ops::swiglu(&gate, &up)?; // (B, T, I)
+        let act = proj::swiglu(&block.gate_proj, &block.up_proj, &h)?; // (B, T, I)
         if let Some((probe, valid)) = probe {
             let energy = act.detach().sqr()?.broadcast_mul(&valid.unsqueeze(2)?)?.sum((0, 1))?; // (I)
             probe.add_mlp(&energy.to_dtype(DType::F32)?.to_vec1::<f32>()?, valid)?;

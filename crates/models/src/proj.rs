@@ -61,6 +61,17 @@ impl Proj {
     }
 }
 
+/// `silu(x @ gateᵀ) * (x @ upᵀ)`, the MLP's activation: one fused pass when both weights are
+/// packed alike, the two projections and [`ops::swiglu`] otherwise. The same values either way.
+pub(crate) fn swiglu(gate: &Proj, up: &Proj, x: &Tensor) -> candle_core::Result<Tensor> {
+    match (gate, up) {
+        (Proj::Packed { packed: g, .. }, Proj::Packed { packed: u, .. }) if g.precision() == u.precision() => {
+            ops::swiglu_packed(x, g, u)
+        }
+        _ => ops::swiglu(&gate.apply(x, None)?, &up.apply(x, None)?),
+    }
+}
+
 /// A (C_out, C_in) f32 CPU tensor packed for `precision`'s kernel.
 pub(crate) fn pack_weight(w: &Tensor, precision: Precision) -> Result<Arc<PackedWeight>> {
     let (n, k) = w.dims2()?;

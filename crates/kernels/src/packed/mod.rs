@@ -100,6 +100,40 @@ impl PackedWeight {
         }
     }
 
+    /// Rows M of an input `x` (M, K); panics when the CPU lacks the kernel or `x` is not whole
+    /// rows.
+    fn rows_of(&self, x: &[f32]) -> usize {
+        let precision = self.precision();
+        assert!(
+            precision.available(),
+            "the {precision:?} packed matmul needs AVX-512; check Precision::available() first"
+        );
+        let k = self.k;
+        assert!(k > 0 && x.len().is_multiple_of(k), "packed matmul: input of {} values is not (M, {k})", x.len());
+        x.len() / k
+    }
+
+    /// The kernel's panel width and rows per task.
+    fn tiling(&self) -> (usize, usize) {
+        match self.panels {
+            Panels::F32(_) => (single::NR, single::MC),
+            Panels::Bf16 { .. } => (bf16::NR, bf16::MC),
+        }
+    }
+
+    /// The product's rectangle `rows` × `panels` into `out`, through the kernel of the packing.
+    ///
+    /// # Safety
+    /// The CPU has the kernel ([`Self::rows_of`] checked it); `out` can take the rectangle, and
+    /// no other task writes it concurrently.
+    unsafe fn task(&self, x: &[f32], rows: Range<usize>, panels: Range<usize>, out: &Out) {
+        match &self.panels {
+            // SAFETY (both arms): the caller's.
+            Panels::F32(data) => unsafe { single::task(x, data, self.k, rows, panels, out) },
+            Panels::Bf16 { pairs, data } => unsafe { bf16::task(x, data, self.k, *pairs, rows, panels, out) },
+        }
+    }
+
     pub fn precision(&self) -> Precision {
         match self.panels {
             Panels::F32(_) => Precision::F32,
@@ -132,29 +166,65 @@ pub fn matmul_residual(x: &[f32], w: &PackedWeight, residual: &[f32], y: &mut [M
 }
 
 fn run(x: &[f32], w: &PackedWeight, residual: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
-    let precision = w.precision();
-    assert!(precision.available(), "the {precision:?} packed matmul needs AVX-512; check Precision::available() first");
-    let (n, k) = (w.n, w.k);
-    assert!(k > 0 && x.len().is_multiple_of(k), "packed matmul: input of {} values is not (M, {k})", x.len());
-    let m = x.len() / k;
+    let m = w.rows_of(x);
+    let n = w.n;
     assert_eq!(y.len(), m * n, "packed matmul: output is not ({m}, {n})");
-    let out = Out { ptr: y.as_mut_ptr().cast::<f32>(), n };
-    let (nr, mc) = match &w.panels {
-        Panels::F32(_) => (single::NR, single::MC),
-        Panels::Bf16 { .. } => (bf16::NR, bf16::MC),
-    };
+    let out = Out::new(y, n);
+    let (nr, mc) = w.tiling();
     grid(m, n, nr, mc, |rows, panels| {
         let cols = panels.start * nr..(panels.end * nr).min(n);
-        match &w.panels {
-            // SAFETY (both arms): `grid` hands each task a disjoint rectangle of `y`, which
-            // outlives it.
-            Panels::F32(data) => unsafe { single::task(x, data, k, rows.clone(), panels, &out) },
-            Panels::Bf16 { pairs, data } => unsafe { bf16::task(x, data, k, *pairs, rows.clone(), panels, &out) },
-        }
+        // SAFETY: `grid` hands each task a disjoint rectangle of `y`, which outlives it.
+        unsafe { w.task(x, rows.clone(), panels, &out) };
         if let Some(residual) = residual {
             // SAFETY: the task's own rectangle, which it has just written.
             unsafe { out.add(residual, rows, cols) };
         }
+    });
+}
+
+/// Output columns per block of [`matmul_swiglu`]: whole panels of either kernel.
+const SWIGLU_COLS: usize = 384;
+
+/// `y` = silu(`x` · Gᵀ) ⊙ (`x` · Uᵀ), the SwiGLU of two projections of the same input, into
+/// memory not yet initialised. Each task computes a block of both products into scratch that
+/// stays in cache and writes only the activation: the two (M, N) products are never stored.
+/// The values are those of [`matmul`] twice and [`crate::swiglu::swiglu`].
+pub fn matmul_swiglu(x: &[f32], gate: &PackedWeight, up: &PackedWeight, y: &mut [MaybeUninit<f32>]) {
+    assert!(
+        (gate.n, gate.k, gate.precision()) == (up.n, up.k, up.precision()),
+        "packed SwiGLU: the gate and up weights differ in shape or precision"
+    );
+    let m = gate.rows_of(x);
+    let n = gate.n;
+    assert_eq!(y.len(), m * n, "packed SwiGLU: output is not ({m}, {n})");
+    let out = Out::new(y, n);
+    let (nr, mc) = gate.tiling();
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    grid(m, n, nr, mc, |rows, panels| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let size = rows.len() * SWIGLU_COLS;
+            scratch.resize(scratch.len().max(2 * size), 0.0);
+            let (g, u) = scratch[..2 * size].split_at_mut(size);
+            for first in panels.clone().step_by(SWIGLU_COLS / nr) {
+                let block = first..(first + SWIGLU_COLS / nr).min(panels.end);
+                let cols = block.start * nr..(block.end * nr).min(n);
+                // SAFETY: each block is the task's own scratch, holding the rectangle.
+                unsafe {
+                    gate.task(x, rows.clone(), block.clone(), &Out::block(g, SWIGLU_COLS, &rows, &cols, n));
+                    up.task(x, rows.clone(), block, &Out::block(u, SWIGLU_COLS, &rows, &cols, n));
+                }
+                for (r, row) in rows.clone().enumerate() {
+                    let at = r * SWIGLU_COLS..r * SWIGLU_COLS + cols.len();
+                    // SAFETY: the task's own rectangle of `y` (as `grid` hands out).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out.at(row, cols.start).cast::<MaybeUninit<f32>>(), cols.len())
+                    };
+                    crate::swiglu::swiglu_into(&g[at.clone()], &u[at], dst);
+                }
+            }
+        })
     });
 }
 
@@ -175,18 +245,33 @@ fn grid(m: usize, n: usize, nr: usize, mc: usize, task: impl Fn(Range<usize>, Ra
     });
 }
 
-/// The (M, N) output, shared by tasks that write disjoint rectangles of it.
+/// The (M, N) output, shared by tasks that write disjoint rectangles of it: rows `stride`
+/// values apart (N for the whole output; a task's scratch block holds fewer columns).
 struct Out {
     ptr: *mut f32,
     n: usize,
+    stride: usize,
 }
 // SAFETY: only `matmul`'s tasks use it, and their writes never overlap.
 unsafe impl Sync for Out {}
 
 impl Out {
+    fn new(y: &mut [MaybeUninit<f32>], n: usize) -> Self {
+        Self { ptr: y.as_mut_ptr().cast::<f32>(), n, stride: n }
+    }
+
+    /// The rectangle `rows` × `cols` of an (M, N) output, held in `block` (`stride` values per
+    /// row): a task writes it at the output's coordinates.
+    fn block(block: &mut [f32], stride: usize, rows: &Range<usize>, cols: &Range<usize>, n: usize) -> Self {
+        assert!(block.len() >= rows.len() * stride && cols.len() <= stride, "the block does not hold the rectangle");
+        // Addresses only: `at` brings them back inside `block` for the rectangle's elements.
+        let ptr = block.as_mut_ptr().wrapping_sub(rows.start * stride + cols.start);
+        Self { ptr, n, stride }
+    }
+
     /// The address of output element (row, col).
     fn at(&self, row: usize, col: usize) -> *mut f32 {
-        self.ptr.wrapping_add(row * self.n + col)
+        self.ptr.wrapping_add(row * self.stride + col)
     }
 
     /// Adds `residual` (laid out as the output) to the rectangle `rows` × `cols`.
@@ -198,7 +283,7 @@ impl Out {
         for row in rows {
             // SAFETY: the caller's rectangle, initialised.
             let dst = unsafe { std::slice::from_raw_parts_mut(self.at(row, cols.start), cols.len()) };
-            for (d, &r) in dst.iter_mut().zip(&residual[row * self.n + cols.start..row * self.n + cols.end]) {
+            for (d, &r) in dst.iter_mut().zip(&residual[row * self.stride + cols.start..row * self.stride + cols.end]) {
                 *d += r;
             }
         }
@@ -313,6 +398,33 @@ mod tests {
                 // SAFETY: `matmul_residual` wrote every value.
                 let y = unsafe { y.assume_init() };
                 assert!(y.to_bits() == (r + p).to_bits(), "{precision:?} y[{i}]: {y} vs {r} + {p}");
+            }
+        }
+    }
+
+    /// The fused SwiGLU gives, bit for bit, the two products and then the activation: ragged
+    /// panels, a block of columns past the first, rows past the first task.
+    #[test]
+    fn the_fused_swiglu_is_the_activation_of_the_two_products() {
+        for (m, n, k) in [(2 * single::MC + 3, SWIGLU_COLS + 2 * single::NR + 7, 19), (1, 5, 3), (9, 100, 33)] {
+            let (x, gate) = case(m, n, k);
+            let up: Vec<f32> = gate.iter().rev().map(|v| v * 1.3).collect();
+            for precision in [Precision::F32, Precision::Bf16] {
+                if !precision.available() {
+                    continue;
+                }
+                let (pg, pu) = (PackedWeight::pack(&gate, n, k, precision), PackedWeight::pack(&up, n, k, precision));
+                let (mut g, mut u) = (vec![0f32; m * n], vec![0f32; m * n]);
+                matmul(&x, &pg, &mut g);
+                matmul(&x, &pu, &mut u);
+                let want = crate::swiglu::swiglu(&g, &u);
+                let mut y = vec![MaybeUninit::uninit(); m * n];
+                matmul_swiglu(&x, &pg, &pu, &mut y);
+                for (i, (y, w)) in y.iter().zip(&want).enumerate() {
+                    // SAFETY: `matmul_swiglu` wrote every value.
+                    let y = unsafe { y.assume_init() };
+                    assert!(y.to_bits() == w.to_bits(), "{precision:?} ({m}, {n}, {k}) y[{i}]: {y} vs {w}");
+                }
             }
         }
     }

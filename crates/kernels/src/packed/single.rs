@@ -66,7 +66,7 @@ pub(super) unsafe fn task(
             // through `tile_out`.
             let direct = cols == NR;
             let (dst, dst_rs) = match direct {
-                true => (out.at(r0, panel * NR), out.n),
+                true => (out.at(r0, panel * NR), out.stride),
                 false => (tile_out.as_mut_ptr(), NR),
             };
             // SAFETY: `Precision::F32.available()` (AVX-512F) was checked by `matmul`; `a`

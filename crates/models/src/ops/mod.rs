@@ -160,6 +160,22 @@ pub fn linear_packed_residual(x: &Tensor, weight: &Arc<PackedWeight>, residual: 
     y.reshape(residual.shape())
 }
 
+/// `silu(x @ gateᵀ) * (x @ upᵀ)` against two packed weights of one shape, without storing
+/// either product: the values of [`linear_packed`] twice and [`swiglu`]. Inference only.
+pub fn swiglu_packed(x: &Tensor, gate: &Arc<PackedWeight>, up: &Arc<PackedWeight>) -> Result<Tensor> {
+    let c_in = gate.in_features();
+    let same = (gate.out_features(), c_in, gate.precision()) == (up.out_features(), up.in_features(), up.precision());
+    if !same || x.dims().last() != Some(&c_in) || !cpu_f32(&[x]) {
+        candle_core::bail!(
+            "packed SwiGLU: input {:?} {:?} does not fit gate and up weights of {c_in} inputs",
+            x.dims(),
+            x.dtype()
+        );
+    }
+    let op = packed::PackedSwiglu { gate: gate.clone(), up: up.clone() };
+    on_rows(x, gate.out_features(), None, |rows| rows.contiguous()?.apply_op1(op))
+}
+
 /// Applies `project` ((rows, C_in) → (rows, C_out)) to the rows of a (…, C_in) input, adds the
 /// bias and restores the leading dimensions: (…, C_out).
 fn on_rows(

@@ -1,5 +1,5 @@
-//! The packed-weight matmuls behind [`super::linear_packed`] and
-//! [`super::linear_packed_residual`]: forward only.
+//! The packed-weight matmuls behind [`super::linear_packed`], [`super::linear_packed_residual`]
+//! and [`super::swiglu_packed`]: forward only.
 
 use std::sync::Arc;
 
@@ -58,6 +58,33 @@ impl CustomOp2 for PackedLinearResidual {
         // SAFETY: `matmul_residual` wrote all `len` values.
         unsafe { y.set_len(len) };
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+    }
+    // No backward, as `PackedLinear`.
+}
+
+/// `silu(x · Gᵀ) ⊙ (x · Uᵀ)` for (R, K) rows against two packed (N, K) weights.
+pub(super) struct PackedSwiglu {
+    pub(super) gate: Arc<PackedWeight>,
+    pub(super) up: Arc<PackedWeight>,
+}
+
+impl CustomOp1 for PackedSwiglu {
+    fn name(&self) -> &'static str {
+        "packed-swiglu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = operand(s, l, "packed SwiGLU", "input")?;
+        let (n, k) = (self.gate.out_features(), self.gate.in_features());
+        if x.len() % k != 0 {
+            candle_core::bail!("packed SwiGLU: input of {} values is not rows of {k}", x.len());
+        }
+        let len = x.len() / k * n;
+        let mut y = Vec::with_capacity(len);
+        packed::matmul_swiglu(x, &self.gate, &self.up, &mut y.spare_capacity_mut()[..len]);
+        // SAFETY: `matmul_swiglu` wrote all `len` values.
+        unsafe { y.set_len(len) };
+        Ok((CpuStorage::F32(y), Shape::from((x.len() / k, n))))
     }
     // No backward, as `PackedLinear`.
 }
