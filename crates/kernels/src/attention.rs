@@ -15,13 +15,13 @@
 //! do, so its tile is not narrowed.
 
 use crate::matmul::{gemm_into, Operand, Threads};
-use crate::softmax::{softmax_backward_row, softmax_row};
+use crate::softmax::{softmax_backward_row, softmax_rows, Row};
 use crate::tile;
 use rayon::prelude::*;
 
 /// Queries per tile: small enough that the causal staircase wastes little, large enough for
 /// the products to run near the matmul kernel's speed.
-pub const QUERY_TILE: usize = 32;
+pub const QUERY_TILE: usize = 16;
 
 /// Mask values at or below this are treated as closed when narrowing a tile's keys.
 pub const MASKED_BELOW: f32 = -1e8;
@@ -153,14 +153,17 @@ impl Tile<'_> {
             }
         };
         let plane = if mask.per_batch { self.b } else { 0 };
-        for (i, row) in self.rows().enumerate() {
+        let mut rows: Vec<Row> = Vec::with_capacity(m);
+        for ((i, row), p_row) in self.rows().enumerate().zip(p.chunks_mut(l)) {
             let at = (plane * dims.queries + row) * dims.keys + self.keys.0;
             let own = self.own_keys(i);
-            let p_row = &mut p[i * l..(i + 1) * l];
-            p_row.fill(0.0);
-            let mask_row = &mask.data[at + own.start..at + own.end];
-            softmax_row(&scores[i * ls..][own.clone()], scale, mask_row, &mut p_row[own]);
+            // Zero outside the query's own keys.
+            p_row[..own.start].fill(0.0);
+            p_row[own.end..].fill(0.0);
+            let mask = &mask.data[at + own.start..at + own.end];
+            rows.push(Row { x: &scores[i * ls..][own.clone()], mask, out: &mut p_row[own] });
         }
+        softmax_rows(&mut rows, scale);
     }
 }
 

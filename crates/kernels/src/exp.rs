@@ -44,6 +44,37 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
+/// [`exp`] of 16 lanes: the same operations in the same order, so each lane gets the bits the
+/// scalar function returns.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let splat = _mm512_set1_ps;
+    // `clamp`: the larger of MIN_ARG and x, then the smaller of that and MAX_ARG (NaN is
+    // handled at the end).
+    let clamped = _mm512_min_ps(_mm512_max_ps(x, splat(MIN_ARG)), splat(MAX_ARG));
+    let shifted = _mm512_add_ps(_mm512_mul_ps(clamped, splat(LOG2_E)), splat(ROUND));
+    let n = _mm512_sub_ps(shifted, splat(ROUND));
+    let r = _mm512_sub_ps(_mm512_sub_ps(clamped, _mm512_mul_ps(n, splat(LN2_HI))), _mm512_mul_ps(n, splat(LN2_LO)));
+    let step = |p: __m512, c: f32| _mm512_add_ps(_mm512_mul_ps(p, r), splat(c));
+    let p = splat(1.987_569_1e-4);
+    let p = step(p, 1.398_199_9e-3);
+    let p = step(p, 8.333_452e-3);
+    let p = step(p, 4.166_579_6e-2);
+    let p = step(p, 0.166_666_65);
+    let p = step(p, 0.5);
+    let e_r = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), splat(1.0));
+    let n_bits = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(ROUND.to_bits() as i32));
+    let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n_bits, _mm512_set1_epi32(127))));
+    let y = _mm512_mul_ps(e_r, two_n);
+    let y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, splat(MIN_ARG)), y, _mm512_setzero_ps());
+    _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x), y, x)
+}
+
 /// Lanes summed independently before they are added together.
 const LANES: usize = 16;
 /// Values summed in f32 before the partial sums move to f64: the f32 rounding stays near
@@ -124,6 +155,31 @@ mod tests {
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert!(exp(f32::NAN).is_nan());
         assert!(exp(1e9) > 1.6e38 && exp(1e9).is_finite());
+    }
+
+    /// The 16-lane version returns the scalar function's bits, special values included.
+    #[test]
+    fn the_vector_exp_is_the_scalar_one_lane_by_lane() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            use std::arch::x86_64::*;
+            let mut xs: Vec<f32> = (-90_000..=90_000).step_by(7).map(|i| i as f32 / 1000.0).collect();
+            xs.extend([0.0, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -1e9, 1e9, MIN_ARG, MAX_ARG]);
+            for chunk in xs.chunks(16) {
+                let mut lanes = [0f32; 16];
+                lanes[..chunk.len()].copy_from_slice(chunk);
+                let mut got = [0f32; 16];
+                // SAFETY: AVX-512F is present; both arrays hold 16 values.
+                unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_loadu_ps(lanes.as_ptr()))) };
+                for (x, g) in lanes.iter().zip(got) {
+                    assert!(
+                        g.to_bits() == exp(*x).to_bits() || (g.is_nan() && exp(*x).is_nan()),
+                        "e^{x}: {g} vs {}",
+                        exp(*x)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
