@@ -32,7 +32,7 @@ impl RopeShape {
         }
     }
 
-    fn check(&self, x: usize, cos: &[f32], sin: &[f32]) {
+    pub(crate) fn check(&self, x: usize, cos: &[f32], sin: &[f32]) {
         let half = self.head_dim / 2;
         let rows = if self.per_batch_angles { self.batch * self.tokens } else { self.tokens };
         assert!(self.head_dim.is_multiple_of(2), "RoPE head dimension {} is odd", self.head_dim);
@@ -72,6 +72,25 @@ fn rope_plane(x: &[f32], shape: RopeShape, cos: &[f32], sin: &[f32], plane: usiz
         let src = ((b * t + ti) * n + h) * d;
         let a = shape.angle_row(b, ti) * half;
         rotate(&x[src..src + d], &cos[a..a + half], &sin[a..a + half], 1.0, o);
+    }
+}
+
+/// Row `row` (= b·T + t) of a (B, T, N·D) projection, rotated into its N places of the
+/// (B, N, T, D) output at `out`: the values [`rope_to_heads`] writes there.
+///
+/// # Safety
+/// `out` is the start of a (B, N, T, D) buffer of `shape`, whose places for this row no other
+/// thread writes concurrently; `src` holds the row's N·D values; the tables fit `shape` (as
+/// [`RopeShape::check`] asserts).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+pub(crate) unsafe fn rotate_row(src: &[f32], shape: RopeShape, row: usize, cos: &[f32], sin: &[f32], out: *mut f32) {
+    let RopeShape { tokens: t, heads: n, head_dim: d, .. } = shape;
+    let (half, b, ti) = (d / 2, row / t, row % t);
+    let a = shape.angle_row(b, ti) * half;
+    for (h, x) in src.chunks_exact(d).take(n).enumerate() {
+        // SAFETY: the caller's: this row's place for head h, D values inside the output.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.add(((b * n + h) * t + ti) * d).cast(), d) };
+        rotate(x, &cos[a..a + half], &sin[a..a + half], 1.0, dst);
     }
 }
 

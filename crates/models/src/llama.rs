@@ -407,14 +407,9 @@ impl Llama {
         let (b, t, _) = x.dims3()?;
         let Frame { cos, sin, mask } = *frame;
         let (h, kv, d) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
-        let heads = |w: &Proj, bias: Option<&Tensor>, n: usize| -> Result<Tensor> {
-            Ok(w.apply(x, bias)?.reshape((b, t, n, d))?) // (B, T, n, D)
-        };
-        let q = heads(&block.q_proj, block.q_bias.as_ref(), h)?;
-        let k = heads(&block.k_proj, block.k_bias.as_ref(), kv)?;
-        let v = heads(&block.v_proj, block.v_bias.as_ref(), kv)?;
-        let q = ops::rope_heads(&q, cos, sin)?; // (B, H, T, D)
-        let k = ops::rope_heads(&k, cos, sin)?; // (B, KVH, T, D)
+        let q = proj::rope_heads(&block.q_proj, block.q_bias.as_ref(), x, (cos, sin), d)?; // (B, H, T, D)
+        let k = proj::rope_heads(&block.k_proj, block.k_bias.as_ref(), x, (cos, sin), d)?; // (B, KVH, T, D)
+        let v = block.v_proj.apply(x, block.v_bias.as_ref())?.reshape((b, t, kv, d))?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match cache {
             Some(slot) => {

@@ -72,6 +72,26 @@ pub(crate) fn swiglu(gate: &Proj, up: &Proj, x: &Tensor) -> candle_core::Result<
     }
 }
 
+/// A projection of (B, T, C) split into heads of `head_dim` and rotated: (B, N, T, D), as
+/// [`ops::rope_heads`] of the projection. A packed weight without bias takes the fused kernel.
+pub(crate) fn rope_heads(
+    w: &Proj,
+    bias: Option<&Tensor>,
+    x: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    head_dim: usize,
+) -> candle_core::Result<Tensor> {
+    match (w, bias) {
+        (Proj::Packed { packed, .. }, None) => ops::rope_heads_packed(x, packed, cos, sin, head_dim),
+        _ => {
+            let (b, t, _) = x.dims3()?;
+            let y = w.apply(x, bias)?;
+            let n = y.dim(2)? / head_dim.max(1);
+            ops::rope_heads(&y.reshape((b, t, n, head_dim))?, cos, sin)
+        }
+    }
+}
+
 /// A (C_out, C_in) f32 CPU tensor packed for `precision`'s kernel.
 pub(crate) fn pack_weight(w: &Tensor, precision: Precision) -> Result<Arc<PackedWeight>> {
     let (n, k) = w.dims2()?;

@@ -16,7 +16,10 @@
 //! local teacher agree however their requests were batched.
 
 pub mod bf16;
+mod fused;
 mod single;
+
+pub use fused::{matmul_rope, matmul_swiglu};
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -179,52 +182,6 @@ fn run(x: &[f32], w: &PackedWeight, residual: Option<&[f32]>, y: &mut [MaybeUnin
             // SAFETY: the task's own rectangle, which it has just written.
             unsafe { out.add(residual, rows, cols) };
         }
-    });
-}
-
-/// Output columns per block of [`matmul_swiglu`]: whole panels of either kernel.
-const SWIGLU_COLS: usize = 384;
-
-/// `y` = silu(`x` · Gᵀ) ⊙ (`x` · Uᵀ), the SwiGLU of two projections of the same input, into
-/// memory not yet initialised. Each task computes a block of both products into scratch that
-/// stays in cache and writes only the activation: the two (M, N) products are never stored.
-/// The values are those of [`matmul`] twice and [`crate::swiglu::swiglu`].
-pub fn matmul_swiglu(x: &[f32], gate: &PackedWeight, up: &PackedWeight, y: &mut [MaybeUninit<f32>]) {
-    assert!(
-        (gate.n, gate.k, gate.precision()) == (up.n, up.k, up.precision()),
-        "packed SwiGLU: the gate and up weights differ in shape or precision"
-    );
-    let m = gate.rows_of(x);
-    let n = gate.n;
-    assert_eq!(y.len(), m * n, "packed SwiGLU: output is not ({m}, {n})");
-    let out = Out::new(y, n);
-    let (nr, mc) = gate.tiling();
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    grid(m, n, nr, mc, |rows, panels| {
-        SCRATCH.with_borrow_mut(|scratch| {
-            let size = rows.len() * SWIGLU_COLS;
-            scratch.resize(scratch.len().max(2 * size), 0.0);
-            let (g, u) = scratch[..2 * size].split_at_mut(size);
-            for first in panels.clone().step_by(SWIGLU_COLS / nr) {
-                let block = first..(first + SWIGLU_COLS / nr).min(panels.end);
-                let cols = block.start * nr..(block.end * nr).min(n);
-                // SAFETY: each block is the task's own scratch, holding the rectangle.
-                unsafe {
-                    gate.task(x, rows.clone(), block.clone(), &Out::block(g, SWIGLU_COLS, &rows, &cols, n));
-                    up.task(x, rows.clone(), block, &Out::block(u, SWIGLU_COLS, &rows, &cols, n));
-                }
-                for (r, row) in rows.clone().enumerate() {
-                    let at = r * SWIGLU_COLS..r * SWIGLU_COLS + cols.len();
-                    // SAFETY: the task's own rectangle of `y` (as `grid` hands out).
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out.at(row, cols.start).cast::<MaybeUninit<f32>>(), cols.len())
-                    };
-                    crate::swiglu::swiglu_into(&g[at.clone()], &u[at], dst);
-                }
-            }
-        })
     });
 }
 
@@ -398,33 +355,6 @@ mod tests {
                 // SAFETY: `matmul_residual` wrote every value.
                 let y = unsafe { y.assume_init() };
                 assert!(y.to_bits() == (r + p).to_bits(), "{precision:?} y[{i}]: {y} vs {r} + {p}");
-            }
-        }
-    }
-
-    /// The fused SwiGLU gives, bit for bit, the two products and then the activation: ragged
-    /// panels, a block of columns past the first, rows past the first task.
-    #[test]
-    fn the_fused_swiglu_is_the_activation_of_the_two_products() {
-        for (m, n, k) in [(2 * single::MC + 3, SWIGLU_COLS + 2 * single::NR + 7, 19), (1, 5, 3), (9, 100, 33)] {
-            let (x, gate) = case(m, n, k);
-            let up: Vec<f32> = gate.iter().rev().map(|v| v * 1.3).collect();
-            for precision in [Precision::F32, Precision::Bf16] {
-                if !precision.available() {
-                    continue;
-                }
-                let (pg, pu) = (PackedWeight::pack(&gate, n, k, precision), PackedWeight::pack(&up, n, k, precision));
-                let (mut g, mut u) = (vec![0f32; m * n], vec![0f32; m * n]);
-                matmul(&x, &pg, &mut g);
-                matmul(&x, &pu, &mut u);
-                let want = crate::swiglu::swiglu(&g, &u);
-                let mut y = vec![MaybeUninit::uninit(); m * n];
-                matmul_swiglu(&x, &pg, &pu, &mut y);
-                for (i, (y, w)) in y.iter().zip(&want).enumerate() {
-                    // SAFETY: `matmul_swiglu` wrote every value.
-                    let y = unsafe { y.assume_init() };
-                    assert!(y.to_bits() == w.to_bits(), "{precision:?} ({m}, {n}, {k}) y[{i}]: {y} vs {w}");
-                }
             }
         }
     }

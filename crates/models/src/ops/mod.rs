@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, D};
 use distill_kernels::packed::PackedWeight;
+use rotary::Rope;
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -174,6 +175,27 @@ pub fn swiglu_packed(x: &Tensor, gate: &Arc<PackedWeight>, up: &Arc<PackedWeight
     }
     let op = packed::PackedSwiglu { gate: gate.clone(), up: up.clone() };
     on_rows(x, gate.out_features(), None, |rows| rows.contiguous()?.apply_op1(op))
+}
+
+/// [`rope_heads`] of `x @ wᵀ` split into heads of `head_dim`, against a packed weight: (B, T,
+/// C_in) → (B, N, T, D). With enough rows the product is rotated and moved as it is computed,
+/// never stored in (B, T, N, D); the same values either way. Inference only.
+pub fn rope_heads_packed(
+    x: &Tensor,
+    weight: &Arc<PackedWeight>,
+    cos: &Tensor,
+    sin: &Tensor,
+    head_dim: usize,
+) -> Result<Tensor> {
+    let (b, t, c_in) = x.dims3()?;
+    let n = weight.out_features() / head_dim.max(1);
+    let rope = Rope::for_heads((b, t, n, head_dim), cpu_f32(&[x]), cos, sin);
+    match rope {
+        Some(rope) if c_in == weight.in_features() && n * head_dim == weight.out_features() => {
+            x.contiguous()?.apply_op3(cos, sin, packed::PackedRope { weight: weight.clone(), rope })
+        }
+        _ => rope_heads(&linear_packed(x, weight, None)?.reshape((b, t, n, head_dim))?, cos, sin),
+    }
 }
 
 /// Applies `project` ((rows, C_in) → (rows, C_out)) to the rows of a (…, C_in) input, adds the

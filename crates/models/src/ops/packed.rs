@@ -1,10 +1,11 @@
-//! The packed-weight matmuls behind [`super::linear_packed`], [`super::linear_packed_residual`]
-//! and [`super::swiglu_packed`]: forward only.
+//! The packed-weight matmuls behind [`super::linear_packed`], [`super::linear_packed_residual`],
+//! [`super::swiglu_packed`] and [`super::rope_heads_packed`]: forward only.
 
 use std::sync::Arc;
 
-use super::operand;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
+use super::rotary::Rope;
+use super::{operand, operands3};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
 use distill_kernels::packed::{self, PackedWeight};
 
 /// `x · Wᵀ` for (R, K) rows against a packed (N, K) weight.
@@ -85,6 +86,39 @@ impl CustomOp1 for PackedSwiglu {
         // SAFETY: `matmul_swiglu` wrote all `len` values.
         unsafe { y.set_len(len) };
         Ok((CpuStorage::F32(y), Shape::from((x.len() / k, n))))
+    }
+    // No backward, as `PackedLinear`.
+}
+
+/// RoPE(x · Wᵀ) for (B·T, K) rows against a packed (N·D, K) weight, in attention's (B, N, T, D)
+/// layout; the cos and sin tables are the op's other operands.
+pub(super) struct PackedRope {
+    pub(super) weight: Arc<PackedWeight>,
+    pub(super) rope: Rope,
+}
+
+impl CustomOp3 for PackedRope {
+    fn name(&self) -> &'static str {
+        "packed-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, cos, sin) =
+            operands3("packed RoPE", ["input", "cos table", "sin table"], (s1, l1), (s2, l2), (s3, l3))?;
+        let shape = self.rope.shape();
+        if x.len() != shape.batch * shape.tokens * self.weight.in_features() {
+            candle_core::bail!("packed RoPE: input of {} values does not fit {shape:?}", x.len());
+        }
+        let y = packed::matmul_rope(x, &self.weight, shape, cos, sin);
+        Ok((CpuStorage::F32(y), self.rope.out_shape()))
     }
     // No backward, as `PackedLinear`.
 }

@@ -12,19 +12,33 @@ pub(super) struct Rope {
 
 impl Rope {
     pub(super) fn fits(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Self> {
-        let (b, t, n, d) = x.dims4().ok()?;
+        Self::for_heads(x.dims4().ok()?, cpu_f32(&[x]), cos, sin)
+    }
+
+    /// RoPE on heads of `(b, t, n, d)`, from tensors on the CPU in f32 (`cpu_f32`) and tables
+    /// that fit them.
+    pub(super) fn for_heads(
+        (b, t, n, d): (usize, usize, usize, usize),
+        cpu_f32_in: bool,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Option<Self> {
         let (cb, ct, half) = match *cos.dims() {
             [ct, half] => (1, ct, half),
             [cb, 1, ct, half] => (cb, ct, half),
             _ => return None,
         };
         let tables_fit = cos.dims() == sin.dims() && cos.is_contiguous() && sin.is_contiguous();
-        let fits = cpu_f32(&[x, cos, sin]) && tables_fit && (cb == b || cb == 1) && ct == t && half * 2 == d;
+        let fits = cpu_f32_in && cpu_f32(&[cos, sin]) && tables_fit && (cb == b || cb == 1) && ct == t && half * 2 == d;
         let shape = RopeShape { batch: b, tokens: t, heads: n, head_dim: d, per_batch_angles: cb == b && b > 1 };
         fits.then_some(Self { shape })
     }
 
-    fn out_shape(&self) -> Shape {
+    pub(super) fn shape(&self) -> RopeShape {
+        self.shape
+    }
+
+    pub(super) fn out_shape(&self) -> Shape {
         let RopeShape { batch, tokens, heads, head_dim, .. } = self.shape;
         Shape::from((batch, heads, tokens, head_dim))
     }
