@@ -24,11 +24,12 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// Output columns per block of [`matmul_swiglu`]: whole panels of either kernel.
 const SWIGLU_COLS: usize = 384;
+const _: () = assert!(SWIGLU_COLS.is_multiple_of(super::single::NR) && SWIGLU_COLS.is_multiple_of(super::bf16::NR));
 
 /// `y` = silu(`x` · Gᵀ) ⊙ (`x` · Uᵀ), the SwiGLU of two projections of the same input, into
 /// memory not yet initialised. Each task computes a block of both products into scratch that
 /// stays in cache and writes only the activation: the two (M, N) products are never stored.
-/// The values are those of [`matmul`] twice and [`crate::swiglu::swiglu`].
+/// The values are those of [`super::matmul`] twice and [`crate::swiglu::swiglu`].
 pub fn matmul_swiglu(x: &[f32], gate: &PackedWeight, up: &PackedWeight, y: &mut [MaybeUninit<f32>]) {
     assert!(
         (gate.n, gate.k, gate.precision()) == (up.n, up.k, up.precision()),

@@ -209,7 +209,7 @@ struct Out {
     n: usize,
     stride: usize,
 }
-// SAFETY: only `matmul`'s tasks use it, and their writes never overlap.
+// SAFETY: only the tasks of one product use it, and their writes never overlap.
 unsafe impl Sync for Out {}
 
 impl Out {
@@ -231,7 +231,7 @@ impl Out {
         self.ptr.wrapping_add(row * self.stride + col)
     }
 
-    /// Adds `residual` (laid out as the output) to the rectangle `rows` × `cols`.
+    /// Adds `residual` ((M, N), row-major) to the rectangle `rows` × `cols`.
     ///
     /// # Safety
     /// The rectangle must lie inside the output, be written already, and belong to the calling
@@ -240,7 +240,7 @@ impl Out {
         for row in rows {
             // SAFETY: the caller's rectangle, initialised.
             let dst = unsafe { std::slice::from_raw_parts_mut(self.at(row, cols.start), cols.len()) };
-            for (d, &r) in dst.iter_mut().zip(&residual[row * self.stride + cols.start..row * self.stride + cols.end]) {
+            for (d, &r) in dst.iter_mut().zip(&residual[row * self.n + cols.start..row * self.n + cols.end]) {
                 *d += r;
             }
         }
