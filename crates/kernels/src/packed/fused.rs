@@ -118,14 +118,9 @@ pub fn matmul_rope(x: &[f32], w: &PackedWeight, shape: RopeShape, cos: &[f32], s
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::case;
     use super::super::{matmul, single, Precision};
     use super::*;
-
-    fn case(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.13).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.07).collect();
-        (x, w)
-    }
 
     /// The fused SwiGLU gives, bit for bit, the two products and then the activation: ragged
     /// panels, a block of columns past the first, rows past the first task.

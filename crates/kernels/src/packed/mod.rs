@@ -263,7 +263,8 @@ impl Out {
 mod tests {
     use super::*;
 
-    fn case(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+    /// An (M, K) input and an (N, K) weight of small mixed-sign values.
+    pub(super) fn case(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.13).collect();
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.07).collect();
         (x, w)
