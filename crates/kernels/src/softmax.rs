@@ -28,7 +28,7 @@ pub(crate) fn softmax_rows(rows: &mut [Row], scale: f32) {
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if crate::tile::available() {
         for group in rows.chunks_mut(GROUP) {
             // SAFETY: AVX-512F is present; each row's three slices have one length (asserted).
             unsafe { softmax_rows_avx512(group, scale) };

@@ -9,7 +9,7 @@
 /// Columns per register.
 pub const LANES: usize = 16;
 
-/// Whether this CPU runs the kernel.
+/// Whether this CPU runs the kernel: it has AVX-512F (the attention softmax asks the same).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

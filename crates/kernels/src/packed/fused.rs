@@ -4,9 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
-
-use super::{grid, Out, PackedWeight};
+use super::{grid, output, panel_groups, Out, PackedWeight};
 use crate::rope::{self, RopeShape};
 
 /// Runs `f` on this thread's scratch of `len` values (contents unspecified).
@@ -26,19 +24,23 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 const SWIGLU_COLS: usize = 384;
 const _: () = assert!(SWIGLU_COLS.is_multiple_of(super::single::NR) && SWIGLU_COLS.is_multiple_of(super::bf16::NR));
 
-/// `y` = silu(`x` · Gᵀ) ⊙ (`x` · Uᵀ), the SwiGLU of two projections of the same input, into
-/// memory not yet initialised. Each task computes a block of both products into scratch that
+/// silu(`x` · Gᵀ) ⊙ (`x` · Uᵀ), the SwiGLU of two projections of the same input, as a new
+/// (M, N) vector. Each task computes a block of both products into scratch that
 /// stays in cache and writes only the activation: the two (M, N) products are never stored.
 /// The values are those of [`super::matmul`] twice and [`crate::swiglu::swiglu`].
-pub fn matmul_swiglu(x: &[f32], gate: &PackedWeight, up: &PackedWeight, y: &mut [MaybeUninit<f32>]) {
+pub fn matmul_swiglu(x: &[f32], gate: &PackedWeight, up: &PackedWeight) -> Vec<f32> {
     assert!(
         (gate.n, gate.k, gate.precision()) == (up.n, up.k, up.precision()),
         "packed SwiGLU: the gate and up weights differ in shape or precision"
     );
-    let m = gate.rows_of(x);
-    let n = gate.n;
-    assert_eq!(y.len(), m * n, "packed SwiGLU: output is not ({m}, {n})");
-    let out = Out::new(y, n);
+    let (m, n) = (gate.rows_of(x), gate.n);
+    // SAFETY: the tasks of `grid` cover the (M, N) output, and each writes all of its rectangle.
+    unsafe { output(m * n, |y| swiglu_into(x, gate, up, m, Out::new(y, n))) }
+}
+
+/// [`matmul_swiglu`] of M rows into `out`, (M, N).
+fn swiglu_into(x: &[f32], gate: &PackedWeight, up: &PackedWeight, m: usize, out: Out) {
+    let n = out.n;
     let (nr, mc) = gate.tiling();
     grid(m, n, nr, mc, |rows, panels| {
         with_scratch(2 * rows.len() * SWIGLU_COLS, |scratch| {
@@ -64,10 +66,10 @@ pub fn matmul_swiglu(x: &[f32], gate: &PackedWeight, up: &PackedWeight, y: &mut 
     });
 }
 
-/// Whether [`matmul_rope`] gives each task whole rows: when there are enough blocks of rows to
-/// keep every thread busy.
+/// Whether [`matmul_rope`] gives each task whole rows: when [`grid`] does not split the panels.
 fn whole_rows(w: &PackedWeight, m: usize) -> bool {
-    m.div_ceil(w.tiling().1) >= 4 * rayon::current_num_threads()
+    let (nr, mc) = w.tiling();
+    panel_groups(m, w.n, nr, mc) == 1
 }
 
 /// `y` (B, N, T, D) = RoPE(`x` · Wᵀ) for an (B·T, K) input and a weight of N·D outputs: a query or
@@ -84,24 +86,25 @@ pub fn matmul_rope(x: &[f32], w: &PackedWeight, shape: RopeShape, cos: &[f32], s
         m == shape.batch * shape.tokens && n == shape.heads * shape.head_dim,
         "packed RoPE: a product of ({m}, {n}) is not {shape:?}"
     );
-    let (nr, mc) = w.tiling();
-    let blocks = m.div_ceil(mc);
     if !whole_rows(w, m) {
-        let mut y = Vec::with_capacity(m * n);
-        super::matmul_uninit(x, w, &mut y.spare_capacity_mut()[..m * n]);
-        // SAFETY: `matmul_uninit` wrote all M · N values.
-        unsafe { y.set_len(m * n) };
-        return rope::rope_to_heads(&y, shape, cos, sin);
+        return rope::rope_to_heads(&super::product(x, w), shape, cos, sin);
     }
     shape.check(m * n, cos, sin);
-    let mut y = Vec::with_capacity(m * n);
-    let out = Out::new(&mut y.spare_capacity_mut()[..m * n], n);
-    (0..blocks).into_par_iter().for_each(|block| {
-        let rows = block * mc..(block * mc + mc).min(m);
+    // SAFETY: with whole rows per task, the tasks of `grid` cover every row, and each row's N
+    // heads are written to their places.
+    unsafe { output(m * n, |y| rope_into(x, w, shape, (cos, sin), Out::new(y, n))) }
+}
+
+/// [`matmul_rope`] into `out`, the (B, N, T, D) output of `shape`, when [`whole_rows`] holds.
+fn rope_into(x: &[f32], w: &PackedWeight, shape: RopeShape, (cos, sin): (&[f32], &[f32]), out: Out) {
+    let (m, n) = (shape.batch * shape.tokens, out.n);
+    let (nr, mc) = w.tiling();
+    grid(m, n, nr, mc, |rows, panels| {
         let cols = 0..n;
+        debug_assert_eq!(panels, 0..n.div_ceil(nr), "whole rows per task");
         with_scratch(rows.len() * n, |scratch| {
             // SAFETY: the task's own scratch holds its rows of the product.
-            unsafe { w.task(x, rows.clone(), 0..n.div_ceil(nr), &Out::block(scratch, n, &rows, &cols, n)) };
+            unsafe { w.task(x, rows.clone(), panels, &Out::block(scratch, n, &rows, &cols, n)) };
             for (r, row) in rows.clone().enumerate() {
                 // The row's heads go to N planes of (T, D); rows are disjoint across tasks, and
                 // so are the places they are written to.
@@ -111,9 +114,6 @@ pub fn matmul_rope(x: &[f32], w: &PackedWeight, shape: RopeShape, cos: &[f32], s
             }
         })
     });
-    // SAFETY: every (row, head) of the output was written by the task holding the row.
-    unsafe { y.set_len(m * n) };
-    y
 }
 
 #[cfg(test)]
@@ -138,11 +138,8 @@ mod tests {
                 matmul(&x, &pg, &mut g);
                 matmul(&x, &pu, &mut u);
                 let want = crate::swiglu::swiglu(&g, &u);
-                let mut y = vec![MaybeUninit::uninit(); m * n];
-                matmul_swiglu(&x, &pg, &pu, &mut y);
+                let y = matmul_swiglu(&x, &pg, &pu);
                 for (i, (y, w)) in y.iter().zip(&want).enumerate() {
-                    // SAFETY: `matmul_swiglu` wrote every value.
-                    let y = unsafe { y.assume_init() };
                     assert!(y.to_bits() == w.to_bits(), "{precision:?} ({m}, {n}, {k}) y[{i}]: {y} vs {w}");
                 }
             }
@@ -153,7 +150,8 @@ mod tests {
     /// rows (whole rows per task, a block across two sequences) and a few (a decoding step).
     #[test]
     fn the_fused_rope_is_the_rotation_of_the_product() {
-        let (heads, d, k) = (3, 16, 24);
+        // Several panels of either kernel, so that a few rows have them split among the threads.
+        let (heads, d, k) = (8, 16, 24);
         // Enough rows for whole rows per task with either kernel, whatever the thread count.
         let many = 4 * rayon::current_num_threads() * 128 / 2 + 37;
         for (batch, tokens, per_batch_angles) in [(2, many, true), (2, many, false), (4, 1, true), (1, 5, false)] {

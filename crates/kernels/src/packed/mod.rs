@@ -156,16 +156,36 @@ pub fn matmul(x: &[f32], w: &PackedWeight, y: &mut [f32]) {
 
 /// [`matmul`] into memory not yet initialised (a fresh output need not be zeroed first): every
 /// element of `y` is written.
-pub fn matmul_uninit(x: &[f32], w: &PackedWeight, y: &mut [MaybeUninit<f32>]) {
+fn matmul_uninit(x: &[f32], w: &PackedWeight, y: &mut [MaybeUninit<f32>]) {
     run(x, w, None, y);
 }
 
-/// `y` = `residual` + `x` · Wᵀ, into memory not yet initialised: a residual connection added as
-/// each task's block of the product is still in cache, instead of a pass of its own. Each value
-/// is `residual + sum`, rounded once, as the separate addition would give.
-pub fn matmul_residual(x: &[f32], w: &PackedWeight, residual: &[f32], y: &mut [MaybeUninit<f32>]) {
-    assert_eq!(residual.len(), y.len(), "packed matmul: the residual is not the output's size");
-    run(x, w, Some(residual), y);
+/// `x` (M, K) · Wᵀ as a new (M, N) vector, never zeroed first.
+pub fn product(x: &[f32], w: &PackedWeight) -> Vec<f32> {
+    // SAFETY: `matmul_uninit` writes every value of the (M, N) output.
+    unsafe { output(w.rows_of(x) * w.n, |y| matmul_uninit(x, w, y)) }
+}
+
+/// `residual` + `x` · Wᵀ as a new (M, N) vector: a residual connection added as each task's block
+/// of the product is still in cache, instead of a pass of its own. Each value is
+/// `residual + sum`, rounded once, as the separate addition would give.
+pub fn matmul_residual(x: &[f32], w: &PackedWeight, residual: &[f32]) -> Vec<f32> {
+    let len = w.rows_of(x) * w.n;
+    assert_eq!(residual.len(), len, "packed matmul: the residual is not the output's size");
+    // SAFETY: `run` writes every value of the (M, N) output.
+    unsafe { output(len, |y| run(x, w, Some(residual), y)) }
+}
+
+/// A new vector of `len` values written by `fill`, without zeroing them first.
+///
+/// # Safety
+/// `fill` must write every value it is given.
+unsafe fn output(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut y = Vec::with_capacity(len);
+    fill(&mut y.spare_capacity_mut()[..len]);
+    // SAFETY: all `len` values were written (the caller's promise).
+    unsafe { y.set_len(len) };
+    y
 }
 
 fn run(x: &[f32], w: &PackedWeight, residual: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
@@ -190,7 +210,7 @@ fn run(x: &[f32], w: &PackedWeight, residual: Option<&[f32]>, y: &mut [MaybeUnin
 /// thread busy.
 fn grid(m: usize, n: usize, nr: usize, mc: usize, task: impl Fn(Range<usize>, Range<usize>) + Sync) {
     let (row_blocks, panels) = (m.div_ceil(mc), n.div_ceil(nr));
-    let groups = (4 * rayon::current_num_threads()).div_ceil(row_blocks.max(1)).clamp(1, panels.max(1));
+    let groups = panel_groups(m, n, nr, mc);
     let per_group = panels.div_ceil(groups);
     (0..row_blocks * groups).into_par_iter().for_each(|t| {
         let (block, group) = (t / groups, t % groups);
@@ -200,6 +220,12 @@ fn grid(m: usize, n: usize, nr: usize, mc: usize, task: impl Fn(Range<usize>, Ra
             task(rows, panels);
         }
     });
+}
+
+/// How many groups [`grid`] splits the panels into: 1 (every task has whole rows) once there are
+/// enough blocks of rows to keep every thread busy.
+fn panel_groups(m: usize, n: usize, nr: usize, mc: usize) -> usize {
+    (4 * rayon::current_num_threads()).div_ceil(m.div_ceil(mc).max(1)).clamp(1, n.div_ceil(nr).max(1))
 }
 
 /// The (M, N) output, shared by tasks that write disjoint rectangles of it: rows `stride`
@@ -350,11 +376,8 @@ mod tests {
             let packed = PackedWeight::pack(&w, n, k, precision);
             let mut product = vec![0f32; m * n];
             matmul(&x, &packed, &mut product);
-            let mut y = vec![MaybeUninit::uninit(); m * n];
-            matmul_residual(&x, &packed, &residual, &mut y);
+            let y = matmul_residual(&x, &packed, &residual);
             for (i, (y, (p, r))) in y.iter().zip(product.iter().zip(&residual)).enumerate() {
-                // SAFETY: `matmul_residual` wrote every value.
-                let y = unsafe { y.assume_init() };
                 assert!(y.to_bits() == (r + p).to_bits(), "{precision:?} y[{i}]: {y} vs {r} + {p}");
             }
         }

@@ -22,11 +22,7 @@ impl CustomOp1 for PackedLinear {
         if x.len() % k != 0 {
             candle_core::bail!("packed linear: input of {} values is not rows of {k}", x.len());
         }
-        let len = x.len() / k * n;
-        let mut y = Vec::with_capacity(len);
-        packed::matmul_uninit(x, &self.0, &mut y.spare_capacity_mut()[..len]);
-        // SAFETY: `matmul_uninit` wrote all `len` values.
-        unsafe { y.set_len(len) };
+        let y = packed::product(x, &self.0);
         Ok((CpuStorage::F32(y), Shape::from((x.len() / k, n))))
     }
     // No backward: candle reports "backward not supported" for this op, so a model that runs its
@@ -53,11 +49,7 @@ impl CustomOp2 for PackedLinearResidual {
                 residual.len()
             );
         }
-        let len = rows * n;
-        let mut y = Vec::with_capacity(len);
-        packed::matmul_residual(x, &self.0, residual, &mut y.spare_capacity_mut()[..len]);
-        // SAFETY: `matmul_residual` wrote all `len` values.
-        unsafe { y.set_len(len) };
+        let y = packed::matmul_residual(x, &self.0, residual);
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
     // No backward, as `PackedLinear`.
@@ -80,11 +72,7 @@ impl CustomOp1 for PackedSwiglu {
         if x.len() % k != 0 {
             candle_core::bail!("packed SwiGLU: input of {} values is not rows of {k}", x.len());
         }
-        let len = x.len() / k * n;
-        let mut y = Vec::with_capacity(len);
-        packed::matmul_swiglu(x, &self.gate, &self.up, &mut y.spare_capacity_mut()[..len]);
-        // SAFETY: `matmul_swiglu` wrote all `len` values.
-        unsafe { y.set_len(len) };
+        let y = packed::matmul_swiglu(x, &self.gate, &self.up);
         Ok((CpuStorage::F32(y), Shape::from((x.len() / k, n))))
     }
     // No backward, as `PackedLinear`.
