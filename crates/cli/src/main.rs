@@ -1,7 +1,7 @@
 //! `distill`: knowledge distillation of language models in one binary.
 
 mod commands;
-mod prompts;
+mod progress;
 
 use clap::{Parser, Subcommand};
 
@@ -69,9 +69,9 @@ fn main() {
         Command::Run(args) => commands::run::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Train(args) => commands::train::run(args),
-        Command::Eval(args) => commands::eval::run(args),
+        Command::Eval(args) => commands::eval::run(args).map(|_| ()),
         Command::Export(args) => commands::export::run(args),
-        Command::Report(args) => commands::report::run(args),
+        Command::Report(args) => commands::report::run(args).map(|_| ()),
         Command::Serve(args) => commands::serve::run(args),
         Command::Keys(args) => commands::keys::run(args),
         Command::Capture(args) => commands::capture::run(args),

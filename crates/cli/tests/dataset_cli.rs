@@ -267,7 +267,7 @@ fn bf16_matmuls_are_recorded_and_stay_close_to_f32() {
     let out = run(&fast);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let available = distill_kernels::packed::Precision::Bf16.available();
-    let recorded = |d: &Path| Dataset::open(d).unwrap().manifest().spec.teacher_matmuls.clone();
+    let recorded = |d: &Path| Dataset::open(d).unwrap().manifest().spec.teacher_matmuls;
     assert_eq!(recorded(&exact_dir), "f32");
     if !available {
         assert!(text(&out.stderr).contains("needs a CPU with AVX-512 BF16"), "{}", text(&out.stderr));

@@ -312,7 +312,7 @@ fn on_policy_rollouts_are_scored_by_the_teacher_at_the_configured_share() {
     std::fs::write(&path, config(1.5)).unwrap();
     let out = distill(&["train", path.to_str().unwrap()]);
     assert!(!out.status.success() && text(&out.stderr).contains("on_policy.fraction"), "{}", text(&out.stderr));
-    std::fs::remove_dir_all(&run).unwrap();
+    assert!(!run.exists(), "a config refused by validation leaves no run directory behind");
 
     std::fs::write(&path, config(0.5)).unwrap();
     let out = distill(&["train", path.to_str().unwrap()]);

@@ -2,9 +2,15 @@
 //! overlap of greedy outputs, task exact match, and the cost side (size, memory, speed), summed up
 //! as *retention* — the student's figure as a percentage of the teacher's.
 
+pub mod error;
+pub mod evaluate;
+pub mod report;
 pub mod speed;
 pub mod text;
 pub mod tokens;
 
+pub use error::{Error, Result};
+pub use evaluate::{evaluate, EvalOptions, EvalReport, Measured, PromptSet, SetReport};
+pub use report::{write_report, Report, ReportFigures};
 pub use text::{exact_match, rouge_l};
 pub use tokens::TokenStats;

@@ -2,7 +2,7 @@
 //! both score every position over the full vocabulary.
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Sums over positions; [`TokenStats::summary`] turns them into means.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -21,7 +21,7 @@ pub struct TokenStats {
 }
 
 /// Means over the positions seen.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TokenSummary {
     pub positions: usize,
     pub kl_forward: f64,

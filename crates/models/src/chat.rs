@@ -19,6 +19,7 @@ impl ChatMessage {
 }
 
 /// A compiled chat template with the special-token strings it may refer to.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,

@@ -113,9 +113,9 @@ impl Llama {
     /// (`distill_kernels::packed`) at `precision`. Returns false, changing nothing, where that
     /// kernel cannot run: no AVX-512 (AVX-512 BF16 for bf16), not on the CPU, not f32.
     /// - [`Precision::F32`]: the same arithmetic as the plain path, up to the order of the sums,
-    ///   with no weight repacked per call (README, *Performance*, has the scoring figures).
-    /// - [`Precision::Bf16`]: weights and activations rounded to bf16, sums in f32; the matmuls
-    ///   run about 2× faster than f32 (teacher scoring as a whole ~1.7×).
+    ///   with no weight repacked per call (docs/performance.md has the measured figures).
+    /// - [`Precision::Bf16`]: weights and activations rounded to bf16, sums in f32: half the
+    ///   weight bytes read per product, so faster where memory bandwidth bounds the matmuls.
     ///
     /// For inference only (the teacher's scoring and generation, serving): `backward` through the
     /// packed weights is an error. Memory: an f32 packing replaces the block projections' plain

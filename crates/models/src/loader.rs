@@ -27,6 +27,7 @@ pub struct LoadedModel {
 /// What a model brings besides its weights. Code that needs only this once the weights were
 /// copied (a student built from a teacher) keeps it instead of the [`LoadedModel`], so the
 /// weights are freed.
+#[derive(Clone)]
 pub struct ModelText {
     pub tokenizer: TextTokenizer,
     pub chat_template: Option<ChatTemplate>,
@@ -43,6 +44,21 @@ impl LoadedModel {
             stop_ids: self.stop_ids,
             source: self.source,
         }
+    }
+
+    /// Runs the matmuls in `precision` where this CPU has the kernel's instructions, else in f32
+    /// (packed where the CPU runs the f32 kernel, plain otherwise: the same arithmetic). Returns
+    /// the precision it runs; for inference only (see [`Llama::use_packed_matmuls`]).
+    pub fn pack_matmuls(
+        &mut self,
+        precision: distill_kernels::packed::Precision,
+    ) -> Result<distill_kernels::packed::Precision> {
+        use distill_kernels::packed::Precision;
+        if precision != Precision::F32 && self.model.use_packed_matmuls(precision)? {
+            return Ok(precision);
+        }
+        self.model.use_packed_matmuls(Precision::F32)?;
+        Ok(Precision::F32)
     }
 }
 

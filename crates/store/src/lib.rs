@@ -21,6 +21,7 @@ pub mod writer;
 pub use error::{Error, Result};
 pub use manifest::{DatasetSpec, Manifest, ShardInfo};
 pub use pack::{pack_sequences, Batch, PackOptions, Packer};
+pub use quant::Layout;
 pub use reader::Dataset;
 pub use shard::Sequence;
 pub use writer::DatasetWriter;

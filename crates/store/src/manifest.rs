@@ -4,6 +4,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use distill_kernels::packed::Precision;
+
 use crate::error::{Error, Result};
 use crate::quant::Quantization;
 
@@ -44,12 +46,8 @@ pub struct DatasetSpec {
     pub quantization: Quantization,
     /// The arithmetic of the teacher's matmuls: `f32`, or `bf16` (bf16 operands, f32 sums).
     /// Manifests written before this field existed were all f32.
-    #[serde(default = "f32_matmuls")]
-    pub teacher_matmuls: String,
-}
-
-fn f32_matmuls() -> String {
-    "f32".into()
+    #[serde(default)]
+    pub teacher_matmuls: Precision,
 }
 
 /// One complete shard.
@@ -165,7 +163,7 @@ impl DatasetSpec {
         check("prompt file", short(&self.prompts_hash).into(), short(&other.prompts_hash).into());
         check("prompts per shard", self.prompts_per_shard.to_string(), other.prompts_per_shard.to_string());
         check("quantization", format!("{:?}", self.quantization), format!("{:?}", other.quantization));
-        check("teacher matmuls", self.teacher_matmuls.clone(), other.teacher_matmuls.clone());
+        check("teacher matmuls", self.teacher_matmuls.to_string(), other.teacher_matmuls.to_string());
         out
     }
 }

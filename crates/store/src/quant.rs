@@ -42,6 +42,37 @@ pub enum QuantScheme {
 /// The default: steps of 1/8 nat keep the reconstruction KL around 3e-4 nats (the error of a
 /// code is weighted by its probability, so the likely entries, where steps are small against
 /// the spread, carry it); the tail needs far less precision, as its error only rescales.
+/// How shards store the teacher signal: the two quantisations a user picks between.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Range-coded ids and log-probabilities (format version 2), read through distill.
+    #[default]
+    Coded,
+    /// Lists of ids, log-probability codes and tail codes (format version 1), for any Parquet reader.
+    Plain,
+}
+
+impl Layout {
+    pub fn quantization(self) -> Quantization {
+        match self {
+            Layout::Coded => Quantization::default(),
+            Layout::Plain => Quantization::plain(),
+        }
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "coded" => Ok(Layout::Coded),
+            "plain" => Ok(Layout::Plain),
+            other => Err(format!("unknown layout `{other}` (known: coded, plain)")),
+        }
+    }
+}
+
 impl Default for Quantization {
     fn default() -> Self {
         Self { scheme: QuantScheme::RangeCoded, step: 1.0 / 8.0, tail_scale: 16.0 }

@@ -61,7 +61,7 @@ fn spec(prompts: usize, per_shard: usize) -> DatasetSpec {
         prompts,
         prompts_per_shard: per_shard,
         quantization: Quantization::default(),
-        teacher_matmuls: "f32".into(),
+        teacher_matmuls: distill_kernels::packed::Precision::F32,
     }
 }
 

@@ -1,16 +1,29 @@
-//! Teachers: a model that generates completions and scores sequences.
+//! Teachers: a model that writes completions and scores sequences with its top-K log-probabilities.
 //!
-//! [`Teacher`] is the small trait the dataset builder and the trainer use; [`LocalTeacher`] runs a
-//! model loaded in-process. Scoring never materialises (B, T, V): hidden states are projected onto
-//! the vocabulary a chunk of positions at a time, and each chunk is reduced to top-K plus
-//! log-sum-exp before the next is computed.
+//! [`Teacher`] is the one seam between the pipeline and a teacher: the dataset builder
+//! ([`build_dataset`]), the trainer's online and on-policy batches and the evaluation reach a
+//! teacher only through it. [`LocalTeacher`] runs a model in-process; [`RemoteTeacher`] asks
+//! OpenAI-compatible endpoints. Prompt files ([`prompts`]) are read here too: a teacher is what
+//! turns them into signal.
+//!
+//! Shape letters: `K` top-k entries per position; a [`TopK`] holds rows of K (ids, log-probs)
+//! and one tail log-probability per row.
 
+pub mod dataset;
+pub mod local;
+pub mod prompts;
 pub mod remote;
 
-use candle_core::{Device, Tensor};
-use distill_kernels::{topk_logprobs, TopK};
-use distill_models::cpu::with_f32;
-use distill_models::{generate, Completion, Llama, LoadedModel, SamplingParams, TextTokenizer};
+use std::path::PathBuf;
+
+pub use dataset::{build_dataset, create_dataset, DatasetOptions, DatasetProgress, DatasetSummary};
+pub use distill_kernels::packed::Precision;
+pub use distill_kernels::TopK;
+use distill_models::{ChatMessage, ChatTemplate, SamplingParams, TextTokenizer};
+pub use distill_store::Layout;
+pub use local::{score_with, weights_hash, LocalTeacher};
+pub use prompts::{read_prompt_file, Prompt, PromptRecord};
+pub use remote::{RemoteOptions, RemoteTeacher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,8 +31,23 @@ pub enum Error {
     Model(#[from] distill_models::Error),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Store(#[from] distill_store::Error),
+    /// A request the teacher cannot serve (k out of range, a plain-text prompt for a chat API…).
     #[error("{0}")]
     Input(String),
+    /// The endpoints failed: transport errors, timeouts, refused requests, bad answers.
+    #[error("{0}")]
+    Network(String),
+    /// A line of a prompt file that cannot be read as a prompt.
+    #[error("{path}:{line}: {message}")]
+    Prompt { path: PathBuf, line: usize, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -32,114 +60,66 @@ pub struct ScoreRequest {
     pub from: usize,
 }
 
-pub trait Teacher {
+/// A prompt as a teacher receives it: rendered token ids (chat template applied), and the
+/// conversation it came from when it is one (chat APIs are asked with the messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeacherPrompt {
+    pub token_ids: Vec<u32>,
+    pub messages: Option<Vec<ChatMessage>>,
+}
+
+/// A completion and the teacher's top-K for predicting each of its tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredCompletion {
+    /// Completion token ids, the end-of-sequence token included when the teacher stopped on it.
+    pub token_ids: Vec<u32>,
+    /// One row per completion token.
+    pub top: TopK,
+}
+
+/// What a dataset's manifest records of the teacher that made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeacherIdentity {
+    /// How the teacher was named (a path, a Hub id, `remote:MODEL`).
+    pub name: String,
+    /// SHA-256 of its weights (of its name for a remote teacher, whose weights are not here).
+    pub hash: String,
+    /// The arithmetic of its matmuls.
+    pub matmuls: Precision,
+}
+
+/// A model that writes completions and scores sequences.
+pub trait Teacher: Sync {
     /// How the user named the teacher.
     fn id(&self) -> &str;
     fn tokenizer(&self) -> &TextTokenizer;
+    /// The chat template prompts are rendered with (`None`: the teacher takes raw text only).
+    fn chat_template(&self) -> Option<&ChatTemplate>;
     /// Rows of the output layer.
     fn vocab_size(&self) -> usize;
     /// Ids that end a completion.
     fn stop_ids(&self) -> &[u32];
-    /// One completion per prompt (token ids), sampled with `params`.
-    fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<Vec<Completion>>;
-    /// Top-K log-probabilities at `temperature` for predicting each token `from..` of each request:
-    /// one [`TopK`] with `token_ids.len() − from` rows per request.
+    /// Name, weights hash and matmul precision, for a dataset's manifest.
+    fn identity(&self) -> Result<TeacherIdentity>;
+    /// Refuses, before any work, a signal this teacher cannot give: `k` alternatives per token at
+    /// `temperature`.
+    fn check_signal(&self, k: usize, temperature: f32) -> Result<()>;
+    /// Whether prompts must be conversations (chat APIs cannot take raw text).
+    fn needs_messages(&self) -> bool {
+        false
+    }
+    /// One completion per prompt, prompt `i` sampled with seed `params.seed + i`: its token ids,
+    /// the stop token included when the teacher ended on one.
+    fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<Vec<Vec<u32>>>;
+    /// [`Self::generate`] with the teacher's top-`k` at `temperature` for every completion token.
+    fn generate_scored(
+        &self,
+        prompts: &[TeacherPrompt],
+        params: &SamplingParams,
+        k: usize,
+        temperature: f32,
+    ) -> Result<Vec<ScoredCompletion>>;
+    /// Top-`k` log-probabilities at `temperature` for predicting each token `from..` of each
+    /// request: one [`TopK`] with `token_ids.len() − from` rows per request.
     fn score(&self, requests: &[ScoreRequest], k: usize, temperature: f32) -> Result<Vec<TopK>>;
-}
-
-/// Positions projected onto the vocabulary at once while scoring: 64 × 49152 f32 = 12.6 MB.
-const SCORE_CHUNK_ROWS: usize = 64;
-
-pub struct LocalTeacher {
-    pub model: LoadedModel,
-}
-
-impl LocalTeacher {
-    /// A teacher only runs inference: unless the model's matmuls are packed already (bf16, say),
-    /// its weights are packed for the f32 kernel where the CPU runs it (the plain path where not).
-    /// Packing cannot fail on a loaded model's 2-d f32 weights; if it did, the plain path stays.
-    pub fn new(mut model: LoadedModel) -> Self {
-        if model.model.packed_matmuls().is_none() {
-            let _ = model.model.use_packed_matmuls(distill_kernels::packed::Precision::F32);
-        }
-        Self { model }
-    }
-}
-
-impl Teacher for LocalTeacher {
-    fn id(&self) -> &str {
-        &self.model.source
-    }
-
-    fn tokenizer(&self) -> &TextTokenizer {
-        &self.model.tokenizer
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.model.model.config().vocab_size
-    }
-
-    fn stop_ids(&self) -> &[u32] {
-        &self.model.stop_ids
-    }
-
-    fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<Vec<Completion>> {
-        Ok(generate(&self.model.model, &self.model.tokenizer, prompts, params, &self.model.stop_ids, |_, _| {})?)
-    }
-
-    fn score(&self, requests: &[ScoreRequest], k: usize, temperature: f32) -> Result<Vec<TopK>> {
-        score_with(&self.model.model, requests, k, temperature)
-    }
-}
-
-/// [`Teacher::score`] for any loaded model: the server's `prompt_logprobs` use it too.
-pub fn score_with(model: &Llama, requests: &[ScoreRequest], k: usize, temperature: f32) -> Result<Vec<TopK>> {
-    if requests.is_empty() {
-        return Ok(Vec::new());
-    }
-    let vocab = model.config().vocab_size;
-    if k == 0 || k > vocab {
-        return Err(Error::Input(format!("k must be in 1..={vocab}, got {k}")));
-    }
-    if !(temperature > 0.0 && temperature.is_finite()) {
-        return Err(Error::Input(format!("temperature must be positive, got {temperature}")));
-    }
-    for (i, r) in requests.iter().enumerate() {
-        if r.from == 0 || r.from > r.token_ids.len() {
-            return Err(Error::Input(format!("request {i}: `from` {} must be in 1..={}", r.from, r.token_ids.len())));
-        }
-    }
-    let device: &Device = model.device();
-    let longest = requests.iter().map(|r| r.token_ids.len()).max().unwrap_or(0);
-    // Right padding: causal attention keeps real positions from seeing it.
-    let padded: Vec<u32> = requests
-        .iter()
-        .flat_map(|r| r.token_ids.iter().copied().chain(std::iter::repeat_n(0, longest - r.token_ids.len())))
-        .collect();
-    let ids = Tensor::from_vec(padded, (requests.len(), longest), device)?;
-    let hidden = model.forward_hidden(&ids)?; // (B, T, C)
-    let mut out = Vec::with_capacity(requests.len());
-    for (row, r) in requests.iter().enumerate() {
-        // Position p predicts token p + 1.
-        let positions = r.from - 1..r.token_ids.len() - 1;
-        let row_hidden = hidden.get(row)?; // (T, C)
-        let mut merged = TopK {
-            k,
-            ids: Vec::with_capacity(positions.len() * k),
-            logprobs: Vec::with_capacity(positions.len() * k),
-            tail_logprob: Vec::with_capacity(positions.len()),
-        };
-        let mut start = positions.start;
-        while start < positions.end {
-            let len = SCORE_CHUNK_ROWS.min(positions.end - start);
-            let logits = model.logits(&row_hidden.narrow(0, start, len)?)?; // (R, V)
-            let top = with_f32(&logits, |flat| topk_logprobs(flat, vocab, k, temperature))?;
-            merged.ids.extend(top.ids);
-            merged.logprobs.extend(top.logprobs);
-            merged.tail_logprob.extend(top.tail_logprob);
-            start += len;
-        }
-        out.push(merged);
-    }
-    Ok(out)
 }

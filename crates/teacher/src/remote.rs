@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use distill_kernels::packed::Precision;
 use distill_kernels::TopK;
-use distill_models::{ChatMessage, SamplingParams, TextTokenizer};
+use distill_models::{ChatMessage, ChatTemplate, ModelText, SamplingParams, TextTokenizer};
 use serde_json::{json, Value};
 
-use crate::{Error, Result};
+use crate::{Error, Result, ScoreRequest, ScoredCompletion, Teacher, TeacherIdentity, TeacherPrompt};
 
 mod tokens;
 pub use tokens::TextCompletion;
@@ -40,6 +41,29 @@ pub struct RemoteOptions {
     pub timeout: Duration,
     /// Attempts per prompt before the job fails.
     pub attempts: usize,
+}
+
+/// Where the API key of a remote teacher is read from, first found first.
+pub const API_KEY_VARIABLES: [&str; 2] = ["DISTILL_TEACHER_API_KEY", "OPENAI_API_KEY"];
+
+impl RemoteOptions {
+    /// Options for `urls` with the key from [`API_KEY_VARIABLES`]; without a `model`, the first
+    /// one the first endpoint lists (`GET /v1/models`).
+    pub fn from_env(
+        urls: Vec<String>,
+        model: Option<String>,
+        concurrency: usize,
+        timeout: Duration,
+        attempts: usize,
+    ) -> Result<Self> {
+        let first = urls.first().ok_or_else(|| Error::Input("no teacher endpoint given".into()))?;
+        let api_key = API_KEY_VARIABLES.iter().find_map(|v| std::env::var(v).ok());
+        let model = match model {
+            Some(m) => m,
+            None => first_model(first, api_key.as_deref(), timeout)?,
+        };
+        Ok(Self { urls, model, concurrency: concurrency.max(1), api_key, timeout, attempts })
+    }
 }
 
 /// One prompt's completion with the teacher's top-k at every completion token.
@@ -73,8 +97,11 @@ struct Endpoint {
 pub struct RemoteTeacher {
     options: RemoteOptions,
     endpoints: Vec<Endpoint>,
-    tokenizer: TextTokenizer,
-    eos_ids: Vec<u32>,
+    /// `MODEL @ URL, URL…`.
+    label: String,
+    /// The teacher's tokenizer, chat template and stop ids, from a local copy.
+    text: ModelText,
+    vocab_size: usize,
     /// Set once an endpoint refuses log-probabilities: from then on completions are text only
     /// and stored as hard labels (sequence-level KD).
     text_only: AtomicBool,
@@ -97,13 +124,15 @@ enum Failure {
 }
 
 impl RemoteTeacher {
-    /// `tokenizer` must be the teacher's: returned tokens are mapped to its ids. `eos_ids` end
-    /// a completion (appended when an endpoint reports `finish_reason: stop` without a stop string).
-    pub fn new(options: RemoteOptions, tokenizer: TextTokenizer, eos_ids: Vec<u32>) -> Result<Self> {
+    /// `text` must be the teacher's (a local copy's tokenizer, chat template and stop ids):
+    /// returned tokens are mapped to its ids, and its first stop id is appended when an endpoint
+    /// reports `finish_reason: stop` without a stop string. `vocab_size` is the teacher's
+    /// output-layer rows.
+    pub fn new(options: RemoteOptions, text: ModelText, vocab_size: usize) -> Result<Self> {
         if options.urls.is_empty() {
             return Err(Error::Input("no teacher endpoint given".into()));
         }
-        let endpoints = options
+        let endpoints: Vec<Endpoint> = options
             .urls
             .iter()
             .map(|u| Endpoint {
@@ -113,15 +142,12 @@ impl RemoteTeacher {
                 backoff: Mutex::new((0, None, None)),
             })
             .collect();
-        Ok(Self { options, endpoints, tokenizer, eos_ids, text_only: AtomicBool::new(false) })
-    }
-
-    pub fn id(&self) -> String {
-        format!(
+        let label = format!(
             "{} @ {}",
-            self.options.model,
-            self.endpoints.iter().map(|e| e.url.as_str()).collect::<Vec<_>>().join(", ")
-        )
+            options.model,
+            endpoints.iter().map(|e: &Endpoint| e.url.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        Ok(Self { options, endpoints, label, text, vocab_size, text_only: AtomicBool::new(false) })
     }
 
     /// Whether the endpoints gave text only (the dataset then holds hard labels).
@@ -143,17 +169,13 @@ impl RemoteTeacher {
 
     /// A completion per conversation, sampled with `params` (prompt `i` with `seed + i`), and the
     /// teacher's top-`k` (k ≤ 20) at every token.
-    pub fn generate_scored(
+    pub fn complete_chats(
         &self,
         prompts: &[Vec<ChatMessage>],
         params: &SamplingParams,
         k: usize,
     ) -> Result<Vec<RemoteCompletion>> {
-        if k == 0 || k > MAX_REMOTE_TOP_K {
-            return Err(Error::Input(format!(
-                "remote teachers return 1 to {MAX_REMOTE_TOP_K} alternatives per token; got k = {k}"
-            )));
-        }
+        check_remote_k(k)?;
         self.fan_out(prompts, |endpoint, index, messages| {
             let seeded = SamplingParams { seed: params.seed.wrapping_add(index as u64), ..params.clone() };
             self.request(endpoint, messages, &seeded, k)
@@ -181,14 +203,14 @@ impl RemoteTeacher {
             }
         });
         if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(Error::Input(e));
+            return Err(Error::Network(e));
         }
         results
             .into_inner()
             .unwrap_or_else(|p| p.into_inner())
             .into_iter()
             .enumerate()
-            .map(|(i, r)| r.ok_or_else(|| Error::Input(format!("item {i} got no answer"))))
+            .map(|(i, r)| r.ok_or_else(|| Error::Network(format!("item {i} got no answer"))))
             .collect()
     }
 
@@ -346,9 +368,9 @@ impl RemoteTeacher {
                 tracing::warn!("the teacher endpoint returns no log-probabilities: falling back to sequence-level KD");
             }
             // Text only: the teacher's tokens as hard labels.
-            let mut token_ids = self.tokenizer.encode(&text, false).map_err(|e| e.to_string())?;
+            let mut token_ids = self.text.tokenizer.encode(&text, false).map_err(|e| e.to_string())?;
             if ended_on_eos(choice, &text, params) {
-                token_ids.extend(self.eos_ids.first());
+                token_ids.extend(self.text.stop_ids.first());
             }
             for &id in &token_ids {
                 push_row(&mut top, &[(id, 0.0)], k);
@@ -376,7 +398,7 @@ impl RemoteTeacher {
             push_row(&mut top, &row, k);
         }
         if ended_on_eos(choice, &text, params) {
-            if let Some(&eos) = self.eos_ids.first() {
+            if let Some(&eos) = self.text.stop_ids.first() {
                 token_ids.push(eos);
                 push_row(&mut top, &[(eos, 0.0)], k);
             }
@@ -389,11 +411,119 @@ impl RemoteTeacher {
     fn token_id(&self, t: &Value) -> Option<u32> {
         if let Some(bytes) = t["bytes"].as_array() {
             let bytes: Option<Vec<u8>> = bytes.iter().map(|b| b.as_u64().map(|b| b as u8)).collect();
-            if let Some(id) = bytes.and_then(|b| self.tokenizer.id_for_bytes(&b)) {
+            if let Some(id) = bytes.and_then(|b| self.text.tokenizer.id_for_bytes(&b)) {
                 return Some(id);
             }
         }
-        self.tokenizer.token_to_id(t["token"].as_str()?)
+        self.text.tokenizer.token_to_id(t["token"].as_str()?)
+    }
+}
+
+/// A remote teacher returns at most [`MAX_REMOTE_TOP_K`] alternatives with a completion.
+fn check_remote_k(k: usize) -> Result<()> {
+    if k == 0 || k > MAX_REMOTE_TOP_K {
+        return Err(Error::Input(format!(
+            "k = {k}: OpenAI-compatible endpoints return 1 to {MAX_REMOTE_TOP_K} alternatives per token; use --k 20"
+        )));
+    }
+    Ok(())
+}
+
+/// The APIs give log-probabilities at temperature 1 only.
+fn check_temperature_one(temperature: f32) -> Result<()> {
+    if temperature != 1.0 {
+        return Err(Error::Input(
+            "remote teachers return temperature-1 log-probabilities; drop --logprob-temperature".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Teacher for RemoteTeacher {
+    fn id(&self) -> &str {
+        &self.label
+    }
+
+    fn tokenizer(&self) -> &TextTokenizer {
+        &self.text.tokenizer
+    }
+
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.text.chat_template.as_ref()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn stop_ids(&self) -> &[u32] {
+        &self.text.stop_ids
+    }
+
+    /// Endpoints may change between resumed runs; the model they serve may not.
+    fn identity(&self) -> Result<TeacherIdentity> {
+        let name = format!("remote:{}", self.options.model);
+        let hash = distill_store::sha256_hex(name.as_bytes());
+        // The endpoints compute; the local copy only tokenizes.
+        Ok(TeacherIdentity { name, hash, matmuls: Precision::F32 })
+    }
+
+    fn check_signal(&self, k: usize, temperature: f32) -> Result<()> {
+        check_remote_k(k)?;
+        check_temperature_one(temperature)
+    }
+
+    fn needs_messages(&self) -> bool {
+        true
+    }
+
+    /// Through `/v1/completions` with token-id prompts; the text is tokenized again locally.
+    fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<Vec<Vec<u32>>> {
+        self.complete_tokens(prompts, params)?
+            .into_iter()
+            .map(|c| {
+                let mut ids = self.text.tokenizer.encode(&c.text, false)?;
+                if c.ended_on_eos {
+                    ids.extend(self.text.stop_ids.first());
+                }
+                Ok(ids)
+            })
+            .collect()
+    }
+
+    /// Through the chat API with each prompt's messages (a plain-text prompt is refused).
+    fn generate_scored(
+        &self,
+        prompts: &[TeacherPrompt],
+        params: &SamplingParams,
+        k: usize,
+        temperature: f32,
+    ) -> Result<Vec<ScoredCompletion>> {
+        check_temperature_one(temperature)?;
+        let conversations = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.messages.clone().ok_or_else(|| {
+                    Error::Input(format!(
+                        "prompt {} of the batch is plain text: remote teachers are asked through the chat API; \
+                         add --chat or use `messages`",
+                        i + 1
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self
+            .complete_chats(&conversations, params, k)?
+            .into_iter()
+            .map(|c| ScoredCompletion { token_ids: c.token_ids, top: c.top })
+            .collect())
+    }
+
+    /// Through `prompt_logprobs` (vLLM, `distill serve`): see [`Self::score_tokens`].
+    fn score(&self, requests: &[ScoreRequest], k: usize, temperature: f32) -> Result<Vec<TopK>> {
+        check_temperature_one(temperature)?;
+        self.score_tokens(requests, k)
     }
 }
 
@@ -410,15 +540,15 @@ pub fn first_model(url: &str, api_key: Option<&str>, timeout: Duration) -> Resul
     }
     let body = request
         .call()
-        .map_err(|e| Error::Input(format!("GET /v1/models: {e}")))?
+        .map_err(|e| Error::Network(format!("GET /v1/models: {e}")))?
         .into_string()
-        .map_err(|e| Error::Input(format!("GET /v1/models: {e}")))?;
+        .map_err(|e| Error::Network(format!("GET /v1/models: {e}")))?;
     let value: Value =
-        serde_json::from_str(&body).map_err(|e| Error::Input(format!("GET /v1/models: not JSON: {e}")))?;
+        serde_json::from_str(&body).map_err(|e| Error::Network(format!("GET /v1/models: not JSON: {e}")))?;
     value["data"][0]["id"]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| Error::Input("GET /v1/models listed no model".into()))
+        .ok_or_else(|| Error::Network("GET /v1/models listed no model".into()))
 }
 
 /// Appends one row of at most `k` (id, logprob) pairs, padded to `k` with impossible entries,

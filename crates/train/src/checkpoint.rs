@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use distill_models::{checkpoint::save_hf_dir, Llama, TextTokenizer};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::optim::AdamW;
 
 pub const CHECKPOINT_DIR: &str = "checkpoint";
@@ -38,24 +39,27 @@ pub fn save(
     chat_template: Option<&str>,
     optimizer: &AdamW,
     state: TrainerState,
-) -> Result<(), String> {
+) -> Result<()> {
     let dir = checkpoint_dir(output);
     let tmp = output.join(format!("{CHECKPOINT_DIR}.tmp"));
     let old = output.join(format!("{CHECKPOINT_DIR}.old"));
     let _ = std::fs::remove_dir_all(&tmp);
-    save_hf_dir(&tmp, model, tokenizer, chat_template).map_err(|e| e.to_string())?;
+    save_hf_dir(&tmp, model, tokenizer, chat_template).map_err(|e| Error::Checkpoint(e.to_string()))?;
     let (moments, _) = optimizer.state();
-    candle_core::safetensors::save(&moments, tmp.join(OPTIMIZER_FILE)).map_err(|e| e.to_string())?;
-    let json = serde_json::to_string_pretty(&state).map_err(|e| e.to_string())?;
-    distill_models::checkpoint::write_atomic(&tmp.join(STATE_FILE), &json).map_err(|e| e.to_string())?;
+    candle_core::safetensors::save(&moments, tmp.join(OPTIMIZER_FILE)).map_err(|e| Error::Checkpoint(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&state).map_err(|e| Error::Checkpoint(e.to_string()))?;
+    distill_models::checkpoint::write_atomic(&tmp.join(STATE_FILE), &json)
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
     // Swap: the previous checkpoint stays until the new one is in place.
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
-        std::fs::rename(&dir, &old).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::rename(&dir, &old).map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?;
     }
-    std::fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?;
     let _ = std::fs::remove_dir_all(&old);
-    std::fs::File::open(output).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", output.display()))?;
+    std::fs::File::open(output)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", output.display())))?;
     Ok(())
 }
 
@@ -75,11 +79,12 @@ pub fn find(output: &Path) -> Option<PathBuf> {
 }
 
 /// Reads the trainer state and optimizer moments of a checkpoint.
-pub fn load_state(dir: &Path) -> Result<(TrainerState, HashMap<String, Tensor>), String> {
-    let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", dir.join(STATE_FILE).display()))?;
+pub fn load_state(dir: &Path) -> Result<(TrainerState, HashMap<String, Tensor>)> {
+    let text = std::fs::read_to_string(dir.join(STATE_FILE))
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join(STATE_FILE).display())))?;
     let moments = candle_core::safetensors::load(dir.join(OPTIMIZER_FILE), &candle_core::Device::Cpu)
-        .map_err(|e| format!("{}: {e}", dir.join(OPTIMIZER_FILE).display()))?;
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join(OPTIMIZER_FILE).display())))?;
     Ok((state, moments))
 }

@@ -242,7 +242,11 @@ fn default_min_ratio() -> f64 {
 
 impl TrainConfig {
     /// Checks values a run cannot use, naming the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
+        self.check().map_err(crate::Error::Config)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.steps == 0
             || self.batch_size == 0
             || self.seq_len < 2
@@ -262,6 +266,12 @@ impl TrainConfig {
         }
         self.loss.validate().map_err(|e| format!("loss: {e}"))?;
         if let Some(o) = &self.on_policy {
+            if !(0.0..=1.0).contains(&o.fraction) || !(0.0..=1.0).contains(&o.beta) {
+                return Err("on_policy.fraction and on_policy.beta must be in [0, 1]".into());
+            }
+            if o.rollouts == 0 || o.max_tokens == 0 {
+                return Err("on_policy.rollouts and on_policy.max_tokens must be at least 1".into());
+            }
             if o.tail == TailModel::Uniform && o.beta < 1.0 {
                 return Err(format!(
                     "on_policy: tail = \"uniform\" needs beta = 1 (reverse KL), got beta = {}",

@@ -1,258 +1,432 @@
-//! One optimisation step and held-out evaluation of a student on packed teacher-signal batches.
+//! The training loop: resume, the micro-batch loop (offline batches from the store, on-policy and
+//! online batches from a [`Teacher`]), metrics, held-out evaluation, checkpoints and a clean stop
+//! on Ctrl-C. Progress goes to a [`TrainObserver`]; the `distill` binary draws it with indicatif.
 //!
-//! The head is applied only to positions that carry a teacher signal: hidden states (B, L, C) are
-//! gathered to (N, C) first, so the (N, V) logits cover completion tokens, not padding or prompts.
+//! ```no_run
+//! # fn main() -> distill_train::Result<()> {
+//! let text = std::fs::read_to_string("run.toml").unwrap();
+//! let cfg: distill_train::config::TrainConfig = toml::from_str(&text).unwrap();
+//! let outcome = distill_train::Trainer::new(cfg, &mut ())?.run(&mut ())?;
+//! println!("student in {}", outcome.final_dir.display());
+//! # Ok(()) }
+//! ```
 
-use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
-use candle_core::{DType, Result, Tensor, Var};
-use distill_models::{Llama, LlamaConfig};
-use distill_store::{Batch, Dataset};
+use candle_core::Device;
+use distill_models::{checkpoint, LlamaConfig, ModelText};
+use distill_store::Dataset;
+use distill_teacher::Teacher;
+use serde::{Deserialize, Serialize};
 
-use crate::fused;
-use crate::loss::{distillation_loss, loss_from_buckets, Divergence, LossConfig, PlainTargets};
-use crate::optim::{clip_scale, grad_norm, AdamW, AdamWConfig, Schedule};
+use crate::checkpoint::{self as ckpt, TrainerState};
+use crate::config::TrainConfig;
+use crate::data::BatchStream;
+use crate::error::{Error, Result};
+use crate::init::{build_student, InitialStudent};
+use crate::optim::Schedule;
+use crate::rollouts::{is_rollout, open_teacher, Rollouts};
+use crate::student::{Optimizer, Student};
+use crate::{Divergence, LossConfig};
 
-/// A student whose parameters are trainable variables.
-pub struct Student {
-    pub model: Llama,
-    pub vars: Vec<(String, Var)>,
-    /// Whether [`Self::batch_loss`] takes the composed path: off CPU, or when asked for with the
-    /// environment variable `DISTILL_COMPOSED_HEAD=1` (for comparisons). Decided once, here.
-    composed_head: bool,
+/// What a run is about to train, reported once before the first step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunStart {
+    pub student: LlamaConfig,
+    /// The dataset and its size, or how batches are made without one.
+    pub data: String,
+    /// The step a resumed run continues from (`None`: a fresh run).
+    pub resumed_at: Option<u64>,
+    pub steps: u64,
 }
 
-impl Student {
-    /// Wraps `weights` (HF names) as variables and builds the model on them.
-    pub fn new(cfg: LlamaConfig, weights: &HashMap<String, Tensor>) -> distill_models::Result<Self> {
-        let mut vars = Vec::new();
-        let mut tensors = HashMap::new();
-        let mut names: Vec<&String> = weights.keys().collect();
-        names.sort();
-        for name in names {
-            // A copy: training must not write into the teacher's tensors.
-            let var = Var::from_tensor(&weights[name].copy()?)?;
-            tensors.insert(name.clone(), var.as_tensor().clone());
-            vars.push((name.clone(), var));
-        }
-        let model = Llama::from_weights(cfg, &tensors)?;
-        let composed_head = !model.device().is_cpu() || std::env::var("DISTILL_COMPOSED_HEAD").is_ok_and(|v| v == "1");
-        Ok(Self { model, vars, composed_head })
-    }
-
-    /// Loss on the positions of `batch` that carry a teacher signal (None when there are none).
-    /// On CPU the head and loss run fused ([`crate::fused`]); elsewhere, or with the environment
-    /// variable `DISTILL_COMPOSED_HEAD=1` (for comparisons), the composed reference.
-    pub fn batch_loss(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
-        if self.composed_head {
-            self.batch_loss_composed(batch, loss)
-        } else {
-            self.batch_loss_fused(batch, loss)
-        }
-    }
-
-    /// [`Self::batch_loss`] through the fused, chunked head and loss.
-    pub fn batch_loss_fused(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
-        let Some((hidden, targets, n)) = self.hidden_and_targets(batch)? else {
-            return Ok(None);
-        };
-        let out = fused::head_loss(&hidden, self.model.lm_head_weight(), &targets, batch.k, loss)?;
-        Ok(Some(StepLoss { loss: out.loss, objective: out.objective, tokens: n }))
-    }
-
-    /// [`Self::batch_loss`] through (N, V) logits and the composed, autograd-differentiated loss.
-    pub fn batch_loss_composed(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
-        let Some((hidden, targets, n)) = self.hidden_and_targets(batch)? else {
-            return Ok(None);
-        };
-        let logits = hidden.matmul(&self.model.lm_head_weight().t()?)?; // (N, V)
-        let targets = targets.to_tensors(n, batch.k, self.model.device())?;
-        let value = distillation_loss(&logits, &targets, loss)?;
-        Ok(Some(StepLoss { loss: value.to_scalar::<f32>()? as f64, objective: value, tokens: n }))
-    }
-
-    /// Final hidden states (N, C) at the signal-carrying positions, with their targets.
-    fn hidden_and_targets(&self, batch: &Batch) -> Result<Option<(Tensor, PlainTargets, usize)>> {
-        let positions: Vec<u32> =
-            batch.loss_mask.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(i, _)| i as u32).collect();
-        let n = positions.len();
-        if n == 0 {
-            return Ok(None);
-        }
-        let (b, l, k) = (batch.batch_size, batch.seq_len, batch.k);
-        let device = self.model.device();
-        let ids = Tensor::from_vec(batch.input_ids.clone(), (b, l), device)?;
-        let hidden = self
-            .model
-            .forward_packed_hidden(&ids, &batch.position_ids, &batch.segment_ids)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?; // (B, L, C)
-        let c = hidden.dim(2)?;
-        let index = Tensor::from_vec(positions.clone(), n, device)?;
-        let selected = hidden.reshape((b * l, c))?.index_select(&index, 0)?; // (N, C)
-        let pick = |i: &u32| *i as usize;
-        let targets = PlainTargets {
-            topk_ids: positions.iter().flat_map(|i| batch.topk_ids[pick(i) * k..(pick(i) + 1) * k].to_vec()).collect(),
-            topk_logprobs: positions
-                .iter()
-                .flat_map(|i| batch.topk_logprobs[pick(i) * k..(pick(i) + 1) * k].to_vec())
-                .collect(),
-            tail_logprobs: positions.iter().map(|i| batch.tail_logprobs[pick(i)]).collect(),
-            target_ids: positions.iter().map(|i| batch.target_ids[pick(i)]).collect(),
-            mask: vec![1.0; n],
-        };
-        Ok(Some((selected, targets, n)))
-    }
-
-    /// Token-level KL(teacher‖student) (over top-K + tail) and top-1 agreement on a dataset.
-    pub fn evaluate(&self, dataset: &Dataset, seq_len: usize, batch_size: usize) -> Result<Evaluation> {
-        let mut packer = crate::data::fixed_order(dataset, seq_len, batch_size);
-        let kl = LossConfig { divergence: Divergence::ForwardKl, ..LossConfig::default() };
-        let (mut kl_sum, mut agree, mut count) = (0f64, 0usize, 0usize);
-        while let Some(batch) = packer.next_batch().map_err(|e| candle_core::Error::Msg(e.to_string()))? {
-            let Some((hidden, targets, n)) = self.hidden_and_targets(&batch)? else { continue };
-            let top1: Vec<u32> = targets.topk_ids.chunks(batch.k).map(|c| c[0]).collect();
-            let (buckets, student_top1) = fused::head_buckets(&hidden, self.model.lm_head_weight(), &targets, batch.k)?;
-            let device = self.model.device();
-            let student = Tensor::from_vec(buckets, (n, batch.k + 1), device)?;
-            let t = targets.to_tensors(n, batch.k, device)?;
-            let unused_ce = Tensor::zeros(n, DType::F32, device)?; // KL only: no cross-entropy term
-            let per = loss_from_buckets(&student, &unused_ce, None, &t, &kl)?.to_vec1::<f32>()?;
-            kl_sum += per.iter().map(|x| *x as f64).sum::<f64>();
-            agree += student_top1.iter().zip(&top1).filter(|(a, b)| a == b).count();
-            count += n;
-        }
-        Ok(Evaluation {
-            kl: kl_sum / count.max(1) as f64,
-            top1_agreement: agree as f64 / count.max(1) as f64,
-            tokens: count,
-        })
-    }
-}
-
-/// A micro-batch's loss: its value, the tensor to differentiate (the loss itself, or an objective
-/// with the same gradient), and how many positions it covers.
-pub struct StepLoss {
+/// One optimiser step, as written to `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub epoch: u64,
+    /// Mean loss of the step's micro-batches (summed in f32).
     pub loss: f64,
-    pub objective: Tensor,
-    pub tokens: usize,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Target tokens trained on so far.
+    pub tokens: u64,
+    /// Tokens per second in this session.
+    pub tokens_per_s: f64,
+    /// Completion tokens the on-policy teacher scored in this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_teacher_tokens: Option<u64>,
 }
 
-/// Held-out figures.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Evaluation {
+/// A held-out evaluation, as written to `metrics.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub step: u64,
     /// Mean KL(teacher ‖ student) per token, nats.
-    pub kl: f64,
+    pub eval_kl: f64,
     /// Share of positions where the student's argmax is the teacher's top-1.
-    pub top1_agreement: f64,
-    pub tokens: usize,
+    pub eval_top1: f64,
+    pub eval_tokens: usize,
 }
 
-/// Optimiser, schedule, clipping and gradient accumulation around a [`Student`].
-pub struct Optimizer {
-    pub adamw: AdamW,
-    pub schedule: Schedule,
-    pub clip: Option<f64>,
-    params: Vec<(String, Var)>,
-    pending: Option<candle_core::backprop::GradStore>,
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    /// Steps done, over all sessions.
+    pub steps: u64,
+    /// Target tokens trained on, over all sessions.
+    pub tokens: u64,
+    /// Seconds this session trained.
+    pub seconds: f64,
+    /// Stopped early (Ctrl-C or [`Trainer::stop_handle`]); the checkpoint holds where it stood.
+    pub interrupted: bool,
+    /// The run's checkpoint directory.
+    pub checkpoint_dir: PathBuf,
+    /// The trained student in HF layout (written when the run finished).
+    pub final_dir: PathBuf,
+    pub metrics: PathBuf,
 }
 
-impl Optimizer {
-    pub fn new(student: &Student, config: AdamWConfig, schedule: Schedule, clip: Option<f64>) -> Result<Self> {
+/// Hears how a run goes. Every method does nothing unless implemented; `()` hears nothing.
+pub trait TrainObserver {
+    /// Width pruning measured `done` of `total` calibration batches.
+    fn calibrating(&mut self, _done: usize, _total: usize) {}
+    fn started(&mut self, _start: &RunStart) {}
+    fn step(&mut self, _metrics: &StepMetrics) {}
+    fn evaluated(&mut self, _metrics: &EvalMetrics) {}
+    fn finished(&mut self, _outcome: &TrainOutcome) {}
+}
+
+impl TrainObserver for () {}
+
+/// A run being trained: the student, its optimiser, the data and where the run stands.
+pub struct Trainer {
+    cfg: TrainConfig,
+    student: Student,
+    optimizer: Optimizer,
+    state: TrainerState,
+    /// The student's tokenizer and chat template, saved with every checkpoint.
+    text: ModelText,
+    dataset: Option<Dataset>,
+    eval: Option<Dataset>,
+    rollouts: Option<Rollouts>,
+    resumed: bool,
+    metrics: File,
+    stop: Arc<AtomicBool>,
+}
+
+impl Trainer {
+    /// [`Self::with_teacher`] with the teacher `[on_policy]` names, if any.
+    pub fn new(cfg: TrainConfig, observer: &mut dyn TrainObserver) -> Result<Self> {
+        Self::with_teacher(cfg, None, observer)
+    }
+
+    /// Prepares the run `cfg` describes: writes the resolved config into its output directory
+    /// (or, when a checkpoint is there, checks it is this run's and resumes from it), opens the
+    /// datasets, builds the student and the optimiser. `teacher` makes the on-policy or online
+    /// batches of `[on_policy]`; without one the teacher it names is loaded or connected to.
+    pub fn with_teacher(
+        cfg: TrainConfig,
+        teacher: Option<Box<dyn Teacher>>,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let out = &cfg.output;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let resolved = toml::to_string(&cfg).map_err(|e| Error::Config(e.to_string()))?;
+        let resume_from = ckpt::find(out);
+        let config_path = out.join("config.toml");
+        if resume_from.is_some() {
+            let saved = std::fs::read_to_string(&config_path).unwrap_or_default();
+            if saved != resolved {
+                return Err(Error::Config(format!(
+                    "{} holds a checkpoint of a run with another configuration\nHINT: use a new `output` directory, or delete {} to start over",
+                    out.display(),
+                    out.display()
+                )));
+            }
+        } else {
+            std::fs::write(&config_path, &resolved).map_err(|e| Error::io(&config_path, e))?;
+        }
+
+        let dataset = match (&cfg.dataset, &cfg.on_policy) {
+            (Some(path), _) => Some(Dataset::open(path)?),
+            (None, Some(o)) if o.fraction == 1.0 && o.start_step == 0 => None,
+            (None, _) => {
+                return Err(Error::Config(
+                    "`dataset` is missing: only pure online or on-policy training ([on_policy] with fraction = 1 and \
+                     start_step = 0) needs none\nHINT: make one with `distill generate --dataset DIR --prompts-file FILE`"
+                        .into(),
+                ))
+            }
+        };
+        let eval = cfg.eval_dataset.as_ref().map(|p| Dataset::open(p)).transpose()?;
+        let initial = match &resume_from {
+            Some(dir) => {
+                let source = distill_models::load(&dir.display().to_string(), &Device::Cpu)
+                    .map_err(|e| Error::from(e).context(format!("loading the checkpoint in {}", dir.display())))?;
+                let weights = source.model.named_parameters().into_iter().collect();
+                InitialStudent { config: source.model.config().clone(), weights, source }
+            }
+            None => build_student(&cfg, dataset.as_ref(), &mut |done, total| observer.calibrating(done, total))?,
+        };
+        let tok = &initial.source.tokenizer;
+        if let Some(dataset) = &dataset {
+            dataset.check_student(&tok.fingerprint(), tok.vocab_size(), initial.config.vocab_size)?;
+        }
+        if let Some(eval) = &eval {
+            eval.check_student(&tok.fingerprint(), tok.vocab_size(), initial.config.vocab_size)
+                .map_err(|e| Error::from(e).context("eval_dataset was made with another teacher than dataset"))?;
+        }
+        let student = Student::new(initial.config.clone(), &initial.weights)?;
+        // The student holds its own copy now: free the initial weights and the model the tokenizer
+        // came from (a whole teacher, for a pruned or config student), keeping its text side.
+        let InitialStudent { config: student_cfg, weights, source } = initial;
+        drop(weights);
+        let text = source.into_text();
+        let rollouts = match &cfg.on_policy {
+            Some(o) => {
+                let k = o.k.or(dataset.as_ref().map(|d| d.manifest().spec.k)).unwrap_or(20);
+                let teacher = match teacher {
+                    Some(t) => t,
+                    None => open_teacher(o, &text, student_cfg.vocab_size)?,
+                };
+                Some(Rollouts::new(o, teacher, &text, k, cfg.seq_len, cfg.batch_size)?)
+            }
+            None => None,
+        };
+        let schedule = Schedule {
+            peak: cfg.optimizer.lr,
+            warmup: cfg.schedule.warmup,
+            total: cfg.steps,
+            min_ratio: cfg.schedule.min_lr_ratio,
+        };
+        let mut optimizer = Optimizer::new(&student, cfg.optimizer, schedule, cfg.clip_grad_norm)?;
+        let mut state = TrainerState { step: 0, epoch: 0, batches_in_epoch: 0, tokens: 0, optimizer_steps: 0 };
+        let metrics_path = out.join("metrics.jsonl");
+        if let Some(dir) = &resume_from {
+            let (saved, moments) = ckpt::load_state(dir)?;
+            optimizer.adamw.load_state(&moments, saved.optimizer_steps)?;
+            state = saved;
+            truncate_metrics(&metrics_path, state.step)?;
+        } else {
+            std::fs::write(&metrics_path, "").map_err(|e| Error::io(&metrics_path, e))?;
+        }
+        let metrics =
+            std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+        let data = match (&cfg.dataset, &dataset) {
+            (Some(path), Some(d)) => format!("dataset {} ({} tokens)", path.display(), d.manifest().tokens()),
+            _ => "no dataset: every batch is made by the teacher inside the loop".to_string(),
+        };
+        observer.started(&RunStart {
+            student: student_cfg,
+            data,
+            resumed_at: resume_from.as_ref().map(|_| state.step),
+            steps: cfg.steps,
+        });
         Ok(Self {
-            adamw: AdamW::new(student.vars.clone(), config)?,
-            schedule,
-            clip,
-            params: student.vars.clone(),
-            pending: None,
+            cfg,
+            student,
+            optimizer,
+            state,
+            text,
+            dataset,
+            eval,
+            rollouts,
+            resumed: resume_from.is_some(),
+            metrics,
+            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    /// Backward through `loss`, clip, update. Returns (learning rate, gradient norm before clipping).
-    pub fn step(&mut self, loss: &Tensor) -> Result<(f64, f64)> {
-        self.accumulate(loss, 1.0)?;
-        self.apply()
+    /// The student being trained.
+    pub fn student(&self) -> &Student {
+        &self.student
     }
 
-    /// Adds `weight ·` ∇`loss` to the pending gradients; the micro-batch's graph is freed here.
-    pub fn accumulate(&mut self, loss: &Tensor, weight: f64) -> Result<()> {
-        let grads = loss.backward()?;
-        match &mut self.pending {
-            None => {
-                let mut scaled = grads;
-                if weight != 1.0 {
-                    for (_, var) in &self.params {
-                        if let Some(g) = scaled.get(var.as_tensor()) {
-                            let g = (g * weight)?;
-                            scaled.insert(var.as_tensor(), g);
+    /// Setting this flag finishes the current step, writes a checkpoint and ends [`Self::run`].
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Stops the run cleanly on Ctrl-C (a second Ctrl-C exits at once). A process has one
+    /// handler: where another is installed already, this one is not.
+    pub fn stop_on_ctrl_c(&self) {
+        let flag = self.stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+
+    /// Trains to `cfg.steps` (or until stopped), evaluating every `eval_every` steps and
+    /// checkpointing every `checkpoint_every`; a finished run saves the student to `final/`.
+    pub fn run(mut self, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
+        if !self.resumed {
+            self.evaluate(0, observer)?;
+        }
+        let started = Instant::now();
+        let session_start_tokens = self.state.tokens;
+        let cfg = self.cfg.clone();
+        let (epoch, batches_in_epoch) = (self.state.epoch, self.state.batches_in_epoch);
+        let dataset = self.dataset.take();
+        let mut stream = dataset
+            .as_ref()
+            .map(|d| BatchStream::new(d, cfg.seq_len, cfg.batch_size, cfg.seed, epoch, batches_in_epoch))
+            .transpose()?;
+        let mut interrupted = false;
+        while self.state.step < cfg.steps {
+            let (loss, tokens) = self.micro_batches(stream.as_mut())?;
+            let (lr, grad_norm) = self.optimizer.apply()?;
+            let state = &mut self.state;
+            state.step += 1;
+            state.optimizer_steps = self.optimizer.adamw.steps_taken();
+            state.tokens += tokens as u64;
+            let step = state.step;
+            if !loss.is_finite() {
+                return Err(Error::Config(format!(
+                    "the loss became {loss} at step {step}\nHINT: lower optimizer.lr or set clip_grad_norm"
+                )));
+            }
+            let metrics = StepMetrics {
+                step,
+                epoch: state.epoch,
+                loss: loss as f64,
+                lr,
+                grad_norm,
+                tokens: state.tokens,
+                tokens_per_s: (state.tokens - session_start_tokens) as f64 / started.elapsed().as_secs_f64(),
+                rollout_teacher_tokens: self.rollouts.as_ref().map(|r| r.teacher_tokens),
+            };
+            self.log(&metrics)?;
+            observer.step(&metrics);
+            if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
+                self.evaluate(step, observer)?;
+            }
+            interrupted = self.stop.load(Ordering::SeqCst);
+            if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || interrupted {
+                self.save_checkpoint()?;
+            }
+            if interrupted {
+                break;
+            }
+        }
+        let final_dir = cfg.output.join("final");
+        if !interrupted {
+            let template = self.text.chat_template.as_ref().map(|t| t.source().to_string());
+            checkpoint::save_hf_dir(&final_dir, &self.student.model, &self.text.tokenizer, template.as_deref())?;
+        }
+        let outcome = TrainOutcome {
+            steps: self.state.step,
+            tokens: self.state.tokens,
+            seconds: started.elapsed().as_secs_f64(),
+            interrupted,
+            checkpoint_dir: ckpt::checkpoint_dir(&cfg.output),
+            final_dir,
+            metrics: cfg.output.join("metrics.jsonl"),
+        };
+        observer.finished(&outcome);
+        Ok(outcome)
+    }
+
+    /// Accumulates one step's `grad_accum` micro-batches: rollouts where [`is_rollout`] says so,
+    /// offline batches from `stream` otherwise. Returns the mean micro-batch loss and the target
+    /// tokens trained on.
+    fn micro_batches(&mut self, mut stream: Option<&mut BatchStream<'_>>) -> Result<(f32, usize)> {
+        let cfg = &self.cfg;
+        let mut micro_losses = Vec::with_capacity(cfg.grad_accum as usize);
+        let mut n = 0usize;
+        while (micro_losses.len() as u64) < cfg.grad_accum {
+            if let (Some(r), Some(o)) = (self.rollouts.as_mut(), &cfg.on_policy) {
+                // Micro-batches counted from the first step with rollouts.
+                let since_start = self.state.step.checked_sub(o.start_step);
+                let micro_index = since_start.map(|s| s * cfg.grad_accum + micro_losses.len() as u64);
+                if let Some(micro_index) = micro_index.filter(|&m| is_rollout(m, o.fraction)) {
+                    // The student's own completions, towards the teacher with JSD(β).
+                    let loss = LossConfig {
+                        divergence: Divergence::Jsd { beta: o.beta },
+                        kd_weight: 1.0,
+                        tail: o.tail,
+                        ..cfg.loss
+                    };
+                    let batches = r.batches(&self.student, micro_index, cfg.seed)?;
+                    let weight = 1.0 / (cfg.grad_accum as f64 * batches.len().max(1) as f64);
+                    let mut losses = Vec::with_capacity(batches.len());
+                    for batch in &batches {
+                        if let Some(micro) = self.student.batch_loss(batch, &loss)? {
+                            self.optimizer.accumulate(&micro.objective, weight)?;
+                            losses.push(micro.loss as f32);
+                            n += micro.tokens;
                         }
                     }
-                }
-                self.pending = Some(scaled);
-            }
-            Some(pending) => {
-                for (_, var) in &self.params {
-                    if let Some(g) = grads.get(var.as_tensor()) {
-                        let sum = match pending.get(var.as_tensor()) {
-                            Some(p) => (p + (g * weight)?)?,
-                            None => (g * weight)?,
-                        };
-                        pending.insert(var.as_tensor(), sum);
-                    }
+                    micro_losses.push(losses.iter().sum::<f32>() / losses.len().max(1) as f32);
+                    continue;
                 }
             }
+            // Without a dataset every micro-batch is a rollout (checked when the run was made).
+            let stream = stream
+                .as_deref_mut()
+                .ok_or_else(|| Error::Config("no dataset to read an offline batch from".into()))?;
+            let batch = stream.next_batch()?;
+            (self.state.epoch, self.state.batches_in_epoch) = (stream.epoch, stream.batches_in_epoch);
+            let Some(micro) = self.student.batch_loss(&batch, &cfg.loss)? else { continue };
+            self.optimizer.accumulate(&micro.objective, 1.0 / cfg.grad_accum as f64)?;
+            micro_losses.push(micro.loss as f32);
+            n += micro.tokens;
         }
+        Ok((micro_losses.iter().sum::<f32>() / micro_losses.len() as f32, n))
+    }
+
+    /// Held-out KL and top-1 agreement at `step`, logged and reported (nothing without an
+    /// `eval_dataset`).
+    fn evaluate(&mut self, step: u64, observer: &mut dyn TrainObserver) -> Result<()> {
+        let Some(eval) = &self.eval else { return Ok(()) };
+        let e = self.student.evaluate(eval, self.cfg.seq_len, self.cfg.batch_size)?;
+        let metrics = EvalMetrics { step, eval_kl: e.kl, eval_top1: e.top1_agreement, eval_tokens: e.tokens };
+        self.log(&metrics)?;
+        observer.evaluated(&metrics);
         Ok(())
     }
 
-    /// Clips and applies the accumulated gradients. Returns (learning rate, norm before clipping).
-    pub fn apply(&mut self) -> Result<(f64, f64)> {
-        let Some(grads) = self.pending.take() else {
-            return Err(candle_core::Error::Msg("apply() without accumulated gradients".into()));
-        };
-        // Clipping is folded into the update as a scale on the gradients.
-        let norm = grad_norm(&grads, &self.params)?;
-        let lr = self.schedule.lr(self.adamw.steps_taken());
-        self.adamw.step_scaled(&grads, lr, clip_scale(norm, self.clip.unwrap_or(f64::INFINITY)))?;
-        Ok((lr, norm))
+    fn log(&mut self, line: &impl Serialize) -> Result<()> {
+        let path = self.cfg.output.join("metrics.jsonl");
+        let json = serde_json::to_string(line).map_err(|e| Error::Config(e.to_string()))?;
+        writeln!(self.metrics, "{json}").and_then(|_| self.metrics.flush()).map_err(|e| Error::io(&path, e))
+    }
+
+    fn save_checkpoint(&self) -> Result<()> {
+        let template = self.text.chat_template.as_ref().map(|t| t.source().to_string());
+        ckpt::save(
+            &self.cfg.output,
+            &self.student.model,
+            &self.text.tokenizer,
+            template.as_deref(),
+            &self.optimizer.adamw,
+            self.state,
+        )
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn accumulated_micro_batches_equal_one_batch() {
-        // Two identical students; one sees 0.5·(L1 + L2) at once, the other L1 and L2 accumulated.
-        let cfg = distill_models::fixtures::tiny_config();
-        let weights = distill_models::init::random_weights(&cfg, 5, &Device::Cpu).unwrap();
-        let schedule = Schedule { peak: 0.01, warmup: 1, total: 10, min_ratio: 0.1 };
-        let a = Student::new(cfg.clone(), &weights).unwrap();
-        let b = Student::new(cfg, &weights).unwrap();
-        let loss = |s: &Student, ids: &[u32]| -> Tensor {
-            let ids = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
-            let logits = s.model.forward(&ids).unwrap();
-            crate::loss::ce_for_tests(&logits).unwrap()
-        };
-        let mut oa = Optimizer::new(&a, AdamWConfig::default(), schedule, Some(1.0)).unwrap();
-        let mut ob = Optimizer::new(&b, AdamWConfig::default(), schedule, Some(1.0)).unwrap();
-        let (x, y) = ([5u32, 9, 40, 7], [100u32, 3, 3, 8]);
-        let together = ((loss(&a, &x) + loss(&a, &y)).unwrap() * 0.5).unwrap();
-        oa.step(&together).unwrap();
-        ob.accumulate(&loss(&b, &x), 0.5).unwrap();
-        ob.accumulate(&loss(&b, &y), 0.5).unwrap();
-        ob.apply().unwrap();
-        for ((name, va), (_, vb)) in a.vars.iter().zip(&b.vars) {
-            let d = (va.as_tensor() - vb.as_tensor())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(d < 1e-6, "{name}: {d}");
-        }
-    }
+/// Drops the lines of `metrics.jsonl` written after the checkpoint at `step`: they belong to
+/// steps that will be redone.
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let kept: String = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).map_err(|e| Error::io(path, e))
 }

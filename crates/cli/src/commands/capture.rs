@@ -120,22 +120,10 @@ pub fn run(args: CaptureArgs) -> Result<()> {
         if lines == 0 {
             bail!("no captured completion matched; nothing to score into {}", dataset.display());
         }
-        super::dataset::run(super::dataset::DatasetOptions {
-            output: dataset,
-            prompts_file: args.output,
-            model: args.teacher,
-            chat: false,
-            system: None,
-            sampling: distill_models::SamplingParams::default(),
-            k: args.k,
-            completions: 1,
-            prompts_per_shard: 64,
-            batch_size: 8,
-            logprob_temperature: 1.0,
-            layout: None,
-            matmuls: super::generate::Matmuls::F32,
-            remote: None,
-        })?;
+        // The captured lines carry their completions: the teacher only scores them.
+        let options = distill_teacher::DatasetOptions { chat: false, k: args.k, ..Default::default() };
+        let f32 = distill_teacher::Precision::F32;
+        super::dataset::run(&dataset, &args.output, args.teacher.as_deref(), f32, None, options)?;
     }
     Ok(())
 }

@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
-use distill_kernels::packed::Precision;
-use distill_models::{generate, generate_with_logprobs, ChatMessage, ChatTemplate, LoadedModel, SamplingParams};
-use indicatif::{ProgressBar, ProgressStyle};
+use distill_models::{generate, generate_with_logprobs, LoadedModel, SamplingParams};
+use distill_teacher::prompts::{read_prompt_file, render, Prompt};
+use distill_teacher::{Layout, Precision};
 use serde_json::json;
 
-use crate::prompts::{read_prompt_file, Prompt};
+use crate::progress;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -104,14 +105,14 @@ pub struct GenerateArgs {
     /// How shards store the top-k: `coded` (range-coded, about half the bytes, read through
     /// distill) or `plain` (lists any Parquet reader uses as they are). Default: coded for a new
     /// dataset, the dataset's own layout when resuming one.
-    #[arg(long, value_enum, help_heading = "Dataset")]
-    layout: Option<super::dataset::Layout>,
+    #[arg(long, value_parser = parse_layout(), help_heading = "Dataset")]
+    layout: Option<Layout>,
 
     /// Arithmetic of the model's matmuls. `bf16` rounds weights and activations to bfloat16 and
-    /// sums in f32: about 2.5× faster scoring and generation on CPUs with AVX-512 BF16, at a small
-    /// cost in fidelity (measured in the README). Elsewhere it falls back to f32, with a warning.
-    #[arg(long, value_enum, default_value_t = Matmuls::F32, conflicts_with = "teacher_urls")]
-    matmuls: Matmuls,
+    /// sums in f32: faster scoring and generation on CPUs with AVX-512 BF16, at a small cost in
+    /// fidelity (measured in docs/performance.md). Elsewhere it falls back to f32, with a warning.
+    #[arg(long, value_parser = parse_precision(), default_value = "f32", conflicts_with = "teacher_urls")]
+    matmuls: Precision,
 
     /// With --dataset: the teacher is served at this OpenAI-compatible URL (repeat for several
     /// endpoints; prompts fan out over all, a failing one is retried elsewhere). --model then
@@ -134,33 +135,28 @@ pub struct GenerateArgs {
     teacher_timeout: u64,
 }
 
-/// The arithmetic of a local model's matmuls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Matmuls {
-    /// f32 throughout (weights packed once for the AVX-512 kernel where the CPU has it).
-    F32,
-    /// bf16 operands, f32 sums (CPUs with AVX-512 BF16).
-    Bf16,
+/// `--layout`: coded or plain (listed in `--help`).
+fn parse_layout() -> impl TypedValueParser<Value = Layout> {
+    // Only the listed names reach the parse, so it cannot fail.
+    PossibleValuesParser::new(["coded", "plain"]).map(|s| s.parse().unwrap_or_default())
 }
 
-/// Packs `model`'s weights for the asked precision's kernel where the CPU runs it (the model is
-/// only used for inference from here on); returns what it runs (`"f32"` or `"bf16"`), warning
-/// when bf16 was asked for and is not available. f32 falls back to the plain matmuls silently:
-/// the same arithmetic.
-pub fn use_matmuls(model: &mut LoadedModel, matmuls: Matmuls) -> Result<&'static str> {
-    if matmuls == Matmuls::F32 {
-        model.model.use_packed_matmuls(Precision::F32)?;
-        return Ok("f32");
-    }
+/// `--matmuls`: f32 or bf16 (listed in `--help`).
+pub(crate) fn parse_precision() -> impl TypedValueParser<Value = Precision> {
+    PossibleValuesParser::new(["f32", "bf16"]).map(|s| s.parse().unwrap_or_default())
+}
+
+/// Runs `model`'s matmuls in `precision` where the CPU can (the model is only used for inference
+/// from here on), saying so for bf16 and warning when it falls back to f32.
+pub fn use_matmuls(model: &mut LoadedModel, precision: Precision) -> Result<Precision> {
     let started = Instant::now();
-    if model.model.use_packed_matmuls(Precision::Bf16)? {
-        eprintln!("matmuls in bf16 (packed in {:.1} s)", started.elapsed().as_secs_f64());
-        Ok("bf16")
-    } else {
-        eprintln!("warning: --matmuls bf16 needs a CPU with AVX-512 BF16; running f32 matmuls");
-        model.model.use_packed_matmuls(Precision::F32)?;
-        Ok("f32")
+    let got = model.pack_matmuls(precision)?;
+    if got != precision {
+        eprintln!("warning: --matmuls {precision} needs a CPU with AVX-512 BF16; running f32 matmuls");
+    } else if got != Precision::F32 {
+        eprintln!("matmuls in {got} (packed in {:.1} s)", started.elapsed().as_secs_f64());
     }
+    Ok(got)
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -177,10 +173,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     params.validate()?;
     if let Some(output) = &args.dataset {
-        return super::dataset::run(super::dataset::DatasetOptions {
-            output: output.clone(),
-            prompts_file: args.prompts_file.clone().expect("clap requires --prompts-file with --dataset"),
-            model: args.model.clone(),
+        let prompts_file = args.prompts_file.clone().context("--dataset needs --prompts-file")?;
+        let options = distill_teacher::DatasetOptions {
             chat: args.chat,
             system: args.system.clone(),
             sampling: params,
@@ -190,25 +184,25 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             batch_size: args.batch_size,
             logprob_temperature: args.logprob_temperature,
             layout: args.layout,
-            matmuls: args.matmuls,
-            remote: remote_options(&args)?,
-        });
+        };
+        let remote = remote_options(&args)?;
+        return super::dataset::run(output, &prompts_file, args.model.as_deref(), args.matmuls, remote, options);
     }
     let prompts = collect_prompts(&args)?;
     let mut model = load_model(args.model.as_deref())?;
     use_matmuls(&mut model, args.matmuls)?;
-    let rendered: Vec<String> =
-        prompts.iter().map(|p| render(&model, p, args.chat, args.system.as_deref())).collect::<Result<_>>()?;
+    let template = model.chat_template.as_ref();
+    let rendered: Vec<String> = prompts
+        .iter()
+        .map(|p| render(template, &model.source, p, args.chat, args.system.as_deref()))
+        .collect::<Result<_, _>>()?;
     let token_ids: Vec<Vec<u32>> =
         rendered.iter().map(|text| model.tokenizer.encode(text, true)).collect::<Result<_, _>>()?;
 
     if prompts.len() == 1 && !args.json {
         return stream_one(&model, &token_ids[0], &params);
     }
-    let bar = ProgressBar::new(prompts.len() as u64).with_style(
-        ProgressStyle::with_template("{spinner} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("static template is valid"),
-    );
+    let bar = progress::bar(prompts.len() as u64, "{pos}/{len} prompts");
     let started = Instant::now();
     let mut generated = 0usize;
     let stdout = std::io::stdout();
@@ -266,26 +260,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 }
 
 /// The remote teacher asked for with --teacher-url, if any.
-fn remote_options(args: &GenerateArgs) -> Result<Option<distill_teacher::remote::RemoteOptions>> {
-    if args.teacher_urls.is_empty() {
-        return Ok(None);
-    }
-    let api_key = ["DISTILL_TEACHER_API_KEY", "OPENAI_API_KEY"].iter().find_map(|v| std::env::var(v).ok());
+fn remote_options(args: &GenerateArgs) -> Result<Option<distill_teacher::RemoteOptions>> {
+    let Some(first) = args.teacher_urls.first() else { return Ok(None) };
     let timeout = std::time::Duration::from_secs(args.teacher_timeout.max(1));
-    let model = match &args.teacher_model {
-        Some(m) => m.clone(),
-        None => distill_teacher::remote::first_model(&args.teacher_urls[0], api_key.as_deref(), timeout).with_context(
-            || format!("asking {} which model it serves (or pass --teacher-model)", args.teacher_urls[0]),
-        )?,
-    };
-    Ok(Some(distill_teacher::remote::RemoteOptions {
-        urls: args.teacher_urls.clone(),
-        model,
-        concurrency: args.teacher_concurrency.max(1),
-        api_key,
+    let options = distill_teacher::RemoteOptions::from_env(
+        args.teacher_urls.clone(),
+        args.teacher_model.clone(),
+        args.teacher_concurrency,
         timeout,
-        attempts: 8,
-    }))
+        8,
+    )
+    .with_context(|| format!("asking {first} which model it serves (or pass --teacher-model)"))?;
+    Ok(Some(options))
 }
 
 fn collect_prompts(args: &GenerateArgs) -> Result<Vec<Prompt>> {
@@ -326,42 +312,6 @@ pub fn load_model(spec: Option<&str>) -> Result<LoadedModel> {
         started.elapsed().as_secs_f64()
     );
     Ok(model)
-}
-
-/// The conversation a prompt stands for: its messages, or text wrapped as a user message (after
-/// `system`) when `chat` is set. `None` for raw text, which is fed to the model as it is.
-pub fn conversation(prompt: &Prompt, chat: bool, system: Option<&str>) -> Option<Vec<ChatMessage>> {
-    match prompt {
-        Prompt::Text(_) if !chat => None,
-        Prompt::Text(text) => {
-            let mut m: Vec<ChatMessage> = system.map(|s| ChatMessage::new("system", s)).into_iter().collect();
-            m.push(ChatMessage::new("user", text.as_str()));
-            Some(m)
-        }
-        Prompt::Chat(messages) => Some(messages.clone()),
-    }
-}
-
-pub fn render(model: &LoadedModel, prompt: &Prompt, chat: bool, system: Option<&str>) -> Result<String> {
-    render_with(model.chat_template.as_ref(), &model.source, prompt, chat, system)
-}
-
-/// [`render`] with the chat template of the model named `name`.
-pub fn render_with(
-    template: Option<&ChatTemplate>,
-    name: &str,
-    prompt: &Prompt,
-    chat: bool,
-    system: Option<&str>,
-) -> Result<String> {
-    if let (Prompt::Text(text), false) = (prompt, chat) {
-        return Ok(text.clone());
-    }
-    let messages = conversation(prompt, chat, system).unwrap_or_default(); // Some for everything else
-    let template = template.with_context(|| {
-        format!("model `{name}` has no chat template; drop --chat and `messages` prompts, or use a chat model")
-    })?;
-    Ok(template.render(&messages, true)?)
 }
 
 fn stream_one(model: &LoadedModel, prompt: &[u32], params: &SamplingParams) -> Result<()> {

@@ -6,7 +6,6 @@ pub mod generate;
 pub mod guard;
 pub mod inspect;
 pub mod keys;
-pub mod on_policy;
 pub mod reference;
 pub mod report;
 pub mod run;

@@ -19,15 +19,16 @@ use distill_models::{checkpoint, Llama};
 use distill_store::{Batch, Dataset};
 use distill_train::config::TrainConfig;
 use distill_train::data::{self, BatchStream};
+use distill_train::init::{build_student, InitialStudent};
 
 pub fn export(cfg: &TrainConfig, dir: &Path) -> Result<()> {
     let path = cfg.dataset.as_ref().context("the reference export replays the run's dataset; give `dataset`")?;
     let dataset = Dataset::open(path)?;
-    let (student_cfg, weights, source) = super::train::build_student(cfg, Some(&dataset))?;
+    let InitialStudent { config, weights, source } = build_student(cfg, Some(&dataset), &mut |_, _| {})?;
     let tok = &source.tokenizer;
-    dataset.check_student(&tok.fingerprint(), tok.vocab_size(), student_cfg.vocab_size)?;
+    dataset.check_student(&tok.fingerprint(), tok.vocab_size(), config.vocab_size)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let model = Llama::from_weights(student_cfg, &weights)?;
+    let model = Llama::from_weights(config, &weights)?;
     let template = source.chat_template.as_ref().map(|t| t.source().to_string());
     checkpoint::save_hf_dir(&dir.join("student"), &model, tok, template.as_deref())?;
     std::fs::write(dir.join("config.toml"), toml::to_string(cfg)?)?;

@@ -29,8 +29,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use distill_models::SamplingParams;
-use distill_train::config::TrainConfig;
+use distill_train::config::{ScheduleConfig, TrainConfig};
+use distill_train::optim::AdamWConfig;
+use distill_train::LossConfig;
 use serde::Deserialize;
+
+use super::eval::percent;
 
 #[derive(Args, Debug)]
 #[command(
@@ -48,15 +52,18 @@ struct PipelineConfig {
     #[serde(default)]
     teacher: TeacherSection,
     data: DataSection,
-    /// `distill train` settings; dataset, eval_dataset and output are filled in.
+    /// `distill train` settings (steps, batch_size, …, on_policy); the pipeline fills in
+    /// dataset, eval_dataset and output.
     train: toml::Table,
+    /// As in `distill train`; a pruned student is cut from the pipeline's teacher unless `from`
+    /// says otherwise.
     student: toml::Table,
     #[serde(default)]
-    loss: Option<toml::Table>,
+    loss: LossConfig,
     #[serde(default)]
-    optimizer: Option<toml::Table>,
+    optimizer: AdamWConfig,
     #[serde(default)]
-    schedule: Option<toml::Table>,
+    schedule: ScheduleConfig,
     #[serde(default)]
     eval: EvalSection,
     #[serde(default)]
@@ -190,15 +197,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         student_table.insert("from".into(), toml::Value::String(teacher.clone()));
     }
     table.insert("student".into(), toml::Value::Table(student_table));
-    for (key, section) in [("loss", &cfg.loss), ("optimizer", &cfg.optimizer), ("schedule", &cfg.schedule)] {
-        if let Some(t) = section {
-            table.insert(key.into(), toml::Value::Table(t.clone()));
-        }
-    }
-    let train_cfg: TrainConfig = toml::Value::Table(table)
+    let mut train_cfg: TrainConfig = toml::Value::Table(table)
         .try_into()
-        .with_context(|| format!("{}: the [train]/[student]/[loss] sections", args.config.display()))?;
-    train_cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+        .with_context(|| format!("{}: the [train] and [student] sections", args.config.display()))?;
+    (train_cfg.loss, train_cfg.optimizer, train_cfg.schedule) = (cfg.loss, cfg.optimizer, cfg.schedule);
+    train_cfg.validate().with_context(|| args.config.display().to_string())?;
 
     let d = &cfg.data;
     let sampling = SamplingParams {
@@ -214,25 +217,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     ] {
         stage(&out, name, || {
             let prompts = prompt_subset(src, n, &out.join(format!("data/{name}.jsonl")))?;
-            super::dataset::run(super::dataset::DatasetOptions {
-                output: dest.clone(),
-                prompts_file: prompts,
-                model: Some(teacher.clone()),
-                chat: true,
-                system: None,
+            let options = distill_teacher::DatasetOptions {
                 sampling: sampling.clone(),
                 k: d.k,
-                completions: 1,
                 prompts_per_shard: 32,
-                batch_size: 8,
-                logprob_temperature: 1.0,
-                layout: None,
-                matmuls: super::generate::Matmuls::F32,
-                remote: None,
-            })
+                ..Default::default()
+            };
+            super::dataset::run(dest, &prompts, Some(&teacher), distill_teacher::Precision::F32, None, options)
         })?;
     }
-    stage(&out, "train", || super::train::train(&train_cfg))?;
+    stage(&out, "train", || super::train::train(train_cfg.clone()))?;
 
     let student = train_dir.join("final");
     let heldout = prompt_subset(&d.heldout_prompts, cfg.eval.max_prompts, &out.join("data/eval-heldout.jsonl"))?;
@@ -252,6 +246,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             no_speed: false,
             out: Some(json.to_path_buf()),
         })
+        .map(|_| ())
     };
     stage(&out, "eval", || eval(&student, &train_dir.join("eval.json")))?;
     for ty in &cfg.export.types {
@@ -268,35 +263,29 @@ pub fn run(args: RunArgs) -> Result<()> {
             eval(&file, &train_dir.join(format!("eval-{ty}.json")))
         })?;
     }
-    super::report::run(super::report::ReportArgs { run: train_dir.clone(), baseline: None })?;
-    summary(&train_dir, started)?;
+    let report = super::report::run(super::report::ReportArgs { run: train_dir.clone(), baseline: None })?;
+    summary(&report, started);
     Ok(())
 }
 
 /// The retention figures of every evaluated file and where the report is.
-fn summary(train_dir: &Path, started: Instant) -> Result<()> {
+fn summary(report: &distill_eval::Report, started: Instant) {
     println!(
         "\npipeline finished in {:.1} min; report: {}",
         started.elapsed().as_secs_f64() / 60.0,
-        train_dir.join("report.html").display()
+        report.html.display()
     );
-    let figures: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(train_dir.join("report.json"))?)?;
-    let pct = super::eval::percent;
-    for e in figures["evaluations"].as_array().into_iter().flatten() {
-        for set in ["in_domain", "out_of_domain"] {
-            let r = &e[set];
-            if r.is_null() {
-                continue;
-            }
+    for e in &report.figures.evaluations {
+        for (set, r) in [("in_domain", Some(&e.in_domain)), ("out_of_domain", e.out_of_domain.as_ref())] {
+            let Some(r) = r else { continue };
             println!(
                 "retention {} {set}: top-1 agreement {}, perplexity {}, ROUGE-L {}, exact match {}",
-                e["model"].as_str().unwrap_or_default(),
-                pct(&r["top1_agreement_pct"]),
-                pct(&r["perplexity_pct"]),
-                pct(&r["rouge_l_pct"]),
-                pct(&r["exact_match_pct"])
+                e.model,
+                percent(Some(r.top1_agreement_pct)),
+                percent(r.perplexity_pct),
+                percent(Some(r.rouge_l_pct)),
+                percent(r.exact_match_pct)
             );
         }
     }
-    Ok(())
 }

@@ -67,11 +67,11 @@ pub struct ServeArgs {
     #[arg(long)]
     guard: Option<Level>,
 
-    /// Arithmetic of the model's matmuls: `bf16` (bf16 operands, f32 sums) decodes about 1.9×
-    /// faster on CPUs with AVX-512 BF16, at a small cost in fidelity; elsewhere it falls back to
-    /// f32 with a warning.
-    #[arg(long, value_enum, default_value_t = super::generate::Matmuls::F32)]
-    matmuls: super::generate::Matmuls,
+    /// Arithmetic of the model's matmuls: `bf16` (bf16 operands, f32 sums) decodes faster on CPUs
+    /// with AVX-512 BF16, at a small cost in fidelity (docs/performance.md); elsewhere it falls back
+    /// to f32 with a warning.
+    #[arg(long, value_parser = super::generate::parse_precision(), default_value = "f32")]
+    matmuls: distill_teacher::Precision,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {

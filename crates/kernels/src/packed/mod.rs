@@ -26,11 +26,49 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-/// The arithmetic of a packed weight's products.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The arithmetic of a model's matmuls: the one precision type of the workspace (the packed
+/// kernels, the CLI's `--matmuls`, a dataset manifest's `teacher_matmuls`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
+    /// f32 throughout.
+    #[default]
     F32,
+    /// bf16 operands, f32 sums (CPUs with AVX-512 BF16).
     Bf16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown precision `{other}` (known: f32, bf16)")),
+        }
+    }
+}
+
+impl PartialEq<&str> for Precision {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 impl Precision {

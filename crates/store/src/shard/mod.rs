@@ -17,6 +17,7 @@ use std::sync::Arc;
 use arrow_array::builder::{ListBuilder, UInt32Builder};
 use arrow_array::{Array, ArrayRef, ListArray, RecordBatch, StringArray, UInt16Array, UInt32Array};
 use arrow_schema::{DataType, Field, Schema};
+use distill_kernels::TopK;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -48,6 +49,28 @@ pub struct Sequence {
 }
 
 impl Sequence {
+    /// A teacher-scored sequence: `token_ids` is the prompt's `prompt_len` tokens then the
+    /// completion, `top` the teacher's top-K for predicting each completion token.
+    pub fn from_scored(
+        prompt_index: u32,
+        prompt_id: String,
+        sample: u16,
+        token_ids: Vec<u32>,
+        prompt_len: usize,
+        top: TopK,
+    ) -> Self {
+        Self {
+            prompt_index,
+            prompt_id,
+            sample,
+            prompt_len: prompt_len as u32,
+            token_ids,
+            topk_ids: top.ids,
+            topk_logprobs: top.logprobs,
+            tail_logprobs: top.tail_logprob,
+        }
+    }
+
     pub fn completion_len(&self) -> usize {
         self.token_ids.len() - self.prompt_len as usize
     }

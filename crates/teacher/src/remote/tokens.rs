@@ -108,7 +108,7 @@ impl RemoteTeacher {
                 // decodes a token: a different vocabulary would make every id mean another word.
                 if position == request.from && row.is_empty() {
                     if let Some(theirs) = entry["decoded_token"].as_str() {
-                        let ours = self.tokenizer.decode(&[id], false).map_err(|e| e.to_string())?;
+                        let ours = self.text.tokenizer.decode(&[id], false).map_err(|e| e.to_string())?;
                         if theirs != ours {
                             return Err(format!(
                                 "the teacher decodes token {id} as {theirs:?} and the local tokenizer as {ours:?}: \

@@ -1,12 +1,21 @@
 //! Prompt files: JSONL with `{"prompt": "..."}` or OpenAI chat `{"messages": [...]}` per line,
 //! optionally `"completion": "..."` (or a final assistant message) to have the teacher score a
 //! given reply instead of generating one, and `"metadata": {"id": ...}` to name the prompt.
+//! [`render`] turns a prompt into the text a model reads.
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use distill_models::ChatMessage;
+use distill_models::{ChatMessage, ChatTemplate};
 use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// Why a line is not a prompt (the caller adds the file and line).
+type LineResult<T> = std::result::Result<T, String>;
+
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err(format!($($arg)*)) };
+}
 
 /// One prompt as the user wrote it.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,26 +42,28 @@ pub struct PromptRecord {
 
 /// Reads a JSONL prompt file; errors name the line and the field.
 pub fn read_prompt_file(path: &Path) -> Result<Vec<PromptRecord>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read prompt file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Input(format!("cannot read prompt file {}: {e}", path.display())))?;
     let mut prompts = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         if line.trim().is_empty() {
             continue;
         }
-        let mut prompt = parse_line(line).with_context(|| format!("{}:{line_no}", path.display()))?;
+        let mut prompt =
+            parse_line(line).map_err(|message| Error::Prompt { path: path.to_path_buf(), line: line_no, message })?;
         prompt.line = line_no;
         prompts.push(prompt);
     }
     if prompts.is_empty() {
-        bail!("{} holds no prompts", path.display());
+        return Err(Error::Input(format!("{} holds no prompts", path.display())));
     }
     Ok(prompts)
 }
 
-fn parse_line(line: &str) -> Result<PromptRecord> {
-    let value: Value = serde_json::from_str(line).context("not valid JSON")?;
-    let obj = value.as_object().context("expected a JSON object with `prompt` or `messages`")?;
+fn parse_line(line: &str) -> LineResult<PromptRecord> {
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    let obj = value.as_object().ok_or("expected a JSON object with `prompt` or `messages`")?;
     let id = match obj.get("metadata").and_then(|m| m.get("id")) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -70,7 +81,7 @@ fn parse_line(line: &str) -> Result<PromptRecord> {
             if completion.is_some() {
                 bail!("has both `completion` and a final assistant message; keep one");
             }
-            let last = messages.pop().expect("checked non-empty");
+            let Some(last) = messages.pop() else { bail!("`messages` is empty") };
             if messages.is_empty() {
                 bail!("`messages` holds only an assistant reply; a prompt needs a message before it");
             }
@@ -86,18 +97,18 @@ fn parse_line(line: &str) -> Result<PromptRecord> {
     Ok(PromptRecord { prompt, completion, id, reference, line: 0 })
 }
 
-fn parse_prompt(obj: &serde_json::Map<String, Value>) -> Result<Prompt> {
+fn parse_prompt(obj: &serde_json::Map<String, Value>) -> LineResult<Prompt> {
     match (obj.get("prompt"), obj.get("messages")) {
         (Some(_), Some(_)) => bail!("has both `prompt` and `messages`; keep one"),
         (Some(p), None) => {
-            let text = p.as_str().context("`prompt` must be a string")?;
+            let text = p.as_str().ok_or("`prompt` must be a string")?;
             if text.is_empty() {
                 bail!("`prompt` is empty");
             }
             Ok(Prompt::Text(text.to_string()))
         }
         (None, Some(m)) => {
-            let list = m.as_array().context("`messages` must be an array")?;
+            let list = m.as_array().ok_or("`messages` must be an array")?;
             if list.is_empty() {
                 bail!("`messages` is empty");
             }
@@ -113,10 +124,60 @@ fn parse_prompt(obj: &serde_json::Map<String, Value>) -> Result<Prompt> {
                         (_, None) => bail!("`messages[{j}].content` is missing or not a string"),
                     }
                 })
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<LineResult<Vec<_>>>()?;
             Ok(Prompt::Chat(messages))
         }
         (None, None) => bail!("needs a `prompt` string or a `messages` array"),
+    }
+}
+
+/// The conversation a prompt stands for: its messages, or text wrapped as a user message (after
+/// `system`) when `chat` is set. `None` for raw text, which is fed to the model as it is.
+pub fn conversation(prompt: &Prompt, chat: bool, system: Option<&str>) -> Option<Vec<ChatMessage>> {
+    match prompt {
+        Prompt::Text(_) if !chat => None,
+        Prompt::Text(text) => {
+            let mut m: Vec<ChatMessage> = system.map(|s| ChatMessage::new("system", s)).into_iter().collect();
+            m.push(ChatMessage::new("user", text.as_str()));
+            Some(m)
+        }
+        Prompt::Chat(messages) => Some(messages.clone()),
+    }
+}
+
+/// The text a model reads for `prompt`: raw text as it is, a conversation through `template`,
+/// the chat template of the model named `name`.
+pub fn render(
+    template: Option<&ChatTemplate>,
+    name: &str,
+    prompt: &Prompt,
+    chat: bool,
+    system: Option<&str>,
+) -> Result<String> {
+    if let (Prompt::Text(text), false) = (prompt, chat) {
+        return Ok(text.clone());
+    }
+    let messages = conversation(prompt, chat, system).unwrap_or_default(); // Some for everything else
+    let template = template.ok_or_else(|| {
+        Error::Input(format!(
+            "model `{name}` has no chat template; drop --chat and `messages` prompts, or use a chat model"
+        ))
+    })?;
+    Ok(template.render(&messages, true)?)
+}
+
+impl PromptRecord {
+    /// `metadata.id`, else `line-N`.
+    pub fn name(&self) -> String {
+        self.id.clone().unwrap_or_else(|| format!("line-{}", self.line))
+    }
+
+    /// The prompt's last message (or its text), as a report shows it.
+    pub fn display_text(&self) -> String {
+        match &self.prompt {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Chat(m) => m.last().map(|m| m.content.clone()).unwrap_or_default(),
+        }
     }
 }
 
