@@ -6,6 +6,7 @@ pub mod generate;
 pub mod guard;
 pub mod inspect;
 pub mod keys;
+pub mod pipeline;
 pub mod reference;
 pub mod report;
 pub mod run;

@@ -29,12 +29,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use distill_models::SamplingParams;
-use distill_train::config::{ScheduleConfig, TrainConfig};
-use distill_train::optim::AdamWConfig;
-use distill_train::LossConfig;
-use serde::Deserialize;
 
 use super::eval::percent;
+use super::pipeline::Pipeline;
 
 #[derive(Args, Debug)]
 #[command(
@@ -43,103 +40,6 @@ use super::eval::percent;
 pub struct RunArgs {
     /// Pipeline configuration (TOML); see examples/quickstart.toml.
     config: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PipelineConfig {
-    output: PathBuf,
-    #[serde(default)]
-    teacher: TeacherSection,
-    data: DataSection,
-    /// `distill train` settings (steps, batch_size, …, on_policy); the pipeline fills in
-    /// dataset, eval_dataset and output.
-    train: toml::Table,
-    /// As in `distill train`; a pruned student is cut from the pipeline's teacher unless `from`
-    /// says otherwise.
-    student: toml::Table,
-    #[serde(default)]
-    loss: LossConfig,
-    #[serde(default)]
-    optimizer: AdamWConfig,
-    #[serde(default)]
-    schedule: ScheduleConfig,
-    #[serde(default)]
-    eval: EvalSection,
-    #[serde(default)]
-    export: ExportSection,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TeacherSection {
-    model: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DataSection {
-    train_prompts: PathBuf,
-    heldout_prompts: PathBuf,
-    ood_prompts: Option<PathBuf>,
-    max_train_prompts: Option<usize>,
-    max_heldout_prompts: Option<usize>,
-    #[serde(default = "default_k")]
-    k: usize,
-    #[serde(default = "default_max_tokens")]
-    max_tokens: usize,
-    #[serde(default = "default_temperature")]
-    temperature: f64,
-    #[serde(default = "default_top_p")]
-    top_p: f64,
-    #[serde(default)]
-    seed: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EvalSection {
-    #[serde(default = "default_eval_tokens")]
-    max_tokens: usize,
-    max_prompts: Option<usize>,
-}
-
-impl Default for EvalSection {
-    fn default() -> Self {
-        Self { max_tokens: default_eval_tokens(), max_prompts: None }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExportSection {
-    #[serde(default = "default_types")]
-    types: Vec<String>,
-}
-
-impl Default for ExportSection {
-    fn default() -> Self {
-        Self { types: default_types() }
-    }
-}
-
-fn default_k() -> usize {
-    32
-}
-fn default_max_tokens() -> usize {
-    64
-}
-fn default_temperature() -> f64 {
-    0.7
-}
-fn default_top_p() -> f64 {
-    0.95
-}
-fn default_eval_tokens() -> usize {
-    48
-}
-fn default_types() -> Vec<String> {
-    vec!["q8_0".into(), "q4_0".into()]
 }
 
 /// Skips `stage` when its marker exists; runs it and writes the marker otherwise.
@@ -170,38 +70,15 @@ fn prompt_subset(src: &Path, n: Option<usize>, dest: &Path) -> Result<PathBuf> {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let text =
-        std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
-    let cfg: PipelineConfig =
-        toml::from_str(&text).with_context(|| format!("{} is not a valid pipeline config", args.config.display()))?;
+    let cfg = Pipeline::load(&args.config)?;
     let out = cfg.output.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::write(out.join("pipeline.toml"), toml::to_string(&cfg)?)
+        .with_context(|| format!("cannot write {}", out.join("pipeline.toml").display()))?;
     let started = Instant::now();
-    let teacher = match &cfg.teacher.model {
-        Some(m) => m.clone(),
-        None => distill_models::teacher::default_teacher()
-            .with_context(|| format!("the default teacher is not fetched\n{}", distill_models::teacher::FETCH_HINT))?
-            .display()
-            .to_string(),
-    };
-
-    // The train config is validated before any expensive stage runs.
-    let (train_dir, data_train, data_heldout) = (out.join("train"), out.join("data/train"), out.join("data/heldout"));
-    let mut table = cfg.train.clone();
-    table.insert("dataset".into(), toml::Value::String(data_train.display().to_string()));
-    table.insert("eval_dataset".into(), toml::Value::String(data_heldout.display().to_string()));
-    table.insert("output".into(), toml::Value::String(train_dir.display().to_string()));
-    let mut student_table = cfg.student.clone();
-    if student_table.get("type").and_then(|t| t.as_str()) == Some("prune") && !student_table.contains_key("from") {
-        // A pruned student is cut from the pipeline's teacher unless told otherwise.
-        student_table.insert("from".into(), toml::Value::String(teacher.clone()));
-    }
-    table.insert("student".into(), toml::Value::Table(student_table));
-    let mut train_cfg: TrainConfig = toml::Value::Table(table)
-        .try_into()
-        .with_context(|| format!("{}: the [train] and [student] sections", args.config.display()))?;
-    (train_cfg.loss, train_cfg.optimizer, train_cfg.schedule) = (cfg.loss, cfg.optimizer, cfg.schedule);
-    train_cfg.validate().with_context(|| args.config.display().to_string())?;
+    let teacher = &cfg.teacher;
+    let train_dir = cfg.train_dir();
+    let (data_train, data_heldout) = (out.join("data/train"), out.join("data/heldout"));
 
     let d = &cfg.data;
     let sampling = SamplingParams {
@@ -223,10 +100,10 @@ pub fn run(args: RunArgs) -> Result<()> {
                 prompts_per_shard: 32,
                 ..Default::default()
             };
-            super::dataset::run(dest, &prompts, Some(&teacher), distill_teacher::Precision::F32, None, options)
+            super::dataset::run(dest, &prompts, Some(teacher), distill_teacher::Precision::F32, None, options)
         })?;
     }
-    stage(&out, "train", || super::train::train(train_cfg.clone()))?;
+    stage(&out, "train", || super::train::train(cfg.train.clone()))?;
 
     let student = train_dir.join("final");
     let heldout = prompt_subset(&d.heldout_prompts, cfg.eval.max_prompts, &out.join("data/eval-heldout.jsonl"))?;

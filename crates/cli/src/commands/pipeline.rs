@@ -1,0 +1,214 @@
+//! The pipeline config of `distill run`: the file as written (`[train]` and `[student]` as tables
+//! the pipeline completes) and [`Pipeline`], every section typed and checked, as the stages run it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use distill_models::export::GgufType;
+use distill_train::config::{ScheduleConfig, TrainConfig};
+use distill_train::optim::AdamWConfig;
+use distill_train::LossConfig;
+use serde::{Deserialize, Serialize};
+
+/// The pipeline as it runs: the teacher resolved, the training run a complete `distill train`
+/// config (its dataset, eval_dataset and output inside the pipeline's directory), every value
+/// checked before the first stage. Written to `OUTPUT/pipeline.toml` for the record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    pub output: PathBuf,
+    /// The teacher model (the fetched default teacher unless `[teacher] model` names one).
+    pub teacher: String,
+    pub data: DataSection,
+    pub train: TrainConfig,
+    pub eval: EvalSection,
+    pub export: ExportSection,
+}
+
+impl Pipeline {
+    /// Reads and checks the pipeline config at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file: PipelineFile =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid pipeline config", path.display()))?;
+        file.resolve().with_context(|| path.display().to_string())
+    }
+
+    pub fn train_dir(&self) -> PathBuf {
+        self.output.join("train")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    output: PathBuf,
+    #[serde(default)]
+    teacher: TeacherSection,
+    data: DataSection,
+    /// `distill train` settings (steps, batch_size, …, on_policy); the pipeline fills in
+    /// dataset, eval_dataset and output.
+    train: toml::Table,
+    /// As in `distill train`; a pruned student is cut from the pipeline's teacher unless `from`
+    /// says otherwise.
+    student: toml::Table,
+    #[serde(default)]
+    loss: LossConfig,
+    #[serde(default)]
+    optimizer: AdamWConfig,
+    #[serde(default)]
+    schedule: ScheduleConfig,
+    #[serde(default)]
+    eval: EvalSection,
+    #[serde(default)]
+    export: ExportSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeacherSection {
+    model: Option<String>,
+}
+
+/// `[data]`: the prompts and how the teacher answers them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub train_prompts: PathBuf,
+    pub heldout_prompts: PathBuf,
+    pub ood_prompts: Option<PathBuf>,
+    pub max_train_prompts: Option<usize>,
+    pub max_heldout_prompts: Option<usize>,
+    #[serde(default = "default_k")]
+    pub k: usize,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// `[eval]`: the evaluation of the trained and of each exported student.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    #[serde(default = "default_eval_tokens")]
+    pub max_tokens: usize,
+    pub max_prompts: Option<usize>,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self { max_tokens: default_eval_tokens(), max_prompts: None }
+    }
+}
+
+/// `[export]`: the GGUF files written (each evaluated again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSection {
+    #[serde(default = "default_types")]
+    pub types: Vec<String>,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        Self { types: default_types() }
+    }
+}
+
+fn default_k() -> usize {
+    32
+}
+fn default_max_tokens() -> usize {
+    64
+}
+fn default_temperature() -> f64 {
+    0.7
+}
+fn default_top_p() -> f64 {
+    0.95
+}
+fn default_eval_tokens() -> usize {
+    48
+}
+fn default_types() -> Vec<String> {
+    vec!["q8_0".into(), "q4_0".into()]
+}
+
+impl PipelineFile {
+    /// The typed pipeline: `[train]`, `[student]`, `[loss]`, `[optimizer]` and `[schedule]` become
+    /// one `distill train` config, checked like one.
+    fn resolve(self) -> Result<Pipeline> {
+        let teacher = match &self.teacher.model {
+            Some(m) => m.clone(),
+            None => distill_models::teacher::default_teacher()
+                .with_context(|| {
+                    format!("the default teacher is not fetched\n{}", distill_models::teacher::FETCH_HINT)
+                })?
+                .display()
+                .to_string(),
+        };
+        let out = &self.output;
+        let mut table = self.train;
+        for (key, path) in [("dataset", "data/train"), ("eval_dataset", "data/heldout"), ("output", "train")] {
+            if table.contains_key(key) {
+                bail!("[train] sets `{key}`: the pipeline keeps it in its own directory ({}/{path})", out.display());
+            }
+            table.insert(key.into(), toml::Value::String(out.join(path).display().to_string()));
+        }
+        let mut student = self.student;
+        if student.get("type").and_then(|t| t.as_str()) == Some("prune") && !student.contains_key("from") {
+            // A pruned student is cut from the pipeline's teacher unless told otherwise.
+            student.insert("from".into(), toml::Value::String(teacher.clone()));
+        }
+        table.insert("student".into(), toml::Value::Table(student));
+        let mut train: TrainConfig =
+            toml::Value::Table(table).try_into().context("the [train] and [student] sections")?;
+        (train.loss, train.optimizer, train.schedule) = (self.loss, self.optimizer, self.schedule);
+        train.validate()?;
+        let d = &self.data;
+        if d.k == 0 || d.max_tokens == 0 || self.eval.max_tokens == 0 {
+            bail!("data.k, data.max_tokens and eval.max_tokens must be at least 1");
+        }
+        for ty in &self.export.types {
+            if GgufType::parse(ty).is_none() {
+                bail!("export.types: unknown type `{ty}` (f32, f16, q8_0, q4_0)");
+            }
+        }
+        Ok(Pipeline { output: self.output, teacher, data: self.data, train, eval: self.eval, export: self.export })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distill_train::config::StudentConfig;
+
+    fn resolve(text: &str) -> Result<Pipeline> {
+        toml::from_str::<PipelineFile>(text)?.resolve()
+    }
+
+    #[test]
+    fn the_quickstart_resolves_to_a_complete_train_config() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.toml"))
+            .unwrap()
+            .replace("# model = \"path/to/teacher.gguf\"", "model = \"teacher.gguf\"");
+        let p = resolve(&text).unwrap();
+        assert_eq!(p.teacher, "teacher.gguf");
+        assert_eq!(p.train.output, Path::new("runs/quickstart/train"));
+        assert_eq!(p.train.dataset.as_deref(), Some(Path::new("runs/quickstart/data/train")));
+        assert_eq!((p.train.steps, p.train.optimizer.lr), (40, 5e-4));
+        let StudentConfig::Prune { from, keep_every, .. } = &p.train.student else { panic!("a pruned student") };
+        assert_eq!((from.as_str(), *keep_every), ("teacher.gguf", Some(3)), "cut from the pipeline's teacher");
+        // The resolved pipeline is written as TOML for the record.
+        assert!(toml::to_string(&p).unwrap().contains("[train.student]"));
+
+        let err = format!("{:#}", resolve(&text.replace("steps = 40", "steps = 40\noutput = \"x\"")).unwrap_err());
+        assert!(err.contains("[train] sets `output`"), "{err}");
+        let err = format!("{:#}", resolve(&text.replace("\"q4_0\"]", "\"q3\"]")).unwrap_err());
+        assert!(err.contains("export.types: unknown type `q3`"), "{err}");
+    }
+}
