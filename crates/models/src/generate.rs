@@ -136,6 +136,16 @@ pub struct Completion {
     pub logprobs: Vec<TokenLogprob>,
 }
 
+impl Completion {
+    /// The completion's token ids with the end-of-sequence token that ended it, if one did: the
+    /// tokens a teacher's signal covers.
+    pub fn ids_with_stop(self) -> Vec<u32> {
+        let mut ids = self.token_ids;
+        ids.extend(self.stop_token);
+        ids
+    }
+}
+
 /// The model's log-probability (temperature 1, before any sampling filter) of a generated token
 /// and of the most likely alternatives at that step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,8 +11,10 @@ use distill_store::{DatasetSpec, DatasetWriter, Layout, Manifest, Sequence};
 use crate::prompts::{conversation, read_prompt_file, render, PromptRecord};
 use crate::{Error, Result, ScoreRequest, Teacher, TeacherPrompt};
 
-/// Completion `s` of a prompt samples with seed `seed + s · SAMPLE_SEED_STRIDE + prompt offset`:
-/// seeds are a function of (prompt, sample) alone, so a resumed run redoes a shard identically.
+/// How far apart the seeds of successive samples are (a prime): completion `s` of a prompt samples
+/// with seed `seed + s · SAMPLE_SEED_STRIDE + prompt offset`, so seeds are a function of (prompt,
+/// sample) alone and a resumed run redoes a shard identically; on-policy rollouts step their
+/// seeds by it per micro-batch.
 pub const SAMPLE_SEED_STRIDE: u64 = 1_000_003;
 
 /// What to ask of the teacher and how to store it.

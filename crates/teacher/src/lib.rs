@@ -16,14 +16,14 @@ pub mod remote;
 
 use std::path::PathBuf;
 
-pub use dataset::{build_dataset, create_dataset, DatasetOptions, DatasetProgress, DatasetSummary};
+pub use dataset::{build_dataset, create_dataset, DatasetOptions, DatasetProgress, DatasetSummary, SAMPLE_SEED_STRIDE};
 pub use distill_kernels::packed::Precision;
 pub use distill_kernels::TopK;
 use distill_models::{ChatMessage, ChatTemplate, SamplingParams, TextTokenizer};
 pub use distill_store::Layout;
 pub use local::{score_with, weights_hash, LocalTeacher};
 pub use prompts::{read_prompt_file, Prompt, PromptRecord};
-pub use remote::{RemoteOptions, RemoteTeacher};
+pub use remote::{EndpointReport, RemoteOptions, RemoteTeacher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -122,4 +122,8 @@ pub trait Teacher: Sync {
     /// Top-`k` log-probabilities at `temperature` for predicting each token `from..` of each
     /// request: one [`TopK`] with `token_ids.len() − from` rows per request.
     fn score(&self, requests: &[ScoreRequest], k: usize, temperature: f32) -> Result<Vec<TopK>>;
+    /// How each endpoint behind the teacher fared so far (none for a model in this process).
+    fn endpoints(&self) -> Vec<EndpointReport> {
+        Vec::new()
+    }
 }

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use distill_kernels::packed::Precision;
 use distill_kernels::{topk_logprobs, TopK};
 use distill_models::cpu::with_f32;
-use distill_models::{generate, ChatTemplate, Llama, LoadedModel, SamplingParams, TextTokenizer};
+use distill_models::{generate, ChatTemplate, Completion, Llama, LoadedModel, SamplingParams, TextTokenizer};
 
 use crate::{Error, Result, ScoreRequest, ScoredCompletion, Teacher, TeacherIdentity, TeacherPrompt};
 
@@ -76,14 +76,7 @@ impl Teacher for LocalTeacher {
     fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<Vec<Vec<u32>>> {
         let m = &self.model;
         let completions = generate(&m.model, &m.tokenizer, prompts, params, &m.stop_ids, |_, _| {})?;
-        Ok(completions
-            .into_iter()
-            .map(|c| {
-                let mut ids = c.token_ids;
-                ids.extend(c.stop_token);
-                ids
-            })
-            .collect())
+        Ok(completions.into_iter().map(Completion::ids_with_stop).collect())
     }
 
     /// Decodes the prompts as one batch, then scores the non-empty completions as one batch.

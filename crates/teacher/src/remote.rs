@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use distill_kernels::packed::Precision;
 use distill_kernels::TopK;
-use distill_models::{ChatMessage, ChatTemplate, ModelText, SamplingParams, TextTokenizer};
+use distill_models::{ChatMessage, ModelText, SamplingParams};
 use serde_json::{json, Value};
 
-use crate::{Error, Result, ScoreRequest, ScoredCompletion, Teacher, TeacherIdentity, TeacherPrompt};
+use crate::{Error, Result};
 
+mod as_teacher;
 mod tokens;
 pub use tokens::TextCompletion;
 
@@ -155,6 +155,7 @@ impl RemoteTeacher {
         self.text_only.load(Ordering::SeqCst)
     }
 
+    /// How each endpoint fared so far: completions served, failed requests, the last error.
     pub fn report(&self) -> Vec<EndpointReport> {
         self.endpoints
             .iter()
@@ -175,7 +176,7 @@ impl RemoteTeacher {
         params: &SamplingParams,
         k: usize,
     ) -> Result<Vec<RemoteCompletion>> {
-        check_remote_k(k)?;
+        as_teacher::check_remote_k(k)?;
         self.fan_out(prompts, |endpoint, index, messages| {
             let seeded = SamplingParams { seed: params.seed.wrapping_add(index as u64), ..params.clone() };
             self.request(endpoint, messages, &seeded, k)
@@ -416,114 +417,6 @@ impl RemoteTeacher {
             }
         }
         self.text.tokenizer.token_to_id(t["token"].as_str()?)
-    }
-}
-
-/// A remote teacher returns at most [`MAX_REMOTE_TOP_K`] alternatives with a completion.
-fn check_remote_k(k: usize) -> Result<()> {
-    if k == 0 || k > MAX_REMOTE_TOP_K {
-        return Err(Error::Input(format!(
-            "k = {k}: OpenAI-compatible endpoints return 1 to {MAX_REMOTE_TOP_K} alternatives per token; use --k 20"
-        )));
-    }
-    Ok(())
-}
-
-/// The APIs give log-probabilities at temperature 1 only.
-fn check_temperature_one(temperature: f32) -> Result<()> {
-    if temperature != 1.0 {
-        return Err(Error::Input(
-            "remote teachers return temperature-1 log-probabilities; drop --logprob-temperature".into(),
-        ));
-    }
-    Ok(())
-}
-
-impl Teacher for RemoteTeacher {
-    fn id(&self) -> &str {
-        &self.label
-    }
-
-    fn tokenizer(&self) -> &TextTokenizer {
-        &self.text.tokenizer
-    }
-
-    fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.text.chat_template.as_ref()
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.vocab_size
-    }
-
-    fn stop_ids(&self) -> &[u32] {
-        &self.text.stop_ids
-    }
-
-    /// Endpoints may change between resumed runs; the model they serve may not.
-    fn identity(&self) -> Result<TeacherIdentity> {
-        let name = format!("remote:{}", self.options.model);
-        let hash = distill_store::sha256_hex(name.as_bytes());
-        // The endpoints compute; the local copy only tokenizes.
-        Ok(TeacherIdentity { name, hash, matmuls: Precision::F32 })
-    }
-
-    fn check_signal(&self, k: usize, temperature: f32) -> Result<()> {
-        check_remote_k(k)?;
-        check_temperature_one(temperature)
-    }
-
-    fn needs_messages(&self) -> bool {
-        true
-    }
-
-    /// Through `/v1/completions` with token-id prompts; the text is tokenized again locally.
-    fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<Vec<Vec<u32>>> {
-        self.complete_tokens(prompts, params)?
-            .into_iter()
-            .map(|c| {
-                let mut ids = self.text.tokenizer.encode(&c.text, false)?;
-                if c.ended_on_eos {
-                    ids.extend(self.text.stop_ids.first());
-                }
-                Ok(ids)
-            })
-            .collect()
-    }
-
-    /// Through the chat API with each prompt's messages (a plain-text prompt is refused).
-    fn generate_scored(
-        &self,
-        prompts: &[TeacherPrompt],
-        params: &SamplingParams,
-        k: usize,
-        temperature: f32,
-    ) -> Result<Vec<ScoredCompletion>> {
-        check_temperature_one(temperature)?;
-        let conversations = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                p.messages.clone().ok_or_else(|| {
-                    Error::Input(format!(
-                        "prompt {} of the batch is plain text: remote teachers are asked through the chat API; \
-                         add --chat or use `messages`",
-                        i + 1
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(self
-            .complete_chats(&conversations, params, k)?
-            .into_iter()
-            .map(|c| ScoredCompletion { token_ids: c.token_ids, top: c.top })
-            .collect())
-    }
-
-    /// Through `prompt_logprobs` (vLLM, `distill serve`): see [`Self::score_tokens`].
-    fn score(&self, requests: &[ScoreRequest], k: usize, temperature: f32) -> Result<Vec<TopK>> {
-        check_temperature_one(temperature)?;
-        self.score_tokens(requests, k)
     }
 }
 

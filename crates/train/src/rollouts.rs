@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use distill_models::{generate, Llama, ModelText, SamplingParams};
+use distill_models::{generate, Completion, Llama, ModelText, SamplingParams};
 use distill_store::{pack_sequences, Batch, PackOptions, Sequence};
 use distill_teacher::prompts::{read_prompt_file, render};
 use distill_teacher::remote::{RemoteOptions, RemoteTeacher};
-use distill_teacher::{LocalTeacher, ScoreRequest, Teacher};
+use distill_teacher::{LocalTeacher, ScoreRequest, Teacher, SAMPLE_SEED_STRIDE};
 
 use crate::config::{OnPolicyConfig, Sampler};
 use crate::error::{Error, Result};
@@ -99,7 +99,7 @@ impl Rollouts {
             (0..cfg.rollouts).map(|i| self.prompts[(index * cfg.rollouts + i) % self.prompts.len()].clone()).collect();
         let params = SamplingParams {
             temperature: cfg.temperature,
-            seed: seed.wrapping_add(m.wrapping_mul(1_000_003)),
+            seed: seed.wrapping_add(m.wrapping_mul(SAMPLE_SEED_STRIDE)),
             max_tokens: cfg.max_tokens,
             ..SamplingParams::default()
         };
@@ -145,14 +145,7 @@ impl Rollouts {
     fn sample(&self, model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<Vec<Vec<u32>>> {
         let (tokenizer, stop_ids) = (self.teacher.tokenizer(), self.teacher.stop_ids());
         let completions = generate(model, tokenizer, prompts, params, stop_ids, |_, _| {})?;
-        Ok(completions
-            .into_iter()
-            .map(|c| {
-                let mut ids = c.token_ids;
-                ids.extend(c.stop_token);
-                ids
-            })
-            .collect())
+        Ok(completions.into_iter().map(Completion::ids_with_stop).collect())
     }
 }
 

@@ -23,22 +23,22 @@ pub fn run(
         anyhow::bail!("--k, --completions, --prompts-per-shard and --batch-size must be at least 1");
     }
     let mut loaded = super::generate::load_model(model)?;
-    let teacher = match remote {
+    let teacher: Box<dyn Teacher> = match remote {
         Some(remote) => {
             let vocab = loaded.model.config().vocab_size;
             let teacher = RemoteTeacher::new(remote, loaded.into_text(), vocab)?;
             eprintln!("teacher: {}", teacher.id());
             // A shard's prompts fan out over the endpoints together.
             opts.batch_size = opts.batch_size.max(opts.prompts_per_shard);
-            Either::Remote(teacher)
+            Box::new(teacher)
         }
         None => {
             super::generate::use_matmuls(&mut loaded, matmuls)?;
-            Either::Local(LocalTeacher::new(loaded))
+            Box::new(LocalTeacher::new(loaded))
         }
     };
     let mut bar = None;
-    let summary = create_dataset(teacher.as_dyn(), prompts_file, output, &opts, &mut |event| match event {
+    let summary = create_dataset(teacher.as_ref(), prompts_file, output, &opts, &mut |event| match event {
         DatasetProgress::Started { done, total } => {
             if done > 0 {
                 eprintln!("resuming {}: {done} of {total} prompts already done", output.display());
@@ -57,16 +57,14 @@ pub fn run(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if let Either::Remote(remote) = &teacher {
-        for e in remote.report() {
-            eprintln!(
-                "endpoint {}: {} completions, {} failed requests{}",
-                e.url,
-                e.served,
-                e.failures,
-                e.last_error.map(|m| format!(" (last: {m})")).unwrap_or_default()
-            );
-        }
+    for e in teacher.endpoints() {
+        eprintln!(
+            "endpoint {}: {} completions, {} failed requests{}",
+            e.url,
+            e.served,
+            e.failures,
+            e.last_error.map(|m| format!(" (last: {m})")).unwrap_or_default()
+        );
     }
     let m = &summary.manifest;
     eprintln!(
@@ -80,18 +78,4 @@ pub fn run(
         summary.elapsed.as_secs_f64()
     );
     Ok(())
-}
-
-enum Either {
-    Local(LocalTeacher),
-    Remote(RemoteTeacher),
-}
-
-impl Either {
-    fn as_dyn(&self) -> &dyn Teacher {
-        match self {
-            Either::Local(t) => t,
-            Either::Remote(t) => t,
-        }
-    }
 }
