@@ -1,0 +1,144 @@
+//! The training loop as a library: a dataset built through the `Teacher` seam, a `Trainer` run
+//! heard by an observer, stopped through its handle and resumed, and on-policy batches from an
+//! injected teacher.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::Device;
+use distill_models::fixtures::tiny_gguf;
+use distill_models::SamplingParams;
+use distill_teacher::{create_dataset, DatasetOptions, LocalTeacher};
+use distill_train::{EvalMetrics, RunStart, StepMetrics, TrainConfig, TrainObserver, TrainOutcome, Trainer};
+
+/// Everything it heard, and a stop handle to pull at a given step.
+#[derive(Default)]
+struct Recorder {
+    resumed_at: Vec<Option<u64>>,
+    steps: Vec<u64>,
+    evaluations: Vec<u64>,
+    outcome: Option<TrainOutcome>,
+    stop_at: Option<(u64, Arc<AtomicBool>)>,
+}
+
+impl TrainObserver for Recorder {
+    fn started(&mut self, start: &RunStart) {
+        self.resumed_at.push(start.resumed_at);
+    }
+    fn step(&mut self, m: &StepMetrics) {
+        self.steps.push(m.step);
+        assert!(m.loss.is_finite() && m.tokens > 0, "{m:?}");
+        if let Some((at, flag)) = &self.stop_at {
+            if m.step == *at {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    fn evaluated(&mut self, m: &EvalMetrics) {
+        self.evaluations.push(m.step);
+    }
+    fn finished(&mut self, outcome: &TrainOutcome) {
+        self.outcome = Some(outcome.clone());
+    }
+}
+
+fn teacher(dir: &Path) -> (String, LocalTeacher) {
+    let path = dir.join("teacher.gguf");
+    tiny_gguf(&path, 41).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    let teacher = LocalTeacher::new(distill_models::load(&path, &Device::Cpu).unwrap());
+    (path, teacher)
+}
+
+fn prompts(dir: &Path, n: usize) -> std::path::PathBuf {
+    let file = dir.join("prompts.jsonl");
+    let lines: String = (0..n).map(|i| format!("{{\"prompt\": \"hello the {i} cat\"}}\n")).collect();
+    std::fs::write(&file, lines).unwrap();
+    file
+}
+
+fn config(dir: &Path, model: &str, output: &str, steps: u64, extra: &str) -> TrainConfig {
+    let data = dir.join("data");
+    toml::from_str(&format!(
+        "dataset = {data:?}\neval_dataset = {data:?}\noutput = {:?}\nsteps = {steps}\nbatch_size = 2\nseq_len = 48\n\
+         eval_every = 2\ncheckpoint_every = 2\n[student]\ntype = \"prune\"\nfrom = {model:?}\nkeep_layers = [0]\n{extra}",
+        dir.join(output)
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_trainer_is_heard_stopped_and_resumed_through_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, teacher) = teacher(dir.path());
+    let opts = DatasetOptions {
+        chat: false,
+        k: 4,
+        sampling: SamplingParams { temperature: 0.8, max_tokens: 10, ..Default::default() },
+        ..Default::default()
+    };
+    let summary =
+        create_dataset(&teacher, &prompts(dir.path(), 12), &dir.path().join("data"), &opts, &mut |_| {}).unwrap();
+    assert_eq!(summary.manifest.prompts_done(), 12);
+
+    // A whole run: every step and evaluation heard, the student saved.
+    let mut heard = Recorder::default();
+    let outcome =
+        Trainer::new(config(dir.path(), &model, "whole", 4, ""), &mut heard).unwrap().run(&mut heard).unwrap();
+    assert_eq!((heard.steps.as_slice(), heard.evaluations.as_slice()), (&[1, 2, 3, 4][..], &[0, 2, 4][..]));
+    assert_eq!(heard.resumed_at, [None]);
+    assert!(!outcome.interrupted && outcome.final_dir.join("model.safetensors").is_file());
+    assert_eq!(heard.outcome.as_ref(), Some(&outcome));
+
+    // Stopped through the handle after step 3: a checkpoint, no final student.
+    let mut stopped = Recorder::default();
+    let trainer = Trainer::new(config(dir.path(), &model, "stopped", 4, ""), &mut stopped).unwrap();
+    stopped.stop_at = Some((3, trainer.stop_handle()));
+    let outcome = trainer.run(&mut stopped).unwrap();
+    assert!(outcome.interrupted && outcome.steps == 3 && !outcome.final_dir.exists());
+    assert!(outcome.checkpoint_dir.join("trainer_state.json").is_file());
+
+    // Resumed, it finishes where the whole run did, with the same final loss.
+    let mut resumed = Recorder::default();
+    let outcome =
+        Trainer::new(config(dir.path(), &model, "stopped", 4, ""), &mut resumed).unwrap().run(&mut resumed).unwrap();
+    assert_eq!((resumed.resumed_at.as_slice(), resumed.steps.as_slice()), (&[Some(3)][..], &[4][..]));
+    assert!(!outcome.interrupted && outcome.steps == 4);
+    let last_loss = |run: &str| {
+        let text = std::fs::read_to_string(dir.path().join(run).join("metrics.jsonl")).unwrap();
+        let steps: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v["loss"].is_number())
+            .collect();
+        assert_eq!(steps.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3, 4], "{run}");
+        steps[3]["loss"].as_f64().unwrap()
+    };
+    assert_eq!(last_loss("stopped"), last_loss("whole"));
+}
+
+#[test]
+fn on_policy_batches_come_from_the_injected_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, teacher) = teacher(dir.path());
+    let prompts = prompts(dir.path(), 6);
+    let opts = DatasetOptions { chat: false, k: 4, ..Default::default() };
+    let opts = DatasetOptions { sampling: SamplingParams { max_tokens: 8, ..Default::default() }, ..opts };
+    create_dataset(&teacher, &prompts, &dir.path().join("data"), &opts, &mut |_| {}).unwrap();
+    // `teacher` in the config names a file that does not exist: the injected teacher is used.
+    let extra = format!(
+        "[on_policy]\nteacher = \"not-loaded.gguf\"\nprompts = {prompts:?}\nfraction = 0.5\nrollouts = 2\nmax_tokens = 6\nchat = false\n"
+    );
+    let cfg = config(dir.path(), &model, "on-policy", 4, &extra);
+    let mut heard = Recorder::default();
+    let trainer = Trainer::with_teacher(cfg, Some(Box::new(teacher)), &mut heard).unwrap();
+    trainer.run(&mut heard).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("on-policy/metrics.jsonl")).unwrap();
+    let scored: Vec<u64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rollout_teacher_tokens"].as_u64())
+        .collect();
+    assert_eq!(scored.len(), 4);
+    assert!(scored[3] > 0, "the teacher scored the rollouts: {scored:?}");
+}
