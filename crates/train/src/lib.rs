@@ -13,6 +13,7 @@ pub mod fused;
 pub mod init;
 pub mod loss;
 pub mod optim;
+pub mod reference;
 pub mod rollouts;
 pub mod student;
 pub mod trainer;

@@ -7,7 +7,6 @@ pub mod guard;
 pub mod inspect;
 pub mod keys;
 pub mod pipeline;
-pub mod reference;
 pub mod report;
 pub mod run;
 pub mod serve;

@@ -39,7 +39,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         toml::from_str(&text).with_context(|| format!("{} is not a valid run config", args.config.display()))?;
     cfg.validate().with_context(|| args.config.display().to_string())?;
     if let Some(dir) = &args.export_reference {
-        return super::reference::export(&cfg, dir);
+        let written = distill_train::reference::export(&cfg, dir)?;
+        let held_out = match written.eval_batches {
+            0 => String::new(),
+            n => format!(", {n} held-out batches"),
+        };
+        eprintln!(
+            "wrote the initial student and {} training micro-batches{held_out} to {}",
+            written.train_batches,
+            dir.display()
+        );
+        return Ok(());
     }
     train(cfg)
 }

@@ -1,5 +1,6 @@
-//! `distill train CONFIG --export-reference DIR`: everything another framework needs to train the
-//! same student on the same data, for cross-checking (`bench/reference/train_reference.py`).
+//! Everything another framework needs to train the same student on the same data, for
+//! cross-checking (`distill train CONFIG --export-reference DIR`; `bench/reference/train_reference.py`
+//! trains it in PyTorch).
 //!
 //! DIR/student/            the initial student, HF layout (config.json, model.safetensors, tokenizer)
 //! DIR/config.toml         the resolved run config (defaults filled in)
@@ -13,30 +14,45 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use distill_models::{checkpoint, Llama};
 use distill_store::{Batch, Dataset};
-use distill_train::config::TrainConfig;
-use distill_train::data::{self, BatchStream};
-use distill_train::init::{build_student, InitialStudent};
 
-pub fn export(cfg: &TrainConfig, dir: &Path) -> Result<()> {
-    let path = cfg.dataset.as_ref().context("the reference export replays the run's dataset; give `dataset`")?;
+use crate::config::TrainConfig;
+use crate::data::{self, BatchStream};
+use crate::error::{Error, Result};
+use crate::init::{build_student, InitialStudent};
+
+/// What [`export`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exported {
+    pub train_batches: usize,
+    /// Held-out batches (none without an `eval_dataset`).
+    pub eval_batches: usize,
+}
+
+/// Writes the initial student, the resolved config and the exact batches the run `cfg` would
+/// train and evaluate on into `dir`.
+pub fn export(cfg: &TrainConfig, dir: &Path) -> Result<Exported> {
+    let path = cfg
+        .dataset
+        .as_ref()
+        .ok_or_else(|| Error::Config("the reference export replays the run's dataset; give `dataset`".into()))?;
     let dataset = Dataset::open(path)?;
     let InitialStudent { config, weights, source } = build_student(cfg, Some(&dataset), &mut |_, _| {})?;
     let tok = &source.tokenizer;
     dataset.check_student(&tok.fingerprint(), tok.vocab_size(), config.vocab_size)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let model = Llama::from_weights(config, &weights)?;
     let template = source.chat_template.as_ref().map(|t| t.source().to_string());
     checkpoint::save_hf_dir(&dir.join("student"), &model, tok, template.as_deref())?;
-    std::fs::write(dir.join("config.toml"), toml::to_string(cfg)?)?;
+    let resolved = toml::to_string(cfg).map_err(|e| Error::Config(e.to_string()))?;
+    std::fs::write(dir.join("config.toml"), resolved).map_err(|e| Error::io(&dir.join("config.toml"), e))?;
 
     let mut stream = BatchStream::new(&dataset, cfg.seq_len, cfg.batch_size, cfg.seed, 0, 0)?;
     let train = (0..cfg.steps * cfg.grad_accum).map(|_| stream.next_batch()).collect::<Result<Vec<_>, _>>()?;
     save_batches(&dir.join("train_batches.safetensors"), &train)?;
-    let mut written = format!("{} training micro-batches", train.len());
+    let mut exported = Exported { train_batches: train.len(), eval_batches: 0 };
     if let Some(path) = &cfg.eval_dataset {
         let eval = Dataset::open(path)?;
         let mut packer = data::fixed_order(&eval, cfg.seq_len, cfg.batch_size);
@@ -47,15 +63,14 @@ pub fn export(cfg: &TrainConfig, dir: &Path) -> Result<()> {
             }
         }
         save_batches(&dir.join("eval_batches.safetensors"), &batches)?;
-        written += &format!(", {} held-out batches", batches.len());
+        exported.eval_batches = batches.len();
     }
-    eprintln!("wrote the initial student and {written} to {}", dir.display());
-    Ok(())
+    Ok(exported)
 }
 
 fn save_batches(path: &Path, batches: &[Batch]) -> Result<()> {
     let Some(first) = batches.first() else {
-        anyhow::bail!("no batches to write to {}", path.display());
+        return Err(Error::Config(format!("no batches to write to {}", path.display())));
     };
     let (s, b, l, k) = (batches.len(), first.batch_size, first.seq_len, first.k);
     let dev = Device::Cpu;
@@ -74,5 +89,6 @@ fn save_batches(path: &Path, batches: &[Batch]) -> Result<()> {
     tensors.insert("loss_mask", floats(|x| &x.loss_mask, &[s, b, l])?);
     tensors.insert("tail_logprobs", floats(|x| &x.tail_logprobs, &[s, b, l])?);
     tensors.insert("topk_logprobs", floats(|x| &x.topk_logprobs, &[s, b, l, k])?);
-    candle_core::safetensors::save(&tensors, path).with_context(|| format!("writing {}", path.display()))
+    candle_core::safetensors::save(&tensors, path)
+        .map_err(|e| Error::from(e).context(format!("writing {}", path.display())))
 }
