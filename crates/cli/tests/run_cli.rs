@@ -1,4 +1,5 @@
-//! `distill run`: the whole pipeline on a tiny teacher, then a re-run that skips every stage.
+//! `distill run`: the whole pipeline on a tiny teacher, then a re-run that skips every stage, and
+//! re-runs with edited settings or prompts that are refused, naming what changed.
 
 mod common;
 use common::{distill, text};
@@ -61,4 +62,19 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
     let log = text(&again.stderr);
     assert_eq!(log.matches("done earlier, skipped").count(), 5, "{log}");
     assert!(text(&again.stdout).contains("report.html"));
+
+    // Edited settings are not skipped over: the first stage they reach is refused, naming them.
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, original.replace("steps = 6", "steps = 7")).unwrap();
+    let changed = distill(&["run", config.to_str().unwrap()]);
+    let log = text(&changed.stderr);
+    assert!(!changed.status.success(), "{log}");
+    assert!(log.contains("stage `train` was done with other settings") && log.contains("config.steps: 6 → 7"), "{log}");
+    assert_eq!(log.matches("done earlier, skipped").count(), 2, "the teacher signal is unchanged: {log}");
+    // So is an edited prompt file, though its path is the same.
+    std::fs::write(&config, &original).unwrap();
+    std::fs::write(&heldout, std::fs::read_to_string(&heldout).unwrap().replace("hello the 0", "hi the 0")).unwrap();
+    let log = text(&distill(&["run", config.to_str().unwrap()]).stderr);
+    assert!(log.contains("stage `teacher-signal-heldout` was done with other settings"), "{log}");
+    assert!(log.contains("prompts.sha256"), "{log}");
 }

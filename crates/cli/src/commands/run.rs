@@ -1,7 +1,8 @@
 //! `distill run CONFIG`: the whole pipeline from one TOML — teacher signal → train → eval →
 //! export → eval of each exported file → report. Each finished stage leaves a marker in
-//! `OUTPUT/stages/` and is skipped on a re-run; an interrupted stage resumes by its own means
-//! (datasets and training checkpoints are resumable).
+//! `OUTPUT/stages/` with the settings and inputs it ran from; a re-run skips it when they are
+//! unchanged and refuses, listing the differences, when they are not. An interrupted stage resumes
+//! by its own means (datasets and training checkpoints are resumable).
 //!
 //! ```toml
 //! output = "runs/quickstart"
@@ -26,9 +27,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use distill_models::SamplingParams;
+use serde_json::{json, Value};
 
 use super::eval::percent;
 use super::pipeline::Pipeline;
@@ -42,20 +46,72 @@ pub struct RunArgs {
     config: PathBuf,
 }
 
-/// Skips `stage` when its marker exists; runs it and writes the marker otherwise.
-fn stage(out: &Path, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+/// A finished stage's marker: how long it took and what it ran from.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marker {
+    seconds: f64,
+    inputs: Value,
+}
+
+/// Runs stage `name` unless its marker says it ran from the same `inputs` (its settings and,
+/// nested, those of the stages it reads); refuses when it ran from others, listing them. `made`
+/// is what the stage writes, for the hint.
+fn stage(out: &Path, name: &str, inputs: &Value, made: &Path, f: impl FnOnce() -> Result<()>) -> Result<()> {
     let marker = out.join("stages").join(format!("{name}.done"));
-    if marker.exists() {
-        eprintln!("== {name}: done earlier, skipped");
+    if let Ok(text) = std::fs::read_to_string(&marker) {
+        match serde_json::from_str::<Marker>(&text) {
+            Ok(done) if done.inputs == *inputs => eprintln!("== {name}: done earlier, skipped"),
+            Ok(done) => bail!(
+                "stage `{name}` was done with other settings or inputs:\n  {}\nHINT: give the pipeline a new \
+                 `output`, or delete {} and {} (and the markers of the stages after it) to redo it",
+                differences(&done.inputs, inputs).join("\n  "),
+                marker.display(),
+                made.display()
+            ),
+            // Markers of older versions recorded no inputs.
+            Err(_) => eprintln!("== {name}: done earlier, skipped (its settings were not recorded)"),
+        }
         return Ok(());
     }
     eprintln!("== {name}");
     let started = Instant::now();
     f().with_context(|| format!("stage `{name}` failed; fix the cause and re-run the same command to continue"))?;
-    std::fs::create_dir_all(marker.parent().expect("marker has a parent"))?;
-    std::fs::write(&marker, format!("{:.1} s\n", started.elapsed().as_secs_f64()))?;
-    eprintln!("== {name}: {:.1} s", started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::create_dir_all(out.join("stages"))?;
+    std::fs::write(&marker, serde_json::to_string_pretty(&Marker { seconds, inputs: inputs.clone() })?)?;
+    eprintln!("== {name}: {seconds:.1} s");
     Ok(())
+}
+
+/// `key: old → new` for every leaf that differs (keys dotted through nested objects).
+fn differences(old: &Value, new: &Value) -> Vec<String> {
+    fn leaves(prefix: String, v: &Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    leaves(if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix, other.to_string());
+            }
+        }
+    }
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    leaves(String::new(), old, &mut a);
+    leaves(String::new(), new, &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let none = "(none)".to_string();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} → {}", a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none)))
+        .collect()
+}
+
+/// A prompt file as a stage's input: its path, the lines taken and its content's hash.
+fn prompt_input(path: &Path, lines: Option<usize>) -> Result<Value> {
+    let hash = distill_store::sha256_file(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(json!({"path": path, "lines": lines, "sha256": hash}))
 }
 
 /// The first `n` non-empty lines of a prompt file, copied into the run (so the run's prompt file
@@ -88,11 +144,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_tokens: d.max_tokens,
         ..SamplingParams::default()
     };
+    let mut data_inputs = Vec::new();
     for (name, src, n, dest) in [
         ("teacher-signal-train", &d.train_prompts, d.max_train_prompts, &data_train),
         ("teacher-signal-heldout", &d.heldout_prompts, d.max_heldout_prompts, &data_heldout),
     ] {
-        stage(&out, name, || {
+        let mut inputs = serde_json::to_value(d)?;
+        inputs["teacher"] = json!(teacher);
+        inputs["prompts"] = prompt_input(src, n)?;
+        data_inputs.push(inputs.clone());
+        stage(&out, name, &inputs, dest, || {
             let prompts = prompt_subset(src, n, &out.join(format!("data/{name}.jsonl")))?;
             let options = distill_teacher::DatasetOptions {
                 sampling: sampling.clone(),
@@ -103,7 +164,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             super::dataset::run(dest, &prompts, Some(teacher), distill_teacher::Precision::F32, None, options)
         })?;
     }
-    stage(&out, "train", || super::train::train(cfg.train.clone()))?;
+    let train_inputs = json!({"config": cfg.train, "data": data_inputs});
+    stage(&out, "train", &train_inputs, &train_dir, || super::train::train(cfg.train.clone()))?;
 
     let student = train_dir.join("final");
     let heldout = prompt_subset(&d.heldout_prompts, cfg.eval.max_prompts, &out.join("data/eval-heldout.jsonl"))?;
@@ -125,10 +187,18 @@ pub fn run(args: RunArgs) -> Result<()> {
         })
         .map(|_| ())
     };
-    stage(&out, "eval", || eval(&student, &train_dir.join("eval.json")))?;
+    let eval_inputs = json!({
+        "student": train_inputs,
+        "teacher": teacher,
+        "eval": cfg.eval,
+        "heldout": prompt_input(&d.heldout_prompts, cfg.eval.max_prompts)?,
+        "ood": d.ood_prompts.as_deref().map(|p| prompt_input(p, cfg.eval.max_prompts)).transpose()?,
+    });
+    stage(&out, "eval", &eval_inputs, &train_dir.join("eval.json"), || eval(&student, &train_dir.join("eval.json")))?;
     for ty in &cfg.export.types {
         let file = out.join("export").join(format!("student.{ty}.gguf"));
-        stage(&out, &format!("export-{ty}"), || {
+        let inputs = json!({"student": train_inputs, "type": ty, "eval": eval_inputs});
+        stage(&out, &format!("export-{ty}"), &inputs, &file, || {
             super::export::run(super::export::ExportArgs {
                 model: student.display().to_string(),
                 output: file.clone(),
