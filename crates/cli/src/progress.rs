@@ -36,6 +36,12 @@ impl TrainObserver for TrainProgress {
             start.student.num_parameters() as f64 / 1e6,
             start.data
         );
+        if let Some(before) = start.extended_from {
+            eprintln!(
+                "extending the run from {before} to {} steps (the learning-rate schedule now spans {})",
+                start.steps, start.steps
+            );
+        }
         if let Some(step) = start.resumed_at {
             eprintln!("resuming from the checkpoint at step {step} of {}", start.steps);
         }

@@ -290,3 +290,31 @@ impl TrainConfig {
         Ok(())
     }
 }
+
+/// `key: old → new` for every value that differs between two configs (as JSON; keys dotted through
+/// nested sections), for refusals that say what changed.
+pub fn differences(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+    fn leaves(prefix: String, v: &Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    leaves(if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix, other.to_string());
+            }
+        }
+    }
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    leaves(String::new(), old, &mut a);
+    leaves(String::new(), new, &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let none = "(none)".to_string();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} → {}", a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none)))
+        .collect()
+}

@@ -42,6 +42,8 @@ pub struct RunStart {
     pub data: String,
     /// The step a resumed run continues from (`None`: a fresh run).
     pub resumed_at: Option<u64>,
+    /// The step count the run had before this config raised it (`None`: not extended).
+    pub extended_from: Option<u64>,
     pub steps: u64,
 }
 
@@ -142,16 +144,14 @@ impl Trainer {
         let resolved = toml::to_string(&cfg).map_err(|e| Error::Config(e.to_string()))?;
         let resume_from = ckpt::find(out);
         let config_path = out.join("config.toml");
+        let mut extended_from = None;
         if resume_from.is_some() {
             let saved = std::fs::read_to_string(&config_path).unwrap_or_default();
             if saved != resolved {
-                return Err(Error::Config(format!(
-                    "{} holds a checkpoint of a run with another configuration\nHINT: use a new `output` directory, or delete {} to start over",
-                    out.display(),
-                    out.display()
-                )));
+                extended_from = Some(check_extension(&saved, &cfg, out)?);
             }
-        } else {
+        }
+        if resume_from.is_none() || extended_from.is_some() {
             std::fs::write(&config_path, &resolved).map_err(|e| Error::io(&config_path, e))?;
         }
 
@@ -228,6 +228,7 @@ impl Trainer {
             student: student_cfg,
             data,
             resumed_at: resume_from.as_ref().map(|_| state.step),
+            extended_from,
             steps: cfg.steps,
         });
         Ok(Self {
@@ -412,6 +413,30 @@ impl Trainer {
             self.state,
         )
     }
+}
+
+/// The steps of the run saved as `saved` when `cfg` only raises them: a finished or interrupted
+/// run is extended (the learning-rate schedule then spans the new step count). Any other change is
+/// refused, naming each difference.
+fn check_extension(saved: &str, cfg: &TrainConfig, out: &Path) -> Result<u64> {
+    let refusal = |what: String| {
+        Error::Config(format!(
+            "{} holds a checkpoint of a run with another configuration{what}\nHINT: use a new `output` directory, \
+             or delete {} to start over; only `steps` may be raised to extend a run",
+            out.display(),
+            out.display()
+        ))
+    };
+    let Ok(saved) = toml::from_str::<TrainConfig>(saved) else {
+        return Err(refusal(String::new()));
+    };
+    let same_but_steps = TrainConfig { steps: cfg.steps, ..saved.clone() } == *cfg;
+    if same_but_steps && cfg.steps > saved.steps {
+        return Ok(saved.steps);
+    }
+    let as_json = |c: &TrainConfig| serde_json::to_value(c).unwrap_or_default();
+    let changed = crate::config::differences(&as_json(&saved), &as_json(cfg));
+    Err(refusal(format!(":\n  {}", changed.join("\n  "))))
 }
 
 /// Drops the lines of `metrics.jsonl` written after the checkpoint at `step`: they belong to

@@ -16,6 +16,7 @@ use distill_train::{EvalMetrics, RunStart, StepMetrics, TrainConfig, TrainObserv
 #[derive(Default)]
 struct Recorder {
     resumed_at: Vec<Option<u64>>,
+    extended_from: Vec<Option<u64>>,
     steps: Vec<u64>,
     evaluations: Vec<u64>,
     outcome: Option<TrainOutcome>,
@@ -25,6 +26,7 @@ struct Recorder {
 impl TrainObserver for Recorder {
     fn started(&mut self, start: &RunStart) {
         self.resumed_at.push(start.resumed_at);
+        self.extended_from.push(start.extended_from);
     }
     fn step(&mut self, m: &StepMetrics) {
         self.steps.push(m.step);
@@ -116,6 +118,15 @@ fn a_trainer_is_heard_stopped_and_resumed_through_the_library() {
         steps[3]["loss"].as_f64().unwrap()
     };
     assert_eq!(last_loss("stopped"), last_loss("whole"));
+
+    // A finished run is extended by raising `steps`; any other change is refused, naming it.
+    let mut more = Recorder::default();
+    Trainer::new(config(dir.path(), &model, "whole", 6, ""), &mut more).unwrap().run(&mut more).unwrap();
+    assert_eq!((more.resumed_at.as_slice(), more.extended_from.as_slice()), (&[Some(4)][..], &[Some(4)][..]));
+    assert_eq!(more.steps, [5, 6]);
+    let other = config(dir.path(), &model, "whole", 8, "[optimizer]\nlr = 0.01\n");
+    let err = Trainer::new(other, &mut ()).err().expect("another learning rate is refused").to_string();
+    assert!(err.contains("optimizer.lr: 0.001 → 0.01") && err.contains("only `steps` may be raised"), "{err}");
 }
 
 #[test]

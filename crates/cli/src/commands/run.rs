@@ -27,8 +27,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use std::collections::BTreeMap;
-
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use distill_models::SamplingParams;
@@ -64,7 +62,7 @@ fn stage(out: &Path, name: &str, inputs: &Value, made: &Path, f: impl FnOnce() -
             Ok(done) => bail!(
                 "stage `{name}` was done with other settings or inputs:\n  {}\nHINT: give the pipeline a new \
                  `output`, or delete {} and {} (and the markers of the stages after it) to redo it",
-                differences(&done.inputs, inputs).join("\n  "),
+                distill_train::config::differences(&done.inputs, inputs).join("\n  "),
                 marker.display(),
                 made.display()
             ),
@@ -81,31 +79,6 @@ fn stage(out: &Path, name: &str, inputs: &Value, made: &Path, f: impl FnOnce() -
     std::fs::write(&marker, serde_json::to_string_pretty(&Marker { seconds, inputs: inputs.clone() })?)?;
     eprintln!("== {name}: {seconds:.1} s");
     Ok(())
-}
-
-/// `key: old → new` for every leaf that differs (keys dotted through nested objects).
-fn differences(old: &Value, new: &Value) -> Vec<String> {
-    fn leaves(prefix: String, v: &Value, out: &mut BTreeMap<String, String>) {
-        match v {
-            Value::Object(m) => {
-                for (k, v) in m {
-                    leaves(if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
-                }
-            }
-            other => {
-                out.insert(prefix, other.to_string());
-            }
-        }
-    }
-    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-    leaves(String::new(), old, &mut a);
-    leaves(String::new(), new, &mut b);
-    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    let none = "(none)".to_string();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| format!("{k}: {} → {}", a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none)))
-        .collect()
 }
 
 /// A prompt file as a stage's input: its path, the lines taken and its content's hash.
