@@ -1,7 +1,47 @@
-//! Progress display: indicatif bars for the libraries' progress reports.
+//! Progress display: indicatif bars for the libraries' progress reports on a terminal, and a
+//! line every half minute (and at the end) when stderr goes to a file or a pipe, where bars do not
+//! show.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 use distill_train::{EvalMetrics, RunStart, StepMetrics, TrainObserver, TrainOutcome};
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// How often a progress line is logged when stderr is not a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Progress lines for logs: `what done/total …, ETA` at most every [`LOG_EVERY`], always at the end;
+/// silent on a terminal, where the bar shows it.
+pub struct LogLines {
+    on: bool,
+    started: Instant,
+    last: Instant,
+    /// Units done when the clock started (a resumed run's earlier steps do not count for the ETA).
+    first: u64,
+}
+
+impl LogLines {
+    pub fn new(first: u64) -> Self {
+        let now = Instant::now();
+        Self { on: !std::io::stderr().is_terminal(), started: now, last: now, first }
+    }
+
+    /// Logs `what done/total, detail, ETA …` when due.
+    pub fn tick(&mut self, what: &str, done: u64, total: u64, detail: &str) {
+        if !self.on || (done < total && self.last.elapsed() < LOG_EVERY) {
+            return;
+        }
+        self.last = Instant::now();
+        let per_unit = self.started.elapsed().as_secs_f64() / done.saturating_sub(self.first).max(1) as f64;
+        let eta = Duration::from_secs_f64(per_unit * total.saturating_sub(done) as f64);
+        let detail = if detail.is_empty() { String::new() } else { format!(", {detail}") };
+        eprintln!(
+            "{what} {done}/{total}{detail}, ETA {}",
+            humantime::format_duration(Duration::from_secs(eta.as_secs()))
+        );
+    }
+}
 
 /// A bar of `len` items whose middle reads `what` (an indicatif template, e.g. `{pos}/{len} prompts`),
 /// then elapsed and remaining time and a message.
@@ -18,6 +58,8 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 pub struct TrainProgress {
     bar: Option<ProgressBar>,
     calibration: Option<ProgressBar>,
+    log: Option<LogLines>,
+    steps: u64,
 }
 
 impl TrainObserver for TrainProgress {
@@ -48,18 +90,27 @@ impl TrainObserver for TrainProgress {
         let b = bar(start.steps, "step {pos}/{len}");
         b.set_position(start.resumed_at.unwrap_or(0));
         self.bar = Some(b);
+        self.log = Some(LogLines::new(start.resumed_at.unwrap_or(0)));
+        self.steps = start.steps;
     }
 
     fn step(&mut self, m: &StepMetrics) {
+        let detail = format!("loss {:.4}, {:.0} tok/s", m.loss, m.tokens_per_s);
+        if let Some(log) = &mut self.log {
+            log.tick("step", m.step, self.steps, &detail);
+        }
         if let Some(b) = &self.bar {
             b.set_position(m.step);
-            b.set_message(format!("loss {:.4}, {:.0} tok/s", m.loss, m.tokens_per_s));
+            b.set_message(detail);
         }
     }
 
     fn evaluated(&mut self, m: &EvalMetrics) {
-        if let Some(b) = &self.bar {
-            b.println(format!("step {}: held-out KL {:.4}, top-1 {:.3}", m.step, m.eval_kl, m.eval_top1));
+        let line = format!("step {}: held-out KL {:.4}, top-1 {:.3}", m.step, m.eval_kl, m.eval_top1);
+        match &self.bar {
+            // A hidden bar (no terminal) prints nothing: the line goes to stderr as it is.
+            Some(b) if !b.is_hidden() => b.println(line),
+            _ => eprintln!("{line}"),
         }
     }
 

@@ -101,6 +101,8 @@ fn killed_run_resumes_without_losing_or_duplicating_prompts() {
     let out = run(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("resuming"), "{}", text(&out.stderr));
+    // Off a terminal the progress is logged as lines; the last one says the run is complete.
+    assert!(text(&out.stderr).contains("prompts 150/150, "), "{}", text(&out.stderr));
 
     let want = all_sequences(&reference);
     let got = all_sequences(&resumed);

@@ -65,6 +65,10 @@ fn pruned_student_learns_from_the_teacher_signal() {
     .unwrap();
     let out = distill(&["train", config.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Off a terminal (stderr is a pipe here) the progress is logged as lines.
+    let log = text(&out.stderr);
+    assert!(log.contains("step 80/80, loss ") && log.contains(" tok/s, ETA "), "{log}");
+    assert_eq!(log.matches(": held-out KL ").count(), 5, "{log}");
     let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -37,7 +37,7 @@ pub fn run(
             Box::new(LocalTeacher::new(loaded))
         }
     };
-    let mut bar = None;
+    let (mut bar, mut log) = (None, None);
     let summary = create_dataset(teacher.as_ref(), prompts_file, output, &opts, &mut |event| match event {
         DatasetProgress::Started { done, total } => {
             if done > 0 {
@@ -46,11 +46,16 @@ pub fn run(
             let b = progress::bar(total as u64, "{pos}/{len} prompts");
             b.set_position(done as u64);
             bar = Some(b);
+            log = Some(progress::LogLines::new(done as u64));
         }
-        DatasetProgress::Shard { done, tokens, elapsed, .. } => {
+        DatasetProgress::Shard { done, total, tokens, elapsed } => {
+            let speed = format!("{:.1} tok/s", tokens as f64 / elapsed.as_secs_f64());
+            if let Some(log) = &mut log {
+                log.tick("prompts", done as u64, total as u64, &speed);
+            }
             if let Some(b) = &bar {
                 b.set_position(done as u64);
-                b.set_message(format!("{:.1} tok/s", tokens as f64 / elapsed.as_secs_f64()));
+                b.set_message(speed);
             }
         }
     })?;
