@@ -78,6 +78,20 @@ impl TrainObserver for TrainProgress {
             start.student.num_parameters() as f64 / 1e6,
             start.data
         );
+        for (which, t) in &start.truncation {
+            eprintln!(
+                "warning: seq_len = {} cuts {} of the {} sequences of {which}: {} of its {} target tokens ({:.0}%) \
+                 fall outside the rows; its longest sequence has {} tokens (set seq_len = {} to keep them all)",
+                t.seq_len,
+                t.truncated,
+                t.sequences,
+                t.dropped(),
+                t.target_tokens,
+                100.0 * t.dropped() as f64 / t.target_tokens.max(1) as f64,
+                t.longest,
+                t.longest
+            );
+        }
         if let Some(before) = start.extended_from {
             eprintln!(
                 "extending the run from {before} to {} steps (the learning-rate schedule now spans {})",

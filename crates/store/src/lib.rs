@@ -22,7 +22,7 @@ pub use error::{Error, Result};
 pub use manifest::{DatasetSpec, Manifest, ShardInfo};
 pub use pack::{pack_sequences, Batch, PackOptions, Packer};
 pub use quant::Layout;
-pub use reader::Dataset;
+pub use reader::{Dataset, Truncation};
 pub use shard::Sequence;
 pub use writer::DatasetWriter;
 

@@ -4,7 +4,29 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::shard::{read_shard, Sequence, ShardCoding};
+use crate::shard::{read_lengths, read_shard, Sequence, ShardCoding};
+
+/// What rows of `seq_len` tokens keep of a dataset: sequences longer than a row are cut to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Truncation {
+    pub seq_len: usize,
+    pub sequences: usize,
+    /// Sequences longer than `seq_len`.
+    pub truncated: usize,
+    /// Completion tokens in the dataset, and how many of them rows of `seq_len` keep.
+    pub target_tokens: usize,
+    pub kept_tokens: usize,
+    /// The longest sequence and the longest prompt, in tokens.
+    pub longest: usize,
+    pub longest_prompt: usize,
+}
+
+impl Truncation {
+    /// Target tokens the truncation drops.
+    pub fn dropped(&self) -> usize {
+        self.target_tokens - self.kept_tokens
+    }
+}
 
 pub struct Dataset {
     dir: PathBuf,
@@ -60,6 +82,25 @@ impl Dataset {
             )));
         }
         Ok(())
+    }
+
+    /// What packing into rows of `seq_len` tokens keeps of the dataset's target tokens (reads only
+    /// the sequences' lengths).
+    pub fn truncation(&self, seq_len: usize) -> Result<Truncation> {
+        let mut t = Truncation { seq_len, ..Truncation::default() };
+        for info in &self.manifest.shards {
+            for (tokens, prompt) in read_lengths(&self.dir.join(&info.file))? {
+                t.sequences += 1;
+                t.target_tokens += tokens.saturating_sub(prompt);
+                // Position i of a row predicts token i + 1: a row of L tokens keeps the completion
+                // tokens before position L.
+                t.kept_tokens += tokens.min(seq_len).saturating_sub(prompt);
+                t.truncated += usize::from(tokens > seq_len);
+                t.longest = t.longest.max(tokens);
+                t.longest_prompt = t.longest_prompt.max(prompt);
+            }
+        }
+        Ok(t)
     }
 
     /// All sequences of shard `index`, log-probabilities reconstructed.

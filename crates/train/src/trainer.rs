@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use distill_models::{checkpoint, LlamaConfig, ModelText};
-use distill_store::Dataset;
+use distill_store::{Dataset, Truncation};
 use distill_teacher::Teacher;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,8 @@ pub struct RunStart {
     pub resumed_at: Option<u64>,
     /// The step count the run had before this config raised it (`None`: not extended).
     pub extended_from: Option<u64>,
+    /// The datasets whose sequences rows of `seq_len` cut, and what that drops.
+    pub truncation: Vec<(String, Truncation)>,
     pub steps: u64,
 }
 
@@ -167,6 +169,26 @@ impl Trainer {
             }
         };
         let eval = cfg.eval_dataset.as_ref().map(|p| Dataset::open(p)).transpose()?;
+        let mut truncation = Vec::new();
+        for (role, d) in [("dataset", &dataset), ("eval_dataset", &eval)] {
+            let Some(d) = d else { continue };
+            let t = d.truncation(cfg.seq_len)?;
+            if t.kept_tokens == 0 && t.target_tokens > 0 {
+                return Err(Error::Config(format!(
+                    "with seq_len = {} no completion token of {} fits a row: its sequences have up to {} tokens, \
+                     their prompts up to {}\nHINT: set seq_len = {} to keep every token (at least more than {})",
+                    cfg.seq_len,
+                    d.dir().display(),
+                    t.longest,
+                    t.longest_prompt,
+                    t.longest,
+                    t.longest_prompt
+                )));
+            }
+            if t.truncated > 0 {
+                truncation.push((format!("{role} {}", d.dir().display()), t));
+            }
+        }
         let initial = match &resume_from {
             Some(dir) => {
                 let source = distill_models::load(&dir.display().to_string(), &Device::Cpu)
@@ -229,6 +251,7 @@ impl Trainer {
             data,
             resumed_at: resume_from.as_ref().map(|_| state.step),
             extended_from,
+            truncation,
             steps: cfg.steps,
         });
         Ok(Self {

@@ -17,6 +17,7 @@ use distill_train::{EvalMetrics, RunStart, StepMetrics, TrainConfig, TrainObserv
 struct Recorder {
     resumed_at: Vec<Option<u64>>,
     extended_from: Vec<Option<u64>>,
+    truncated: Vec<usize>,
     steps: Vec<u64>,
     evaluations: Vec<u64>,
     outcome: Option<TrainOutcome>,
@@ -27,6 +28,7 @@ impl TrainObserver for Recorder {
     fn started(&mut self, start: &RunStart) {
         self.resumed_at.push(start.resumed_at);
         self.extended_from.push(start.extended_from);
+        self.truncated.extend(start.truncation.iter().map(|(_, t)| t.dropped()));
     }
     fn step(&mut self, m: &StepMetrics) {
         self.steps.push(m.step);
@@ -152,4 +154,29 @@ fn on_policy_batches_come_from_the_injected_teacher() {
         .collect();
     assert_eq!(scored.len(), 4);
     assert!(scored[3] > 0, "the teacher scored the rollouts: {scored:?}");
+}
+
+#[test]
+fn rows_too_short_for_the_data_are_reported_and_rows_with_no_target_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, teacher) = teacher(dir.path());
+    let opts = DatasetOptions { chat: false, k: 4, ..Default::default() };
+    let opts = DatasetOptions { sampling: SamplingParams { max_tokens: 12, ..Default::default() }, ..opts };
+    create_dataset(&teacher, &prompts(dir.path(), 6), &dir.path().join("data"), &opts, &mut |_| {}).unwrap();
+    let whole = distill_store::Dataset::open(&dir.path().join("data")).unwrap().truncation(10_000).unwrap();
+    assert!(whole.truncated == 0 && whole.kept_tokens == whole.target_tokens && whole.target_tokens > 0);
+
+    // One token short of the longest sequence: its last target token is dropped, and the run says so.
+    let mut cfg = config(dir.path(), &model, "short", 1, "");
+    cfg.seq_len = whole.longest - 1;
+    let mut heard = Recorder::default();
+    Trainer::new(cfg, &mut heard).unwrap();
+    assert!(!heard.truncated.is_empty() && heard.truncated.iter().all(|&d| d >= 1), "{:?}", heard.truncated);
+
+    // Rows shorter than every prompt keep no target at all: refused before any work, with the fix.
+    let mut cfg = config(dir.path(), &model, "shorter", 1, "");
+    cfg.seq_len = 2;
+    let err = Trainer::new(cfg, &mut ()).err().expect("no target token fits").to_string();
+    assert!(err.contains("no completion token") && err.contains(&format!("set seq_len = {}", whole.longest)), "{err}");
+    assert!(!dir.path().join("shorter/checkpoint").exists());
 }

@@ -19,7 +19,7 @@ use arrow_array::{Array, ArrayRef, ListArray, RecordBatch, StringArray, UInt16Ar
 use arrow_schema::{DataType, Field, Schema};
 use distill_kernels::TopK;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
@@ -228,6 +228,29 @@ fn item_field(dt: DataType) -> Arc<Field> {
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+/// Each sequence's (token count, prompt length), reading only those two columns.
+pub fn read_lengths(path: &Path) -> Result<Vec<(usize, usize)>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::corrupt(path, format!("not a readable Parquet shard: {e}")))?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["token_ids", "prompt_len"]);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| Error::corrupt(path, format!("not a readable shard: {e}")))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::corrupt(path, e))?;
+        let prompt_len = column::<UInt32Array>(path, &batch, "prompt_len")?;
+        let token_ids = column::<ListArray>(path, &batch, "token_ids")?;
+        for row in 0..batch.num_rows() {
+            let (start, end) = (token_ids.value_offsets()[row], token_ids.value_offsets()[row + 1]);
+            out.push(((end - start) as usize, prompt_len.value(row) as usize));
+        }
+    }
+    Ok(out)
 }
 
 /// Reads a shard back, reconstructing log-probabilities.
