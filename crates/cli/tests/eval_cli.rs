@@ -86,3 +86,27 @@ fn identical_student_keeps_everything_and_another_does_not() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("differs from the teacher's"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_teacher_from_the_environment_is_named_and_may_not_be_the_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let (teacher, student) = (dir.path().join("teacher.gguf"), dir.path().join("student.gguf"));
+    tiny_gguf(&teacher, 3).unwrap();
+    tiny_gguf(&student, 4).unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"the hello\"}\n").unwrap();
+    let run = |env_model: &std::path::Path| {
+        common::command()
+            .env("DISTILL_MODEL", env_model)
+            .args(["eval", "--student", student.to_str().unwrap(), "--prompts", prompts.to_str().unwrap()])
+            .args(["--max-tokens", "4", "--no-speed"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&student);
+    assert!(!out.status.success(), "the student evaluated against itself");
+    assert!(text(&out.stderr).contains("DISTILL_MODEL names the student itself"), "{}", text(&out.stderr));
+    let out = run(&teacher);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("(from DISTILL_MODEL)"), "{}", text(&out.stderr));
+}

@@ -24,8 +24,9 @@ pub struct EvalArgs {
     /// The student: a run's final/ directory, a GGUF file (e.g. an exported q4_0), HF dir or Hub id.
     #[arg(long)]
     pub(crate) student: String,
-    /// The teacher (default: the fetched default teacher).
-    #[arg(long, env = "DISTILL_MODEL")]
+    /// The teacher (default: DISTILL_MODEL when set, else the fetched default teacher; the output
+    /// says which).
+    #[arg(long)]
     pub(crate) teacher: Option<String>,
     /// Held-out prompts of the task (JSONL). Lines with `reference` are scored for exact match:
     /// the normalised reference as a whole-word phrase in the first line of the output.
@@ -67,7 +68,22 @@ pub fn run(args: EvalArgs) -> Result<EvalReport> {
     if args.batch_size == 0 || args.max_tokens == 0 {
         bail!("--batch-size and --max-tokens must be at least 1");
     }
-    let teacher = load_model(args.teacher.as_deref())?;
+    let (teacher_spec, named_by) = match (&args.teacher, std::env::var("DISTILL_MODEL")) {
+        (Some(t), _) => (Some(t.clone()), "--teacher"),
+        (None, Ok(t)) if !t.is_empty() => (Some(t), "DISTILL_MODEL"),
+        _ => (None, "the default teacher"),
+    };
+    let teacher = load_model(teacher_spec.as_deref())?;
+    eprintln!("teacher: {} (from {named_by})", teacher.source);
+    if same_file(&teacher.source, &args.student) {
+        if named_by == "DISTILL_MODEL" {
+            bail!(
+                "DISTILL_MODEL names the student itself ({}): every figure would be 100% by construction\nHINT: pass --teacher, or unset DISTILL_MODEL",
+                args.student
+            );
+        }
+        eprintln!("note: the student is the teacher itself; every figure is 100% by construction");
+    }
     let student = load_model(Some(&args.student))?;
     let mut files = vec![("in_domain", args.prompts.clone())];
     if let Some(ood) = &args.ood_prompts {
@@ -108,6 +124,14 @@ pub fn run(args: EvalArgs) -> Result<EvalReport> {
         eprintln!("results written to {}", out.display());
     }
     Ok(report)
+}
+
+/// Whether two model arguments name the same file or directory.
+fn same_file(a: &str, b: &str) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 fn measure_in_child(source: &str) -> Result<Measured> {
