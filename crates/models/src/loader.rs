@@ -81,6 +81,9 @@ pub fn resolve(spec: &str) -> Result<ModelLocation> {
         return Ok(ModelLocation::Gguf(path.to_path_buf()));
     }
     if path.is_dir() {
+        if !path.join("config.json").is_file() {
+            return Err(Error::Input(not_a_model_dir(path)));
+        }
         return Ok(ModelLocation::HfDir(path.to_path_buf()));
     }
     let looks_like_id = spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.ends_with(".gguf");
@@ -90,6 +93,20 @@ pub fn resolve(spec: &str) -> Result<ModelLocation> {
         )));
     }
     crate::hub::download(spec).map(ModelLocation::HfDir)
+}
+
+/// Why a directory is not a model, and where the model may be: a training run keeps its student
+/// in `final/`, a pipeline in `train/final/`.
+fn not_a_model_dir(dir: &Path) -> String {
+    let hint = ["final", "train/final"]
+        .iter()
+        .map(|sub| dir.join(sub))
+        .find(|d| d.join("config.json").is_file())
+        .map(|d| format!("HINT: it looks like a training run; its student is {}", d.display()))
+        .unwrap_or_else(|| {
+            "HINT: a model directory holds config.json, *.safetensors and tokenizer.json; or give a .gguf file".into()
+        });
+    format!("{} is a directory without config.json, so not a model\n{hint}", dir.display())
 }
 
 /// Loads any model `distill` understands, in f32 on `device`.

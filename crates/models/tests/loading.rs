@@ -132,6 +132,15 @@ fn not_a_model_gives_a_clear_error() {
     assert!(err.contains("config.json"), "{err}");
     let err = load("./no/such/model.gguf", &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("neither a file"), "{err}");
+    // A training run's directory: the error points at its student.
+    let gguf = dir.path().join("tiny.gguf");
+    tiny_gguf(&gguf, 5).unwrap();
+    let model = load(gguf.to_str().unwrap(), &Device::Cpu).unwrap();
+    let run = dir.path().join("run");
+    checkpoint::save_hf_dir(&run.join("final"), &model.model, &model.tokenizer, None).unwrap();
+    let err = load(run.to_str().unwrap(), &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("its student is") && err.contains("final"), "{err}");
+    assert_eq!(err.matches("No such file").count(), 0, "{err}");
 }
 
 #[test]

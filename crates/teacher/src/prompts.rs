@@ -17,6 +17,9 @@ macro_rules! bail {
     ($($arg:tt)*) => { return Err(format!($($arg)*)) };
 }
 
+/// The roles of OpenAI chat messages.
+pub const ROLES: [&str; 5] = ["system", "user", "assistant", "developer", "tool"];
+
 /// One prompt as the user wrote it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
@@ -119,6 +122,9 @@ fn parse_prompt(obj: &serde_json::Map<String, Value>) -> LineResult<Prompt> {
                     let role = msg.get("role").and_then(Value::as_str);
                     let content = msg.get("content").and_then(Value::as_str);
                     match (role, content) {
+                        (Some(r), Some(_)) if !ROLES.contains(&r) => {
+                            bail!("`messages[{j}].role` is `{r}`; expected one of {}", ROLES.join(", "))
+                        }
                         (Some(r), Some(c)) => Ok(ChatMessage::new(r, c)),
                         (None, _) => bail!("`messages[{j}].role` is missing or not a string"),
                         (_, None) => bail!("`messages[{j}].content` is missing or not a string"),
@@ -212,6 +218,10 @@ mod tests {
         std::fs::write(&path, "{\"prompt\": \"ok\"}\n{\"messages\": [{\"role\": \"user\"}]}\n").unwrap();
         let err = format!("{:#}", read_prompt_file(&path).unwrap_err());
         assert!(err.contains("p.jsonl:2") && err.contains("messages[0].content"), "{err}");
+
+        std::fs::write(&path, "{\"messages\": [{\"role\": \"usr\", \"content\": \"hi\"}]}\n").unwrap();
+        let err = format!("{:#}", read_prompt_file(&path).unwrap_err());
+        assert!(err.contains("p.jsonl:1") && err.contains("`messages[0].role` is `usr`"), "{err}");
 
         std::fs::write(&path, "not json\n").unwrap();
         let err = format!("{:#}", read_prompt_file(&path).unwrap_err());
