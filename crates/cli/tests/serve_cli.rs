@@ -381,3 +381,41 @@ fn an_exported_student_directory_serves_the_same_text_as_its_gguf() {
     assert_eq!(from_gguf["choices"][0]["text"], from_dir["choices"][0]["text"]);
     assert_eq!(from_gguf["usage"], from_dir["usage"]);
 }
+
+#[test]
+fn a_busy_port_is_refused_before_loading_and_an_api_key_serves_a_single_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, db) = (tiny(dir.path()), dir.path().join("serve.db"));
+    // A port someone else holds: refused at once, with the way out.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let out = common::command()
+        .args(["serve", model.to_str().unwrap(), "--db", db.to_str().unwrap(), "--port", &port])
+        .output()
+        .unwrap();
+    let stderr = common::text(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("cannot listen") && stderr.contains("--port"), "{stderr}");
+    assert!(!stderr.contains("loaded "), "the model was loaded before the port was checked: {stderr}");
+    drop(holder);
+
+    // --api-key: no `distill keys create` needed; other secrets are still refused.
+    let secret = "sk-local-single-user";
+    let server = Server::start(&model, &db, &["--api-key", secret]);
+    let (status, body, _) = server.post("/v1/chat/completions", secret, &chat("hi", json!({})));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.post("/v1/chat/completions", "sk-local-other-user", &chat("hi", json!({}))).0, 401);
+    server.kill();
+    // The same key again finds its row; a short one is refused.
+    let server = Server::start(&model, &db, &["--api-key", secret]);
+    assert_eq!(server.post("/v1/chat/completions", secret, &chat("hi", json!({}))).0, 200);
+    server.kill();
+    let out = common::command()
+        .args(["serve", model.to_str().unwrap(), "--db", db.to_str().unwrap(), "--port", "0", "--api-key", "short"])
+        .output()
+        .unwrap();
+    let stderr = common::text(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("at least 8 characters") && !stderr.contains("loaded "),
+        "{stderr}"
+    );
+}

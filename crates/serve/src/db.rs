@@ -108,6 +108,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Refuses a chosen API key (`--api-key`) too short to be one, or with whitespace.
+pub fn check_chosen_secret(secret: &str) -> Result<()> {
+    if secret.chars().count() < 8 || secret.chars().any(char::is_whitespace) {
+        return Err(Error::Input("an API key needs at least 8 characters and no whitespace".into()));
+    }
+    Ok(())
+}
+
 /// SHA-256 of a key's secret. Keys are 128 random bits, so a fast hash is enough: there is no
 /// password to guess.
 pub fn hash_secret(secret: &str) -> String {
@@ -164,14 +172,41 @@ impl Db {
         rpm: Option<u64>,
         tpm: Option<u64>,
     ) -> Result<(ApiKey, String)> {
+        let secret = random_id("dk-");
+        // The prefix shown in listings: "dk-" and 7 of the 32 random hex digits.
+        let key = self.insert_key(name, admin, rpm, tpm, &secret, &secret[..10]).await?;
+        Ok((key, secret))
+    }
+
+    /// The live inference key whose secret is `secret`, created under `name` when no key has it:
+    /// a single-user server's key given on the command line (`distill serve --api-key`), which then
+    /// counts usage and meets limits and the guard as any other.
+    pub async fn ensure_key(&self, name: &str, secret: &str) -> Result<ApiKey> {
+        check_chosen_secret(secret)?;
+        if let Some(key) = self.find_key(secret).await? {
+            return Ok(key);
+        }
+        // A chosen secret may be short: listings show only its first 3 characters.
+        let prefix: String = secret.chars().take(3).collect();
+        self.insert_key(name, false, None, None, secret, &prefix).await
+    }
+
+    async fn insert_key(
+        &self,
+        name: &str,
+        admin: bool,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        secret: &str,
+        prefix: &str,
+    ) -> Result<ApiKey> {
         if name.trim().is_empty() {
             return Err(Error::Input("a key needs a name (--name), to recognise it in listings".into()));
         }
-        let secret = random_id("dk-");
         let key = ApiKey {
             id: random_id("key_")[..16].to_string(),
             name: name.to_string(),
-            prefix: secret[..10].to_string(),
+            prefix: prefix.to_string(),
             admin,
             rpm,
             tpm,
@@ -185,7 +220,7 @@ impl Db {
         )
         .bind(&key.id)
         .bind(&key.name)
-        .bind(hash_secret(&secret))
+        .bind(hash_secret(secret))
         .bind(&key.prefix)
         .bind(admin as i64)
         .bind(rpm.map(|v| v as i64))
@@ -194,7 +229,7 @@ impl Db {
         .execute(&self.pool)
         .await
         .map_err(|e| self.error(e))?;
-        Ok((key, secret))
+        Ok(key)
     }
 
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>> {

@@ -53,6 +53,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = ServeOptions::default().capture_top_k)]
     capture_top_k: usize,
 
+    /// A key for a quick single-user server: requests with `Authorization: Bearer KEY` are served
+    /// as an inference key named `api-key` (created in the database on first use; usage, limits
+    /// and the guard apply as to any key). Others still need keys from `distill keys create`.
+    #[arg(long, env = "DISTILL_API_KEY", value_name = "KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
     /// Refuse `logprobs`/`top_logprobs` (400): clients get text only, which makes the model much
     /// harder to distil from its API.
     #[arg(long)]
@@ -79,6 +85,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(level) = args.guard {
         guard.max_action = level;
     }
+    if let Some(secret) = &args.api_key {
+        distill_serve::db::check_chosen_secret(secret).context("--api-key")?;
+    }
+    // A busy port is found before minutes of model loading, not after.
+    if args.port != 0 {
+        if let Err(e) = std::net::TcpListener::bind((args.host, args.port)) {
+            anyhow::bail!(
+                "cannot listen on {}:{}: {e}\nHINT: another server may hold the port; pass --port N (or --port 0 for any free port)",
+                args.host,
+                args.port
+            );
+        }
+    }
     let mut model = super::generate::load_model(args.model.as_deref())?;
     super::generate::use_matmuls(&mut model, args.matmuls)?;
     let name = args.name.clone().unwrap_or_else(|| default_name(&model.source));
@@ -94,6 +113,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let db = Db::open(&args.db).await.with_context(|| format!("opening the database `{}`", args.db))?;
+        if let Some(secret) = &args.api_key {
+            let key = db.ensure_key("api-key", secret).await.context("--api-key")?;
+            eprintln!("--api-key: requests with it are served as key `{}` ({})", key.name, key.id);
+        }
         let live = db.list_keys().await?.iter().filter(|k| k.revoked.is_none() && !k.admin).count();
         if live == 0 {
             eprintln!(
