@@ -232,6 +232,26 @@ fn bad_requests_get_a_4xx_naming_the_field() {
         ("/v1/completions", r#"{"model": "tiny"}"#.into(), 400, None),
         ("/v1/completions", "{not json".into(), 400, None),
         ("/v1/chat/completions", chat(&"x".repeat(5000), json!({})), 413, None),
+        // Fields of the API this server does not implement are refused, not ignored.
+        (
+            "/v1/chat/completions",
+            chat("hi", json!({"response_format": {"type": "json_object"}})),
+            400,
+            Some("response_format"),
+        ),
+        ("/v1/chat/completions", chat("hi", json!({"tool_choice": "auto"})), 400, Some("tool_choice")),
+        ("/v1/chat/completions", chat("hi", json!({"functions": []})), 400, Some("functions")),
+        ("/v1/chat/completions", chat("hi", json!({"parallel_tool_calls": false})), 400, Some("parallel_tool_calls")),
+        ("/v1/chat/completions", chat("hi", json!({"top_k": 5})), 400, Some("top_k")),
+        ("/v1/completions", r#"{"model": "tiny", "prompt": "hi", "min_p": 0.1}"#.into(), 400, Some("min_p")),
+        ("/v1/chat/completions", chat("hi", json!({"repetition_penalty": 1.1})), 400, Some("repetition_penalty")),
+        (
+            "/v1/chat/completions",
+            chat("hi", json!({"stream_options": {"include_usage": true}})),
+            400,
+            Some("stream_options"),
+        ),
+        ("/v1/chat/completions", chat("hi", json!({"logit_bias": {"99999999": 5}})), 400, Some("logit_bias")),
     ];
     for (path, body, status, param) in cases {
         let (got, response, _) = server.post(path, &key, &body);
@@ -253,6 +273,16 @@ fn bad_requests_get_a_4xx_naming_the_field() {
     assert!(reply.contains("UTF-8"), "{reply}");
     assert_eq!(server.get("/v1/nothing", Some(&key)).0, 404);
     assert_eq!(server.get("/health", None).0, 200, "the server is still up");
+    // `response_format: text` asks for what the server does anyway.
+    let (status, body, _) =
+        server.post("/v1/chat/completions", &key, &chat("hi", json!({"response_format": {"type": "text"}})));
+    assert_eq!(status, 200, "{body}");
+    // The admin routes answer bad input with the same JSON errors.
+    let admin = create_key(&db, "ops", &["--admin"]);
+    let (status, body, _) = server.get("/v1/admin/usage?since=abc", Some(&admin));
+    assert_eq!((status, parse(&body)["error"]["param"].as_str()), (400, Some("since")), "{body}");
+    let (status, body, _) = server.post("/v1/admin/keys", &admin, &json!({"name": "n".repeat(300)}).to_string());
+    assert_eq!((status, parse(&body)["error"]["param"].as_str()), (400, Some("name")), "{body}");
 }
 
 #[test]

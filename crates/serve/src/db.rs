@@ -108,6 +108,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Longest key name, in characters: a name is a label in listings.
+pub const MAX_KEY_NAME: usize = 200;
+
 /// Refuses a chosen API key (`--api-key`) too short to be one, or with whitespace.
 pub fn check_chosen_secret(secret: &str) -> Result<()> {
     if secret.chars().count() < 8 || secret.chars().any(char::is_whitespace) {
@@ -202,6 +205,9 @@ impl Db {
     ) -> Result<ApiKey> {
         if name.trim().is_empty() {
             return Err(Error::Input("a key needs a name (--name), to recognise it in listings".into()));
+        }
+        if name.chars().count() > MAX_KEY_NAME {
+            return Err(Error::Input(format!("a key's name holds at most {MAX_KEY_NAME} characters")));
         }
         let key = ApiKey {
             id: random_id("key_")[..16].to_string(),

@@ -127,6 +127,13 @@ async fn generate(
     if req.logprobs.is_some() && !app.options.logprobs {
         return Err(ApiError::invalid(Some("logprobs"), "this server does not return `logprobs`; omit the field"));
     }
+    let vocab = app.model.model.config().vocab_size;
+    if let Some((bad, _)) = req.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+        return Err(ApiError::invalid(
+            Some("logit_bias"),
+            format!("`logit_bias` names token id {bad}; this model's vocabulary has {vocab} tokens"),
+        ));
+    }
     let prompt = tokenize(&app, &req)?;
     let context = app.model.model.config().max_position_embeddings;
     let prompt_field = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
@@ -513,7 +520,8 @@ async fn revoke_key(
 
 #[derive(Deserialize)]
 struct UsageQuery {
-    since: Option<i64>,
+    /// Read as text so that a bad value gets the API's JSON error naming it, not axum's plain text.
+    since: Option<String>,
 }
 
 async fn usage(
@@ -522,7 +530,13 @@ async fn usage(
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&app, &headers, Role::Admin).await?;
-    let totals = app.db.usage(q.since.unwrap_or(0)).await.map_err(|e| ApiError::internal("reading usage", e))?;
+    let since = match q.since.as_deref() {
+        None | Some("") => 0,
+        Some(s) => s.parse::<i64>().map_err(|_| {
+            ApiError::invalid(Some("since"), format!("`since` must be a Unix time in seconds, got `{s}`"))
+        })?,
+    };
+    let totals = app.db.usage(since).await.map_err(|e| ApiError::internal("reading usage", e))?;
     Ok(Json(json!({"object": "list", "data": totals})))
 }
 

@@ -145,11 +145,40 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<GenerationReques
     if !value.is_object() {
         return Err(ApiError::invalid(None, "the request body must be a JSON object"));
     }
+    refuse_unsupported(&value)?;
     let common = deserialize(&value)?;
     match endpoint {
         Endpoint::Chat => chat_request(common, deserialize(&value)?),
         Endpoint::Completions => completion_request(common, deserialize(&value)?),
     }
+}
+
+/// Fields of the OpenAI and vLLM APIs this server does not implement. Taking them silently would
+/// answer something other than what the client asked for, so each is a 400 naming it.
+const UNSUPPORTED: [&str; 8] = [
+    "functions",
+    "function_call",
+    "tool_choice",
+    "parallel_tool_calls",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "response_format",
+];
+
+fn refuse_unsupported(body: &Value) -> Result<(), ApiError> {
+    for field in UNSUPPORTED {
+        let value = &body[field];
+        // `response_format: {"type": "text"}` asks for what the server does anyway.
+        if value.is_null() || (field == "response_format" && value["type"] == "text") {
+            continue;
+        }
+        return Err(ApiError::invalid(Some(field), format!("`{field}` is not supported by this server; leave it out")));
+    }
+    if !body["stream_options"].is_null() && body["stream"] != Value::Bool(true) {
+        return Err(ApiError::invalid(Some("stream_options"), "`stream_options` needs `stream: true`"));
+    }
+    Ok(())
 }
 
 fn deserialize<T: for<'de> Deserialize<'de>>(value: &Value) -> Result<T, ApiError> {
