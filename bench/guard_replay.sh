@@ -23,7 +23,7 @@ if [[ ! -s $inputs ]]; then
 fi
 python3 bench/guard/make_traffic.py "$inputs" "$work/traffic.jsonl" --seed 1
 python3 bench/guard/make_traffic.py "$inputs" "$work/calibration.jsonl" --seed 2 --benign 400 --calibration
-"$distill" guard calibrate "$work/calibration.jsonl" --out "$work/guard.toml"
+"$distill" guard calibrate "$work/calibration.jsonl" -o "$work/guard.toml"
 
 {
   echo "# uncalibrated (defaults)"

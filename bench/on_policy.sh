@@ -78,7 +78,7 @@ TOML
   rm -rf "$work/run-$run"
   "$distill" train "$work/$run.toml"
   "$distill" eval --student "$work/run-$run/final" --teacher "$teacher" --prompts examples/support/heldout.jsonl \
-    --max-tokens "$max_tokens" --no-speed --out "$work/eval-$run.json" > "$work/eval-$run.txt"
+    --max-tokens "$max_tokens" --no-speed -o "$work/eval-$run.json" > "$work/eval-$run.txt"
   cp "$work/eval-$run.json" "$work/eval-$run-seed$seed.json"
 done
 

@@ -99,7 +99,7 @@ fn a_teacher_from_the_environment_is_named_and_may_not_be_the_student() {
         common::command()
             .env("DISTILL_MODEL", env_model)
             .args(["eval", "--student", student.to_str().unwrap(), "--prompts", prompts.to_str().unwrap()])
-            .args(["--max-tokens", "4", "--no-speed"])
+            .args(["--max-tokens", "4", "--no-speed", "-o", dir.path().join("e.json").to_str().unwrap()])
             .output()
             .unwrap()
     };
@@ -109,4 +109,5 @@ fn a_teacher_from_the_environment_is_named_and_may_not_be_the_student() {
     let out = run(&teacher);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("(from DISTILL_MODEL)"), "{}", text(&out.stderr));
+    assert!(dir.path().join("e.json").is_file(), "-o is eval's output as it is export's");
 }

@@ -45,6 +45,17 @@ fn exports_round_trip_and_bad_arguments_lose_nothing() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("unknown --type `q3_k`"), "{}", text(&out.stderr));
 
+    // The model may be named with -m/--model, as `distill generate` takes it.
+    let flagged = dir.path().join("flagged.gguf");
+    let out = distill(&["export", "-m", m, "-o", flagged.to_str().unwrap()]);
+    assert!(out.status.success() && flagged.is_file(), "{}", text(&out.stderr));
+
+    // An output that is neither a .gguf file nor a directory name: refused, nothing written.
+    let odd = dir.path().join("student.bin");
+    let out = distill(&["export", m, "-o", odd.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out.stderr).contains("name the file *.gguf"), "{}", text(&out.stderr));
+    assert!(!odd.exists());
+
     let out = distill(&["export", m, "-o", f32_out.to_str().unwrap(), "--type", "q8_0", "--force"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(std::fs::metadata(&f32_out).unwrap().len() < before.len() as u64);

@@ -76,6 +76,9 @@ fn bad_input_fails_with_a_message_and_nonzero_status() {
         (vec!["generate", "--model", m], "no prompt given"),
         (vec!["generate", "--model", m, "--prompts-file", bad_prompts.to_str().unwrap()], "bad.jsonl:1"),
         (vec!["generate", "--model", m, "--batch-size", "0", "hi"], "--batch-size"),
+        // A dataset flag without --dataset would be ignored: refused instead.
+        (vec!["generate", "--model", m, "--k", "5", "hi"], "--dataset"),
+        (vec!["generate", "--model", m, "--teacher-model", "x", "hi"], "--teacher-url"),
     ];
     for (args, expected) in cases {
         let out = distill(&args);

@@ -50,7 +50,7 @@ pub struct Measured {
     pub peak_rss_bytes: Option<u64>,
 }
 
-/// The whole evaluation, as `distill eval --out` writes it.
+/// The whole evaluation, as `distill eval -o` writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     pub in_domain: SetReport,

@@ -154,7 +154,7 @@ fn evaluations(run: &Path) -> Result<Vec<(String, EvalReport)>> {
         if name.starts_with("eval") && name.ends_with(".json") {
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
             let v: EvalReport = serde_json::from_str(&text).map_err(|e| {
-                Error::Report(format!("{} is not an evaluation written by `distill eval --out`: {e}", path.display()))
+                Error::Report(format!("{} is not an evaluation written by `distill eval -o`: {e}", path.display()))
             })?;
             let label = name.trim_start_matches("eval").trim_start_matches('-').trim_end_matches(".json");
             found.push((if label.is_empty() { "student".to_string() } else { format!("student ({label})") }, v));
@@ -259,7 +259,8 @@ pub fn write_report(run: &Path, baseline: Option<&Path>) -> Result<Report> {
         }
         html += "</table>";
     } else {
-        html += "<p>No evaluation yet: run <code>distill eval --student RUN/final --prompts … --out RUN/eval.json</code>.</p>";
+        html +=
+            "<p>No evaluation yet: run <code>distill eval --student RUN/final --prompts … -o RUN/eval.json</code>.</p>";
     }
     html += "</body></html>\n";
     let html_path = run.join("report.html");

@@ -44,8 +44,8 @@ pub struct EvalArgs {
     /// Skip the speed and memory measurement.
     #[arg(long)]
     pub(crate) no_speed: bool,
-    /// Write the results (and a few samples) as JSON here.
-    #[arg(long)]
+    /// Write the results (and a few samples) as JSON here (`--out` is accepted too).
+    #[arg(short, long = "output", alias = "out", value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
 }
 

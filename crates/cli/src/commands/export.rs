@@ -16,8 +16,12 @@ use distill_models::export::{write_gguf, GgufTokenizer, GgufType};
   distill export runs/support/final -o exported/support-student     # HF directory (safetensors)")]
 pub struct ExportArgs {
     /// Model to export: a training run's `final/` directory, any HF model directory, a GGUF file
-    /// or a Hub id.
-    pub(crate) model: String,
+    /// or a Hub id (or give it as `-m/--model`, as `distill generate` takes it).
+    #[arg(required_unless_present = "model_flag", conflicts_with = "model_flag")]
+    pub(crate) model: Option<String>,
+
+    #[arg(short = 'm', long = "model", value_name = "MODEL", hide = true)]
+    pub(crate) model_flag: Option<String>,
 
     /// Output: a `.gguf` file, or a directory for the Hugging Face layout (config.json,
     /// model.safetensors, tokenizer.json, generation_config.json).
@@ -38,15 +42,24 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
+    let model = args.model.clone().or(args.model_flag.clone()).context("give the model to export")?;
     let gguf = args.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if let (false, Some(ext)) = (gguf, args.output.extension()) {
+        if !args.output.is_dir() {
+            bail!(
+                "{}: an export is a .gguf file or an HF directory, and `.{}` is neither\nHINT: name the file *.gguf, or give a directory name without an extension",
+                args.output.display(),
+                ext.to_string_lossy()
+            );
+        }
+    }
     let ty =
         GgufType::parse(&args.ty).with_context(|| format!("unknown --type `{}` (f32, f16, q8_0, q4_0)", args.ty))?;
     if args.output.exists() && !args.force {
         bail!("{} already exists\nHINT: pass --force to replace it, or choose another --output", args.output.display());
     }
     let started = Instant::now();
-    let loaded =
-        distill_models::load(&args.model, &Device::Cpu).with_context(|| format!("loading `{}`", args.model))?;
+    let loaded = distill_models::load(&model, &Device::Cpu).with_context(|| format!("loading `{model}`"))?;
     let cfg = loaded.model.config();
     let template = loaded.chat_template.as_ref().map(|t| t.source().to_string());
     if gguf {

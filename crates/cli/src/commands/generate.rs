@@ -87,25 +87,25 @@ pub struct GenerateArgs {
     dataset: Option<PathBuf>,
 
     /// Top-k entries stored per completion token.
-    #[arg(long, default_value_t = 32, help_heading = "Dataset")]
+    #[arg(long, default_value_t = 32, requires = "dataset", help_heading = "Dataset")]
     k: usize,
 
     /// Completions generated per prompt (a prompt with a given completion is scored once).
-    #[arg(long, default_value_t = 1, help_heading = "Dataset")]
+    #[arg(long, default_value_t = 1, requires = "dataset", help_heading = "Dataset")]
     completions: usize,
 
     /// Prompts per Parquet shard (the unit of resumption).
-    #[arg(long, default_value_t = 64, help_heading = "Dataset")]
+    #[arg(long, default_value_t = 64, requires = "dataset", help_heading = "Dataset")]
     prompts_per_shard: usize,
 
     /// Temperature of the stored teacher distributions (softmax(logits / T)).
-    #[arg(long, default_value_t = 1.0, help_heading = "Dataset")]
+    #[arg(long, default_value_t = 1.0, requires = "dataset", help_heading = "Dataset")]
     logprob_temperature: f32,
 
     /// How shards store the top-k: `coded` (range-coded, about half the bytes, read through
     /// distill) or `plain` (lists any Parquet reader uses as they are). Default: coded for a new
     /// dataset, the dataset's own layout when resuming one.
-    #[arg(long, value_parser = parse_layout(), help_heading = "Dataset")]
+    #[arg(long, value_parser = parse_layout(), requires = "dataset", help_heading = "Dataset")]
     layout: Option<Layout>,
 
     /// Arithmetic of the model's matmuls. `bf16` rounds weights and activations to bfloat16 and
@@ -123,15 +123,15 @@ pub struct GenerateArgs {
     teacher_urls: Vec<String>,
 
     /// Model name asked of the endpoints (default: the first model the first endpoint lists).
-    #[arg(long, help_heading = "Remote teacher")]
+    #[arg(long, requires = "teacher_urls", help_heading = "Remote teacher")]
     teacher_model: Option<String>,
 
     /// Requests in flight per endpoint.
-    #[arg(long, default_value_t = 4, help_heading = "Remote teacher")]
+    #[arg(long, default_value_t = 4, requires = "teacher_urls", help_heading = "Remote teacher")]
     teacher_concurrency: usize,
 
     /// Seconds before a request is abandoned (and retried on another endpoint).
-    #[arg(long, default_value_t = 300, help_heading = "Remote teacher")]
+    #[arg(long, default_value_t = 300, requires = "teacher_urls", help_heading = "Remote teacher")]
     teacher_timeout: u64,
 }
 

@@ -89,8 +89,8 @@ enum GuardCommand {
         /// Share of benign keys that must stay under the threshold.
         #[arg(long, default_value_t = 0.995)]
         quantile: f64,
-        /// Where to write the config.
-        #[arg(long)]
+        /// Where to write the config (`--out` is accepted too).
+        #[arg(short, long = "output", alias = "out", value_name = "FILE")]
         out: PathBuf,
     },
 }

@@ -9,7 +9,7 @@ use clap::Args;
 #[command(after_help = "Example:
   distill report runs/support --baseline runs/support-sft")]
 pub struct ReportArgs {
-    /// A training run directory (holds metrics.jsonl; `distill eval --out RUN/eval.json` adds the
+    /// A training run directory (holds metrics.jsonl; `distill eval -o RUN/eval.json` adds the
     /// retention and cost tables).
     pub(crate) run: PathBuf,
     /// Another run (e.g. SFT only) whose held-out curve is drawn for comparison.

@@ -173,7 +173,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         let inputs = json!({"student": train_inputs, "type": ty, "eval": eval_inputs});
         stage(&out, &format!("export-{ty}"), &inputs, &file, || {
             super::export::run(super::export::ExportArgs {
-                model: student.display().to_string(),
+                model: Some(student.display().to_string()),
+                model_flag: None,
                 output: file.clone(),
                 ty: ty.clone(),
                 name: Some(format!("distill-student-{ty}")),

@@ -18,9 +18,13 @@ Every route except /health needs an API key. Requests with \"store\": true are c
 database; `distill capture export` turns them into prompts for the next distillation.")]
 pub struct ServeArgs {
     /// Model to serve: a .gguf file, a Hugging Face directory (a training run's `final/`, an
-    /// export) or a Hub id. Defaults to the fetched default teacher.
+    /// export) or a Hub id (or give it as `-m/--model`, as `distill generate` takes it). Defaults
+    /// to the fetched default teacher.
     #[arg(env = "DISTILL_MODEL")]
     model: Option<String>,
+
+    #[arg(short = 'm', long = "model", value_name = "MODEL", hide = true)]
+    model_flag: Option<String>,
 
     /// Name clients send as `model` (default: the model file or directory name).
     #[arg(long)]
@@ -98,7 +102,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             );
         }
     }
-    let mut model = super::generate::load_model(args.model.as_deref())?;
+    let mut model = super::generate::load_model(args.model_flag.as_deref().or(args.model.as_deref()))?;
     super::generate::use_matmuls(&mut model, args.matmuls)?;
     let name = args.name.clone().unwrap_or_else(|| default_name(&model.source));
     let options = ServeOptions {
