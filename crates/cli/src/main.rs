@@ -57,7 +57,19 @@ fn tune_malloc() {
     }
 }
 
+/// `RUST_BACKTRACE=1` asks for panics' backtraces; candle also reads it to attach a backtrace to
+/// every error it makes, which then prints inside a user's error message. Library backtraces stay
+/// off unless asked for with `RUST_LIB_BACKTRACE=1`; panics keep theirs.
+fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY (edition 2024 makes this unsafe): called first thing in main, before any thread
+        // exists that could read the environment concurrently.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
 fn main() {
+    quiet_library_backtraces();
     tune_malloc();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DISTILL_LOG").unwrap_or_else(|_| "warn".into()))

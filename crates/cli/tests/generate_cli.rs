@@ -125,3 +125,20 @@ fn json_logprobs_cover_every_generated_token_with_sorted_alternatives() {
     let out = distill(&["generate", "--model", m, "--logprobs", "3", "the hello"]);
     assert!(!out.status.success(), "--logprobs needs --json");
 }
+
+#[test]
+fn a_broken_weights_file_is_named_without_a_backtrace_even_with_rust_backtrace_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = distill_models::load(tiny(dir.path()).to_str().unwrap(), &candle_core::Device::Cpu).unwrap();
+    let hf = dir.path().join("hf");
+    distill_models::checkpoint::save_hf_dir(&hf, &model.model, &model.tokenizer, None).unwrap();
+    std::fs::write(hf.join("model.safetensors"), b"garbage, not safetensors").unwrap();
+    let out = common::command()
+        .env("RUST_BACKTRACE", "1")
+        .args(["generate", "--model", hf.to_str().unwrap(), "hi"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("model.safetensors is not a usable safetensors file"), "{err}");
+    assert!(!err.contains("backtrace") && err.lines().count() <= 2, "a user error carries no backtrace:\n{err}");
+}

@@ -15,6 +15,9 @@ pub enum Error {
     #[error("{path} is not a usable GGUF file: {reason}")]
     BadGguf { path: PathBuf, reason: String },
 
+    #[error("{path} is not a usable safetensors file: {reason}")]
+    BadSafetensors { path: PathBuf, reason: String },
+
     #[error("GGUF metadata key `{key}` {problem}")]
     Metadata { key: String, problem: String },
 

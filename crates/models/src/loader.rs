@@ -385,10 +385,8 @@ pub fn safetensors_weights(dir: &Path, device: &Device) -> Result<HashMap<String
     }
     let mut weights = HashMap::new();
     for file in files {
-        let tensors = candle_core::safetensors::load(&file, device).map_err(|e| Error::BadGguf {
-            path: file.clone(),
-            reason: format!("not a readable safetensors file: {e}"),
-        })?;
+        let tensors = candle_core::safetensors::load(&file, device)
+            .map_err(|e| Error::BadSafetensors { path: file.clone(), reason: e.to_string() })?;
         for (name, t) in tensors {
             weights.insert(name, t.to_dtype(DType::F32)?);
         }
