@@ -45,7 +45,10 @@ fn identical_student_keeps_everything_and_another_does_not() {
     tiny_gguf(&other, 4).unwrap();
     let t = teacher.to_str().unwrap();
 
-    let same = eval(dir.path(), t, t, &[]);
+    // The same model as teacher and student is refused unless asked for: here it checks the metrics.
+    let refused = distill(&["eval", "--teacher", t, "--student", t, "--prompts", t]);
+    assert!(!refused.status.success() && text(&refused.stderr).contains("is the student itself"));
+    let same = eval(dir.path(), t, t, &["--allow-same"]);
     let d = &same["in_domain"];
     assert!(d["tokens"]["positions"].as_u64().unwrap() > 0);
     assert!(d["tokens"]["kl_forward"].as_f64().unwrap() < 1e-6, "{d}");
@@ -105,7 +108,7 @@ fn a_teacher_from_the_environment_is_named_and_may_not_be_the_student() {
     };
     let out = run(&student);
     assert!(!out.status.success(), "the student evaluated against itself");
-    assert!(text(&out.stderr).contains("DISTILL_MODEL names the student itself"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the teacher (DISTILL_MODEL) is the student itself"), "{}", text(&out.stderr));
     let out = run(&teacher);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("(from DISTILL_MODEL)"), "{}", text(&out.stderr));

@@ -44,6 +44,10 @@ pub struct EvalArgs {
     /// Skip the speed and memory measurement.
     #[arg(long)]
     pub(crate) no_speed: bool,
+    /// Evaluate even when the student is the teacher itself (a sanity check of the metrics:
+    /// every figure is then 100% by construction); refused otherwise.
+    #[arg(long)]
+    pub(crate) allow_same: bool,
     /// Write the results (and a few samples) as JSON here (`--out` is accepted too).
     #[arg(short, long = "output", alias = "out", value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
@@ -63,7 +67,7 @@ pub fn measure(args: MeasureArgs) -> Result<()> {
     Ok(())
 }
 
-/// Evaluates as `args` say, prints the figures and writes them to `--out`.
+/// Evaluates as `args` say, prints the figures and writes them to `-o`.
 pub fn run(args: EvalArgs) -> Result<EvalReport> {
     if args.batch_size == 0 || args.max_tokens == 0 {
         bail!("--batch-size and --max-tokens must be at least 1");
@@ -73,17 +77,24 @@ pub fn run(args: EvalArgs) -> Result<EvalReport> {
         (None, Ok(t)) if !t.is_empty() => (Some(t), "DISTILL_MODEL"),
         _ => (None, "the default teacher"),
     };
-    let teacher = load_model(teacher_spec.as_deref())?;
-    eprintln!("teacher: {} (from {named_by})", teacher.source);
-    if same_file(&teacher.source, &args.student) {
-        if named_by == "DISTILL_MODEL" {
+    // Checked before minutes of loading: the default teacher's path is known too.
+    let teacher_path =
+        teacher_spec.clone().or_else(|| distill_models::teacher::default_teacher().map(|p| p.display().to_string()));
+    if teacher_path.as_deref().is_some_and(|t| same_file(t, &args.student)) {
+        let hint = match named_by {
+            "DISTILL_MODEL" => "pass --teacher, or unset DISTILL_MODEL",
+            _ => "pass the teacher the student was distilled from (or --allow-same to check the metrics)",
+        };
+        if named_by == "DISTILL_MODEL" || !args.allow_same {
             bail!(
-                "DISTILL_MODEL names the student itself ({}): every figure would be 100% by construction\nHINT: pass --teacher, or unset DISTILL_MODEL",
+                "the teacher ({named_by}) is the student itself ({}): every figure would be 100% by construction\nHINT: {hint}",
                 args.student
             );
         }
-        eprintln!("note: the student is the teacher itself; every figure is 100% by construction");
+        eprintln!("note: the student is the teacher itself (--allow-same); every figure is 100% by construction");
     }
+    let teacher = load_model(teacher_spec.as_deref())?;
+    eprintln!("teacher: {} (from {named_by})", teacher.source);
     let student = load_model(Some(&args.student))?;
     let mut files = vec![("in_domain", args.prompts.clone())];
     if let Some(ood) = &args.ood_prompts {

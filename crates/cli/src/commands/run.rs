@@ -156,6 +156,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             max_tokens: cfg.eval.max_tokens,
             batch_size: 8,
             no_speed: false,
+            allow_same: false,
             out: Some(json.to_path_buf()),
         })
         .map(|_| ())
