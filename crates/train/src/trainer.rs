@@ -134,7 +134,8 @@ impl Trainer {
     /// Prepares the run `cfg` describes: writes the resolved config into its output directory
     /// (or, when a checkpoint is there, checks it is this run's and resumes from it), opens the
     /// datasets, builds the student and the optimiser. `teacher` makes the on-policy or online
-    /// batches of `[on_policy]`; without one the teacher it names is loaded or connected to.
+    /// batches of `[on_policy]` (unused without that section); without one the teacher it names is
+    /// loaded or connected to.
     pub fn with_teacher(
         cfg: TrainConfig,
         teacher: Option<Box<dyn Teacher>>,
