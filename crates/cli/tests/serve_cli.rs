@@ -242,7 +242,7 @@ fn bad_requests_get_a_4xx_naming_the_field() {
         ("/v1/chat/completions", chat("hi", json!({"tool_choice": "auto"})), 400, Some("tool_choice")),
         ("/v1/chat/completions", chat("hi", json!({"functions": []})), 400, Some("functions")),
         ("/v1/chat/completions", chat("hi", json!({"parallel_tool_calls": false})), 400, Some("parallel_tool_calls")),
-        ("/v1/chat/completions", chat("hi", json!({"top_k": 5})), 400, Some("top_k")),
+        ("/v1/chat/completions", chat("hi", json!({"top_k": -5})), 400, Some("top_k")),
         ("/v1/completions", r#"{"model": "tiny", "prompt": "hi", "min_p": 0.1}"#.into(), 400, Some("min_p")),
         ("/v1/chat/completions", chat("hi", json!({"repetition_penalty": 1.1})), 400, Some("repetition_penalty")),
         (
@@ -273,6 +273,18 @@ fn bad_requests_get_a_4xx_naming_the_field() {
     assert!(reply.contains("UTF-8"), "{reply}");
     assert_eq!(server.get("/v1/nothing", Some(&key)).0, 404);
     assert_eq!(server.get("/health", None).0, 200, "the server is still up");
+    // vLLM's `top_k` is honoured: top_k = 1 samples the argmax, whatever the temperature.
+    let text_of = |extra: Value| {
+        let (status, body, _) = server.post("/v1/chat/completions", &key, &chat("hello the", extra));
+        assert_eq!(status, 200, "{body}");
+        parse(&body)["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+    };
+    let greedy = text_of(json!({"temperature": 0}));
+    let sampled = (1..=8).any(|seed| text_of(json!({"temperature": 2, "seed": seed})) != greedy);
+    assert!(sampled, "without top_k these seeds sample away from the greedy text");
+    for seed in 1..=8 {
+        assert_eq!(text_of(json!({"temperature": 2, "top_k": 1, "seed": seed})), greedy, "seed {seed}");
+    }
     // `response_format: text` asks for what the server does anyway.
     let (status, body, _) =
         server.post("/v1/chat/completions", &key, &chat("hi", json!({"response_format": {"type": "text"}})));

@@ -99,6 +99,7 @@ struct Common {
     metadata: Option<BTreeMap<String, String>>,
     frequency_penalty: Option<f64>,
     presence_penalty: Option<f64>,
+    top_k: Option<i64>,
     /// Accepted and ignored, as OpenAI's end-user identifier.
     #[allow(dead_code)]
     user: Option<String>,
@@ -155,12 +156,11 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<GenerationReques
 
 /// Fields of the OpenAI and vLLM APIs this server does not implement. Taking them silently would
 /// answer something other than what the client asked for, so each is a 400 naming it.
-const UNSUPPORTED: [&str; 8] = [
+const UNSUPPORTED: [&str; 7] = [
     "functions",
     "function_call",
     "tool_choice",
     "parallel_tool_calls",
-    "top_k",
     "min_p",
     "repetition_penalty",
     "response_format",
@@ -423,7 +423,12 @@ fn common(
             "`metadata` is stored with the completion; it needs `store: true`",
         ));
     }
-    let sampling = SamplingParams { temperature, top_p, top_k: 0, seed: 0, max_tokens: 0, stop };
+    // vLLM's `top_k`: sample among the k likeliest tokens; 0 or -1 turn it off.
+    let top_k = match c.top_k {
+        None | Some(-1) => 0,
+        Some(k) => range("top_k", k, 0, i64::from(u32::MAX))? as usize,
+    };
+    let sampling = SamplingParams { temperature, top_p, top_k, seed: 0, max_tokens: 0, stop };
     Ok(GenerationRequest {
         endpoint,
         model: c.model,
