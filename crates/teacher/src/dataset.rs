@@ -31,8 +31,9 @@ pub struct DatasetOptions {
     pub completions: usize,
     /// Prompts per Parquet shard (the unit of resumption).
     pub prompts_per_shard: usize,
-    /// Prompts per teacher call: a local teacher decodes them as one batch, a remote one fans
-    /// them out over its endpoints (so give it at least endpoints × concurrency).
+    /// Prompts a local teacher decodes (and scores) as one batch. A remote teacher takes a
+    /// shard's prompts in one call and fans them out over its endpoints
+    /// ([`Teacher::prompts_per_call`]).
     pub batch_size: usize,
     /// Temperature of the stored distributions (softmax(logits / T)).
     pub logprob_temperature: f32,
@@ -168,6 +169,7 @@ fn shard(
         Sequence::from_scored((first_index + i) as u32, records[i].name(), sample as u16, token_ids, prompt.len(), top)
     };
     let mut sequences = Vec::new();
+    let per_call = teacher.prompts_per_call(opts.batch_size).max(1);
 
     // Given completions are scored token for token.
     let mut given = Vec::new();
@@ -182,7 +184,7 @@ fn shard(
             }
         }
     }
-    for chunk in given.chunks(opts.batch_size) {
+    for chunk in given.chunks(per_call) {
         let requests: Vec<ScoreRequest> = chunk
             .iter()
             .map(|(i, ids)| ScoreRequest {
@@ -199,7 +201,7 @@ fn shard(
     // The others are completed and scored, in batches.
     let to_generate: Vec<usize> = (0..records.len()).filter(|&i| records[i].completion.is_none()).collect();
     for sample in 0..opts.completions {
-        for batch in to_generate.chunks(opts.batch_size) {
+        for batch in to_generate.chunks(per_call) {
             let batch_prompts: Vec<TeacherPrompt> = batch.iter().map(|&i| prompts[i].clone()).collect();
             // Row r of a batch samples with `seed + r`: the seeds depend only on the shard's
             // prompts, so a resumed run regenerates a shard identically.

@@ -108,6 +108,11 @@ pub trait Teacher: Sync {
     fn needs_messages(&self) -> bool {
         false
     }
+    /// Prompts one call should carry when the caller would batch `batch_size`: a model here
+    /// decodes them as one batch; endpoints fan a larger call out over themselves.
+    fn prompts_per_call(&self, batch_size: usize) -> usize {
+        batch_size
+    }
     /// One completion per prompt, prompt `i` sampled with seed `params.seed + i`: its token ids,
     /// the stop token included when the teacher ended on one.
     fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<Vec<Vec<u32>>>;

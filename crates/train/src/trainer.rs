@@ -3,9 +3,8 @@
 //! on Ctrl-C. Progress goes to a [`TrainObserver`]; the `distill` binary draws it with indicatif.
 //!
 //! ```no_run
-//! # fn main() -> distill_train::Result<()> {
-//! let text = std::fs::read_to_string("run.toml").unwrap();
-//! let cfg: distill_train::config::TrainConfig = toml::from_str(&text).unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg: distill_train::TrainConfig = toml::from_str(&std::fs::read_to_string("run.toml")?)?;
 //! let outcome = distill_train::Trainer::new(cfg, &mut ())?.run(&mut ())?;
 //! println!("student in {}", outcome.final_dir.display());
 //! # Ok(()) }
@@ -122,6 +121,7 @@ pub struct Trainer {
     rollouts: Option<Rollouts>,
     resumed: bool,
     metrics: File,
+    metrics_path: PathBuf,
     stop: Arc<AtomicBool>,
 }
 
@@ -266,6 +266,7 @@ impl Trainer {
             rollouts,
             resumed: resume_from.is_some(),
             metrics,
+            metrics_path,
             stop: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -355,7 +356,7 @@ impl Trainer {
             interrupted,
             checkpoint_dir: ckpt::checkpoint_dir(&cfg.output),
             final_dir,
-            metrics: cfg.output.join("metrics.jsonl"),
+            metrics: self.metrics_path.clone(),
         };
         observer.finished(&outcome);
         Ok(outcome)
@@ -421,9 +422,10 @@ impl Trainer {
     }
 
     fn log(&mut self, line: &impl Serialize) -> Result<()> {
-        let path = self.cfg.output.join("metrics.jsonl");
         let json = serde_json::to_string(line).map_err(|e| Error::Config(e.to_string()))?;
-        writeln!(self.metrics, "{json}").and_then(|_| self.metrics.flush()).map_err(|e| Error::io(&path, e))
+        writeln!(self.metrics, "{json}")
+            .and_then(|_| self.metrics.flush())
+            .map_err(|e| Error::io(&self.metrics_path, e))
     }
 
     fn save_checkpoint(&self) -> Result<()> {

@@ -17,19 +17,14 @@ pub fn run(
     model: Option<&str>,
     matmuls: Precision,
     remote: Option<RemoteOptions>,
-    mut opts: DatasetOptions,
+    opts: DatasetOptions,
 ) -> Result<()> {
-    if opts.k == 0 || opts.completions == 0 || opts.prompts_per_shard == 0 || opts.batch_size == 0 {
-        anyhow::bail!("--k, --completions, --prompts-per-shard and --batch-size must be at least 1");
-    }
     let mut loaded = super::generate::load_model(model)?;
     let teacher: Box<dyn Teacher> = match remote {
         Some(remote) => {
             let vocab = loaded.model.config().vocab_size;
             let teacher = RemoteTeacher::new(remote, loaded.into_text(), vocab)?;
             eprintln!("teacher: {}", teacher.id());
-            // A shard's prompts fan out over the endpoints together.
-            opts.batch_size = opts.batch_size.max(opts.prompts_per_shard);
             Box::new(teacher)
         }
         None => {

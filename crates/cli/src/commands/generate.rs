@@ -68,7 +68,7 @@ pub struct GenerateArgs {
     stop: Vec<String>,
 
     /// Prompts decoded together in one batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     batch_size: usize,
 
     /// Print JSON lines ({"index", "prompt", "text", "finish_reason", ...}) instead of streaming text.
@@ -87,15 +87,15 @@ pub struct GenerateArgs {
     dataset: Option<PathBuf>,
 
     /// Top-k entries stored per completion token.
-    #[arg(long, default_value_t = 32, requires = "dataset", help_heading = "Dataset")]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one, requires = "dataset", help_heading = "Dataset")]
     k: usize,
 
     /// Completions generated per prompt (a prompt with a given completion is scored once).
-    #[arg(long, default_value_t = 1, requires = "dataset", help_heading = "Dataset")]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one, requires = "dataset", help_heading = "Dataset")]
     completions: usize,
 
     /// Prompts per Parquet shard (the unit of resumption).
-    #[arg(long, default_value_t = 64, requires = "dataset", help_heading = "Dataset")]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one, requires = "dataset", help_heading = "Dataset")]
     prompts_per_shard: usize,
 
     /// Temperature of the stored teacher distributions (softmax(logits / T)).
@@ -135,6 +135,15 @@ pub struct GenerateArgs {
     teacher_timeout: u64,
 }
 
+/// A count that must be at least 1, refused at parsing with the flag named.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `--layout`: coded or plain (listed in `--help`).
 fn parse_layout() -> impl TypedValueParser<Value = Layout> {
     // Only the listed names reach the parse, so it cannot fail.
@@ -160,9 +169,6 @@ pub fn use_matmuls(model: &mut LoadedModel, precision: Precision) -> Result<Prec
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     let params = SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,

@@ -66,6 +66,11 @@ impl Teacher for RemoteTeacher {
         true
     }
 
+    /// All of them: the requests fan out over every endpoint's workers at once.
+    fn prompts_per_call(&self, _batch_size: usize) -> usize {
+        usize::MAX
+    }
+
     /// Through `/v1/completions` with token-id prompts; the text is tokenized again locally.
     fn generate(&self, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<Vec<Vec<u32>>> {
         self.complete_tokens(prompts, params)?
