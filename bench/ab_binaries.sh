@@ -28,32 +28,13 @@ PY
 data="$work/data"
 [[ -f "$data/manifest.json" ]] || "$new" generate --model "$teacher" --dataset "$data" --prompts-file "$work/train.jsonl" \
   --chat --k 32 --max-tokens 64 --temperature 0.7 --top-p 0.95 2>/dev/null
-cat > "$work/student.json" <<JSON
-{"model_type": "llama", "vocab_size": 49152, "hidden_size": 256, "intermediate_size": 768,
- "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4, "rms_norm_eps": 1e-5,
- "rope_theta": 10000.0, "max_position_embeddings": 2048, "tie_word_embeddings": true, "hidden_act": "silu"}
-JSON
 for round in $(seq 1 "$rounds"); do
   for side in old new; do
     bin="${!side}"
     rm -rf "$work/scored-$side"
     "$bin" generate --model "$teacher" --dataset "$work/scored-$side" --prompts-file "$work/score.jsonl" \
       --k 32 --batch-size 8 2>&1 | grep -o 'this run: [0-9]* tokens in [0-9.]* s' | sed "s/^/score $side round $round: /"
-    cat > "$work/run-$side.toml" <<TOML
-dataset = "$data"
-output = "$work/run-$side"
-steps = 20
-batch_size = 8
-seq_len = 256
-eval_every = 1000000
-checkpoint_every = 1000000
-[student]
-type = "config"
-config = "$work/student.json"
-tokenizer_from = "$teacher"
-[optimizer]
-lr = 5e-4
-TOML
+    speed_run_config "$data" "$work/run-$side" 20 "$work" > "$work/run-$side.toml"
     rm -rf "$work/run-$side"
     "$bin" train "$work/run-$side.toml" 2>/dev/null
     python3 -c "import json,sys; l=json.loads(open(sys.argv[1]).readlines()[-1]); print(f'train $side round $round: {l[\"tokens_per_s\"]:.0f} tokens/s, loss {l[\"loss\"]}')" "$work/run-$side/metrics.jsonl"

@@ -23,3 +23,32 @@ wait_up() {
   echo "server at $1 did not start" >&2
   return 1
 }
+
+# The training-speed workload (issue 6's student: vocab 49152, hidden 256, 4 layers, 4 heads,
+# intermediate 768; batches of 8x256, KD on the dataset's top-k): writes DIR/student.json and
+# prints a run config over DATASET with OUTPUT and STEPS.
+speed_run_config() {
+  local data="$1" output="$2" steps="$3" dir="$4"
+  cat > "$dir/student.json" <<JSON
+{"model_type": "llama", "vocab_size": 49152, "hidden_size": 256, "intermediate_size": 768,
+ "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4, "rms_norm_eps": 1e-5,
+ "rope_theta": 10000.0, "max_position_embeddings": 2048, "tie_word_embeddings": true, "hidden_act": "silu"}
+JSON
+  cat <<TOML
+dataset = "$data"
+output = "$output"
+steps = $steps
+batch_size = 8
+seq_len = 256
+eval_every = 1000000
+checkpoint_every = 1000000
+
+[student]
+type = "config"
+config = "$dir/student.json"
+tokenizer_from = "$teacher"
+
+[optimizer]
+lr = 5e-4
+TOML
+}

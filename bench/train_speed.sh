@@ -19,28 +19,7 @@ if [[ ! -f "$data/manifest.json" ]]; then
     --k 32 --max-tokens 64 --temperature 0.7 --top-p 0.95 --seed 0
 fi
 mkdir -p "$work"
-cat > "$work/student.json" <<JSON
-{"model_type": "llama", "vocab_size": 49152, "hidden_size": 256, "intermediate_size": 768,
- "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4, "rms_norm_eps": 1e-5,
- "rope_theta": 10000.0, "max_position_embeddings": 2048, "tie_word_embeddings": true, "hidden_act": "silu"}
-JSON
-cat > "$work/run.toml" <<TOML
-dataset = "$data"
-output = "$work/run"
-steps = $steps
-batch_size = 8
-seq_len = 256
-eval_every = 1000000
-checkpoint_every = 1000000
-
-[student]
-type = "config"
-config = "$work/student.json"
-tokenizer_from = "$teacher"
-
-[optimizer]
-lr = 5e-4
-TOML
+speed_run_config "$data" "$work/run" "$steps" "$work" > "$work/run.toml"
 rm -rf "$work/ref"
 "$distill" train "$work/run.toml" --export-reference "$work/ref"
 # Peak RSS in KiB, as /usr/bin/time reports it (bytes would overflow some awks' %d past 2 GiB).
