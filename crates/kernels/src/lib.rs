@@ -8,6 +8,7 @@ pub mod attention;
 pub mod exp;
 pub mod matmul;
 pub mod packed;
+pub mod quant;
 pub mod reduce;
 pub mod rms_norm;
 pub mod rope;

@@ -22,7 +22,11 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// Output columns per block of [`matmul_swiglu`]: whole panels of either kernel.
 const SWIGLU_COLS: usize = 384;
-const _: () = assert!(SWIGLU_COLS.is_multiple_of(super::single::NR) && SWIGLU_COLS.is_multiple_of(super::bf16::NR));
+const _: () = assert!(
+    SWIGLU_COLS.is_multiple_of(super::single::NR)
+        && SWIGLU_COLS.is_multiple_of(super::bf16::NR)
+        && SWIGLU_COLS.is_multiple_of(crate::quant::NR)
+);
 
 /// silu(`x` · Gᵀ) ⊙ (`x` · Uᵀ), the SwiGLU of two projections of the same input, as a new
 /// (M, N) vector. Each task computes a block of both products into scratch that
@@ -42,6 +46,7 @@ pub fn matmul_swiglu(x: &[f32], gate: &PackedWeight, up: &PackedWeight) -> Vec<f
 fn swiglu_into(x: &[f32], gate: &PackedWeight, up: &PackedWeight, m: usize, out: Out) {
     let n = out.n;
     let (nr, mc) = gate.tiling();
+    let x = gate.prepare(x);
     grid(m, n, nr, mc, |rows, panels| {
         with_scratch(2 * rows.len() * SWIGLU_COLS, |scratch| {
             let (g, u) = scratch.split_at_mut(rows.len() * SWIGLU_COLS);
@@ -50,8 +55,8 @@ fn swiglu_into(x: &[f32], gate: &PackedWeight, up: &PackedWeight, m: usize, out:
                 let cols = block.start * nr..(block.end * nr).min(n);
                 // SAFETY: each block is the task's own scratch, holding the rectangle.
                 unsafe {
-                    gate.task(x, rows.clone(), block.clone(), &Out::block(g, SWIGLU_COLS, &rows, &cols, n));
-                    up.task(x, rows.clone(), block, &Out::block(u, SWIGLU_COLS, &rows, &cols, n));
+                    gate.task(&x, rows.clone(), block.clone(), &Out::block(g, SWIGLU_COLS, &rows, &cols, n));
+                    up.task(&x, rows.clone(), block, &Out::block(u, SWIGLU_COLS, &rows, &cols, n));
                 }
                 for (r, row) in rows.clone().enumerate() {
                     let at = r * SWIGLU_COLS..r * SWIGLU_COLS + cols.len();
@@ -99,12 +104,13 @@ pub fn matmul_rope(x: &[f32], w: &PackedWeight, shape: RopeShape, cos: &[f32], s
 fn rope_into(x: &[f32], w: &PackedWeight, shape: RopeShape, (cos, sin): (&[f32], &[f32]), out: Out) {
     let (m, n) = (shape.batch * shape.tokens, out.n);
     let (nr, mc) = w.tiling();
+    let x = w.prepare(x);
     grid(m, n, nr, mc, |rows, panels| {
         let cols = 0..n;
         debug_assert_eq!(panels, 0..n.div_ceil(nr), "whole rows per task");
         with_scratch(rows.len() * n, |scratch| {
             // SAFETY: the task's own scratch holds its rows of the product.
-            unsafe { w.task(x, rows.clone(), panels, &Out::block(scratch, n, &rows, &cols, n)) };
+            unsafe { w.task(&x, rows.clone(), panels, &Out::block(scratch, n, &rows, &cols, n)) };
             for (r, row) in rows.clone().enumerate() {
                 // The row's heads go to N planes of (T, D); rows are disjoint across tasks, and
                 // so are the places they are written to.

@@ -14,6 +14,9 @@
 //! Every output is one sum over K in a fixed order, the same whatever the other rows are: a
 //! sequence gets bit-for-bit the same projections alone as in a batch, so a served model and a
 //! local teacher agree however their requests were batched.
+//!
+//! A GGUF file's quantised weights pack as they are ([`PackedWeight::quantized`]): the tiles of
+//! [`crate::quant`], [`Precision::Int8`], through the same tasks and fused steps.
 
 pub mod bf16;
 mod fused;
@@ -23,8 +26,11 @@ pub use fused::{matmul_rope, matmul_swiglu};
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::sync::Arc;
 
 use rayon::prelude::*;
+
+use crate::quant::{self, QuantMatrix, Rows};
 
 /// The arithmetic of a model's matmuls: the one precision type of the workspace (the packed
 /// kernels, the CLI's `--matmuls`, a dataset manifest's `teacher_matmuls`).
@@ -36,6 +42,9 @@ pub enum Precision {
     F32,
     /// bf16 operands, f32 sums (CPUs with AVX-512 BF16).
     Bf16,
+    /// A GGUF file's quantised weights as they are, inputs rounded to 8-bit integers per block
+    /// of 32, integer dot products (AVX-512 VNNI): see [`crate::quant`].
+    Int8,
 }
 
 impl Precision {
@@ -43,6 +52,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -60,7 +70,8 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(format!("unknown precision `{other}` (known: f32, bf16)")),
+            "int8" => Ok(Precision::Int8),
+            other => Err(format!("unknown precision `{other}` (known: f32, bf16, int8)")),
         }
     }
 }
@@ -78,6 +89,7 @@ impl Precision {
         match self {
             Precision::F32 => crate::tile::available(),
             Precision::Bf16 => crate::tile::available() && bf16_instructions(),
+            Precision::Int8 => crate::quant::available(),
         }
     }
 }
@@ -108,18 +120,60 @@ enum Panels {
     F32(Vec<f32>),
     /// ⌈N / NR⌉ panels of `pairs` × [`bf16::NR`] × 2 values; `pairs` = ⌈K / 2⌉.
     Bf16 { pairs: usize, data: Vec<u16> },
+    /// GGUF blocks in [`crate::quant`]'s layout, shared with whoever else holds the matrix (a
+    /// tied embedding).
+    Quant(Arc<QuantMatrix>),
+}
+
+/// A product's input as its kernel reads it: the f32 rows, or rows rounded for the quantised
+/// kernel (once per product, shared by its tasks and by both weights of a fused SwiGLU).
+pub(crate) enum Input<'a> {
+    F32(&'a [f32]),
+    Q8(Rows),
 }
 
 impl PackedWeight {
     /// Packs the row-major (N, K) weight `w` for `precision`'s kernel. Columns past N (and, for
-    /// bf16, the pair past an odd K) are zero.
+    /// bf16, the pair past an odd K) are zero. Int8 rounds the weights to Q8_0 blocks first
+    /// (f32 stays where K is not a multiple of 32: [`Self::precision`] tells).
     pub fn pack(w: &[f32], n: usize, k: usize, precision: Precision) -> Self {
         assert_eq!(w.len(), n * k, "pack: weight of {} values is not {n}×{k}", w.len());
         let panels = match precision {
             Precision::F32 => Panels::F32(single::pack(w, n, k)),
             Precision::Bf16 => Panels::Bf16 { pairs: k.div_ceil(2), data: bf16::pack(w, n, k) },
+            // f32 weights rounded to Q8_0 blocks, as llama.cpp's quantiser does; rows that are
+            // not whole blocks stay f32.
+            Precision::Int8 if k.is_multiple_of(32) => {
+                let blocks = quant::quantize_q8_0(w);
+                let matrix = QuantMatrix::from_blocks(quant::BlockType::Q8_0, n, k, &blocks)
+                    .expect("Q8_0 blocks of finite weights decode");
+                Panels::Quant(Arc::new(matrix))
+            }
+            Precision::Int8 => Panels::F32(single::pack(w, n, k)),
         };
         Self { n, k, panels }
+    }
+
+    /// A GGUF matrix's quantised blocks, for [`Precision::Int8`]'s kernel.
+    pub fn quantized(matrix: Arc<QuantMatrix>) -> Self {
+        Self { n: matrix.rows(), k: matrix.cols(), panels: Panels::Quant(matrix) }
+    }
+
+    /// The quantised matrix of an int8 packing.
+    pub fn quant_matrix(&self) -> Option<&Arc<QuantMatrix>> {
+        match &self.panels {
+            Panels::Quant(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Bytes the packing holds.
+    pub fn size_bytes(&self) -> usize {
+        match &self.panels {
+            Panels::F32(data) => 4 * data.len(),
+            Panels::Bf16 { data, .. } => 2 * data.len(),
+            Panels::Quant(m) => m.size_bytes(),
+        }
     }
 
     /// Output columns N.
@@ -132,12 +186,21 @@ impl PackedWeight {
         self.k
     }
 
-    /// The row-major (N, K) weight back, from an f32 packing (exact); None for bf16, whose
-    /// packing rounded it.
+    /// The row-major (N, K) weight back: exact from an f32 packing, the values the kernel
+    /// multiplies from a quantised one; None for bf16, whose packing rounded it.
     pub fn unpack(&self) -> Option<Vec<f32>> {
         match &self.panels {
             Panels::F32(data) => Some(single::unpack(data, self.n, self.k)),
             Panels::Bf16 { .. } => None,
+            Panels::Quant(m) => Some(m.dequantize()),
+        }
+    }
+
+    /// `x` as this packing's kernel reads it.
+    fn prepare<'a>(&self, x: &'a [f32]) -> Input<'a> {
+        match self.panels {
+            Panels::Quant(_) => Input::Q8(Rows::quantize(x, self.k)),
+            _ => Input::F32(x),
         }
     }
 
@@ -159,6 +222,7 @@ impl PackedWeight {
         match self.panels {
             Panels::F32(_) => (single::NR, single::MC),
             Panels::Bf16 { .. } => (bf16::NR, bf16::MC),
+            Panels::Quant(_) => (quant::NR, QUANT_MC),
         }
     }
 
@@ -167,11 +231,15 @@ impl PackedWeight {
     /// # Safety
     /// The CPU has the kernel ([`Self::rows_of`] checked it); `out` can take the rectangle, and
     /// no other task writes it concurrently.
-    unsafe fn task(&self, x: &[f32], rows: Range<usize>, panels: Range<usize>, out: &Out) {
-        match &self.panels {
-            // SAFETY (both arms): the caller's.
-            Panels::F32(data) => unsafe { single::task(x, data, self.k, rows, panels, out) },
-            Panels::Bf16 { pairs, data } => unsafe { bf16::task(x, data, self.k, *pairs, rows, panels, out) },
+    unsafe fn task(&self, x: &Input, rows: Range<usize>, panels: Range<usize>, out: &Out) {
+        match (&self.panels, x) {
+            // SAFETY (all arms): the caller's.
+            (Panels::F32(data), Input::F32(x)) => unsafe { single::task(x, data, self.k, rows, panels, out) },
+            (Panels::Bf16 { pairs, data }, Input::F32(x)) => unsafe {
+                bf16::task(x, data, self.k, *pairs, rows, panels, out)
+            },
+            (Panels::Quant(m), Input::Q8(x)) => unsafe { quant_task(m, x, rows, panels, out) },
+            _ => unreachable!("an input prepared for another packing"),
         }
     }
 
@@ -179,6 +247,38 @@ impl PackedWeight {
         match self.panels {
             Panels::F32(_) => Precision::F32,
             Panels::Bf16 { .. } => Precision::Bf16,
+            Panels::Quant(_) => Precision::Int8,
+        }
+    }
+}
+
+/// Rows per task of the quantised kernel.
+const QUANT_MC: usize = 48;
+
+/// Rows × panels (pairs of lane groups) of a quantised product.
+///
+/// # Safety
+/// As [`PackedWeight::task`].
+unsafe fn quant_task(m: &QuantMatrix, x: &Rows, rows: Range<usize>, panels: Range<usize>, out: &Out) {
+    let nr = quant::NR;
+    let mut tile_out = [0f32; quant::MAX_ROWS * quant::NR];
+    for panel in panels {
+        let cols = nr.min(out.n - panel * nr);
+        for r0 in rows.clone().step_by(quant::MAX_ROWS) {
+            let real = quant::MAX_ROWS.min(rows.end - r0);
+            let direct = cols == nr;
+            let (dst, dst_rs) = match direct {
+                true => (out.at(r0, panel * nr), out.stride),
+                false => (tile_out.as_mut_ptr(), nr),
+            };
+            // SAFETY: the kernel runs here (`rows_of` checked); rows r0.. < M of `x`, groups
+            // 2·panel and 2·panel + 1 of the matrix (whole pairs), and `dst` inside this task's
+            // rectangle when direct, inside `tile_out` otherwise.
+            unsafe { quant::run_tile(m, 2 * panel, x, r0, real, dst, dst_rs) };
+            if !direct {
+                // SAFETY: inside this task's rectangle.
+                unsafe { out.store(&tile_out, nr, real, (r0, panel * nr), cols) };
+            }
         }
     }
 }
@@ -232,10 +332,11 @@ fn run(x: &[f32], w: &PackedWeight, residual: Option<&[f32]>, y: &mut [MaybeUnin
     assert_eq!(y.len(), m * n, "packed matmul: output is not ({m}, {n})");
     let out = Out::new(y, n);
     let (nr, mc) = w.tiling();
+    let x = w.prepare(x);
     grid(m, n, nr, mc, |rows, panels| {
         let cols = panels.start * nr..(panels.end * nr).min(n);
         // SAFETY: `grid` hands each task a disjoint rectangle of `y`, which outlives it.
-        unsafe { w.task(x, rows.clone(), panels, &out) };
+        unsafe { w.task(&x, rows.clone(), panels, &out) };
         if let Some(residual) = residual {
             // SAFETY: the task's own rectangle, which it has just written.
             unsafe { out.add(residual, rows, cols) };

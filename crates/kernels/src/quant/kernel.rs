@@ -1,0 +1,161 @@
+//! The AVX-512 VNNI tile: up to [`MAX_ROWS`] input rows × two lane groups (32 outputs), each
+//! unit's integer dot products in `vpdpbusd` accumulators, scaled into f32 sums at the unit's end.
+
+use super::{BlockType, QuantMatrix, Rows, CHUNK, LANES};
+
+/// Input rows per tile: 2 × 2 × 6 accumulators, leaving registers for the weights.
+pub(crate) const MAX_ROWS: usize = 6;
+/// Outputs per tile: two lane groups.
+pub(crate) const NR: usize = 2 * LANES;
+
+/// Rows `r0 .. r0 + rows` of `x` against lane groups `g0`, `g0 + 1` of `w`, written to `dst`:
+/// `rows` rows of [`NR`] values, `dst_rs` apart.
+///
+/// # Safety
+/// The CPU has the kernel ([`super::available`]); `rows` in 1..=[`MAX_ROWS`], the rows exist in
+/// `x`, `g0 + 1` is a group of `w`, `x` and `w` have the same K, and `dst` can take the rectangle.
+pub(crate) unsafe fn run_tile(
+    w: &QuantMatrix,
+    g0: usize,
+    x: &Rows,
+    r0: usize,
+    rows: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+) {
+    macro_rules! by_rows {
+        ($bits:literal, $unit:literal) => {
+            // SAFETY (every arm): the caller's.
+            match rows {
+                1 => unsafe { tile::<$bits, $unit, 1>(w, g0, x, r0, dst, dst_rs) },
+                2 => unsafe { tile::<$bits, $unit, 2>(w, g0, x, r0, dst, dst_rs) },
+                3 => unsafe { tile::<$bits, $unit, 3>(w, g0, x, r0, dst, dst_rs) },
+                4 => unsafe { tile::<$bits, $unit, 4>(w, g0, x, r0, dst, dst_rs) },
+                5 => unsafe { tile::<$bits, $unit, 5>(w, g0, x, r0, dst, dst_rs) },
+                6 => unsafe { tile::<$bits, $unit, 6>(w, g0, x, r0, dst, dst_rs) },
+                _ => unreachable!("no tile of {rows} rows"),
+            }
+        };
+    }
+    match w.ty {
+        BlockType::Q4_0 | BlockType::Q4_1 | BlockType::Q4K => by_rows!(4, 32),
+        BlockType::Q5_0 | BlockType::Q5_1 | BlockType::Q5K => by_rows!(5, 32),
+        BlockType::Q6K => by_rows!(6, 16),
+        BlockType::Q8_0 => by_rows!(8, 32),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// The unsigned values of quad `quad` (values 4·quad .. 4·quad + 3 of the chunk) of 16 lanes, as
+/// the bytes `vpdpbusd` multiplies.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn quad_of<const BITS: usize>(chunk: *const u8, quad: usize) -> __m512i {
+    // SAFETY (all loads): inside the chunk's `chunk_bytes` (the caller's).
+    unsafe {
+        if BITS == 8 {
+            return _mm512_loadu_si512(chunk.add(64 * quad).cast());
+        }
+        let low4 = _mm512_set1_epi8(0x0F);
+        let v = _mm512_loadu_si512(chunk.add(64 * (quad / 2)).cast());
+        let mut w = match quad % 2 {
+            0 => _mm512_and_si512(v, low4),
+            _ => _mm512_and_si512(_mm512_srli_epi16::<4>(v), low4),
+        };
+        if BITS == 5 {
+            let h = _mm512_loadu_si512(chunk.add(256).cast());
+            let bit = _mm512_and_si512(_mm512_srl_epi32(h, _mm_cvtsi32_si128(quad as i32)), _mm512_set1_epi8(1));
+            w = _mm512_or_si512(w, _mm512_slli_epi32::<4>(bit));
+        }
+        if BITS == 6 {
+            let h = _mm512_loadu_si512(chunk.add(256 + 64 * (quad / 4)).cast());
+            let shift = _mm_cvtsi32_si128(2 * (quad % 4) as i32);
+            let bits = _mm512_and_si512(_mm512_srl_epi32(h, shift), _mm512_set1_epi8(3));
+            w = _mm512_or_si512(w, _mm512_slli_epi32::<4>(bits));
+        }
+        w
+    }
+}
+
+/// [`run_tile`] for `R` rows of `BITS`-bit values in units of `UNIT`.
+///
+/// # Safety
+/// As [`run_tile`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile<const BITS: usize, const UNIT: usize, const R: usize>(
+    w: &QuantMatrix,
+    g0: usize,
+    x: &Rows,
+    r0: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+) {
+    let k = w.k;
+    let chunks = k / CHUNK;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for c in 0..chunks {
+        let (qa, qb) = (w.chunk(g0, c), w.chunk(g0 + 1, c));
+        for half in 0..CHUNK / UNIT {
+            let mut dot = [[_mm512_setzero_si512(); 2]; R];
+            for quad in half * UNIT / 4..(half + 1) * UNIT / 4 {
+                // SAFETY: chunk c of both groups (the caller's).
+                let (wa, wb) = unsafe { (quad_of::<BITS>(qa, quad), quad_of::<BITS>(qb, quad)) };
+                for (r, dot) in dot.iter_mut().enumerate() {
+                    // SAFETY: row r0 + r exists (the caller's) and holds k ≥ (c + 1)·32 values.
+                    let xq =
+                        unsafe { x.q.as_ptr().add((r0 + r) * k + c * CHUNK + 4 * quad).cast::<i32>().read_unaligned() };
+                    let xb = _mm512_set1_epi32(xq);
+                    dot[0] = _mm512_dpbusd_epi32(dot[0], wa, xb);
+                    dot[1] = _mm512_dpbusd_epi32(dot[1], wb, xb);
+                }
+            }
+            let unit = c * (CHUNK / UNIT) + half;
+            let scales = |g: usize| {
+                // SAFETY: the group's 16 scales and 16 offsets of `unit` (the caller's group).
+                unsafe {
+                    let at = w.unit_scales(g, unit);
+                    (
+                        _mm512_cvtph_ps(_mm256_loadu_si256(at.cast())),
+                        _mm512_cvtph_ps(_mm256_loadu_si256(at.add(LANES).cast())),
+                    )
+                }
+            };
+            let ((sa, ba), (sb, bb)) = (scales(g0), scales(g0 + 1));
+            for (r, (acc, dot)) in acc.iter_mut().zip(&dot).enumerate() {
+                let row = r0 + r;
+                let dx = x.d[row * chunks + c];
+                let sum = match UNIT {
+                    16 => x.sums[row * 2 * chunks + 2 * c + half],
+                    _ => x.sums[row * 2 * chunks + 2 * c] + x.sums[row * 2 * chunks + 2 * c + 1],
+                };
+                let (dxv, bx) = (_mm512_set1_ps(dx), _mm512_set1_ps(dx * sum as f32));
+                acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[0]), _mm512_mul_ps(sa, dxv), acc[0]);
+                acc[0] = _mm512_fmadd_ps(ba, bx, acc[0]);
+                acc[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[1]), _mm512_mul_ps(sb, dxv), acc[1]);
+                acc[1] = _mm512_fmadd_ps(bb, bx, acc[1]);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        // SAFETY: row r of the caller's rectangle, NR values.
+        unsafe {
+            _mm512_storeu_ps(dst.add(r * dst_rs), acc[0]);
+            _mm512_storeu_ps(dst.add(r * dst_rs + LANES), acc[1]);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile<const BITS: usize, const UNIT: usize, const R: usize>(
+    _: &QuantMatrix,
+    _: usize,
+    _: &Rows,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+) {
+    unreachable!("quant::available() is false off x86_64")
+}

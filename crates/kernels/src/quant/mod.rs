@@ -1,0 +1,294 @@
+//! GGUF quantised weights kept in their blocks for inference: `y = x · Wᵀ` with integer dot
+//! products, as llama.cpp runs them, instead of dequantising every weight to f32 at load.
+//!
+//! - Every block type ([`BlockType`]) is decoded once, at load, into one affine form per weight,
+//!   `w = s·q + b`: `q` an unsigned integer of 4, 5, 6 or 8 bits as the file stores it, and `s`,
+//!   `b` per run of 32 values (16 for Q6_K) as f16 — for Q4_0 … Q8_0 exactly the file's scales,
+//!   for the k-quants the products `d·scale` and `dmin·min` llama.cpp computes, rounded to f16.
+//!   Memory stays about the file's: 4 bits and 1 bit of scales per weight for Q4_K (4.5 in the
+//!   file), 7 for Q6_K (6.56).
+//! - The layout interleaves 16 output rows ("lanes"): each 64-byte vector holds 4 consecutive
+//!   values of each of 16 rows (two such runs as the nibbles of 4-bit values, the fifth and sixth
+//!   bits in planes of their own), what one AVX-512 VNNI `vpdpbusd` multiplies against 4 values of
+//!   an input row.
+//! - Inputs are rounded per block of 32 to 8-bit integers and a f32 scale ([`Rows`]), as llama.cpp
+//!   does with its q8 blocks; each output sums, per unit of values, the exact integer dot product
+//!   times `s·dx` plus `b·dx·Σxq`, in a fixed order. A row's outputs do not depend on the other
+//!   rows of the batch.
+
+mod blocks;
+mod kernel;
+
+pub use blocks::{dequantize, quantize_q8_0, BlockType};
+
+use half::f16;
+use rayon::prelude::*;
+
+/// Output rows per lane group.
+pub(crate) const LANES: usize = 16;
+/// Values per chunk: the inner dimension is walked in chunks of 32, one scale of the input each.
+pub(crate) const CHUNK: usize = 32;
+
+/// Why quantised blocks cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct QuantError(String);
+
+/// Whether this CPU runs the quantised kernel: AVX-512 with byte operations and VNNI.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::tile::available()
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// An (N, K) weight of GGUF blocks in the kernel's layout.
+#[derive(Clone, Debug)]
+pub struct QuantMatrix {
+    ty: BlockType,
+    n: usize,
+    k: usize,
+    /// Bytes of one group's values in one chunk.
+    chunk_bytes: usize,
+    /// groups × chunks × `chunk_bytes`.
+    quants: Vec<u8>,
+    /// groups × units × (s[16], b[16]) as f16 bits.
+    scales: Vec<u16>,
+}
+
+impl QuantMatrix {
+    /// The row-major (N, K) weight stored as `bytes` of `ty` blocks (each row K / values blocks),
+    /// checked: the size must match, and every scale must be finite (also once rounded to f16).
+    pub fn from_blocks(ty: BlockType, n: usize, k: usize, bytes: &[u8]) -> Result<Self, QuantError> {
+        if k == 0 || !k.is_multiple_of(ty.values()) {
+            return Err(QuantError(format!(
+                "rows of {k} values are not whole {} blocks of {}",
+                ty.name(),
+                ty.values()
+            )));
+        }
+        let row_bytes = k / ty.values() * ty.bytes();
+        if Some(bytes.len()) != n.checked_mul(row_bytes) {
+            return Err(QuantError(format!(
+                "{} bytes do not hold {n} rows of {k} {} values ({row_bytes} bytes each)",
+                bytes.len(),
+                ty.name()
+            )));
+        }
+        // Lane groups, rounded up to an even count: the kernel reads two at a time.
+        let groups = n.div_ceil(LANES).next_multiple_of(2);
+        let chunk_bytes = chunk_bytes(ty.bits());
+        let (chunks, units) = (k / CHUNK, k / ty.unit());
+        let mut quants = vec![0u8; groups * chunks * chunk_bytes];
+        let mut scales = vec![0u16; groups * units * 2 * LANES];
+        quants
+            .par_chunks_mut(chunks * chunk_bytes)
+            .zip(scales.par_chunks_mut(units * 2 * LANES))
+            .enumerate()
+            .try_for_each(|(g, (quants, scales))| {
+                let rows = g * LANES..((g + 1) * LANES).min(n);
+                let rows = if rows.start < n { &bytes[rows.start * row_bytes..rows.end * row_bytes] } else { &[] };
+                fill_group(ty, k, rows, quants, scales).map_err(|(r, unit, what)| {
+                    let block = unit * ty.unit() / ty.values();
+                    QuantError(format!("row {}, block {block}: {what}", g * LANES + r))
+                })
+            })?;
+        Ok(Self { ty, n, k, chunk_bytes, quants, scales })
+    }
+
+    pub fn block_type(&self) -> BlockType {
+        self.ty
+    }
+
+    /// Output rows N.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Input positions K.
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held.
+    pub fn size_bytes(&self) -> usize {
+        self.quants.len() + 2 * self.scales.len()
+    }
+
+    /// Row `row` as f32 values `s·q + b` (the weights the kernel multiplies).
+    pub fn row_into(&self, row: usize, out: &mut [f32]) {
+        assert!(row < self.n && out.len() == self.k, "row {row} of {}×{} into {} values", self.n, self.k, out.len());
+        let (g, r) = (row / LANES, row % LANES);
+        let (chunks, unit) = (self.k / CHUNK, self.ty.unit());
+        let units = self.k / unit;
+        let group_scales = &self.scales[g * units * 2 * LANES..];
+        for c in 0..chunks {
+            let chunk = &self.quants[(g * chunks + c) * self.chunk_bytes..][..self.chunk_bytes];
+            for (i, v) in out[c * CHUNK..(c + 1) * CHUNK].iter_mut().enumerate() {
+                let u = (c * CHUNK + i) / unit;
+                let s = f16::from_bits(group_scales[u * 2 * LANES + r]).to_f32();
+                let b = f16::from_bits(group_scales[(u * 2 + 1) * LANES + r]).to_f32();
+                *v = s * q_at(self.ty.bits(), chunk, r, i) as f32 + b;
+            }
+        }
+    }
+
+    /// The whole (N, K) weight as f32 values, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.n * self.k];
+        out.par_chunks_mut(self.k).enumerate().for_each(|(row, out)| self.row_into(row, out));
+        out
+    }
+
+    /// The values of one group's chunk, `chunk_bytes` of them.
+    fn chunk(&self, group: usize, chunk: usize) -> *const u8 {
+        let chunks = self.k / CHUNK;
+        self.quants[(group * chunks + chunk) * self.chunk_bytes..].as_ptr()
+    }
+
+    /// f16 bits of one group's 16 scales for `unit`, then its 16 offsets.
+    fn unit_scales(&self, group: usize, unit: usize) -> *const u16 {
+        let units = self.k / self.ty.unit();
+        self.scales[(group * units + unit) * 2 * LANES..].as_ptr()
+    }
+}
+
+/// Bytes of 16 rows × 32 values of `bits` each: the 4 low bits as nibbles (8 bits whole), then
+/// planes of the fifth and sixth.
+fn chunk_bytes(bits: usize) -> usize {
+    match bits {
+        8 => 512,
+        bits => 256 + 64 * (bits - 4),
+    }
+}
+
+/// Value `i` (< 32) of lane `r` in a chunk of `bits`-bit values (the layout [`fill_group`] writes).
+fn q_at(bits: usize, chunk: &[u8], r: usize, i: usize) -> u8 {
+    let (quad, j) = (i / 4, i % 4);
+    if bits == 8 {
+        return chunk[quad * 64 + r * 4 + j];
+    }
+    let byte = chunk[(quad / 2) * 64 + r * 4 + j];
+    let low = if quad % 2 == 0 { byte & 0xF } else { byte >> 4 };
+    let high = match bits {
+        5 => (chunk[256 + r * 4 + j] >> quad) & 1,
+        6 => (chunk[256 + 64 * (quad / 4) + r * 4 + j] >> (2 * (quad % 4))) & 3,
+        _ => 0,
+    };
+    low | high << 4
+}
+
+/// Decodes up to 16 rows of blocks (`rows`, whole rows; missing rows are zero) into one lane
+/// group's chunks and scales. An error names the row in the group, the unit and what is wrong.
+fn fill_group(
+    ty: BlockType,
+    k: usize,
+    rows: &[u8],
+    quants: &mut [u8],
+    scales: &mut [u16],
+) -> Result<(), (usize, usize, String)> {
+    let (bits, unit, units) = (ty.bits(), ty.unit(), k / ty.unit());
+    let row_bytes = k / ty.values() * ty.bytes();
+    let per_block = ty.values() / unit;
+    let mut q = vec![0u8; LANES * k];
+    let (mut s, mut b) = (vec![0f32; per_block], vec![0f32; per_block]);
+    for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
+        for (i, block) in row.chunks_exact(ty.bytes()).enumerate() {
+            let at = r * k + i * ty.values();
+            blocks::decode(ty, block, &mut q[at..at + ty.values()], &mut s, &mut b);
+            for (j, (&s, &b)) in s.iter().zip(&b).enumerate() {
+                let u = i * per_block + j;
+                let (sh, bh) = (f16::from_f32(s), f16::from_f32(b));
+                if !(sh.is_finite() && bh.is_finite()) {
+                    return Err((r, u, format!("scale {s} or offset {b} is not a finite f16 (a corrupt block?)")));
+                }
+                scales[u * 2 * LANES + r] = sh.to_bits();
+                scales[(u * 2 + 1) * LANES + r] = bh.to_bits();
+            }
+        }
+    }
+    let bytes = chunk_bytes(bits);
+    for (c, out) in quants.chunks_exact_mut(bytes).enumerate() {
+        let value = |r: usize, i: usize| q[r * k + c * CHUNK + i];
+        for r in 0..LANES {
+            for j in 0..4 {
+                if bits == 8 {
+                    for quad in 0..8 {
+                        out[quad * 64 + r * 4 + j] = value(r, 4 * quad + j);
+                    }
+                    continue;
+                }
+                for v in 0..4 {
+                    out[v * 64 + r * 4 + j] = (value(r, 8 * v + j) & 0xF) | (value(r, 8 * v + 4 + j) & 0xF) << 4;
+                }
+                if bits == 5 {
+                    out[256 + r * 4 + j] = (0..8).map(|quad| ((value(r, 4 * quad + j) >> 4) & 1) << quad).sum();
+                }
+                if bits == 6 {
+                    for plane in 0..2 {
+                        out[256 + 64 * plane + r * 4 + j] =
+                            (0..4).map(|p| ((value(r, 4 * (p + 4 * plane) + j) >> 4) & 3) << (2 * p)).sum();
+                    }
+                }
+            }
+        }
+    }
+    debug_assert_eq!(scales.len(), units * 2 * LANES);
+    Ok(())
+}
+
+/// Input rows rounded for the kernel: per block of 32 values an f32 scale `d` and 8-bit
+/// integers `q` with `x ≈ d·q`, and the sums of `q` per 16.
+pub struct Rows {
+    k: usize,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl Rows {
+    /// Rounds the rows of `x` (M, K); K must be a multiple of 32.
+    pub fn quantize(x: &[f32], k: usize) -> Self {
+        assert!(k.is_multiple_of(CHUNK) && x.len().is_multiple_of(k), "Rows: {} values are not rows of {k}", x.len());
+        let chunks = x.len() / CHUNK;
+        let (mut q, mut d, mut sums) = (vec![0i8; x.len()], vec![0f32; chunks], vec![0i32; 2 * chunks]);
+        let per_task = (16 * 1024 / CHUNK).max(1);
+        q.par_chunks_mut(CHUNK * per_task)
+            .zip(d.par_chunks_mut(per_task))
+            .zip(sums.par_chunks_mut(2 * per_task))
+            .zip(x.par_chunks(CHUNK * per_task))
+            .for_each(|(((q, d), sums), x)| {
+                for (((q, d), sums), x) in q.chunks_mut(CHUNK).zip(d).zip(sums.chunks_mut(2)).zip(x.chunks(CHUNK)) {
+                    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    *d = amax / 127.0;
+                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                    for (q, &v) in q.iter_mut().zip(x) {
+                        *q = (v * inv).round() as i8;
+                    }
+                    sums[0] = q[..16].iter().map(|&v| v as i32).sum();
+                    sums[1] = q[16..].iter().map(|&v| v as i32).sum();
+                }
+            });
+        Self { k, q, d, sums }
+    }
+
+    /// Rows M.
+    pub fn len(&self) -> usize {
+        self.q.len() / self.k
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+}
+
+pub(crate) use kernel::{run_tile, MAX_ROWS, NR};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+use super::blocks::tests::random_blocks;
+use super::*;
+use crate::packed::{self, PackedWeight, Precision};
+use std::sync::Arc;
+
+/// An (M, K) input of mixed-sign values with a few larger ones, as activations have.
+fn input(m: usize, k: usize) -> Vec<f32> {
+    (0..m * k).map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.13 + if i % 97 == 0 { 3.0 } else { 0.0 }).collect()
+}
+
+/// The product in f64 of the weights the kernel multiplies and the inputs as rounded.
+fn reference(x: &Rows, w: &[f32], n: usize) -> Vec<f64> {
+    let k = x.k;
+    let m = x.len();
+    let xf: Vec<f64> = (0..m * k).map(|i| x.q[i] as f64 * x.d[i / CHUNK] as f64).collect();
+    (0..m * n).map(|i| (0..k).map(|j| xf[i / n * k + j] * w[i % n * k + j] as f64).sum()).collect()
+}
+
+/// The matrix holds llama.cpp's dequantised values: exactly the file's scales for Q4_0 … Q8_0
+/// (to f32 rounding), for the k-quants the combined scale and offset rounded to f16 (a relative
+/// 2⁻¹¹ of each term).
+#[test]
+fn every_block_type_keeps_llama_cpp_values() {
+    for ty in BlockType::ALL {
+        let (n, k) = (21, 2 * ty.values());
+        let bytes = random_blocks(ty, n * k / ty.values(), 3);
+        let matrix = QuantMatrix::from_blocks(ty, n, k, &bytes).unwrap();
+        let mut want = vec![0f32; n * k];
+        dequantize(ty, &bytes, &mut want);
+        let got = matrix.dequantize();
+        let units = ty.values() / ty.unit();
+        for (b, block) in bytes.chunks_exact(ty.bytes()).enumerate() {
+            let (mut q, mut s, mut o) = (vec![0u8; ty.values()], vec![0f32; units], vec![0f32; units]);
+            super::blocks::decode(ty, block, &mut q, &mut s, &mut o);
+            for (j, &q) in q.iter().enumerate() {
+                let (s, o) = (s[j / ty.unit()], o[j / ty.unit()]);
+                let i = b * ty.values() + j;
+                let tol = 2f32.powi(-11) * ((s * q as f32).abs() + o.abs()) + 1e-6 * want[i].abs();
+                assert!((got[i] - want[i]).abs() <= tol, "{ty:?} [{i}]: {} vs {}", got[i], want[i]);
+            }
+        }
+    }
+}
+
+/// Every block type through the kernel, for ragged rows (N not a multiple of the tile, M not of
+/// the tile height), against the f64 product of what the kernel multiplies.
+#[test]
+fn the_kernel_computes_the_product_for_every_block_type() {
+    if !available() {
+        eprintln!("this CPU lacks AVX-512 VNNI: the quantised kernel is not exercised here");
+        return;
+    }
+    for ty in BlockType::ALL {
+        for (m, n) in [(1, 16), (7, 45), (13, 70)] {
+            let k = 2 * ty.values();
+            let bytes = random_blocks(ty, n * k / ty.values(), m as u64);
+            let matrix = Arc::new(QuantMatrix::from_blocks(ty, n, k, &bytes).unwrap());
+            let w = matrix.dequantize();
+            let x = input(m, k);
+            let packed = PackedWeight::quantized(matrix);
+            assert_eq!(packed.precision(), Precision::Int8);
+            let y = packed::product(&x, &packed);
+            let want = reference(&Rows::quantize(&x, k), &w, n);
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                assert!((*a as f64 - b).abs() < 1e-5 * scale, "{ty:?} ({m}, {n}, {k}) y[{i}]: {a} vs {b}");
+            }
+        }
+    }
+}
+
+/// A row's outputs are bit-for-bit the same alone, in a short batch and anywhere in a long one.
+#[test]
+fn a_row_gets_the_same_bits_in_any_batch() {
+    if !available() {
+        return;
+    }
+    let (m, n, k) = (150, 96, 256);
+    for ty in [BlockType::Q4K, BlockType::Q6K, BlockType::Q5_0] {
+        let bytes = random_blocks(ty, n * k / ty.values(), 11);
+        let packed = PackedWeight::quantized(Arc::new(QuantMatrix::from_blocks(ty, n, k, &bytes).unwrap()));
+        let x = input(m, k);
+        let all = packed::product(&x, &packed);
+        for (start, len) in [(0, 1), (7, 1), (70, 3), (140, 10), (149, 1)] {
+            let part = packed::product(&x[start * k..(start + len) * k], &packed);
+            assert!(part == all[start * n..(start + len) * n], "{ty:?} rows {start}..+{len} differ from the batch");
+        }
+    }
+}
+
+/// Rounding the inputs to 8 bits per block of 32 moves the product by less than 1% RMS: the error budget the teacher's log-probabilities are measured against.
+#[test]
+fn rounding_the_inputs_changes_the_product_little() {
+    if !available() {
+        return;
+    }
+    let (m, n, k, ty) = (5, 64, 512, BlockType::Q4K);
+    let bytes = random_blocks(ty, n * k / ty.values(), 5);
+    let matrix = Arc::new(QuantMatrix::from_blocks(ty, n, k, &bytes).unwrap());
+    let w = matrix.dequantize();
+    let x = input(m, k);
+    let y = packed::product(&x, &PackedWeight::quantized(matrix));
+    let exact: Vec<f64> =
+        (0..m * n).map(|i| (0..k).map(|j| x[i / n * k + j] as f64 * w[i % n * k + j] as f64).sum()).collect();
+    let rms = |v: &mut dyn Iterator<Item = f64>| {
+        let (sum, count) = v.fold((0.0, 0), |(s, c), v| (s + v * v, c + 1));
+        (sum / count as f64).sqrt()
+    };
+    let scale = rms(&mut exact.iter().copied());
+    let error = rms(&mut y.iter().zip(&exact).map(|(a, b)| *a as f64 - b));
+    assert!(error < 0.01 * scale, "RMS error {error} against an RMS of {scale}");
+}
+
+#[test]
+fn bad_blocks_are_errors_not_panics() {
+    let ty = BlockType::Q4K;
+    let bytes = random_blocks(ty, 4, 1);
+    let short = QuantMatrix::from_blocks(ty, 2, 512, &bytes[..bytes.len() - 1]).unwrap_err();
+    assert!(short.to_string().contains("do not hold 2 rows"), "{short}");
+    let ragged = QuantMatrix::from_blocks(ty, 4, 100, &bytes).unwrap_err();
+    assert!(ragged.to_string().contains("not whole Q4_K blocks"), "{ragged}");
+    let mut nan = bytes.clone();
+    nan[ty.bytes()..ty.bytes() + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    let err = QuantMatrix::from_blocks(ty, 4, 256, &nan).unwrap_err();
+    assert!(err.to_string().contains("row 1, block 0") && err.to_string().contains("not a finite"), "{err}");
+}
