@@ -1,23 +1,44 @@
-//! How far the teacher's bf16 matmuls move its next-token distributions from f32: loads a model
-//! twice, runs the same sequences through both, and prints KL(f32 ‖ bf16) over the whole
-//! vocabulary per position (mean and worst), top-1 agreement and the overlap of the top-32 sets.
-//! `bench/score_speed.sh` runs it on the benchmark's sequences.
+//! How far the teacher's fast matmuls move its next-token distributions from the f32 path on
+//! dequantised weights: loads a model twice, runs the same sequences through both, and prints
+//! KL(f32 ‖ fast) over the whole vocabulary per position (mean and worst), top-1 agreement and
+//! the overlap of the top-32 sets. `fast` is `bf16` (the default) or `int8` (a GGUF file's
+//! quantised blocks through the quantised kernel). `bench/score_speed.sh` and
+//! `bench/quant_speed.sh` run it on their benchmark's sequences.
 //!
-//! Usage: matmul_fidelity MODEL SEQS_JSON    (SEQS_JSON: {"ids": [[u32, …], …]})
+//! Usage: matmul_fidelity MODEL SEQS [bf16|int8]
+//! (SEQS: {"ids": [[u32, …], …]} as JSON, or a .txt file of which 8 × 128 tokens are taken)
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
+use distill_kernels::packed::Precision;
 use distill_models::ops::log_softmax_last_dim;
+use distill_models::LoadOptions;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [model, seqs] = args.as_slice() else { bail!("usage: matmul_fidelity MODEL SEQS_JSON") };
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(seqs).context("reading SEQS_JSON")?)?;
-    let seqs: Vec<Vec<u32>> = serde_json::from_value(json["ids"].clone()).context("SEQS_JSON needs \"ids\"")?;
-    let exact = distill_models::load(model, &Device::Cpu)?.model;
-    let mut fast = distill_models::load(model, &Device::Cpu)?.model;
-    if !fast.use_packed_matmuls(distill_kernels::packed::Precision::Bf16)? {
-        bail!("this CPU has no AVX-512 BF16: nothing to compare");
+    let (model, seqs, fast) = match args.as_slice() {
+        [model, seqs] => (model, seqs, Precision::Bf16),
+        [model, seqs, fast] => (model, seqs, fast.parse().map_err(anyhow::Error::msg)?),
+        _ => bail!("usage: matmul_fidelity MODEL SEQS_JSON [bf16|int8]"),
+    };
+    let text = std::fs::read_to_string(seqs).with_context(|| format!("reading {seqs}"))?;
+    let dequantized = LoadOptions { dequantize: true };
+    let loaded = distill_models::load_with(model, &Device::Cpu, dequantized)?;
+    let seqs: Vec<Vec<u32>> = if seqs.ends_with(".txt") {
+        // Plain text: 8 sequences of 128 tokens of it.
+        let ids = loaded.tokenizer.encode(&text, false)?;
+        ids.chunks_exact(128).take(8).map(<[u32]>::to_vec).collect()
+    } else {
+        let json: serde_json::Value = serde_json::from_str(&text)?;
+        serde_json::from_value(json["ids"].clone()).context("SEQS_JSON needs \"ids\"")?
+    };
+    let mut exact = loaded.model;
+    exact.use_packed_matmuls(Precision::F32)?;
+    let precision = fast;
+    let mut fast =
+        distill_models::load_with(model, &Device::Cpu, LoadOptions { dequantize: precision != Precision::Int8 })?.model;
+    if !fast.use_packed_matmuls(precision)? || fast.packed_matmuls() != Some(precision) {
+        bail!("this CPU or model does not run {precision} matmuls: nothing to compare");
     }
     let (mut kls, mut top1, mut overlap, mut positions) = (Vec::new(), 0usize, 0usize, 0usize);
     for ids in &seqs {
@@ -44,7 +65,7 @@ fn main() -> Result<()> {
     let mean = kls.iter().sum::<f64>() / kls.len() as f64;
     let worst = kls.iter().cloned().fold(0f64, f64::max);
     println!(
-        "{positions} positions: KL(f32 || bf16) mean {mean:.2e}, max {worst:.2e} nats; top-1 agreement {:.2}%; \
+        "{positions} positions: KL(f32 || {precision}) mean {mean:.2e}, max {worst:.2e} nats; top-1 agreement {:.2}%; \
          top-32 overlap {:.2}%",
         100.0 * top1 as f64 / positions as f64,
         100.0 * overlap as f64 / (32 * positions) as f64

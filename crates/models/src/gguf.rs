@@ -6,11 +6,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
+use distill_kernels::quant::BlockType;
 
 use crate::error::{Error, Result};
 
@@ -63,6 +65,41 @@ impl GgufFile {
             .tensor(&mut self.reader, name, device)
             .map_err(|e| Error::BadGguf { path: self.path.clone(), reason: format!("tensor `{name}`: {e}") })?;
         Ok(qtensor.dequantize(device)?)
+    }
+
+    /// The block type of a tensor stored in one the quantised kernels run; None for float
+    /// tensors (f32, f16, bf16) and block types they do not (Q2_K, Q3_K, …).
+    pub fn block_type(&self, name: &str) -> Option<BlockType> {
+        let info = self.content.tensor_infos.get(name)?;
+        Some(match info.ggml_dtype {
+            GgmlDType::Q4_0 => BlockType::Q4_0,
+            GgmlDType::Q4_1 => BlockType::Q4_1,
+            GgmlDType::Q5_0 => BlockType::Q5_0,
+            GgmlDType::Q5_1 => BlockType::Q5_1,
+            GgmlDType::Q8_0 => BlockType::Q8_0,
+            GgmlDType::Q4K => BlockType::Q4K,
+            GgmlDType::Q5K => BlockType::Q5K,
+            GgmlDType::Q6K => BlockType::Q6K,
+            _ => return None,
+        })
+    }
+
+    /// A tensor's stored bytes as they are (its blocks, for a quantised one): the directory
+    /// checked at open that they lie inside the file.
+    pub fn tensor_bytes(&mut self, name: &str) -> Result<Vec<u8>> {
+        let info =
+            self.content.tensor_infos.get(name).ok_or_else(|| Error::tensor(name, "is missing from the GGUF file"))?;
+        let elems: usize = info.shape.dims().iter().product();
+        let len = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        let start = self.content.tensor_data_offset + info.offset;
+        let mut bytes = vec![0u8; len];
+        let path = self.path.clone();
+        self.reader.seek(SeekFrom::Start(start)).map_err(|e| Error::io(&path, e))?;
+        self.reader.read_exact(&mut bytes).map_err(|e| Error::BadGguf {
+            path: path.clone(),
+            reason: format!("tensor `{name}`: {e} (is the file truncated?)"),
+        })?;
+        Ok(bytes)
     }
 
     fn value(&self, key: &str) -> Result<&Value> {

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use distill_kernels::packed::{PackedWeight, Precision};
+use distill_kernels::quant::QuantMatrix;
 
 use crate::error::{Error, Result};
 use crate::ops;
-use crate::proj::{self, pack_weight, Proj};
+use crate::proj::{self, pack_weight, Proj, Weight};
 
 pub use crate::kv_cache::KvCache;
 pub use crate::llama_config::{LlamaConfig, RopeScaling, TokenIds};
@@ -32,13 +33,22 @@ struct Block {
     down_proj: Proj,
 }
 
-/// A Llama-family decoder. Weights are plain tensors; pass `Var`-backed tensors to train.
+/// The token embedding: a tensor, or a GGUF file's quantised blocks (rows dequantised as they
+/// are looked up).
+enum Embedding {
+    Plain(Tensor),
+    Quant(Arc<QuantMatrix>),
+}
+
+/// A Llama-family decoder. Weights are plain tensors (pass `Var`-backed tensors to train), or a
+/// GGUF file's quantised blocks for inference ([`Llama::from_parts`]).
 pub struct Llama {
     cfg: LlamaConfig,
-    embed_tokens: Tensor,
+    embed: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
-    lm_head: Option<Tensor>,
+    /// None when tied to the embedding.
+    lm_head: Option<Proj>,
     /// The output projection packed for a matmul kernel, once [`Llama::use_packed_matmuls`] is on.
     lm_head_packed: Option<Arc<PackedWeight>>,
     cos: Tensor, // (P, D/2)
@@ -64,16 +74,30 @@ fn block_names(i: usize) -> [(&'static str, String); 9] {
 impl Llama {
     /// Builds the model from tensors named as in HF checkpoints, checking every shape.
     pub fn from_weights(cfg: LlamaConfig, weights: &HashMap<String, Tensor>) -> Result<Self> {
+        let parts = weights.iter().map(|(name, t)| (name.clone(), Weight::Plain(t.clone()))).collect();
+        Self::from_parts(cfg, &parts)
+    }
+
+    /// Builds the model from weights named as in HF checkpoints, checking every shape. Quantised
+    /// projections, output head and embedding run the quantised kernel
+    /// (`distill_kernels::quant`) from the start: inference only, as [`Self::use_packed_matmuls`].
+    pub fn from_parts(cfg: LlamaConfig, weights: &HashMap<String, Weight>) -> Result<Self> {
         cfg.validate()?;
         let (c, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
-        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let t = weights.get(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
-            if t.dims() != shape {
-                return Err(Error::tensor(name, format!("has shape {:?}, the config implies {shape:?}", t.dims())));
+        let weight = |name: &str, shape: &[usize]| -> Result<Weight> {
+            let w = weights.get(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
+            if w.dims() != shape {
+                return Err(Error::tensor(name, format!("has shape {:?}, the config implies {shape:?}", w.dims())));
             }
-            Ok(t.clone())
+            Ok(w.clone())
         };
+        let proj = |name: &str, shape: &[usize]| weight(name, shape).map(Proj::from);
+        let device = match weights.get("model.norm.weight") {
+            Some(Weight::Plain(t)) => t.device().clone(),
+            _ => Device::Cpu,
+        };
+        let get = |name: &str, shape: &[usize]| -> Result<Tensor> { Ok(weight(name, shape)?.tensor(&device)?) };
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for layer in 0..cfg.num_hidden_layers {
             let n = block_names(layer);
@@ -87,26 +111,34 @@ impl Llama {
             };
             blocks.push(Block {
                 attn_norm: get(&n[0].1, &[c])?,
-                q_proj: Proj::Plain(get(&n[1].1, &[h * d, c])?),
-                k_proj: Proj::Plain(get(&n[2].1, &[kv * d, c])?),
-                v_proj: Proj::Plain(get(&n[3].1, &[kv * d, c])?),
+                q_proj: proj(&n[1].1, &[h * d, c])?,
+                k_proj: proj(&n[2].1, &[kv * d, c])?,
+                v_proj: proj(&n[3].1, &[kv * d, c])?,
                 q_bias: bias("q_proj", h * d)?,
                 k_bias: bias("k_proj", kv * d)?,
                 v_bias: bias("v_proj", kv * d)?,
-                o_proj: Proj::Plain(get(&n[4].1, &[c, h * d])?),
+                o_proj: proj(&n[4].1, &[c, h * d])?,
                 mlp_norm: get(&n[5].1, &[c])?,
-                gate_proj: Proj::Plain(get(&n[6].1, &[i, c])?),
-                up_proj: Proj::Plain(get(&n[7].1, &[i, c])?),
-                down_proj: Proj::Plain(get(&n[8].1, &[c, i])?),
+                gate_proj: proj(&n[6].1, &[i, c])?,
+                up_proj: proj(&n[7].1, &[i, c])?,
+                down_proj: proj(&n[8].1, &[c, i])?,
             });
         }
-        let embed_tokens = get("model.embed_tokens.weight", &[v, c])?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[v, c])?) };
+        let embed = match weight("model.embed_tokens.weight", &[v, c])? {
+            Weight::Plain(t) => Embedding::Plain(t),
+            Weight::Quant(m) => Embedding::Quant(m),
+        };
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(proj("lm_head.weight", &[v, c])?) };
+        // A quantised head runs its kernel from the start, as the projections do.
+        let lm_head_packed = match (&lm_head, &embed) {
+            (Some(Proj::Packed { packed, plain: None }), _) => Some(packed.clone()),
+            (None, Embedding::Quant(m)) => Some(Arc::new(PackedWeight::quantized(m.clone()))),
+            _ => None,
+        };
         let norm = get("model.norm.weight", &[c])?;
-        let device = embed_tokens.device().clone();
-        let dtype = embed_tokens.dtype();
+        let dtype = norm.dtype();
         let (cos, sin) = rope_tables(&cfg, &device, dtype)?;
-        Ok(Self { cfg, embed_tokens, blocks, norm, lm_head, lm_head_packed: None, cos, sin })
+        Ok(Self { cfg, embed, blocks, norm, lm_head, lm_head_packed, cos, sin })
     }
 
     /// From now on, runs every projection and the output head through a packed-weight kernel
@@ -139,7 +171,14 @@ impl Llama {
                 proj.pack(precision)?;
             }
         }
-        self.lm_head_packed = Some(pack_weight(self.lm_head_weight(), precision)?);
+        // A file's quantised head stays as it is.
+        let head_from_file = match (&self.lm_head, &self.embed) {
+            (Some(head), _) => head.is_quantized() && matches!(head, Proj::Packed { plain: None, .. }),
+            (None, embed) => matches!(embed, Embedding::Quant(_)),
+        };
+        if !head_from_file {
+            self.lm_head_packed = Some(pack_weight(&self.lm_head_weight(), precision)?);
+        }
         Ok(true)
     }
 
@@ -153,16 +192,26 @@ impl Llama {
     }
 
     pub fn device(&self) -> &Device {
-        self.embed_tokens.device()
+        self.norm.device()
     }
 
     pub fn dtype(&self) -> DType {
-        self.embed_tokens.dtype()
+        self.norm.dtype()
+    }
+
+    /// The embedding (V, C) as a tensor: a quantised one as the values the kernel multiplies.
+    fn embedding(&self) -> Tensor {
+        match &self.embed {
+            Embedding::Plain(t) => t.clone(),
+            Embedding::Quant(m) => {
+                Weight::Quant(m.clone()).tensor(self.device()).expect("a V × C buffer makes a (V, C) tensor")
+            }
+        }
     }
 
     /// All parameters under their HF names (a tied head appears once, as the embedding).
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embedding())];
         let device = self.device();
         for (layer, b) in self.blocks.iter().enumerate() {
             let n = block_names(layer);
@@ -188,14 +237,18 @@ impl Llama {
         }
         out.push(("model.norm.weight".to_string(), self.norm.clone()));
         if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), head.clone()));
+            out.push(("lm_head.weight".to_string(), head.tensor(device)));
         }
         out
     }
 
-    /// The output projection (V, C): the embedding matrix when tied.
-    pub fn lm_head_weight(&self) -> &Tensor {
-        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    /// The output projection (V, C): the embedding matrix when tied (the same tensor, so a
+    /// student's gradient reaches it).
+    pub fn lm_head_weight(&self) -> Tensor {
+        match &self.lm_head {
+            Some(head) => head.tensor(self.device()),
+            None => self.embedding(),
+        }
     }
 
     /// Logits for every position. `ids`: (B, T) u32 → (B, T, V).
@@ -208,7 +261,7 @@ impl Llama {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(match &self.lm_head_packed {
             Some(packed) => ops::linear_packed(hidden, packed, None)?,
-            None => ops::linear(hidden, self.lm_head_weight(), None)?,
+            None => ops::linear(hidden, &self.lm_head_weight(), None)?,
         })
     }
 
@@ -370,8 +423,17 @@ impl Llama {
                 self.cfg.vocab_size
             )));
         }
-        Ok(self.embed_tokens.index_select(&flat, 0)?.reshape((b, t, self.cfg.hidden_size))?)
-        // (B, T, C)
+        let c = self.cfg.hidden_size;
+        match &self.embed {
+            Embedding::Plain(table) => Ok(table.index_select(&flat, 0)?.reshape((b, t, c))?), // (B, T, C)
+            Embedding::Quant(m) => {
+                let mut rows = vec![0f32; b * t * c];
+                for (row, id) in rows.chunks_exact_mut(c).zip(flat.to_vec1::<u32>()?) {
+                    m.row_into(id as usize, row);
+                }
+                Ok(Tensor::from_vec(rows, (b, t, c), self.device())?.to_dtype(self.dtype())?)
+            }
+        }
     }
 
     fn block_forward(

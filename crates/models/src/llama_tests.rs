@@ -336,6 +336,7 @@ fn packed_matmuls_stay_close_to_f32_and_refuse_backward() {
                     }
                 }
                 Precision::Bf16 => assert!(kl > 0.0 && kl < 3e-4, "{}: KL(f32 ‖ bf16) {kl}", cfg.model_type),
+                Precision::Int8 => unreachable!("not in this test's list"),
             }
             // The cached decoding step takes the same packed path as the all-position forward.
             let mut cache = KvCache::new(&cfg, vec![0; b]);
@@ -352,6 +353,59 @@ fn packed_matmuls_stay_close_to_f32_and_refuse_backward() {
             let input = Tensor::from_vec(ids(1, 4, cfg.vocab_size, 0), (1, 4), &Device::Cpu).unwrap();
             let loss = model.forward(&input).unwrap().sum_all().unwrap();
             assert!(loss.backward().is_err(), "backward through {precision:?} packed matmuls must be an error");
+        }
+    }
+}
+
+/// A model of quantised blocks (every weight with whole blocks, the tied embedding included) runs
+/// the int8 kernel within a tiny KL of the f32 path on the same weights dequantised; its cached
+/// step agrees with its forward, and its parameters come back as those weights.
+#[test]
+fn quantised_weights_run_close_to_their_f32_values() {
+    use crate::proj::Weight;
+    use distill_kernels::quant::{quantize_q8_0, BlockType, QuantMatrix};
+    use std::sync::Arc;
+    if !distill_kernels::quant::available() {
+        eprintln!("this CPU lacks AVX-512 VNNI: the quantised model path is not exercised here");
+        return;
+    }
+    for tied in [true, false] {
+        let mut cfg = tiny("qwen2", tied, 2);
+        (cfg.hidden_size, cfg.intermediate_size) = (64, 96);
+        let parts: HashMap<String, Weight> = weights(&cfg, 8)
+            .into_iter()
+            .map(|(name, t)| {
+                let weight = match *t.dims() {
+                    [rows, cols] if cols % 32 == 0 => {
+                        let blocks = quantize_q8_0(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                        Weight::Quant(Arc::new(QuantMatrix::from_blocks(BlockType::Q8_0, rows, cols, &blocks).unwrap()))
+                    }
+                    _ => Weight::Plain(t),
+                };
+                (name, weight)
+            })
+            .collect();
+        let quant = Llama::from_parts(cfg.clone(), &parts).unwrap();
+        assert_eq!(quant.packed_matmuls(), Some(Precision::Int8));
+        let plain: HashMap<String, Tensor> =
+            parts.iter().map(|(name, w)| (name.clone(), w.tensor(&Device::Cpu).unwrap())).collect();
+        let exact = Llama::from_weights(cfg.clone(), &plain).unwrap();
+        let (b, t) = (2, 9);
+        let input = Tensor::from_vec(ids(b, t, cfg.vocab_size, 4), (b, t), &Device::Cpu).unwrap();
+        let (want, got) = (exact.forward(&input).unwrap(), quant.forward(&input).unwrap());
+        let kl = mean_kl(&want, &got);
+        let diff = max_abs_diff(&want, &got);
+        assert!(kl < 1e-6 && diff < 1e-2, "tied {tied}: KL(f32 ‖ int8) {kl}, largest logit difference {diff}");
+        let mut cache = KvCache::new(&cfg, vec![0; b]);
+        let step = quant.step(&input, &mut cache).unwrap();
+        let last = got.narrow(1, t - 1, 1).unwrap().squeeze(1).unwrap();
+        assert!(max_abs_diff(&step, &last) < 1e-3, "tied {tied}: step vs forward");
+        for ((name, a), (_, b)) in exact.named_parameters().iter().zip(quant.named_parameters()) {
+            assert_eq!(
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{name}"
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value as Json;
@@ -11,7 +12,9 @@ use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::llama::{Llama, LlamaConfig, TokenIds};
+use crate::proj::Weight;
 use crate::tokenizer::TextTokenizer;
+use distill_kernels::quant::QuantMatrix;
 
 /// A model ready to run: weights, tokenizer, chat template and stop tokens.
 pub struct LoadedModel {
@@ -54,11 +57,10 @@ impl LoadedModel {
         precision: distill_kernels::packed::Precision,
     ) -> Result<distill_kernels::packed::Precision> {
         use distill_kernels::packed::Precision;
-        if precision != Precision::F32 && self.model.use_packed_matmuls(precision)? {
-            return Ok(precision);
+        if precision == Precision::F32 || !self.model.use_packed_matmuls(precision)? {
+            self.model.use_packed_matmuls(Precision::F32)?;
         }
-        self.model.use_packed_matmuls(Precision::F32)?;
-        Ok(Precision::F32)
+        Ok(self.model.packed_matmuls().unwrap_or(Precision::F32))
     }
 }
 
@@ -109,10 +111,27 @@ fn not_a_model_dir(dir: &Path) -> String {
     format!("{} is a directory without config.json, so not a model\n{hint}", dir.display())
 }
 
-/// Loads any model `distill` understands, in f32 on `device`.
+/// How [`load_with`] reads a model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Dequantise a GGUF file's quantised weights to f32 instead of keeping their blocks for the
+    /// quantised kernel: what training from them needs, and the reference the kernel is measured
+    /// against. Without the kernel's instructions (AVX-512 VNNI) or off the CPU, they are
+    /// dequantised anyway.
+    pub dequantize: bool,
+}
+
+/// Loads any model `distill` understands on `device`: f32 weights, except that a GGUF file's
+/// quantised weights keep their blocks where the CPU runs the quantised kernel (inference only;
+/// [`load_with`] to dequantise them).
 pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
+    load_with(spec, device, LoadOptions::default())
+}
+
+/// [`load`] with options.
+pub fn load_with(spec: &str, device: &Device, options: LoadOptions) -> Result<LoadedModel> {
     match resolve(spec)? {
-        ModelLocation::Gguf(path) => load_gguf(&path, device, spec),
+        ModelLocation::Gguf(path) => load_gguf(&path, device, spec, options),
         ModelLocation::HfDir(dir) => load_hf_dir(&dir, device, spec),
     }
 }
@@ -272,32 +291,81 @@ pub fn permute_qk(t: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
 
 /// Reads every tensor of a GGUF model, dequantised to f32 and renamed to HF names.
 pub fn gguf_weights(gguf: &mut GgufFile, cfg: &LlamaConfig, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let weights = gguf_parts(gguf, cfg, device, false)?;
+    weights.into_iter().map(|(name, w)| Ok((name, w.tensor(device)?))).collect()
+}
+
+/// Reads every tensor of a GGUF model renamed to HF names: quantised ones as their blocks when
+/// `keep_blocks`, the rest (all, otherwise) dequantised to f32.
+fn gguf_parts(
+    gguf: &mut GgufFile,
+    cfg: &LlamaConfig,
+    device: &Device,
+    keep_blocks: bool,
+) -> Result<HashMap<String, Weight>> {
     let arch = gguf.str("general.architecture")?.to_string();
     let permuted = PERMUTED_QK_ARCHS.contains(&arch.as_str());
     let names: Vec<String> = gguf.tensor_names().map(str::to_string).collect();
     let mut weights = HashMap::new();
     for name in names {
         let Some(hf) = hf_name(&name) else { continue };
-        let mut t = gguf.tensor_f32(&name, device)?;
-        if permuted {
-            if hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias") {
-                t = unpermute_qk(&t, cfg.num_attention_heads)?;
-            } else if hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias") {
-                t = unpermute_qk(&t, cfg.num_kv_heads())?;
+        let heads = match hf {
+            _ if !permuted => None,
+            _ if hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias") => Some(cfg.num_attention_heads),
+            _ if hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias") => Some(cfg.num_kv_heads()),
+            _ => None,
+        };
+        let shape = gguf.tensor_shape(&name).unwrap_or_default().to_vec();
+        let weight = match gguf.block_type(&name) {
+            Some(ty) if keep_blocks && shape.len() == 2 => {
+                let mut bytes = gguf.tensor_bytes(&name)?;
+                if let Some(heads) = heads {
+                    bytes = unpermute_rows(&bytes, shape[0], heads);
+                }
+                let matrix = QuantMatrix::from_blocks(ty, shape[0], shape[1], &bytes).map_err(|e| Error::BadGguf {
+                    path: gguf.path().to_path_buf(),
+                    reason: format!("tensor `{name}` ({}): {e}", ty.name()),
+                })?;
+                Weight::Quant(Arc::new(matrix))
             }
-        }
-        weights.insert(hf, t);
+            _ => {
+                let mut t = gguf.tensor_f32(&name, device)?;
+                if let Some(heads) = heads {
+                    t = unpermute_qk(&t, heads)?;
+                }
+                Weight::Plain(t)
+            }
+        };
+        weights.insert(hf, weight);
     }
     Ok(weights)
 }
 
-fn load_gguf(path: &Path, device: &Device, source: &str) -> Result<LoadedModel> {
+/// [`unpermute_qk`] on the rows of a stored tensor (`rows` rows of whole blocks).
+fn unpermute_rows(bytes: &[u8], rows: usize, n_heads: usize) -> Vec<u8> {
+    let row_bytes = bytes.len() / rows;
+    let half = rows / n_heads / 2;
+    let mut out = Vec::with_capacity(bytes.len());
+    // Row (h, a, j) of the result is row (h, j, a) of the file: (H, D/2, 2) → (H, 2, D/2).
+    for h in 0..n_heads {
+        for a in 0..2 {
+            for j in 0..half {
+                let from = h * 2 * half + j * 2 + a;
+                out.extend_from_slice(&bytes[from * row_bytes..(from + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+fn load_gguf(path: &Path, device: &Device, source: &str, options: LoadOptions) -> Result<LoadedModel> {
     let mut gguf = GgufFile::open(path)?;
     let cfg = gguf_config(&gguf)?;
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
     check_vocab(&cfg, &tokenizer)?;
-    let weights = gguf_weights(&mut gguf, &cfg, device)?;
-    let model = Llama::from_weights(cfg, &weights)?;
+    let keep_blocks = !options.dequantize && device.is_cpu() && distill_kernels::quant::available();
+    let weights = gguf_parts(&mut gguf, &cfg, device, keep_blocks)?;
+    let model = Llama::from_parts(cfg, &weights)?;
     let chat_template = if gguf.has("tokenizer.chat_template") {
         let token = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default();
         Some(ChatTemplate::new(

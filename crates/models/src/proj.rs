@@ -1,22 +1,60 @@
 //! A projection's weight (C_out, C_in): a plain tensor (trainable, any device), or packed for one
-//! of `distill_kernels::packed`'s CPU kernels (inference only).
+//! of `distill_kernels::packed`'s CPU kernels (inference only), a GGUF file's quantised blocks
+//! among them.
 
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use distill_kernels::packed::{PackedWeight, Precision};
+use distill_kernels::quant::QuantMatrix;
 
 use crate::error::Result;
 use crate::ops;
 
 pub(crate) enum Proj {
     Plain(Tensor),
-    /// Packed. The plain tensor stays beside a lossy (bf16) packing, for `tensor` to return; an f32
-    /// packing holds the same values, so the plain copy is dropped and `tensor` unpacks them.
+    /// Packed. The plain tensor stays beside a lossy packing (bf16, f32 rounded to int8), for
+    /// `tensor` to return; an f32 packing holds the same values, and a file's quantised blocks are
+    /// the weights themselves, so there is no plain copy and `tensor` unpacks them.
     Packed {
         packed: Arc<PackedWeight>,
         plain: Option<Tensor>,
     },
+}
+
+/// A weight as a checkpoint holds it: a tensor, or (from a GGUF file, on a CPU that runs the
+/// quantised kernel) its blocks.
+#[derive(Clone)]
+pub enum Weight {
+    Plain(Tensor),
+    Quant(Arc<QuantMatrix>),
+}
+
+impl Weight {
+    /// Its dimensions, outermost first.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Weight::Plain(t) => t.dims().to_vec(),
+            Weight::Quant(m) => vec![m.rows(), m.cols()],
+        }
+    }
+
+    /// As a tensor: quantised blocks as the f32 values the kernel multiplies.
+    pub fn tensor(&self, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Weight::Plain(t) => Ok(t.clone()),
+            Weight::Quant(m) => Tensor::from_vec(m.dequantize(), (m.rows(), m.cols()), device),
+        }
+    }
+}
+
+impl From<Weight> for Proj {
+    fn from(w: Weight) -> Self {
+        match w {
+            Weight::Plain(t) => Proj::Plain(t),
+            Weight::Quant(m) => Proj::Packed { packed: Arc::new(PackedWeight::quantized(m)), plain: None },
+        }
+    }
 }
 
 impl Proj {
@@ -35,12 +73,21 @@ impl Proj {
 
     /// Packs the weight for `precision`'s kernel (repacking a packed one). The caller checked
     /// that the kernel runs here and the weight is an f32 CPU tensor.
+    /// A file's quantised blocks stay as they are; the plain copy of a lossy packing is kept.
     pub(crate) fn pack(&mut self, precision: Precision) -> Result<()> {
+        if matches!(self, Proj::Packed { plain: None, .. }) && self.is_quantized() {
+            return Ok(());
+        }
         let plain = self.tensor(&Device::Cpu);
         let packed = pack_weight(&plain, precision)?;
-        let plain = (precision != Precision::F32).then_some(plain);
+        let plain = (packed.precision() != Precision::F32).then_some(plain);
         *self = Proj::Packed { packed, plain };
         Ok(())
+    }
+
+    /// Whether the weight is quantised blocks (a GGUF file's, or f32 rounded to Q8_0).
+    pub(crate) fn is_quantized(&self) -> bool {
+        matches!(self, Proj::Packed { packed, .. } if packed.precision() == Precision::Int8)
     }
 
     /// `x @ wᵀ (+ bias)`, through the packed kernel when packed.

@@ -57,7 +57,7 @@ impl Student {
         let Some((hidden, targets, n)) = self.hidden_and_targets(batch)? else {
             return Ok(None);
         };
-        let out = fused::head_loss(&hidden, self.model.lm_head_weight(), &targets, batch.k, loss)?;
+        let out = fused::head_loss(&hidden, &self.model.lm_head_weight(), &targets, batch.k, loss)?;
         Ok(Some(StepLoss { loss: out.loss, objective: out.objective, tokens: n }))
     }
 
@@ -112,7 +112,8 @@ impl Student {
         while let Some(batch) = packer.next_batch().map_err(|e| candle_core::Error::Msg(e.to_string()))? {
             let Some((hidden, targets, n)) = self.hidden_and_targets(&batch)? else { continue };
             let top1: Vec<u32> = targets.topk_ids.chunks(batch.k).map(|c| c[0]).collect();
-            let (buckets, student_top1) = fused::head_buckets(&hidden, self.model.lm_head_weight(), &targets, batch.k)?;
+            let (buckets, student_top1) =
+                fused::head_buckets(&hidden, &self.model.lm_head_weight(), &targets, batch.k)?;
             let device = self.model.device();
             let student = Tensor::from_vec(buckets, (n, batch.k + 1), device)?;
             let t = targets.to_tensors(n, batch.k, device)?;

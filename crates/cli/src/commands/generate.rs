@@ -108,9 +108,11 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = parse_layout(), requires = "dataset", help_heading = "Dataset")]
     layout: Option<Layout>,
 
-    /// Arithmetic of the model's matmuls. `bf16` rounds weights and activations to bfloat16 and
-    /// sums in f32: faster scoring and generation on CPUs with AVX-512 BF16, at a small cost in
-    /// fidelity (measured in docs/performance.md). Elsewhere it falls back to f32, with a warning.
+    /// Arithmetic of the model's f32 matmuls. `bf16` rounds weights and activations to bfloat16
+    /// and sums in f32: faster scoring and generation on CPUs with AVX-512 BF16, at a small cost in
+    /// fidelity (measured in docs/performance.md). `int8` rounds the weights to Q8_0 blocks. A GGUF
+    /// file's quantised weights (Q4_0 … Q8_0, Q4_K, Q5_K, Q6_K) always run as they are, on 8-bit
+    /// integer products (AVX-512 VNNI). Where the CPU lacks the instructions: f32, with a warning.
     #[arg(long, value_parser = parse_precision(), default_value = "f32", conflicts_with = "teacher_urls")]
     matmuls: Precision,
 
@@ -150,9 +152,9 @@ fn parse_layout() -> impl TypedValueParser<Value = Layout> {
     PossibleValuesParser::new(["coded", "plain"]).map(|s| s.parse().unwrap_or_default())
 }
 
-/// `--matmuls`: f32 or bf16 (listed in `--help`).
+/// `--matmuls`: f32, bf16 or int8 (listed in `--help`).
 pub(crate) fn parse_precision() -> impl TypedValueParser<Value = Precision> {
-    PossibleValuesParser::new(["f32", "bf16"]).map(|s| s.parse().unwrap_or_default())
+    PossibleValuesParser::new(["f32", "bf16", "int8"]).map(|s| s.parse().unwrap_or_default())
 }
 
 /// Runs `model`'s matmuls in `precision` where the CPU can (the model is only used for inference
@@ -160,8 +162,9 @@ pub(crate) fn parse_precision() -> impl TypedValueParser<Value = Precision> {
 pub fn use_matmuls(model: &mut LoadedModel, precision: Precision) -> Result<Precision> {
     let started = Instant::now();
     let got = model.pack_matmuls(precision)?;
-    if got != precision {
-        eprintln!("warning: --matmuls {precision} needs a CPU with AVX-512 BF16; running f32 matmuls");
+    if got == Precision::F32 && precision != Precision::F32 {
+        let needs = if precision == Precision::Bf16 { "AVX-512 BF16" } else { "AVX-512 VNNI" };
+        eprintln!("warning: --matmuls {precision} needs a CPU with {needs}; running f32 matmuls");
     } else if got != Precision::F32 {
         eprintln!("matmuls in {got} (packed in {:.1} s)", started.elapsed().as_secs_f64());
     }

@@ -77,9 +77,10 @@ pub struct ServeArgs {
     #[arg(long)]
     guard: Option<Level>,
 
-    /// Arithmetic of the model's matmuls: `bf16` (bf16 operands, f32 sums) decodes faster on CPUs
-    /// with AVX-512 BF16, at a small cost in fidelity (docs/performance.md); elsewhere it falls back
-    /// to f32 with a warning.
+    /// Arithmetic of the model's f32 matmuls: `bf16` (bf16 operands, f32 sums) decodes faster on
+    /// CPUs with AVX-512 BF16, at a small cost in fidelity (docs/performance.md); `int8` rounds the
+    /// weights to Q8_0 blocks. A GGUF file's quantised weights always run as they are (8-bit
+    /// integer products, AVX-512 VNNI). Where the CPU lacks the instructions: f32, with a warning.
     #[arg(long, value_parser = super::generate::parse_precision(), default_value = "f32")]
     matmuls: distill_teacher::Precision,
 }

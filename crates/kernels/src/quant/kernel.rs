@@ -3,8 +3,8 @@
 
 use super::{BlockType, QuantMatrix, Rows, CHUNK, LANES};
 
-/// Input rows per tile: 2 × 2 × 6 accumulators, leaving registers for the weights.
-pub(crate) const MAX_ROWS: usize = 6;
+/// Input rows per tile: 3 × 2 × 4 accumulators, leaving registers for the weights.
+pub(crate) const MAX_ROWS: usize = 4;
 /// Outputs per tile: two lane groups.
 pub(crate) const NR: usize = 2 * LANES;
 
@@ -31,8 +31,6 @@ pub(crate) unsafe fn run_tile(
                 2 => unsafe { tile::<$bits, $unit, 2>(w, g0, x, r0, dst, dst_rs) },
                 3 => unsafe { tile::<$bits, $unit, 3>(w, g0, x, r0, dst, dst_rs) },
                 4 => unsafe { tile::<$bits, $unit, 4>(w, g0, x, r0, dst, dst_rs) },
-                5 => unsafe { tile::<$bits, $unit, 5>(w, g0, x, r0, dst, dst_rs) },
-                6 => unsafe { tile::<$bits, $unit, 6>(w, g0, x, r0, dst, dst_rs) },
                 _ => unreachable!("no tile of {rows} rows"),
             }
         };
@@ -99,17 +97,25 @@ unsafe fn tile<const BITS: usize, const UNIT: usize, const R: usize>(
     for c in 0..chunks {
         let (qa, qb) = (w.chunk(g0, c), w.chunk(g0 + 1, c));
         for half in 0..CHUNK / UNIT {
-            let mut dot = [[_mm512_setzero_si512(); 2]; R];
+            // Per row and group, the products with the rounded values and with their rests.
+            let mut dot = [[_mm512_setzero_si512(); 4]; R];
             for quad in half * UNIT / 4..(half + 1) * UNIT / 4 {
                 // SAFETY: chunk c of both groups (the caller's).
                 let (wa, wb) = unsafe { (quad_of::<BITS>(qa, quad), quad_of::<BITS>(qb, quad)) };
                 for (r, dot) in dot.iter_mut().enumerate() {
+                    let at = (r0 + r) * k + c * CHUNK + 4 * quad;
                     // SAFETY: row r0 + r exists (the caller's) and holds k ≥ (c + 1)·32 values.
-                    let xq =
-                        unsafe { x.q.as_ptr().add((r0 + r) * k + c * CHUNK + 4 * quad).cast::<i32>().read_unaligned() };
-                    let xb = _mm512_set1_epi32(xq);
-                    dot[0] = _mm512_dpbusd_epi32(dot[0], wa, xb);
-                    dot[1] = _mm512_dpbusd_epi32(dot[1], wb, xb);
+                    let (hi, lo) = unsafe {
+                        (
+                            x.q.as_ptr().add(at).cast::<i32>().read_unaligned(),
+                            x.lo.as_ptr().add(at).cast::<i32>().read_unaligned(),
+                        )
+                    };
+                    let (hi, lo) = (_mm512_set1_epi32(hi), _mm512_set1_epi32(lo));
+                    dot[0] = _mm512_dpbusd_epi32(dot[0], wa, hi);
+                    dot[1] = _mm512_dpbusd_epi32(dot[1], wa, lo);
+                    dot[2] = _mm512_dpbusd_epi32(dot[2], wb, hi);
+                    dot[3] = _mm512_dpbusd_epi32(dot[3], wb, lo);
                 }
             }
             let unit = c * (CHUNK / UNIT) + half;
@@ -126,16 +132,19 @@ unsafe fn tile<const BITS: usize, const UNIT: usize, const R: usize>(
             let ((sa, ba), (sb, bb)) = (scales(g0), scales(g0 + 1));
             for (r, (acc, dot)) in acc.iter_mut().zip(&dot).enumerate() {
                 let row = r0 + r;
-                let dx = x.d[row * chunks + c];
+                // The sums in units of d/256: 256·q + lo, exact in i32 (|Σ| < 2²¹ · 2⁸).
+                let dx = _mm512_set1_ps(x.d[row * chunks + c] / 256.0);
                 let sum = match UNIT {
                     16 => x.sums[row * 2 * chunks + 2 * c + half],
                     _ => x.sums[row * 2 * chunks + 2 * c] + x.sums[row * 2 * chunks + 2 * c + 1],
                 };
-                let (dxv, bx) = (_mm512_set1_ps(dx), _mm512_set1_ps(dx * sum as f32));
-                acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[0]), _mm512_mul_ps(sa, dxv), acc[0]);
-                acc[0] = _mm512_fmadd_ps(ba, bx, acc[0]);
-                acc[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[1]), _mm512_mul_ps(sb, dxv), acc[1]);
-                acc[1] = _mm512_fmadd_ps(bb, bx, acc[1]);
+                let sum = _mm512_set1_ps(sum);
+                let whole =
+                    |hi: __m512i, lo: __m512i| _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32::<8>(hi), lo));
+                acc[0] = _mm512_fmadd_ps(whole(dot[0], dot[1]), _mm512_mul_ps(sa, dx), acc[0]);
+                acc[0] = _mm512_fmadd_ps(ba, sum, acc[0]);
+                acc[1] = _mm512_fmadd_ps(whole(dot[2], dot[3]), _mm512_mul_ps(sb, dx), acc[1]);
+                acc[1] = _mm512_fmadd_ps(bb, sum, acc[1]);
             }
         }
     }
