@@ -76,7 +76,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = distill_kernels::on_worker(|| dispatch(cli));
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
@@ -89,9 +97,5 @@ fn main() {
         Command::Capture(args) => commands::capture::run(args),
         Command::Guard(args) => commands::guard::run(args),
         Command::Measure(args) => commands::eval::measure(args),
-    };
-    if let Err(err) = result {
-        eprintln!("error: {err:#}");
-        std::process::exit(1);
     }
 }

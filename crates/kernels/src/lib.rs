@@ -19,6 +19,15 @@ pub mod topk;
 
 use std::mem::MaybeUninit;
 
+/// Runs `f` on one of rayon's worker threads (at once when already on one), so that the kernels'
+/// parallel loops inside start there instead of waking the pool from outside and parking the
+/// calling thread at every operation. A decoding step runs hundreds of small parallel operations:
+/// called from a plain thread, SmolLM2 decoded at half the speed. Wrap a whole inference loop
+/// (a command, a serving step) in it.
+pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 use rayon::prelude::*;
 
 pub use topk::{topk_logprobs, TopK};

@@ -108,14 +108,14 @@ fn run(model: &LoadedModel, inbox: mpsc::Receiver<Job>, max_batch: usize) {
             }
         }
         if !admitted.is_empty() {
-            if let Err(e) = admit(model, admitted, &mut running, &mut cache) {
+            if let Err(e) = distill_kernels::on_worker(|| admit(model, admitted, &mut running, &mut cache)) {
                 tracing::error!("prefill failed: {e}");
             }
         }
         if running.is_empty() {
             continue;
         }
-        if let Err(e) = decode_step(model, &mut running, &mut cache) {
+        if let Err(e) = distill_kernels::on_worker(|| decode_step(model, &mut running, &mut cache)) {
             tracing::error!("decode step failed: {e}");
             for r in running.drain(..) {
                 let _ = r.events.send(Event::Failed(e.to_string()));

@@ -272,7 +272,9 @@ async fn score_prompt(app: &Arc<AppState>, prompt: &[u32], k: usize) -> Result<V
     let request = distill_teacher::ScoreRequest { token_ids: prompt.to_vec(), from: 1 };
     let top = tokio::task::spawn_blocking(move || {
         // One request in, one row set out.
-        distill_teacher::score_with(&model.model, std::slice::from_ref(&request), k, 1.0).map(|mut s| s.remove(0))
+        distill_kernels::on_worker(|| {
+            distill_teacher::score_with(&model.model, std::slice::from_ref(&request), k, 1.0).map(|mut s| s.remove(0))
+        })
     })
     .await
     .map_err(|e| ApiError::internal("scoring the prompt", e))?

@@ -209,51 +209,77 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// One block decoded into the affine form: `q` (`values` unsigned integers of [`BlockType::bits`])
-/// and per unit of [`BlockType::unit`] values a scale and an offset, `w = s·q + b`.
-pub(crate) fn decode(ty: BlockType, b: &[u8], q: &mut [u8], s: &mut [f32], off: &mut [f32]) {
+/// A block's scales as stored: per unit of [`BlockType::unit`] values two fields, and for the
+/// k-quants two per block of 256 (f16 bits, or small integers).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Scales {
+    /// Q4_0, Q5_0, Q8_0: `d`; Q4_1, Q5_1: `d`, `m`; Q4_K, Q5_K: the 6-bit scale and min; Q6_K: the
+    /// 8-bit signed scale.
+    pub unit: [u16; 2],
+    /// Q4_K, Q5_K: `d`, `dmin`; Q6_K: `d`.
+    pub block: [u16; 2],
+}
+
+fn f16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// `s` and `b` of one unit's affine form `w = s·q + b` from its scales, computed as llama.cpp
+/// computes the dequantised weight's factors (`d·scale` and `dmin·min` for the k-quants).
+pub(crate) fn affine(ty: BlockType, scales: Scales) -> (f32, f32) {
+    let h = |bits: u16| f16::from_bits(bits).to_f32();
+    let [u0, u1] = scales.unit;
+    match ty {
+        BlockType::Q4_0 => (h(u0), -8.0 * h(u0)),
+        BlockType::Q5_0 => (h(u0), -16.0 * h(u0)),
+        BlockType::Q8_0 => (h(u0), -128.0 * h(u0)),
+        BlockType::Q4_1 | BlockType::Q5_1 => (h(u0), h(u1)),
+        BlockType::Q4K | BlockType::Q5K => (h(scales.block[0]) * u0 as f32, -(h(scales.block[1]) * u1 as f32)),
+        BlockType::Q6K => {
+            let s = h(scales.block[0]) * (u0 as u8 as i8) as f32;
+            (s, -32.0 * s)
+        }
+    }
+}
+
+/// One block decoded into the affine form: `q` (`values` unsigned integers of
+/// [`BlockType::bits`]) and the scales of each unit (`units`, one per [`BlockType::unit`] values).
+pub(crate) fn decode(ty: BlockType, b: &[u8], q: &mut [u8], units: &mut [Scales]) {
     match ty {
         BlockType::Q4_0 | BlockType::Q4_1 => {
             let q4_1 = ty == BlockType::Q4_1;
-            let d = half_at(b, 0);
             let qs = &b[if q4_1 { 4 } else { 2 }..];
             for j in 0..16 {
                 q[j] = qs[j] & 0xF;
                 q[j + 16] = qs[j] >> 4;
             }
-            s[0] = d;
-            off[0] = if q4_1 { half_at(b, 2) } else { -8.0 * d };
+            units[0].unit = [f16_at(b, 0), if q4_1 { f16_at(b, 2) } else { 0 }];
         }
         BlockType::Q5_0 | BlockType::Q5_1 => {
             let q5_1 = ty == BlockType::Q5_1;
-            let d = half_at(b, 0);
             let at = if q5_1 { 4 } else { 2 };
             let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
             for j in 0..16 {
                 q[j] = (b[at + 4 + j] & 0xF) | (((qh >> j) << 4) & 0x10) as u8;
                 q[j + 16] = (b[at + 4 + j] >> 4) | ((qh >> (j + 12)) & 0x10) as u8;
             }
-            s[0] = d;
-            off[0] = if q5_1 { half_at(b, 2) } else { -16.0 * d };
+            units[0].unit = [f16_at(b, 0), if q5_1 { f16_at(b, 2) } else { 0 }];
         }
         BlockType::Q8_0 => {
-            let d = half_at(b, 0);
             for j in 0..32 {
                 q[j] = (b[2 + j] as i8 as i16 + 128) as u8;
             }
-            s[0] = d;
-            off[0] = -128.0 * d;
+            units[0].unit = [f16_at(b, 0), 0];
         }
         BlockType::Q4K | BlockType::Q5K => {
-            let (d, min) = (half_at(b, 0), half_at(b, 2));
+            let block = [f16_at(b, 0), f16_at(b, 2)];
             let scales = &b[4..16];
             let q5 = ty == BlockType::Q5K;
             let (qh, qs) = if q5 { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
             for c in 0..4 {
                 for (u, high) in [(2 * c, false), (2 * c + 1, true)] {
                     let (sc, m) = scale_min_k4(u, scales);
-                    s[u] = d * sc as f32;
-                    off[u] = -(min * m as f32);
+                    units[u] = Scales { unit: [sc as u16, m as u16], block };
                     for l in 0..32 {
                         let low = if high { qs[32 * c + l] >> 4 } else { qs[32 * c + l] & 0xF };
                         let h = if q5 { (qh[l] >> u) & 1 } else { 0 };
@@ -264,7 +290,6 @@ pub(crate) fn decode(ty: BlockType, b: &[u8], q: &mut [u8], s: &mut [f32], off: 
         }
         BlockType::Q6K => {
             let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-            let d = half_at(b, 208);
             for half in 0..2 {
                 let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
                 let q = &mut q[128 * half..];
@@ -275,9 +300,8 @@ pub(crate) fn decode(ty: BlockType, b: &[u8], q: &mut [u8], s: &mut [f32], off: 
                     q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
                 }
             }
-            for u in 0..16 {
-                s[u] = d * sc[u] as i8 as f32;
-                off[u] = -32.0 * s[u];
+            for (u, units) in units.iter_mut().enumerate() {
+                *units = Scales { unit: [sc[u] as u16, 0], block: [f16_at(b, 208), 0] };
             }
         }
     }
@@ -313,8 +337,9 @@ pub(crate) mod tests {
         bytes
     }
 
-    /// The affine form gives llama.cpp's values: exactly where its formula is `s·q + b` in f32
-    /// (Q4_1, Q5_1) and to f32 rounding elsewhere.
+    /// The affine form gives llama.cpp's values: exactly for the k-quants (the same products in
+    /// the same order) and Q4_1, Q5_1; to f32 rounding where llama.cpp subtracts the offset
+    /// before scaling.
     #[test]
     fn the_affine_form_gives_the_dequantised_values() {
         for ty in BlockType::ALL {
@@ -323,14 +348,16 @@ pub(crate) mod tests {
             dequantize(ty, &blocks, &mut want);
             let units = ty.values() / ty.unit();
             for (i, b) in blocks.chunks_exact(ty.bytes()).enumerate() {
-                let (mut q, mut s, mut o) = (vec![0u8; ty.values()], vec![0f32; units], vec![0f32; units]);
-                decode(ty, b, &mut q, &mut s, &mut o);
+                let (mut q, mut scales) = (vec![0u8; ty.values()], vec![Scales::default(); units]);
+                decode(ty, b, &mut q, &mut scales);
                 for (j, &q) in q.iter().enumerate() {
                     assert!((q as u32) < 1 << ty.bits(), "{ty:?}: q {q} has more than {} bits", ty.bits());
-                    let u = j / ty.unit();
-                    let got = s[u] * q as f32 + o[u];
+                    let (s, o) = affine(ty, scales[j / ty.unit()]);
+                    let got = s * q as f32 + o;
                     let w = want[i * ty.values() + j];
-                    assert!((got - w).abs() <= 8e-6 * w.abs().max(s[u].abs()), "{ty:?} [{i}, {j}]: {got} vs {w}");
+                    let exact = matches!(ty, BlockType::Q4_1 | BlockType::Q5_1 | BlockType::Q4K | BlockType::Q5K);
+                    let tol = if exact { 0.0 } else { 8e-6 * w.abs().max(s.abs()) };
+                    assert!((got - w).abs() <= tol, "{ty:?} [{i}, {j}]: {got} vs {w}");
                 }
             }
         }

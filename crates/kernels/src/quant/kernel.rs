@@ -3,6 +3,16 @@
 
 use super::{BlockType, QuantMatrix, Rows, CHUNK, LANES};
 
+/// Block types as the kernel's constant parameter.
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q5_1: u8 = 3;
+const Q8_0: u8 = 4;
+const Q4K: u8 = 5;
+const Q5K: u8 = 6;
+const Q6K: u8 = 7;
+
 /// Input rows per tile: 3 × 2 × 4 accumulators, leaving registers for the weights.
 pub(crate) const MAX_ROWS: usize = 4;
 /// Outputs per tile: two lane groups.
@@ -24,22 +34,26 @@ pub(crate) unsafe fn run_tile(
     dst_rs: usize,
 ) {
     macro_rules! by_rows {
-        ($bits:literal, $unit:literal) => {
+        ($ty:ident, $bits:literal, $unit:literal) => {
             // SAFETY (every arm): the caller's.
             match rows {
-                1 => unsafe { tile::<$bits, $unit, 1>(w, g0, x, r0, dst, dst_rs) },
-                2 => unsafe { tile::<$bits, $unit, 2>(w, g0, x, r0, dst, dst_rs) },
-                3 => unsafe { tile::<$bits, $unit, 3>(w, g0, x, r0, dst, dst_rs) },
-                4 => unsafe { tile::<$bits, $unit, 4>(w, g0, x, r0, dst, dst_rs) },
+                1 => unsafe { tile::<$ty, $bits, $unit, 1>(w, g0, x, r0, dst, dst_rs) },
+                2 => unsafe { tile::<$ty, $bits, $unit, 2>(w, g0, x, r0, dst, dst_rs) },
+                3 => unsafe { tile::<$ty, $bits, $unit, 3>(w, g0, x, r0, dst, dst_rs) },
+                4 => unsafe { tile::<$ty, $bits, $unit, 4>(w, g0, x, r0, dst, dst_rs) },
                 _ => unreachable!("no tile of {rows} rows"),
             }
         };
     }
     match w.ty {
-        BlockType::Q4_0 | BlockType::Q4_1 | BlockType::Q4K => by_rows!(4, 32),
-        BlockType::Q5_0 | BlockType::Q5_1 | BlockType::Q5K => by_rows!(5, 32),
-        BlockType::Q6K => by_rows!(6, 16),
-        BlockType::Q8_0 => by_rows!(8, 32),
+        BlockType::Q4_0 => by_rows!(Q4_0, 4, 32),
+        BlockType::Q4_1 => by_rows!(Q4_1, 4, 32),
+        BlockType::Q4K => by_rows!(Q4K, 4, 32),
+        BlockType::Q5_0 => by_rows!(Q5_0, 5, 32),
+        BlockType::Q5_1 => by_rows!(Q5_1, 5, 32),
+        BlockType::Q5K => by_rows!(Q5K, 5, 32),
+        BlockType::Q6K => by_rows!(Q6K, 6, 16),
+        BlockType::Q8_0 => by_rows!(Q8_0, 8, 32),
     }
 }
 
@@ -77,13 +91,49 @@ unsafe fn quad_of<const BITS: usize>(chunk: *const u8, quad: usize) -> __m512i {
     }
 }
 
-/// [`run_tile`] for `R` rows of `BITS`-bit values in units of `UNIT`.
+/// `s` and `b` of 16 lanes for one unit, as [`super::blocks::affine`] computes them.
+///
+/// # Safety
+/// `unit` and `block` point at the group's records for the unit (the caller's).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn affine<const TY: u8>(unit: *const u8, block: *const u8) -> (__m512, __m512) {
+    // SAFETY (all loads): inside the records, whose sizes `unit_record` and `block_record` give.
+    unsafe {
+        let f16s = |at: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(at.cast()));
+        match TY {
+            Q4_0 | Q5_0 | Q8_0 => {
+                let d = f16s(unit);
+                let c = match TY {
+                    Q4_0 => -8.0,
+                    Q5_0 => -16.0,
+                    _ => -128.0,
+                };
+                (d, _mm512_mul_ps(_mm512_set1_ps(c), d))
+            }
+            Q4_1 | Q5_1 => (f16s(unit), f16s(unit.add(2 * LANES))),
+            Q4K | Q5K => {
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(unit.cast())));
+                let m = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(unit.add(LANES).cast())));
+                let (d, dmin) = (f16s(block), f16s(block.add(2 * LANES)));
+                (_mm512_mul_ps(d, sc), _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(dmin, m)))
+            }
+            _ => {
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(unit.cast())));
+                let s = _mm512_mul_ps(f16s(block), sc);
+                (s, _mm512_mul_ps(_mm512_set1_ps(-32.0), s))
+            }
+        }
+    }
+}
+
+/// [`run_tile`] for `R` rows of block type `TY`: `BITS`-bit values in units of `UNIT`.
 ///
 /// # Safety
 /// As [`run_tile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile<const BITS: usize, const UNIT: usize, const R: usize>(
+unsafe fn tile<const TY: u8, const BITS: usize, const UNIT: usize, const R: usize>(
     w: &QuantMatrix,
     g0: usize,
     x: &Rows,
@@ -120,14 +170,9 @@ unsafe fn tile<const BITS: usize, const UNIT: usize, const R: usize>(
             }
             let unit = c * (CHUNK / UNIT) + half;
             let scales = |g: usize| {
-                // SAFETY: the group's 16 scales and 16 offsets of `unit` (the caller's group).
-                unsafe {
-                    let at = w.unit_scales(g, unit);
-                    (
-                        _mm512_cvtph_ps(_mm256_loadu_si256(at.cast())),
-                        _mm512_cvtph_ps(_mm256_loadu_si256(at.add(LANES).cast())),
-                    )
-                }
+                let (u, b) = (w.unit_at(g, unit), w.block_at(g, unit));
+                // SAFETY: the group's records for `unit` (the caller's group).
+                unsafe { affine::<TY>(w.unit_scales[u..].as_ptr(), w.block_scales[b..].as_ptr()) }
             };
             let ((sa, ba), (sb, bb)) = (scales(g0), scales(g0 + 1));
             for (r, (acc, dot)) in acc.iter_mut().zip(&dot).enumerate() {
@@ -158,7 +203,7 @@ unsafe fn tile<const BITS: usize, const UNIT: usize, const R: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const BITS: usize, const UNIT: usize, const R: usize>(
+unsafe fn tile<const TY: u8, const BITS: usize, const UNIT: usize, const R: usize>(
     _: &QuantMatrix,
     _: usize,
     _: &Rows,

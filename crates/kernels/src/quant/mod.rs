@@ -3,10 +3,10 @@
 //!
 //! - Every block type ([`BlockType`]) is decoded once, at load, into one affine form per weight,
 //!   `w = s·q + b`: `q` an unsigned integer of 4, 5, 6 or 8 bits as the file stores it, and `s`,
-//!   `b` per run of 32 values (16 for Q6_K) as f16 — for Q4_0 … Q8_0 exactly the file's scales,
-//!   for the k-quants the products `d·scale` and `dmin·min` llama.cpp computes, rounded to f16.
-//!   Memory stays about the file's: 4 bits and 1 bit of scales per weight for Q4_K (4.5 in the
-//!   file), 7 for Q6_K (6.56).
+//!   `b` per run of 32 values (16 for Q6_K) computed in the kernel from the file's own scales as
+//!   llama.cpp computes them (`d·scale` and `dmin·min` for the k-quants). The scales are kept as
+//!   the file has them, so memory is the file's: 4.625 bits per weight for Q4_K (4.5 in the file,
+//!   the 6-bit scales taking a byte each), 6.56 for Q6_K.
 //! - The layout interleaves 16 output rows ("lanes"): each 64-byte vector holds 4 consecutive
 //!   values of each of 16 rows (two such runs as the nibbles of 4-bit values, the fifth and sixth
 //!   bits in planes of their own), what one AVX-512 VNNI `vpdpbusd` multiplies against 4 values of
@@ -23,7 +23,6 @@ mod kernel;
 
 pub use blocks::{dequantize, quantize_q8_0, BlockType};
 
-use half::f16;
 use rayon::prelude::*;
 
 /// Output rows per lane group.
@@ -60,8 +59,61 @@ pub struct QuantMatrix {
     chunk_bytes: usize,
     /// groups × chunks × `chunk_bytes`.
     quants: Vec<u8>,
-    /// groups × units × (s[16], b[16]) as f16 bits.
-    scales: Vec<u16>,
+    /// groups × units × [`unit_record`] bytes: each scale field for the 16 lanes side by side.
+    unit_scales: Vec<u8>,
+    /// groups × blocks of 256 × [`block_record`] bytes (the k-quants' `d`, `dmin`).
+    block_scales: Vec<u8>,
+}
+
+/// Byte widths of the per-unit scale fields of `ty` (see [`blocks::Scales`]).
+fn unit_fields(ty: BlockType) -> &'static [usize] {
+    match ty {
+        BlockType::Q4_0 | BlockType::Q5_0 | BlockType::Q8_0 => &[2],
+        BlockType::Q4_1 | BlockType::Q5_1 => &[2, 2],
+        BlockType::Q4K | BlockType::Q5K => &[1, 1],
+        BlockType::Q6K => &[1],
+    }
+}
+
+/// Byte widths of the per-block-of-256 scale fields of `ty`.
+fn block_fields(ty: BlockType) -> &'static [usize] {
+    match ty {
+        BlockType::Q4K | BlockType::Q5K => &[2, 2],
+        BlockType::Q6K => &[2],
+        _ => &[],
+    }
+}
+
+/// Bytes of one unit's scales for 16 lanes.
+pub(crate) fn unit_record(ty: BlockType) -> usize {
+    LANES * unit_fields(ty).iter().sum::<usize>()
+}
+
+/// Bytes of one block of 256's scales for 16 lanes.
+pub(crate) fn block_record(ty: BlockType) -> usize {
+    LANES * block_fields(ty).iter().sum::<usize>()
+}
+
+/// Writes (`put`) or reads the fields of lane `r` in a record of `fields` for 16 lanes.
+fn field_at(fields: &[usize], f: usize, r: usize) -> (usize, usize) {
+    let start: usize = fields[..f].iter().map(|w| w * LANES).sum();
+    (start + r * fields[f], fields[f])
+}
+
+fn put_fields(record: &mut [u8], fields: &[usize], r: usize, values: [u16; 2]) {
+    for (f, value) in values.iter().enumerate().take(fields.len()) {
+        let (at, width) = field_at(fields, f, r);
+        record[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+    }
+}
+
+fn get_fields(record: &[u8], fields: &[usize], r: usize) -> [u16; 2] {
+    let mut out = [0u16; 2];
+    for (f, value) in out.iter_mut().enumerate().take(fields.len()) {
+        let (at, width) = field_at(fields, f, r);
+        *value = if width == 2 { u16::from_le_bytes([record[at], record[at + 1]]) } else { record[at] as u16 };
+    }
+    out
 }
 
 impl QuantMatrix {
@@ -86,22 +138,24 @@ impl QuantMatrix {
         // Lane groups, rounded up to an even count: the kernel reads two at a time.
         let groups = n.div_ceil(LANES).next_multiple_of(2);
         let chunk_bytes = chunk_bytes(ty.bits());
-        let (chunks, units) = (k / CHUNK, k / ty.unit());
+        let (chunks, units, blocks) = (k / CHUNK, k / ty.unit(), k / 256);
         let mut quants = vec![0u8; groups * chunks * chunk_bytes];
-        let mut scales = vec![0u16; groups * units * 2 * LANES];
+        let mut unit_scales = vec![0u8; groups * units * unit_record(ty)];
+        // One unused byte per group where the type has no block scales, so every group gets a slice.
+        let block_len = (blocks * block_record(ty)).max(1);
+        let mut block_scales = vec![0u8; groups * block_len];
         quants
             .par_chunks_mut(chunks * chunk_bytes)
-            .zip(scales.par_chunks_mut(units * 2 * LANES))
+            .zip(unit_scales.par_chunks_mut(units * unit_record(ty)))
+            .zip(block_scales.par_chunks_mut(block_len))
             .enumerate()
-            .try_for_each(|(g, (quants, scales))| {
+            .try_for_each(|(g, ((quants, unit_scales), block_scales))| {
                 let rows = g * LANES..((g + 1) * LANES).min(n);
                 let rows = if rows.start < n { &bytes[rows.start * row_bytes..rows.end * row_bytes] } else { &[] };
-                fill_group(ty, k, rows, quants, scales).map_err(|(r, unit, what)| {
-                    let block = unit * ty.unit() / ty.values();
-                    QuantError(format!("row {}, block {block}: {what}", g * LANES + r))
-                })
+                fill_group(ty, k, rows, quants, unit_scales, block_scales)
+                    .map_err(|(r, block, what)| QuantError(format!("row {}, block {block}: {what}", g * LANES + r)))
             })?;
-        Ok(Self { ty, n, k, chunk_bytes, quants, scales })
+        Ok(Self { ty, n, k, chunk_bytes, quants, unit_scales, block_scales })
     }
 
     pub fn block_type(&self) -> BlockType {
@@ -120,7 +174,7 @@ impl QuantMatrix {
 
     /// Bytes held.
     pub fn size_bytes(&self) -> usize {
-        self.quants.len() + 2 * self.scales.len()
+        self.quants.len() + self.unit_scales.len() + self.block_scales.len()
     }
 
     /// Row `row` as f32 values `s·q + b` (the weights the kernel multiplies).
@@ -128,14 +182,10 @@ impl QuantMatrix {
         assert!(row < self.n && out.len() == self.k, "row {row} of {}×{} into {} values", self.n, self.k, out.len());
         let (g, r) = (row / LANES, row % LANES);
         let (chunks, unit) = (self.k / CHUNK, self.ty.unit());
-        let units = self.k / unit;
-        let group_scales = &self.scales[g * units * 2 * LANES..];
         for c in 0..chunks {
             let chunk = &self.quants[(g * chunks + c) * self.chunk_bytes..][..self.chunk_bytes];
             for (i, v) in out[c * CHUNK..(c + 1) * CHUNK].iter_mut().enumerate() {
-                let u = (c * CHUNK + i) / unit;
-                let s = f16::from_bits(group_scales[u * 2 * LANES + r]).to_f32();
-                let b = f16::from_bits(group_scales[(u * 2 + 1) * LANES + r]).to_f32();
+                let (s, b) = blocks::affine(self.ty, self.scales_of(g, r, (c * CHUNK + i) / unit));
                 *v = s * q_at(self.ty.bits(), chunk, r, i) as f32 + b;
             }
         }
@@ -154,10 +204,24 @@ impl QuantMatrix {
         self.quants[(group * chunks + chunk) * self.chunk_bytes..].as_ptr()
     }
 
-    /// f16 bits of one group's 16 scales for `unit`, then its 16 offsets.
-    fn unit_scales(&self, group: usize, unit: usize) -> *const u16 {
-        let units = self.k / self.ty.unit();
-        self.scales[(group * units + unit) * 2 * LANES..].as_ptr()
+    /// The scales of lane `r` of `group` for `unit`.
+    fn scales_of(&self, group: usize, r: usize, unit: usize) -> blocks::Scales {
+        let record = &self.unit_scales[self.unit_at(group, unit)..];
+        let mut scales = blocks::Scales { unit: get_fields(record, unit_fields(self.ty), r), block: [0; 2] };
+        if block_record(self.ty) > 0 {
+            scales.block = get_fields(&self.block_scales[self.block_at(group, unit)..], block_fields(self.ty), r);
+        }
+        scales
+    }
+
+    /// Where one group's scales of `unit` start in `unit_scales`.
+    fn unit_at(&self, group: usize, unit: usize) -> usize {
+        (group * (self.k / self.ty.unit()) + unit) * unit_record(self.ty)
+    }
+
+    /// Where one group's scales of the block of 256 holding `unit` start in `block_scales`.
+    fn block_at(&self, group: usize, unit: usize) -> usize {
+        (group * (self.k / 256) + unit * self.ty.unit() / 256) * block_record(self.ty)
     }
 }
 
@@ -187,31 +251,35 @@ fn q_at(bits: usize, chunk: &[u8], r: usize, i: usize) -> u8 {
 }
 
 /// Decodes up to 16 rows of blocks (`rows`, whole rows; missing rows are zero) into one lane
-/// group's chunks and scales. An error names the row in the group, the unit and what is wrong.
+/// group's chunks and scales. An error names the row in the group, the block and what is wrong.
 fn fill_group(
     ty: BlockType,
     k: usize,
     rows: &[u8],
     quants: &mut [u8],
-    scales: &mut [u16],
+    unit_scales: &mut [u8],
+    block_scales: &mut [u8],
 ) -> Result<(), (usize, usize, String)> {
-    let (bits, unit, units) = (ty.bits(), ty.unit(), k / ty.unit());
+    let (bits, unit) = (ty.bits(), ty.unit());
     let row_bytes = k / ty.values() * ty.bytes();
     let per_block = ty.values() / unit;
     let mut q = vec![0u8; LANES * k];
-    let (mut s, mut b) = (vec![0f32; per_block], vec![0f32; per_block]);
+    let mut scales = vec![blocks::Scales::default(); per_block];
     for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
         for (i, block) in row.chunks_exact(ty.bytes()).enumerate() {
             let at = r * k + i * ty.values();
-            blocks::decode(ty, block, &mut q[at..at + ty.values()], &mut s, &mut b);
-            for (j, (&s, &b)) in s.iter().zip(&b).enumerate() {
-                let u = i * per_block + j;
-                let (sh, bh) = (f16::from_f32(s), f16::from_f32(b));
-                if !(sh.is_finite() && bh.is_finite()) {
-                    return Err((r, u, format!("scale {s} or offset {b} is not a finite f16 (a corrupt block?)")));
+            blocks::decode(ty, block, &mut q[at..at + ty.values()], &mut scales);
+            for (j, scales) in scales.iter().enumerate() {
+                let (s, b) = blocks::affine(ty, *scales);
+                if !(s.is_finite() && b.is_finite()) {
+                    return Err((r, i, format!("scale {s} or offset {b} is not finite (a corrupt block?)")));
                 }
-                scales[u * 2 * LANES + r] = sh.to_bits();
-                scales[(u * 2 + 1) * LANES + r] = bh.to_bits();
+                let u = i * per_block + j;
+                put_fields(&mut unit_scales[u * unit_record(ty)..], unit_fields(ty), r, scales.unit);
+                if block_record(ty) > 0 {
+                    let at = (u * unit / 256) * block_record(ty);
+                    put_fields(&mut block_scales[at..], block_fields(ty), r, scales.block);
+                }
             }
         }
     }
@@ -241,7 +309,6 @@ fn fill_group(
             }
         }
     }
-    debug_assert_eq!(scales.len(), units * 2 * LANES);
     Ok(())
 }
 
