@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Serving under load: 64 concurrent streaming chat requests (the official `openai` async client,
-# bench/reference/serve_load.py) against `distill serve` and against llama.cpp's OpenAI server
-# (llama-cpp-python's `llama_cpp.server`, interrupt_requests off so every stream completes), both
-# serving the default teacher GGUF on loopback, one after the other in the same run. Prints
-# time-to-first-token p50/p99, throughput and each server's peak RSS, and writes
-# bench/results/serve_load.json.
+# bench/reference/serve_load.py) against `distill serve` and against llama.cpp's own server with
+# continuous batching (the xllamacpp wheel, as many parallel slots as streams:
+# bench/reference/xllamacpp_server.py), both serving the same GGUF on loopback, one after the
+# other in the same run. Prints time-to-first-token p50/p99, throughput and each server's peak
+# RSS, and writes bench/results/serve_load[-MODEL].json.
 #
-# Usage: bench/serve_load.sh [WORK_DIR] [CONCURRENCY] [MAX_TOKENS]
-# Needs: pip install openai 'llama-cpp-python[server]==0.3.36'
+# Usage: bench/serve_load.sh [WORK_DIR] [CONCURRENCY] [MAX_TOKENS] [MODEL]
+#   MODEL: a scripts/fetch-teacher.sh name (default smollm2, the default teacher)
+# Needs: pip install openai xllamacpp
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-target/bench/serve_load}"
 concurrency="${2:-64}"
 max_tokens="${3:-32}"
+model="${4:-smollm2}"
 source bench/common.sh
+teacher="$(bash scripts/fetch-teacher.sh "$model" | tail -1 | sed 's/^[a-z ]*: //')"
+results=bench/results/serve_load.json
+[[ $model == smollm2 ]] || results="bench/results/serve_load-$model.json"
 mkdir -p "$work"
 rm -f "$work"/serve.db*
 peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
@@ -37,14 +42,14 @@ trap "kill $! 2>/dev/null || true" EXIT
 load distill $! "$port"
 
 port=$(free_port)
-python3 -m llama_cpp.server --model "$teacher" --model_alias teacher --port "$port" --n_threads "$(nproc)" \
-  --n_ctx 4096 --interrupt_requests False --api_key "$key" > "$work/llama-serve.log" 2>&1 &
+python3 bench/reference/xllamacpp_server.py "$teacher" "$port" "$key" --parallel "$concurrency" \
+  --threads "$(nproc)" > "$work/llama-serve.log" 2>&1 &
 trap "kill $! 2>/dev/null || true" EXIT
 load llama $! "$port"
 
-python3 - "$work" "$concurrency" <<'PY'
+python3 - "$work" "$concurrency" "$results" <<'PY'
 import json, sys
-work, c = sys.argv[1], sys.argv[2]
+work, c, results = sys.argv[1], sys.argv[2], sys.argv[3]
 load = lambda name: json.load(open(f"{work}/{name}.json"))
 result = {"concurrency": int(c)}
 for tool, name in (("distill", "distill"), ("llama.cpp", "llama")):
@@ -59,5 +64,5 @@ for tool in ("distill", "llama.cpp"):
 d, q = result["distill"]["loaded"], result["llama.cpp"]["loaded"]
 print(f"distill / llama.cpp at {c} streams: total throughput {d['total_tok_s'] / q['total_tok_s']:.2f}x, "
       f"TTFT p99 {q['ttft_p99_s'] / d['ttft_p99_s']:.2f}x lower")
-json.dump(result, open("bench/results/serve_load.json", "w"), indent=2)
+json.dump(result, open(results, "w"), indent=2)
 PY

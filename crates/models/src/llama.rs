@@ -182,6 +182,43 @@ impl Llama {
         Ok(true)
     }
 
+    /// Turns a GGUF file's quantised weights (projections, output head, embedding) into plain f32
+    /// tensors of the same values, for the f32 or bf16 path (4 bytes per weight). Returns whether
+    /// there were any.
+    pub fn dequantize(&mut self) -> bool {
+        let device = self.device().clone();
+        let mut any = false;
+        let from_file = |p: &Proj| p.is_quantized() && matches!(p, Proj::Packed { plain: None, .. });
+        for b in &mut self.blocks {
+            for proj in [
+                &mut b.q_proj,
+                &mut b.k_proj,
+                &mut b.v_proj,
+                &mut b.o_proj,
+                &mut b.gate_proj,
+                &mut b.up_proj,
+                &mut b.down_proj,
+            ] {
+                if from_file(proj) {
+                    *proj = Proj::Plain(proj.tensor(&device));
+                    any = true;
+                }
+            }
+        }
+        if let Some(head) = self.lm_head.as_mut().filter(|h| from_file(h)) {
+            *head = Proj::Plain(head.tensor(&device));
+            any = true;
+        }
+        if let Embedding::Quant(_) = self.embed {
+            self.embed = Embedding::Plain(self.embedding());
+            any = true;
+        }
+        if any {
+            self.lm_head_packed = None;
+        }
+        any
+    }
+
     /// The precision of the packed matmuls, once [`Self::use_packed_matmuls`] is on.
     pub fn packed_matmuls(&self) -> Option<Precision> {
         self.lm_head_packed.as_ref().map(|w| w.precision())

@@ -122,8 +122,7 @@ pub fn run(args: CaptureArgs) -> Result<()> {
         }
         // The captured lines carry their completions: the teacher only scores them.
         let options = distill_teacher::DatasetOptions { chat: false, k: args.k, ..Default::default() };
-        let f32 = distill_teacher::Precision::F32;
-        super::dataset::run(&dataset, &args.output, args.teacher.as_deref(), f32, None, options)?;
+        super::dataset::run(&dataset, &args.output, args.teacher.as_deref(), None, None, options)?;
     }
     Ok(())
 }

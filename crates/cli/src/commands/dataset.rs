@@ -15,7 +15,7 @@ pub fn run(
     output: &Path,
     prompts_file: &Path,
     model: Option<&str>,
-    matmuls: Precision,
+    matmuls: Option<Precision>,
     remote: Option<RemoteOptions>,
     opts: DatasetOptions,
 ) -> Result<()> {

@@ -108,13 +108,15 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = parse_layout(), requires = "dataset", help_heading = "Dataset")]
     layout: Option<Layout>,
 
-    /// Arithmetic of the model's f32 matmuls. `bf16` rounds weights and activations to bfloat16
-    /// and sums in f32: faster scoring and generation on CPUs with AVX-512 BF16, at a small cost in
-    /// fidelity (measured in docs/performance.md). `int8` rounds the weights to Q8_0 blocks. A GGUF
-    /// file's quantised weights (Q4_0 … Q8_0, Q4_K, Q5_K, Q6_K) always run as they are, on 8-bit
-    /// integer products (AVX-512 VNNI). Where the CPU lacks the instructions: f32, with a warning.
-    #[arg(long, value_parser = parse_precision(), default_value = "f32", conflicts_with = "teacher_urls")]
-    matmuls: Precision,
+    /// Arithmetic of the model's matmuls. By default a GGUF file's quantised weights (Q4_0 … Q8_0,
+    /// Q4_K, Q5_K, Q6_K) run as they are, on 8-bit integer products (AVX-512 VNNI), and f32/f16/bf16
+    /// weights in f32. Naming one applies it to every matmul: `f32` dequantises quantised weights
+    /// (the reference path: 4 bytes per weight); `bf16` rounds weights and activations to bfloat16
+    /// with f32 sums, faster on CPUs with AVX-512 BF16 at a small cost in fidelity
+    /// (docs/performance.md); `int8` also rounds f32 weights to Q8_0 blocks. Where the CPU lacks
+    /// the instructions: f32, with a warning.
+    #[arg(long, value_parser = parse_precision(), conflicts_with = "teacher_urls")]
+    matmuls: Option<Precision>,
 
     /// With --dataset: the teacher is served at this OpenAI-compatible URL (repeat for several
     /// endpoints; prompts fan out over all, a failing one is retried elsewhere). --model then
@@ -158,10 +160,16 @@ pub(crate) fn parse_precision() -> impl TypedValueParser<Value = Precision> {
 }
 
 /// Runs `model`'s matmuls in `precision` where the CPU can (the model is only used for inference
-/// from here on), saying so for bf16 and warning when it falls back to f32.
-pub fn use_matmuls(model: &mut LoadedModel, precision: Precision) -> Result<Precision> {
+/// from here on), saying which and warning when it falls back to f32. None: a GGUF file's
+/// quantised weights as they are, the others in f32.
+pub fn use_matmuls(model: &mut LoadedModel, precision: Option<Precision>) -> Result<Precision> {
     let started = Instant::now();
-    let got = model.pack_matmuls(precision)?;
+    if precision.is_some_and(|p| p != Precision::Int8) && model.model.dequantize() {
+        eprintln!("dequantised the file's quantised weights to f32 (--matmuls {})", precision.unwrap_or_default());
+    }
+    let requested = precision.unwrap_or_default();
+    let got = model.pack_matmuls(requested)?;
+    let precision = requested;
     if got == Precision::F32 && precision != Precision::F32 {
         let needs = if precision == Precision::Bf16 { "AVX-512 BF16" } else { "AVX-512 VNNI" };
         eprintln!("warning: --matmuls {precision} needs a CPU with {needs}; running f32 matmuls");
@@ -328,8 +336,10 @@ fn stream_one(model: &LoadedModel, prompt: &[u32], params: &SamplingParams) -> R
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
+    let mut first_text = None;
     let completions =
         generate(&model.model, &model.tokenizer, &[prompt.to_vec()], params, &model.stop_ids, |_, piece| {
+            first_text.get_or_insert_with(Instant::now);
             if write_error.is_none() {
                 if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
                     write_error = Some(e);
@@ -342,8 +352,14 @@ fn stream_one(model: &LoadedModel, prompt: &[u32], params: &SamplingParams) -> R
     writeln!(out)?;
     let c = &completions[0];
     let secs = started.elapsed().as_secs_f64();
+    // Decoding speed from the first text on (the prompt's prefill excluded), as llama.cpp reports it.
+    let decoding = first_text
+        .map(|t| t.elapsed().as_secs_f64())
+        .filter(|&s| s > 0.0 && c.token_ids.len() > 1)
+        .map(|s| format!(", decoding {:.1} tok/s", (c.token_ids.len() - 1) as f64 / s))
+        .unwrap_or_default();
     eprintln!(
-        "[{} prompt + {} generated tokens in {secs:.1} s, {:.1} tok/s, finish: {:?}]",
+        "[{} prompt + {} generated tokens in {secs:.1} s, {:.1} tok/s{decoding}, finish: {:?}]",
         prompt.len(),
         c.token_ids.len(),
         c.token_ids.len() as f64 / secs,

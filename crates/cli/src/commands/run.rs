@@ -134,7 +134,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 prompts_per_shard: 32,
                 ..Default::default()
             };
-            super::dataset::run(dest, &prompts, Some(teacher), distill_teacher::Precision::F32, None, options)
+            super::dataset::run(dest, &prompts, Some(teacher), None, None, options)
         })?;
     }
     let train_inputs = json!({"config": cfg.train, "data": data_inputs});

@@ -77,12 +77,15 @@ pub struct ServeArgs {
     #[arg(long)]
     guard: Option<Level>,
 
-    /// Arithmetic of the model's f32 matmuls: `bf16` (bf16 operands, f32 sums) decodes faster on
-    /// CPUs with AVX-512 BF16, at a small cost in fidelity (docs/performance.md); `int8` rounds the
-    /// weights to Q8_0 blocks. A GGUF file's quantised weights always run as they are (8-bit
-    /// integer products, AVX-512 VNNI). Where the CPU lacks the instructions: f32, with a warning.
-    #[arg(long, value_parser = super::generate::parse_precision(), default_value = "f32")]
-    matmuls: distill_teacher::Precision,
+    /// Arithmetic of the model's matmuls. By default a GGUF file's quantised weights (Q4_0 … Q8_0,
+    /// Q4_K, Q5_K, Q6_K) run as they are, on 8-bit integer products (AVX-512 VNNI), and f32/f16/bf16
+    /// weights in f32. Naming one applies it to every matmul: `f32` dequantises quantised weights
+    /// (the reference path: 4 bytes per weight); `bf16` rounds weights and activations to bfloat16
+    /// with f32 sums, faster on CPUs with AVX-512 BF16 at a small cost in fidelity
+    /// (docs/performance.md); `int8` also rounds f32 weights to Q8_0 blocks. Where the CPU lacks
+    /// the instructions: f32, with a warning.
+    #[arg(long, value_parser = super::generate::parse_precision())]
+    matmuls: Option<distill_teacher::Precision>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {

@@ -13,8 +13,11 @@ const Q4K: u8 = 5;
 const Q5K: u8 = 6;
 const Q6K: u8 = 7;
 
-/// Input rows per tile: 3 × 2 × 4 accumulators, leaving registers for the weights.
-pub(crate) const MAX_ROWS: usize = 4;
+/// Input rows per tile: 4 integer accumulators per row (two groups, the values and their rests)
+/// stay in registers; the f32 sums, touched once per unit, may live in memory.
+pub(crate) const MAX_ROWS: usize = 6;
+/// Chunks ahead of the one multiplied whose values are prefetched.
+const PREFETCH: usize = 8;
 /// Outputs per tile: two lane groups.
 pub(crate) const NR: usize = 2 * LANES;
 
@@ -41,6 +44,8 @@ pub(crate) unsafe fn run_tile(
                 2 => unsafe { tile::<$ty, $bits, $unit, 2>(w, g0, x, r0, dst, dst_rs) },
                 3 => unsafe { tile::<$ty, $bits, $unit, 3>(w, g0, x, r0, dst, dst_rs) },
                 4 => unsafe { tile::<$ty, $bits, $unit, 4>(w, g0, x, r0, dst, dst_rs) },
+                5 => unsafe { tile::<$ty, $bits, $unit, 5>(w, g0, x, r0, dst, dst_rs) },
+                6 => unsafe { tile::<$ty, $bits, $unit, 6>(w, g0, x, r0, dst, dst_rs) },
                 _ => unreachable!("no tile of {rows} rows"),
             }
         };
@@ -146,6 +151,12 @@ unsafe fn tile<const TY: u8, const BITS: usize, const UNIT: usize, const R: usiz
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for c in 0..chunks {
         let (qa, qb) = (w.chunk(g0, c), w.chunk(g0 + 1, c));
+        // The panel's values are one stream (the two groups alternate chunk by chunk): ask for
+        // what comes a few chunks ahead, past the end of the panel into the next one.
+        for line in (0..2 * w.chunk_bytes).step_by(64) {
+            // A prefetch never faults, whatever the address.
+            _mm_prefetch::<_MM_HINT_T0>(qa.wrapping_add(PREFETCH * 2 * w.chunk_bytes + line).cast());
+        }
         for half in 0..CHUNK / UNIT {
             // Per row and group, the products with the rounded values and with their rests.
             let mut dot = [[_mm512_setzero_si512(); 4]; R];
