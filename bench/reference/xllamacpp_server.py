@@ -24,7 +24,6 @@ def main():
     params = xllamacpp.CommonParams()
     params.model.path = args.model
     params.model_alias = "teacher"
-    params.hostname = "127.0.0.1"
     params.port = args.port
     params.api_keys = [args.api_key]
     params.n_parallel = args.parallel

@@ -76,15 +76,21 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = distill_kernels::on_worker(|| dispatch(cli));
+    let result = match cli.command {
+        // A server keeps its thread (the HTTP runtime blocks on it for good); its engine runs each
+        // step on a worker itself.
+        Command::Serve(args) => commands::serve::run(args),
+        // Everything else is one inference or training loop, run on a rayon worker.
+        command => distill_kernels::on_worker(|| dispatch(command)),
+    };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
