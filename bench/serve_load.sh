@@ -26,6 +26,11 @@ peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 # load NAME PID PORT: the single-stream and the loaded run against one server, then its peak RSS.
 load() {
   wait_up "http://127.0.0.1:$3/v1/models"
+  # llama.cpp's server answers 503 while it loads the model: wait for /health to say 200.
+  for _ in $(seq 1 240); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$3/health" || true) == 200 ]] && break
+    sleep 0.5
+  done
   for c in 1 "$concurrency"; do
     python3 bench/reference/serve_load.py "http://127.0.0.1:$3" "$key" teacher --concurrency "$c" \
       --max-tokens "$max_tokens" > "$work/$1-$c.json"

@@ -142,3 +142,22 @@ fn a_broken_weights_file_is_named_without_a_backtrace_even_with_rust_backtrace_s
     assert!(!out.status.success() && err.contains("model.safetensors is not a usable safetensors file"), "{err}");
     assert!(!err.contains("backtrace") && err.lines().count() <= 2, "a user error carries no backtrace:\n{err}");
 }
+
+/// The default teacher's Q4_1 and Q8_0 blocks run as they are (int8 products) unless f32 is
+/// asked for, which dequantises them; both greedy continuations agree (the native path is within
+/// a mean KL of 5e-7 nats of f32 on this teacher).
+#[test]
+fn the_default_teacher_runs_its_quantised_blocks_natively_unless_f32_is_asked() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let run = |args: &[&str]| common::command().current_dir(root).args(args).output().unwrap();
+    let prompt = "The three primary colours are";
+    let native = run(&["generate", "--max-tokens", "12", prompt]);
+    assert!(native.status.success(), "{}\n{}", text(&native.stderr), distill_models::teacher::FETCH_HINT);
+    let f32 = run(&["generate", "--max-tokens", "12", "--matmuls", "f32", prompt]);
+    assert!(f32.status.success(), "{}", text(&f32.stderr));
+    assert!(text(&f32.stderr).contains("dequantised the file's quantised weights to f32"), "{}", text(&f32.stderr));
+    if distill_kernels::quant::available() {
+        assert!(text(&native.stderr).contains("matmuls in int8"), "{}", text(&native.stderr));
+    }
+    assert_eq!(text(&native.stdout), text(&f32.stdout));
+}
