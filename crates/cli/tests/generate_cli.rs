@@ -155,9 +155,11 @@ fn the_default_teacher_runs_its_quantised_blocks_natively_unless_f32_is_asked() 
     assert!(native.status.success(), "{}\n{}", text(&native.stderr), distill_models::teacher::FETCH_HINT);
     let f32 = run(&["generate", "--max-tokens", "12", "--matmuls", "f32", prompt]);
     assert!(f32.status.success(), "{}", text(&f32.stderr));
-    assert!(text(&f32.stderr).contains("dequantised the file's quantised weights to f32"), "{}", text(&f32.stderr));
+    // Without AVX-512 VNNI the weights were dequantised at load: both runs are the f32 path.
     if distill_kernels::quant::available() {
         assert!(text(&native.stderr).contains("matmuls in int8"), "{}", text(&native.stderr));
+        let said = text(&f32.stderr);
+        assert!(said.contains("dequantised the file's quantised weights to f32"), "{said}");
     }
     assert_eq!(text(&native.stdout), text(&f32.stdout));
 }

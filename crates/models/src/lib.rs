@@ -20,6 +20,7 @@ pub mod llama;
 pub mod llama_config;
 pub mod loader;
 pub mod ops;
+pub mod probe;
 mod proj;
 pub mod prune;
 pub mod teacher;

@@ -17,6 +17,7 @@ use crate::proj::{self, pack_weight, Proj, Weight};
 
 pub use crate::kv_cache::KvCache;
 pub use crate::llama_config::{LlamaConfig, RopeScaling, TokenIds};
+pub use crate::probe::ActivationProbe;
 
 struct Block {
     attn_norm: Tensor,
@@ -538,46 +539,6 @@ struct Frame<'a> {
     cos: &'a Tensor,
     sin: &'a Tensor,
     mask: &'a Tensor,
-}
-
-/// Activation energy of one layer, summed over the positions probed: per MLP channel (the SwiGLU
-/// output) and per attention head (its output before `o_proj`, squared norm).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ActivationProbe {
-    pub mlp: Vec<f64>,
-    pub heads: Vec<f64>,
-    pub positions: usize,
-}
-
-impl ActivationProbe {
-    fn add_mlp(&mut self, energy: &[f32], valid: &Tensor) -> Result<()> {
-        add(&mut self.mlp, energy);
-        self.positions += valid.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? as usize;
-        Ok(())
-    }
-
-    fn add_heads(&mut self, energy: &[f32]) {
-        add(&mut self.heads, energy);
-    }
-
-    /// Root-mean-square activation per MLP channel.
-    pub fn mlp_scores(&self) -> Vec<f64> {
-        self.mlp.iter().map(|e| (e / self.positions.max(1) as f64).sqrt()).collect()
-    }
-
-    /// Root-mean-square output norm per attention head.
-    pub fn head_scores(&self) -> Vec<f64> {
-        self.heads.iter().map(|e| (e / self.positions.max(1) as f64).sqrt()).collect()
-    }
-}
-
-fn add(acc: &mut Vec<f64>, x: &[f32]) {
-    if acc.is_empty() {
-        acc.resize(x.len(), 0.0);
-    }
-    for (a, b) in acc.iter_mut().zip(x) {
-        *a += *b as f64;
-    }
 }
 
 fn rope_tables(cfg: &LlamaConfig, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {

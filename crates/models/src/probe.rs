@@ -1,0 +1,46 @@
+//! What width pruning ranks MLP channels and attention heads by: their activation energy, summed
+//! by [`crate::Llama::probe_activations`].
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Result;
+
+/// Activation energy of one layer, summed over the positions probed: per MLP channel (the SwiGLU
+/// output) and per attention head (its output before `o_proj`, squared norm).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActivationProbe {
+    pub mlp: Vec<f64>,
+    pub heads: Vec<f64>,
+    pub positions: usize,
+}
+
+impl ActivationProbe {
+    pub(crate) fn add_mlp(&mut self, energy: &[f32], valid: &Tensor) -> Result<()> {
+        add(&mut self.mlp, energy);
+        self.positions += valid.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? as usize;
+        Ok(())
+    }
+
+    pub(crate) fn add_heads(&mut self, energy: &[f32]) {
+        add(&mut self.heads, energy);
+    }
+
+    /// Root-mean-square activation per MLP channel.
+    pub fn mlp_scores(&self) -> Vec<f64> {
+        self.mlp.iter().map(|e| (e / self.positions.max(1) as f64).sqrt()).collect()
+    }
+
+    /// Root-mean-square output norm per attention head.
+    pub fn head_scores(&self) -> Vec<f64> {
+        self.heads.iter().map(|e| (e / self.positions.max(1) as f64).sqrt()).collect()
+    }
+}
+
+fn add(acc: &mut Vec<f64>, x: &[f32]) {
+    if acc.is_empty() {
+        acc.resize(x.len(), 0.0);
+    }
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a += *b as f64;
+    }
+}
