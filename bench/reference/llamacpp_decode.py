@@ -14,6 +14,8 @@ import time
 
 import xllamacpp
 
+from xllamacpp_server import params
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -22,14 +24,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    params = xllamacpp.CommonParams()
-    params.model.path = args.model
-    params.n_ctx = 2048
-    params.n_parallel = 1
-    params.cpuparams.n_threads = args.threads
-    params.cpuparams_batch.n_threads = args.threads
     started = time.time()
-    server = xllamacpp.Server(params)
+    server = xllamacpp.Server(params(args.model, args.threads, 1, 2048))
     load = time.time() - started
     request = {"prompt": args.prompt, "n_predict": args.tokens, "temperature": 0, "ignore_eos": True, "cache_prompt": False}
     out = server.handle_completions(request)

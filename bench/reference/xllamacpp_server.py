@@ -13,6 +13,18 @@ import time
 import xllamacpp
 
 
+def params(model, threads, parallel, n_ctx):
+    """llama.cpp's settings for MODEL: `parallel` slots sharing `n_ctx` tokens, `threads` threads
+    for decoding and for prompt batches alike (also what llamacpp_decode.py runs)."""
+    p = xllamacpp.CommonParams()
+    p.model.path = model
+    p.n_parallel = parallel
+    p.n_ctx = n_ctx
+    p.cpuparams.n_threads = threads
+    p.cpuparams_batch.n_threads = threads
+    return p
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -21,17 +33,12 @@ def main():
     ap.add_argument("--parallel", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    params = xllamacpp.CommonParams()
-    params.model.path = args.model
-    params.model_alias = "teacher"
-    params.port = args.port
-    params.api_keys = [args.api_key]
-    params.n_parallel = args.parallel
-    params.n_ctx = 512 * args.parallel
-    params.cont_batching = True
-    params.cpuparams.n_threads = args.threads
-    params.cpuparams_batch.n_threads = args.threads
-    server = xllamacpp.Server(params)
+    settings = params(args.model, args.threads, args.parallel, 512 * args.parallel)
+    settings.model_alias = "teacher"
+    settings.port = args.port
+    settings.api_keys = [args.api_key]
+    settings.cont_batching = True
+    server = xllamacpp.Server(settings)
     signal.signal(signal.SIGTERM, lambda *_: exit(0))
     while True:
         time.sleep(3600)

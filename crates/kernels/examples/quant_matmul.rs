@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use distill_kernels::packed::{product, PackedWeight};
-use distill_kernels::quant::{BlockType, QuantMatrix};
+use distill_kernels::quant::{random_blocks, BlockType, QuantMatrix};
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
@@ -16,27 +16,7 @@ fn main() {
         _ => (8960, 1536),
     };
     for ty in [BlockType::Q4K, BlockType::Q6K, BlockType::Q4_1, BlockType::Q8_0] {
-        let blocks = n * k / ty.values();
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut bytes: Vec<u8> = (0..blocks * ty.bytes())
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect();
-        // Finite f16 scales where the block keeps them.
-        let scale_at: &[usize] = match ty {
-            BlockType::Q4_1 | BlockType::Q4K => &[0, 2],
-            BlockType::Q6K => &[208],
-            _ => &[0],
-        };
-        for block in bytes.chunks_exact_mut(ty.bytes()) {
-            for &at in scale_at {
-                block[at..at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-            }
-        }
+        let bytes = random_blocks(ty, n * k / ty.values(), 1);
         let matrix = Arc::new(QuantMatrix::from_blocks(ty, n, k, &bytes).unwrap());
         let size = matrix.size_bytes();
         let w = PackedWeight::quantized(matrix);

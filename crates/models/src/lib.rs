@@ -33,6 +33,6 @@ pub use generate::{
 };
 pub use gguf::GgufFile;
 pub use llama::{ActivationProbe, KvCache, Llama, LlamaConfig};
-pub use loader::{load, load_with, LoadOptions, LoadedModel, ModelText};
+pub use loader::{load, load_with, LoadOptions, LoadedModel, Matmuls, ModelText};
 pub use proj::Weight;
 pub use tokenizer::TextTokenizer;

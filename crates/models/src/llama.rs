@@ -56,6 +56,21 @@ pub struct Llama {
     sin: Tensor, // (P, D/2)
 }
 
+impl Block {
+    /// The seven projections, for what is done to each alike (packing, dequantising).
+    fn projections_mut(&mut self) -> [&mut Proj; 7] {
+        [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+        ]
+    }
+}
+
 /// HF tensor names of one block's parameters.
 fn block_names(i: usize) -> [(&'static str, String); 9] {
     let p = format!("model.layers.{i}");
@@ -159,22 +174,12 @@ impl Llama {
         if !(precision.available() && self.device().is_cpu() && self.dtype() == DType::F32) {
             return Ok(false);
         }
-        for b in &mut self.blocks {
-            for proj in [
-                &mut b.q_proj,
-                &mut b.k_proj,
-                &mut b.v_proj,
-                &mut b.o_proj,
-                &mut b.gate_proj,
-                &mut b.up_proj,
-                &mut b.down_proj,
-            ] {
-                proj.pack(precision)?;
-            }
+        for proj in self.blocks.iter_mut().flat_map(Block::projections_mut) {
+            proj.pack(precision)?;
         }
         // A file's quantised head stays as it is.
         let head_from_file = match (&self.lm_head, &self.embed) {
-            (Some(head), _) => head.is_quantized() && matches!(head, Proj::Packed { plain: None, .. }),
+            (Some(head), _) => head.is_file_blocks(),
             (None, embed) => matches!(embed, Embedding::Quant(_)),
         };
         if !head_from_file {
@@ -189,24 +194,13 @@ impl Llama {
     pub fn dequantize(&mut self) -> bool {
         let device = self.device().clone();
         let mut any = false;
-        let from_file = |p: &Proj| p.is_quantized() && matches!(p, Proj::Packed { plain: None, .. });
-        for b in &mut self.blocks {
-            for proj in [
-                &mut b.q_proj,
-                &mut b.k_proj,
-                &mut b.v_proj,
-                &mut b.o_proj,
-                &mut b.gate_proj,
-                &mut b.up_proj,
-                &mut b.down_proj,
-            ] {
-                if from_file(proj) {
-                    *proj = Proj::Plain(proj.tensor(&device));
-                    any = true;
-                }
+        for proj in self.blocks.iter_mut().flat_map(Block::projections_mut) {
+            if proj.is_file_blocks() {
+                *proj = Proj::Plain(proj.tensor(&device));
+                any = true;
             }
         }
-        if let Some(head) = self.lm_head.as_mut().filter(|h| from_file(h)) {
+        if let Some(head) = self.lm_head.as_mut().filter(|h| h.is_file_blocks()) {
             *head = Proj::Plain(head.tensor(&device));
             any = true;
         }

@@ -62,6 +62,26 @@ impl LoadedModel {
         }
         Ok(self.model.packed_matmuls().unwrap_or(Precision::F32))
     }
+
+    /// Runs the matmuls as asked: None keeps a GGUF file's quantised weights as they are (the
+    /// int8 kernel) and runs the others in f32; a named precision applies to every matmul, so
+    /// quantised weights are dequantised first unless it is int8. Falls back to f32 where the CPU
+    /// lacks the instructions. For inference only.
+    pub fn use_matmuls(&mut self, requested: Option<distill_kernels::packed::Precision>) -> Result<Matmuls> {
+        use distill_kernels::packed::Precision;
+        let dequantized = requested.is_some_and(|p| p != Precision::Int8) && self.model.dequantize();
+        let running = self.pack_matmuls(requested.unwrap_or_default())?;
+        Ok(Matmuls { running, dequantized })
+    }
+}
+
+/// What [`LoadedModel::use_matmuls`] did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Matmuls {
+    /// The precision the matmuls run in.
+    pub running: distill_kernels::packed::Precision,
+    /// Whether a GGUF file's quantised weights were dequantised to f32 for it.
+    pub dequantized: bool,
 }
 
 /// What a model argument refers to once resolved.

@@ -75,7 +75,7 @@ impl Proj {
     /// that the kernel runs here and the weight is an f32 CPU tensor.
     /// A file's quantised blocks stay as they are; the plain copy of a lossy packing is kept.
     pub(crate) fn pack(&mut self, precision: Precision) -> Result<()> {
-        if matches!(self, Proj::Packed { plain: None, .. }) && self.is_quantized() {
+        if self.is_file_blocks() {
             return Ok(());
         }
         let plain = self.tensor(&Device::Cpu);
@@ -85,9 +85,10 @@ impl Proj {
         Ok(())
     }
 
-    /// Whether the weight is quantised blocks (a GGUF file's, or f32 rounded to Q8_0).
-    pub(crate) fn is_quantized(&self) -> bool {
-        matches!(self, Proj::Packed { packed, .. } if packed.precision() == Precision::Int8)
+    /// Whether the weight is a GGUF file's quantised blocks (f32 weights rounded to Q8_0 keep
+    /// their plain copy, and are not).
+    pub(crate) fn is_file_blocks(&self) -> bool {
+        matches!(self, Proj::Packed { packed, plain: None } if packed.precision() == Precision::Int8)
     }
 
     /// `x @ wᵀ (+ bias)`, through the packed kernel when packed.

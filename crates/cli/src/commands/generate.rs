@@ -162,17 +162,16 @@ pub(crate) fn parse_precision() -> impl TypedValueParser<Value = Precision> {
 /// Runs `model`'s matmuls in `precision` where the CPU can (the model is only used for inference
 /// from here on), saying which and warning when it falls back to f32. None: a GGUF file's
 /// quantised weights as they are, the others in f32.
-pub fn use_matmuls(model: &mut LoadedModel, precision: Option<Precision>) -> Result<Precision> {
+pub fn use_matmuls(model: &mut LoadedModel, requested: Option<Precision>) -> Result<Precision> {
     let started = Instant::now();
-    if precision.is_some_and(|p| p != Precision::Int8) && model.model.dequantize() {
-        eprintln!("dequantised the file's quantised weights to f32 (--matmuls {})", precision.unwrap_or_default());
+    let done = model.use_matmuls(requested)?;
+    let (asked, got) = (requested.unwrap_or_default(), done.running);
+    if done.dequantized {
+        eprintln!("dequantised the file's quantised weights to f32 (--matmuls {asked})");
     }
-    let requested = precision.unwrap_or_default();
-    let got = model.pack_matmuls(requested)?;
-    let precision = requested;
-    if got == Precision::F32 && precision != Precision::F32 {
-        let needs = if precision == Precision::Bf16 { "AVX-512 BF16" } else { "AVX-512 VNNI" };
-        eprintln!("warning: --matmuls {precision} needs a CPU with {needs}; running f32 matmuls");
+    if got == Precision::F32 && asked != Precision::F32 {
+        let needs = if asked == Precision::Bf16 { "AVX-512 BF16" } else { "AVX-512 VNNI" };
+        eprintln!("warning: --matmuls {asked} needs a CPU with {needs}; running f32 matmuls");
     } else if got != Precision::F32 {
         eprintln!("matmuls in {got} (packed in {:.1} s)", started.elapsed().as_secs_f64());
     }

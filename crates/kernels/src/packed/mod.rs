@@ -159,23 +159,6 @@ impl PackedWeight {
         Self { n: matrix.rows(), k: matrix.cols(), panels: Panels::Quant(matrix) }
     }
 
-    /// The quantised matrix of an int8 packing.
-    pub fn quant_matrix(&self) -> Option<&Arc<QuantMatrix>> {
-        match &self.panels {
-            Panels::Quant(m) => Some(m),
-            _ => None,
-        }
-    }
-
-    /// Bytes the packing holds.
-    pub fn size_bytes(&self) -> usize {
-        match &self.panels {
-            Panels::F32(data) => 4 * data.len(),
-            Panels::Bf16 { data, .. } => 2 * data.len(),
-            Panels::Quant(m) => m.size_bytes(),
-        }
-    }
-
     /// Output columns N.
     pub fn out_features(&self) -> usize {
         self.n

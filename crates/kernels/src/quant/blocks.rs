@@ -307,35 +307,36 @@ pub(crate) fn decode(ty: BlockType, b: &[u8], q: &mut [u8], units: &mut [Scales]
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// Random blocks of `ty` with finite scales (xorshift; the same bytes on every run).
-    pub(crate) fn random_blocks(ty: BlockType, count: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut bytes: Vec<u8> = (0..count * ty.bytes())
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect();
-        // Scales of a plausible size: f16 values in ±[2^-10, 2^-6).
-        let scale_at: &[usize] = match ty {
-            BlockType::Q4_1 | BlockType::Q5_1 | BlockType::Q4K | BlockType::Q5K => &[0, 2],
-            BlockType::Q6K => &[208],
-            _ => &[0],
-        };
-        for block in bytes.chunks_exact_mut(ty.bytes()) {
-            for &at in scale_at {
-                let v = f16::from_f32((1.0 + block[at] as f32 / 256.0) * 2f32.powi(-(block[at + 1] as i32 % 5) - 6));
-                block[at..at + 2].copy_from_slice(&v.to_le_bytes());
-            }
+/// `count` random blocks of `ty` with finite scales of a weight's size (xorshift: the same bytes
+/// for the same seed), for tests and benchmarks of the kernel.
+pub fn random_blocks(ty: BlockType, count: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes: Vec<u8> = (0..count * ty.bytes())
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    // Scales of a plausible size: f16 values in ±[2^-10, 2^-6).
+    let scale_at: &[usize] = match ty {
+        BlockType::Q4_1 | BlockType::Q5_1 | BlockType::Q4K | BlockType::Q5K => &[0, 2],
+        BlockType::Q6K => &[208],
+        _ => &[0],
+    };
+    for block in bytes.chunks_exact_mut(ty.bytes()) {
+        for &at in scale_at {
+            let v = f16::from_f32((1.0 + block[at] as f32 / 256.0) * 2f32.powi(-(block[at + 1] as i32 % 5) - 6));
+            block[at..at + 2].copy_from_slice(&v.to_le_bytes());
         }
-        bytes
     }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     /// The affine form gives llama.cpp's values: exactly for the k-quants (the same products in
     /// the same order) and Q4_1, Q5_1; to f32 rounding where llama.cpp subtracts the offset

@@ -21,7 +21,7 @@
 mod blocks;
 mod kernel;
 
-pub use blocks::{dequantize, quantize_q8_0, BlockType};
+pub use blocks::{dequantize, quantize_q8_0, random_blocks, BlockType};
 
 use rayon::prelude::*;
 
@@ -196,9 +196,11 @@ impl QuantMatrix {
         let (chunks, unit) = (self.k / CHUNK, self.ty.unit());
         for c in 0..chunks {
             let chunk = &self.quants[self.chunk_at(g, c)..][..self.chunk_bytes];
-            for (i, v) in out[c * CHUNK..(c + 1) * CHUNK].iter_mut().enumerate() {
-                let (s, b) = blocks::affine(self.ty, self.scales_of(g, r, (c * CHUNK + i) / unit));
-                *v = s * q_at(self.ty.bits(), chunk, r, i) as f32 + b;
+            for (u, values) in out[c * CHUNK..(c + 1) * CHUNK].chunks_exact_mut(unit).enumerate() {
+                let (s, b) = blocks::affine(self.ty, self.scales_of(g, r, c * CHUNK / unit + u));
+                for (j, v) in values.iter_mut().enumerate() {
+                    *v = s * q_at(self.ty.bits(), chunk, r, u * unit + j) as f32 + b;
+                }
             }
         }
     }

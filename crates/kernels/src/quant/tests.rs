@@ -1,4 +1,3 @@
-use super::blocks::tests::random_blocks;
 use super::*;
 use crate::packed::{self, PackedWeight, Precision};
 use std::sync::Arc;
