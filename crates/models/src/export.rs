@@ -19,7 +19,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::llama::LlamaConfig;
-use crate::loader::{gguf_name, permute_qk};
+use crate::gguf_names::{self, gguf_name, permute_qk};
 use crate::tokenizer::TextTokenizer;
 
 /// Element type of the exported matrices.
@@ -160,18 +160,28 @@ pub fn write_gguf(
     chat_template: Option<&str>,
     ty: GgufType,
 ) -> Result<GgufSummary> {
-    let arch = if cfg.model_type == "qwen2" { "qwen2" } else { "llama" };
+    let arch = gguf_names::gguf_arch(&cfg.model_type);
+    if !gguf_names::GGUF_ARCHS.contains(&arch) {
+        return Err(Error::Config(format!(
+            "a {} model cannot be exported to GGUF yet (its fused tensors are not written); export safetensors instead",
+            cfg.model_type
+        )));
+    }
+    let family = cfg.family();
     let meta = metadata(arch, name, cfg, tokenizer, chat_template, ty)?;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut fallbacks = Vec::new();
     let mut sorted: Vec<(&String, &Tensor)> = weights.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     for (hf, t) in sorted {
-        let gguf = gguf_name(hf).ok_or_else(|| Error::tensor(hf.as_str(), "has no llama.cpp name"))?;
-        let t = if arch == "llama" && hf.contains("self_attn.q_proj") {
+        let gguf = gguf_name(hf, &family).ok_or_else(|| Error::tensor(hf.as_str(), "has no llama.cpp name"))?;
+        let permuted = gguf_names::permutes_qk(arch);
+        let t = if permuted && hf.contains("self_attn.q_proj") {
             permute_qk(t, cfg.num_attention_heads)?
-        } else if arch == "llama" && hf.contains("self_attn.k_proj") {
+        } else if permuted && hf.contains("self_attn.k_proj") {
             permute_qk(t, cfg.num_kv_heads())?
+        } else if gguf_names::norm_plus_one(&family, hf) {
+            (t + 1.0)? // llama.cpp reads Gemma's norms as `1 + w`
         } else {
             t.clone()
         };
@@ -226,6 +236,9 @@ fn metadata(
     meta.insert(k("rope.freq_base"), Value::F32(cfg.rope_theta as f32));
     meta.insert(k("rope.dimension_count"), u32v(cfg.head_dim()));
     meta.insert(k("vocab_size"), u32v(cfg.vocab_size));
+    if let Some(window) = cfg.sliding_window.filter(|_| cfg.sliding_layers().contains(&true)) {
+        meta.insert(k("attention.sliding_window"), u32v(window));
+    }
     if let Some(scaling) = &cfg.rope_scaling {
         if scaling.rope_type != "linear" {
             return Err(Error::Config(format!(

@@ -53,6 +53,7 @@ pub fn tiny_config() -> LlamaConfig {
         hidden_act: "silu".into(),
         bos_token_id: None,
         eos_token_id: Some(crate::llama::TokenIds::One(2)),
+        ..LlamaConfig::plain("llama")
     }
 }
 

@@ -1,4 +1,6 @@
-//! The Llama family: Llama 2/3, SmolLM/SmolLM2, Qwen2 (q/k/v bias) and Mistral.
+//! The decoder of every family `distill` runs: Llama 2/3, SmolLM/SmolLM2, Mistral, Qwen2, Qwen3,
+//! Phi-3 and Gemma 3. What sets each apart from Llama is switched by [`crate::family::Family`],
+//! whose module has the table.
 //!
 //! One set of weights, two entry points: [`Llama::forward`] returns logits for every position
 //! (training, teacher scoring) and [`Llama::step`] decodes with a KV cache. Both run the same
@@ -12,6 +14,8 @@ use distill_kernels::packed::{PackedWeight, Precision};
 use distill_kernels::quant::QuantMatrix;
 
 use crate::error::{Error, Result};
+use crate::family::{Activation, Family, LayerAttention};
+use crate::frame::{Frame, RopeTables};
 use crate::ops;
 use crate::proj::{self, pack_weight, Proj, Weight};
 
@@ -20,7 +24,14 @@ pub use crate::llama_config::{LlamaConfig, RopeScaling, TokenIds};
 pub use crate::probe::ActivationProbe;
 
 struct Block {
+    attention: LayerAttention,
     attn_norm: Tensor,
+    /// Qwen3, Gemma 3: RMSNorm over each head of q and k, before RoPE.
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    /// Gemma 3: norms of the attention's and the MLP's outputs, before each residual add.
+    post_attn_norm: Option<Tensor>,
+    post_mlp_norm: Option<Tensor>,
     q_proj: Proj,
     k_proj: Proj,
     v_proj: Proj,
@@ -45,6 +56,9 @@ enum Embedding {
 /// GGUF file's quantised blocks for inference ([`Llama::from_parts`]).
 pub struct Llama {
     cfg: LlamaConfig,
+    family: Family,
+    /// The attention of the layers that slide, if any do.
+    sliding: Option<LayerAttention>,
     embed: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
@@ -52,8 +66,7 @@ pub struct Llama {
     lm_head: Option<Proj>,
     /// The output projection packed for a matmul kernel, once [`Llama::use_packed_matmuls`] is on.
     lm_head_packed: Option<Arc<PackedWeight>>,
-    cos: Tensor, // (P, D/2)
-    sin: Tensor, // (P, D/2)
+    rope: RopeTables,
 }
 
 impl Block {
@@ -71,20 +84,38 @@ impl Block {
     }
 }
 
-/// HF tensor names of one block's parameters.
-fn block_names(i: usize) -> [(&'static str, String); 9] {
+/// HF tensor names of one block's parameters (Llama's; Gemma names the norm before the MLP
+/// `pre_feedforward_layernorm`, as `post_attention_layernorm` is its norm after attention).
+fn block_names(i: usize, family: &Family) -> [(&'static str, String); 9] {
     let p = format!("model.layers.{i}");
+    let mlp_norm = if family.sandwich_norms { "pre_feedforward_layernorm" } else { "post_attention_layernorm" };
     [
         ("attn_norm", format!("{p}.input_layernorm.weight")),
         ("q", format!("{p}.self_attn.q_proj.weight")),
         ("k", format!("{p}.self_attn.k_proj.weight")),
         ("v", format!("{p}.self_attn.v_proj.weight")),
         ("o", format!("{p}.self_attn.o_proj.weight")),
-        ("mlp_norm", format!("{p}.post_attention_layernorm.weight")),
+        ("mlp_norm", format!("{p}.{mlp_norm}.weight")),
         ("gate", format!("{p}.mlp.gate_proj.weight")),
         ("up", format!("{p}.mlp.up_proj.weight")),
         ("down", format!("{p}.mlp.down_proj.weight")),
     ]
+}
+
+/// HF names of the norms some families add to a block: q/k head norms, then the norms after
+/// attention and after the MLP.
+fn extra_norm_names(i: usize, family: &Family) -> Vec<(String, bool)> {
+    let p = format!("model.layers.{i}");
+    let mut names = Vec::new();
+    if family.qk_norm {
+        names.push((format!("{p}.self_attn.q_norm.weight"), true));
+        names.push((format!("{p}.self_attn.k_norm.weight"), true));
+    }
+    if family.sandwich_norms {
+        names.push((format!("{p}.post_attention_layernorm.weight"), false));
+        names.push((format!("{p}.post_feedforward_layernorm.weight"), false));
+    }
+    names
 }
 
 impl Llama {
@@ -114,9 +145,20 @@ impl Llama {
             _ => Device::Cpu,
         };
         let get = |name: &str, shape: &[usize]| -> Result<Tensor> { Ok(weight(name, shape)?.tensor(&device)?) };
+        let family = cfg.family();
+        let layer_attention = cfg.layer_attention();
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
-        for layer in 0..cfg.num_hidden_layers {
-            let n = block_names(layer);
+        for (layer, &attention) in layer_attention.iter().enumerate() {
+            let n = block_names(layer, &family);
+            let mut extra = extra_norm_names(layer, &family)
+                .into_iter()
+                .map(|(name, per_head)| get(&name, &[if per_head { d } else { c }]))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter();
+            let (q_norm, k_norm) =
+                if family.qk_norm { (extra.next(), extra.next()) } else { (None, None) };
+            let (post_attn_norm, post_mlp_norm) =
+                if family.sandwich_norms { (extra.next(), extra.next()) } else { (None, None) };
             let bias = |proj: &str, len: usize| -> Result<Option<Tensor>> {
                 if cfg.qkv_bias() {
                     let name = format!("model.layers.{layer}.self_attn.{proj}.bias");
@@ -126,7 +168,12 @@ impl Llama {
                 }
             };
             blocks.push(Block {
+                attention,
                 attn_norm: get(&n[0].1, &[c])?,
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                post_mlp_norm,
                 q_proj: proj(&n[1].1, &[h * d, c])?,
                 k_proj: proj(&n[2].1, &[kv * d, c])?,
                 v_proj: proj(&n[3].1, &[kv * d, c])?,
@@ -153,8 +200,9 @@ impl Llama {
         };
         let norm = get("model.norm.weight", &[c])?;
         let dtype = norm.dtype();
-        let (cos, sin) = rope_tables(&cfg, &device, dtype)?;
-        Ok(Self { cfg, embed, blocks, norm, lm_head, lm_head_packed, cos, sin })
+        let rope = RopeTables::new(&cfg, &device, dtype)?;
+        let sliding = layer_attention.into_iter().find(|a| a.window.is_some() || a.local_rope);
+        Ok(Self { cfg, family, sliding, embed, blocks, norm, lm_head, lm_head_packed, rope })
     }
 
     /// From now on, runs every projection and the output head through a packed-weight kernel
@@ -246,7 +294,7 @@ impl Llama {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embedding())];
         let device = self.device();
         for (layer, b) in self.blocks.iter().enumerate() {
-            let n = block_names(layer);
+            let n = block_names(layer, &self.family);
             let tensors = [
                 b.attn_norm.clone(),
                 b.q_proj.tensor(device),
@@ -265,6 +313,10 @@ impl Llama {
                 if let Some(t) = bias {
                     out.push((format!("model.layers.{layer}.self_attn.{proj}.bias"), t.clone()));
                 }
+            }
+            let extra = [&b.q_norm, &b.k_norm, &b.post_attn_norm, &b.post_mlp_norm].into_iter().flatten();
+            for ((name, _), t) in extra_norm_names(layer, &self.family).into_iter().zip(extra) {
+                out.push((name, t.clone()));
             }
         }
         out.push(("model.norm.weight".to_string(), self.norm.clone()));
@@ -302,15 +354,12 @@ impl Llama {
     pub fn forward_hidden(&self, ids: &Tensor) -> Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         self.check_context(t)?;
-        let cos = self.cos.narrow(0, 0, t)?; // (T, D/2)
-        let sin = self.sin.narrow(0, 0, t)?;
-        let mask = ops::causal_mask(t, 0, self.dtype(), self.device())?; // (1, 1, T, T)
-        let frame = Frame { cos: &cos, sin: &sin, mask: &mask };
+        let frame = Frame::causal(&self.rope, self.sliding, t, self.dtype())?;
         let mut x = self.embed(ids)?; // (B, T, C)
         for block in &self.blocks {
             x = self.block_forward(block, &x, &frame, None, None)?;
         }
-        Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+        self.rms_norm(&x, &self.norm)
     }
 
     /// Decodes `ids` (B, T_new) after what `cache` holds and returns the logits of the last new
@@ -325,33 +374,14 @@ impl Llama {
         }
         let past = cache.len;
         self.check_context(past + t)?;
-        let mut positions = Vec::with_capacity(b * t);
-        let mut mask = Vec::with_capacity(b * t * (past + t));
-        for &pad in &cache.left_pad {
-            for q in 0..t {
-                let abs = past + q;
-                positions.push(abs.saturating_sub(pad) as u32);
-                mask.extend((0..past + t).map(
-                    |k| {
-                        if (k >= pad && k <= abs) || k == abs {
-                            0.0f32
-                        } else {
-                            ops::MASKED
-                        }
-                    },
-                ));
-            }
-        }
-        let (cos, sin) = self.rope_at(positions, b, t)?;
-        let mask = Tensor::from_vec(mask, (b, 1, t, past + t), self.device())?.to_dtype(self.dtype())?;
-        let frame = Frame { cos: &cos, sin: &sin, mask: &mask };
+        let frame = Frame::step(&self.rope, self.sliding, &cache.left_pad, past, t, self.dtype())?;
         let mut x = self.embed(ids)?; // (B, T, C)
         for (layer, block) in self.blocks.iter().enumerate() {
             x = self.block_forward(block, &x, &frame, Some(&mut cache.layers[layer]), None)?;
         }
         cache.len += t;
         let last = x.narrow(1, t - 1, 1)?; // (B, 1, C)
-        let last = ops::rms_norm(&last, &self.norm, self.cfg.rms_norm_eps)?;
+        let last = self.rms_norm(&last, &self.norm)?;
         Ok(self.logits(&last)?.squeeze(1)?) // (B, V)
     }
 
@@ -399,40 +429,24 @@ impl Llama {
                 self.cfg.max_position_embeddings
             )));
         }
-        let (cos, sin) = self.rope_at(position_ids.to_vec(), b, t)?;
-        let mut mask = Vec::with_capacity(b * t * t);
-        for row in segment_ids.chunks(t) {
-            for (i, si) in row.iter().enumerate() {
-                mask.extend(row.iter().enumerate().map(
-                    |(j, sj)| {
-                        if j <= i && sj == si {
-                            0.0f32
-                        } else {
-                            ops::MASKED
-                        }
-                    },
-                ));
-            }
-        }
-        let mask = Tensor::from_vec(mask, (b, 1, t, t), self.device())?.to_dtype(self.dtype())?;
+        let frame = Frame::packed(&self.rope, self.sliding, (b, t), position_ids, segment_ids, self.dtype())?;
         let valid: Vec<f32> = segment_ids.iter().map(|&s| if s > 0 { 1.0 } else { 0.0 }).collect();
         let valid = Tensor::from_vec(valid, (b, t), self.device())?.to_dtype(self.dtype())?;
-        let frame = Frame { cos: &cos, sin: &sin, mask: &mask };
         let mut x = self.embed(ids)?; // (B, T, C)
         for (i, block) in self.blocks.iter().enumerate() {
             let probe = probes.as_deref_mut().map(|p| (&mut p[i], &valid));
             x = self.block_forward(block, &x, &frame, None, probe)?;
         }
-        Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+        self.rms_norm(&x, &self.norm)
     }
 
-    /// RoPE tables gathered at per-token positions (B·T) → (B, 1, T, D/2) each.
-    fn rope_at(&self, positions: Vec<u32>, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
-        let positions = Tensor::from_vec(positions, b * t, self.device())?;
-        let half = self.cfg.head_dim() / 2;
-        let cos = self.cos.index_select(&positions, 0)?.reshape((b, 1, t, half))?;
-        let sin = self.sin.index_select(&positions, 0)?.reshape((b, 1, t, half))?;
-        Ok((cos, sin))
+    /// RMSNorm with this family's weights: `w`, or Gemma's `1 + w`.
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        Ok(match self.family.norm_plus_one {
+            true => ops::rms_norm(x, &(weight + 1.0)?, eps)?,
+            false => ops::rms_norm(x, weight, eps)?,
+        })
     }
 
     fn check_context(&self, len: usize) -> Result<()> {
@@ -456,16 +470,20 @@ impl Llama {
             )));
         }
         let c = self.cfg.hidden_size;
-        match &self.embed {
-            Embedding::Plain(table) => Ok(table.index_select(&flat, 0)?.reshape((b, t, c))?), // (B, T, C)
+        let x = match &self.embed {
+            Embedding::Plain(table) => table.index_select(&flat, 0)?.reshape((b, t, c))?, // (B, T, C)
             Embedding::Quant(m) => {
                 let mut rows = vec![0f32; b * t * c];
                 for (row, id) in rows.chunks_exact_mut(c).zip(flat.to_vec1::<u32>()?) {
                     m.row_into(id as usize, row);
                 }
-                Ok(Tensor::from_vec(rows, (b, t, c), self.device())?.to_dtype(self.dtype())?)
+                Tensor::from_vec(rows, (b, t, c), self.device())?.to_dtype(self.dtype())?
             }
-        }
+        };
+        Ok(match self.family.embed_scale {
+            Some(scale) => (x * scale)?,
+            None => x,
+        })
     }
 
     fn block_forward(
@@ -476,17 +494,25 @@ impl Llama {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         mut probe: Option<(&mut ActivationProbe, &Tensor)>,
     ) -> Result<Tensor> {
-        let eps = self.cfg.rms_norm_eps;
-        let h = ops::rms_norm(x, &block.attn_norm, eps)?;
+        let h = self.rms_norm(x, &block.attn_norm)?;
         let heads = self.attention(block, &h, frame, cache, probe.as_mut().map(|(p, v)| (&mut **p, *v)))?;
-        let x = block.o_proj.apply_residual(&heads, x)?;
-        let h = ops::rms_norm(&x, &block.mlp_norm, eps)?;
-        let act = proj::swiglu(&block.gate_proj, &block.up_proj, &h)?; // (B, T, I)
+        let x = match &block.post_attn_norm {
+            Some(norm) => (x + self.rms_norm(&block.o_proj.apply(&heads, None)?, norm)?)?,
+            None => block.o_proj.apply_residual(&heads, x)?,
+        };
+        let h = self.rms_norm(&x, &block.mlp_norm)?;
+        let act = match self.family.activation {
+            Activation::Silu => proj::swiglu(&block.gate_proj, &block.up_proj, &h)?, // (B, T, I)
+            Activation::GeluTanh => (block.gate_proj.apply(&h, None)?.gelu()? * block.up_proj.apply(&h, None)?)?,
+        };
         if let Some((probe, valid)) = probe {
             let energy = act.detach().sqr()?.broadcast_mul(&valid.unsqueeze(2)?)?.sum((0, 1))?; // (I)
             probe.add_mlp(&energy.to_dtype(DType::F32)?.to_vec1::<f32>()?, valid)?;
         }
-        Ok(block.down_proj.apply_residual(&act, &x)?) // (B, T, C)
+        Ok(match &block.post_mlp_norm {
+            Some(norm) => (&x + self.rms_norm(&block.down_proj.apply(&act, None)?, norm)?)?,
+            None => block.down_proj.apply_residual(&act, &x)?, // (B, T, C)
+        })
     }
 
     /// Self-attention's heads, side by side: (B, T, H·D), the output projection's input.
@@ -499,10 +525,22 @@ impl Llama {
         probe: Option<(&mut ActivationProbe, &Tensor)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let Frame { cos, sin, mask } = *frame;
+        let attend = frame.for_layer(block.attention);
+        let (cos, sin, mask) = (&attend.cos, &attend.sin, &attend.mask);
         let (h, kv, d) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
-        let q = proj::rope_heads(&block.q_proj, block.q_bias.as_ref(), x, (cos, sin), d)?; // (B, H, T, D)
-        let k = proj::rope_heads(&block.k_proj, block.k_bias.as_ref(), x, (cos, sin), d)?; // (B, KVH, T, D)
+        // Projected, split into heads (each normed where the family norms q and k) and rotated.
+        let rotated = |w: &Proj, bias: Option<&Tensor>, norm: Option<&Tensor>| -> Result<Tensor> {
+            match norm {
+                None => Ok(proj::rope_heads(w, bias, x, (cos, sin), d)?),
+                Some(norm) => {
+                    let y = w.apply(x, bias)?;
+                    let y = y.reshape((b, t, y.dim(2)? / d, d))?;
+                    Ok(ops::rope_heads(&self.rms_norm(&y, norm)?, cos, sin)?)
+                }
+            }
+        };
+        let q = rotated(&block.q_proj, block.q_bias.as_ref(), block.q_norm.as_ref())?; // (B, H, T, D)
+        let k = rotated(&block.k_proj, block.k_bias.as_ref(), block.k_norm.as_ref())?; // (B, KVH, T, D)
         let v = block.v_proj.apply(x, block.v_bias.as_ref())?.reshape((b, t, kv, d))?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match cache {
@@ -516,8 +554,7 @@ impl Llama {
             }
             None => (k, v),
         };
-        let scale = 1.0 / (d as f64).sqrt();
-        let out = ops::attention(&q, &k, &v, mask, scale)?; // (B, T, H·D)
+        let out = ops::attention(&q, &k, &v, mask, self.cfg.attention_scale())?; // (B, T, H·D)
         if let Some((probe, valid)) = probe {
             let energy = out.detach().reshape((b, t, h, d))?.sqr()?.sum(3)?; // (B, T, H)
             let energy = energy.broadcast_mul(&valid.unsqueeze(2)?)?.sum((0, 1))?; // (H)
@@ -525,32 +562,6 @@ impl Llama {
         }
         Ok(out)
     }
-}
-
-/// What every layer of one forward pass shares: RoPE tables at the positions, and the additive mask.
-#[derive(Clone, Copy)]
-struct Frame<'a> {
-    cos: &'a Tensor,
-    sin: &'a Tensor,
-    mask: &'a Tensor,
-}
-
-fn rope_tables(cfg: &LlamaConfig, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
-    let inv_freq = cfg.inv_freq();
-    let positions = cfg.max_position_embeddings;
-    let half = inv_freq.len();
-    let mut cos = Vec::with_capacity(positions * half);
-    let mut sin = Vec::with_capacity(positions * half);
-    for p in 0..positions {
-        for f in &inv_freq {
-            let angle = p as f64 * f;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    let cos = Tensor::from_vec(cos, (positions, half), device)?.to_dtype(dtype)?;
-    let sin = Tensor::from_vec(sin, (positions, half), device)?.to_dtype(dtype)?;
-    Ok((cos, sin))
 }
 
 #[cfg(test)]

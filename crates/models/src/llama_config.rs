@@ -33,12 +33,40 @@ pub struct LlamaConfig {
     /// Bias on q/k/v projections. Absent in Qwen2 configs, where it is always on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_bias: Option<bool>,
-    #[serde(default = "default_hidden_act")]
+    /// The MLP gate's activation: `silu`, or tanh-approximated GELU (Gemma's `hidden_activation`).
+    #[serde(default = "default_hidden_act", alias = "hidden_activation")]
     pub hidden_act: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bos_token_id: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<TokenIds>,
+    /// Keys further back than this many positions are not attended to, in the layers that
+    /// slide (see [`LlamaConfig::sliding_layers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Qwen2/Qwen3: whether `sliding_window` applies at all (their configs carry one that does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
+    /// Per layer, `sliding_attention` or `full_attention` (Gemma 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
+    /// Gemma 3: the RoPE base of the sliding-window layers (`rope_theta` is the global layers').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma: attention scores are scaled by `query_pre_attn_scalar^-½` instead of `head_dim^-½`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Phi-3: the context the model was pretrained with, where `longrope` switches factors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_max_position_embeddings: Option<usize>,
+    /// The share of each head RoPE rotates; only 1 is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
+    /// Gemma 2 style soft-capping; rejected when set (Gemma 3 has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
 }
 
 /// `eos_token_id` is a single id in most configs and a list in Llama 3's.
@@ -71,6 +99,30 @@ pub struct RopeScaling {
     pub high_freq_factor: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_max_position_embeddings: Option<usize>,
+    /// `longrope` (Phi-3): per-frequency divisors below and above the original context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_factor: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_factor: Option<Vec<f64>>,
+    /// `longrope`: the factor cos and sin are multiplied by (default from the context ratio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_factor: Option<f64>,
+}
+
+impl RopeScaling {
+    /// Positions divided by `factor` (HF's `linear`).
+    pub fn linear(factor: f64) -> Self {
+        Self {
+            rope_type: "linear".into(),
+            factor,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: None,
+            short_factor: None,
+            long_factor: None,
+            attention_factor: None,
+        }
+    }
 }
 
 fn default_model_type() -> String {
@@ -116,6 +168,40 @@ impl LlamaConfig {
             hidden_act: "silu".into(),
             bos_token_id: Some(1),
             eos_token_id: Some(TokenIds::One(2)),
+            ..Self::plain("llama")
+        }
+    }
+
+    /// A config of `model_type` with every family-specific field unset and zero sizes: the base
+    /// presets and converters fill in.
+    pub fn plain(model_type: &str) -> Self {
+        Self {
+            model_type: model_type.into(),
+            vocab_size: 0,
+            hidden_size: 0,
+            intermediate_size: 0,
+            num_hidden_layers: 0,
+            num_attention_heads: 0,
+            num_key_value_heads: None,
+            head_dim: None,
+            rms_norm_eps: default_rms_norm_eps(),
+            rope_theta: default_rope_theta(),
+            rope_scaling: None,
+            max_position_embeddings: default_max_position_embeddings(),
+            tie_word_embeddings: false,
+            attention_bias: None,
+            hidden_act: default_hidden_act(),
+            bos_token_id: None,
+            eos_token_id: None,
+            sliding_window: None,
+            use_sliding_window: None,
+            layer_types: None,
+            rope_local_base_freq: None,
+            query_pre_attn_scalar: None,
+            original_max_position_embeddings: None,
+            partial_rotary_factor: None,
+            final_logit_softcapping: None,
+            attn_logit_softcapping: None,
         }
     }
 
@@ -149,7 +235,7 @@ impl LlamaConfig {
     }
 
     pub fn qkv_bias(&self) -> bool {
-        self.attention_bias.unwrap_or(self.model_type == "qwen2")
+        self.family().qkv_bias
     }
 
     pub fn eos_token_ids(&self) -> Vec<u32> {
@@ -188,24 +274,68 @@ impl LlamaConfig {
         if !self.head_dim().is_multiple_of(2) {
             return fail(format!("head_dim {} must be even for RoPE", self.head_dim()));
         }
-        if self.hidden_act != "silu" {
+        if !crate::family::MODEL_TYPES.contains(&self.model_type.as_str()) {
             return fail(format!(
-                "hidden_act `{}` is not supported (only `silu`, as in Llama/Qwen2/Mistral)",
+                "model_type `{}` is not supported yet (supported: {})",
+                self.model_type,
+                crate::family::MODEL_TYPES.join(", ")
+            ));
+        }
+        if !matches!(self.hidden_act.as_str(), "silu" | "gelu_pytorch_tanh" | "gelu_tanh") {
+            return fail(format!(
+                "hidden_act `{}` is not supported (silu, or gelu_pytorch_tanh as in Gemma)",
                 self.hidden_act
             ));
         }
+        if self.final_logit_softcapping.is_some() || self.attn_logit_softcapping.is_some() {
+            return fail("logit soft-capping (Gemma 2) is not supported".into());
+        }
+        if self.partial_rotary_factor.is_some_and(|f| f != 1.0) {
+            return fail(format!(
+                "partial_rotary_factor {} is not supported: RoPE rotates whole heads here",
+                self.partial_rotary_factor.unwrap_or(1.0)
+            ));
+        }
+        if self.sliding_window == Some(0) {
+            return fail("sliding_window must be positive".into());
+        }
+        if matches!(self.model_type.as_str(), "qwen2" | "qwen3") && self.use_sliding_window == Some(true) {
+            return fail("use_sliding_window (Qwen's per-layer windows) is not supported".into());
+        }
+        if let Some(types) = &self.layer_types {
+            if types.len() != self.num_hidden_layers {
+                return fail(format!("layer_types has {} entries for {} layers", types.len(), self.num_hidden_layers));
+            }
+            if let Some(bad) = types.iter().find(|t| !matches!(t.as_str(), "sliding_attention" | "full_attention")) {
+                return fail(format!("layer_types: `{bad}` is neither sliding_attention nor full_attention"));
+            }
+            if types.iter().any(|t| t == "sliding_attention") && self.sliding_window.is_none() {
+                return fail("layer_types has sliding layers but sliding_window is not set".into());
+            }
+        }
         if let Some(s) = &self.rope_scaling {
-            if !matches!(s.rope_type.as_str(), "llama3" | "linear" | "default") {
-                return fail(format!("rope_scaling type `{}` is not supported (llama3, linear)", s.rope_type));
+            match s.rope_type.as_str() {
+                "llama3" | "linear" | "default" => {}
+                "longrope" | "su" => {
+                    let half = self.head_dim() / 2;
+                    for (name, f) in [("short_factor", &s.short_factor), ("long_factor", &s.long_factor)] {
+                        match f {
+                            Some(f) if f.len() == half => {}
+                            Some(f) => return fail(format!("rope_scaling.{name} has {} entries, head_dim/2 is {half}", f.len())),
+                            None => return fail(format!("rope_scaling type longrope needs {name}")),
+                        }
+                    }
+                }
+                other => return fail(format!("rope_scaling type `{other}` is not supported (llama3, linear, longrope)")),
             }
         }
         Ok(())
     }
 
-    /// Inverse RoPE frequencies, one per rotated pair, with `rope_scaling` applied.
+    /// Inverse RoPE frequencies, one per rotated pair, of the global layers with `rope_scaling`
+    /// applied (longrope's short factors; [`Self::long_inv_freq`] has the long ones).
     pub(crate) fn inv_freq(&self) -> Vec<f64> {
-        let d = self.head_dim();
-        let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
+        let base = base_inv_freq(self.rope_theta, self.head_dim());
         let Some(scaling) = &self.rope_scaling else {
             return base;
         };
@@ -230,8 +360,48 @@ impl LlamaConfig {
                     })
                     .collect()
             }
+            "longrope" | "su" => divide(&base, scaling.short_factor.as_deref()),
             _ => base,
         }
+    }
+
+    /// longrope's frequencies beyond the original context, and the length from which they apply
+    /// (a pass over more positions than the original context uses them for all its positions).
+    pub(crate) fn long_inv_freq(&self) -> Option<(Vec<f64>, usize)> {
+        let scaling = self.rope_scaling.as_ref().filter(|s| matches!(s.rope_type.as_str(), "longrope" | "su"))?;
+        let base = base_inv_freq(self.rope_theta, self.head_dim());
+        Some((divide(&base, scaling.long_factor.as_deref()), self.longrope_original_context()))
+    }
+
+    fn longrope_original_context(&self) -> usize {
+        let scaling = self.rope_scaling.as_ref();
+        self.original_max_position_embeddings
+            .or(scaling.and_then(|s| s.original_max_position_embeddings))
+            .unwrap_or(self.max_position_embeddings)
+    }
+
+    /// What longrope multiplies cos and sin by: `attention_factor`, else
+    /// `√(1 + ln(ctx / original) / ln(original))` when the context was extended, else 1.
+    pub(crate) fn rope_attention_factor(&self) -> f64 {
+        let Some(scaling) = self.rope_scaling.as_ref().filter(|s| matches!(s.rope_type.as_str(), "longrope" | "su"))
+        else {
+            return 1.0;
+        };
+        if let Some(f) = scaling.attention_factor {
+            return f;
+        }
+        let original = self.longrope_original_context() as f64;
+        let factor = self.max_position_embeddings as f64 / original;
+        if factor <= 1.0 {
+            1.0
+        } else {
+            (1.0 + factor.ln() / original.ln()).sqrt()
+        }
+    }
+
+    /// The sliding layers' own frequencies (Gemma 3's `rope_local_base_freq`, unscaled).
+    pub(crate) fn local_inv_freq(&self) -> Option<Vec<f64>> {
+        self.rope_local_base_freq.map(|theta| base_inv_freq(theta, self.head_dim()))
     }
 
     /// Number of parameters (tied embeddings counted once).
@@ -240,8 +410,23 @@ impl LlamaConfig {
         let (h, kv, d) = (self.num_attention_heads, self.num_kv_heads(), self.head_dim());
         let attn = c * h * d * 2 + c * kv * d * 2;
         let bias = if self.qkv_bias() { h * d + 2 * kv * d } else { 0 };
-        let block = attn + bias + 3 * c * i + 2 * c;
+        let family = self.family();
+        let qk_norm = if family.qk_norm { 2 * d } else { 0 };
+        let norms = if family.sandwich_norms { 4 * c } else { 2 * c };
+        let block = attn + bias + qk_norm + 3 * c * i + norms;
         let head = if self.tie_word_embeddings { 0 } else { v * c };
         v * c + self.num_hidden_layers * block + c + head
+    }
+}
+
+fn base_inv_freq(theta: f64, head_dim: usize) -> Vec<f64> {
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect()
+}
+
+/// Frequencies divided by per-frequency factors (longrope), or as they are without them.
+fn divide(freqs: &[f64], factors: Option<&[f64]>) -> Vec<f64> {
+    match factors {
+        Some(factors) => freqs.iter().zip(factors).map(|(f, d)| f / d).collect(),
+        None => freqs.to_vec(),
     }
 }

@@ -26,6 +26,7 @@ fn tiny(model_type: &str, tied: bool, kv_heads: usize) -> LlamaConfig {
         hidden_act: "silu".into(),
         bos_token_id: None,
         eos_token_id: None,
+        ..LlamaConfig::plain(model_type)
     }
 }
 
@@ -62,6 +63,7 @@ fn configs() -> Vec<LlamaConfig> {
         low_freq_factor: 1.0,
         high_freq_factor: 4.0,
         original_max_position_embeddings: Some(16),
+        ..RopeScaling::linear(8.0)
     });
     vec![tiny("llama", true, 2), tiny("llama", false, 4), tiny("qwen2", false, 1), with_head_dim, scaled]
 }

@@ -11,6 +11,7 @@ use serde_json::Value as Json;
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::gguf_names;
 use crate::llama::{Llama, LlamaConfig, TokenIds};
 use crate::proj::Weight;
 use crate::tokenizer::TextTokenizer;
@@ -156,19 +157,19 @@ pub fn load_with(spec: &str, device: &Device, options: LoadOptions) -> Result<Lo
     }
 }
 
-/// Architectures whose GGUF conversion permutes q/k rows for llama.cpp's interleaved RoPE.
-const PERMUTED_QK_ARCHS: [&str; 2] = ["llama", "mistral"];
-const SUPPORTED_ARCHS: [&str; 3] = ["llama", "mistral", "qwen2"];
-
 /// The HF config a GGUF file describes.
 pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
     let arch = gguf.str("general.architecture")?;
-    if !SUPPORTED_ARCHS.contains(&arch) {
-        return Err(Error::Config(format!(
-            "GGUF architecture `{arch}` is not supported yet (supported: {})",
-            SUPPORTED_ARCHS.join(", ")
-        )));
-    }
+    let model_type = match gguf_names::model_type(arch) {
+        Some(t) => t,
+        None => {
+            let hint = if arch == "phi3" { "\nHINT: load Phi-3 from its Hugging Face directory" } else { "" };
+            return Err(Error::Config(format!(
+                "GGUF architecture `{arch}` is not supported yet (supported: {}){hint}",
+                gguf_names::GGUF_ARCHS.join(", ")
+            )));
+        }
+    };
     let key = |k: &str| format!("{arch}.{k}");
     let embed_shape = gguf
         .tensor_shape("token_embd.weight")
@@ -185,13 +186,7 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
         let kind = gguf.str(&key("rope.scaling.type"))?;
         match kind {
             "none" => None,
-            "linear" => Some(crate::llama::RopeScaling {
-                rope_type: "linear".into(),
-                factor: gguf.f64(&key("rope.scaling.factor"))?,
-                low_freq_factor: 1.0,
-                high_freq_factor: 4.0,
-                original_max_position_embeddings: None,
-            }),
+            "linear" => Some(crate::llama::RopeScaling::linear(gguf.f64(&key("rope.scaling.factor"))?)),
             other => return Err(Error::Config(format!("GGUF rope scaling `{other}` is not supported yet"))),
         }
     } else {
@@ -202,12 +197,15 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
             "this GGUF carries per-frequency RoPE factors (rope_freqs, Llama 3.1 style), not supported yet\nHINT: load the model from its Hugging Face directory".into(),
         ));
     }
+    let layers = gguf.usize(&key("block_count"))?;
+    let gemma = model_type == "gemma3";
+    let key_length = head_dim.unwrap_or(hidden / heads.max(1));
     let cfg = LlamaConfig {
-        model_type: if arch == "qwen2" { "qwen2".into() } else { "llama".into() },
+        model_type: model_type.into(),
         vocab_size,
         hidden_size: hidden,
         intermediate_size: gguf.usize(&key("feed_forward_length"))?,
-        num_hidden_layers: gguf.usize(&key("block_count"))?,
+        num_hidden_layers: layers,
         num_attention_heads: heads,
         num_key_value_heads: if gguf.has(&key("attention.head_count_kv")) {
             Some(gguf.usize(&key("attention.head_count_kv"))?)
@@ -221,9 +219,20 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
         max_position_embeddings: gguf.usize(&key("context_length"))?,
         tie_word_embeddings: !gguf.has_tensor("output.weight"),
         attention_bias: Some(gguf.has_tensor("blk.0.attn_q.bias")),
-        hidden_act: "silu".into(),
+        hidden_act: if gemma { "gelu_pytorch_tanh".into() } else { "silu".into() },
         bos_token_id: optional_u32(gguf, "tokenizer.ggml.bos_token_id")?,
         eos_token_id: optional_u32(gguf, "tokenizer.ggml.eos_token_id")?.map(TokenIds::One),
+        sliding_window: if gguf.has(&key("attention.sliding_window")) {
+            Some(gguf.usize(&key("attention.sliding_window"))?)
+        } else {
+            None
+        },
+        // What llama.cpp assumes for Gemma 3, whose GGUF files do not say: local RoPE base 10^4,
+        // every sixth layer global, scores scaled by the head size (the hidden size per head
+        // for the 27B model, the one with 62 layers).
+        rope_local_base_freq: gemma.then_some(10_000.0),
+        query_pre_attn_scalar: gemma.then(|| if layers == 62 { hidden / heads } else { key_length } as f64),
+        ..LlamaConfig::plain(model_type)
     };
     cfg.validate()?;
     Ok(cfg)
@@ -235,78 +244,6 @@ fn optional_u32(gguf: &GgufFile, key: &str) -> Result<Option<u32>> {
     } else {
         Ok(None)
     }
-}
-
-/// llama.cpp tensor names and their HF counterparts: whole names, then per-block suffixes.
-const TOP_LEVEL_NAMES: [(&str, &str); 3] = [
-    ("token_embd.weight", "model.embed_tokens.weight"),
-    ("output_norm.weight", "model.norm.weight"),
-    ("output.weight", "lm_head.weight"),
-];
-const BLOCK_NAMES: [(&str, &str); 12] = [
-    ("attn_norm.weight", "input_layernorm.weight"),
-    ("ffn_norm.weight", "post_attention_layernorm.weight"),
-    ("attn_q.weight", "self_attn.q_proj.weight"),
-    ("attn_k.weight", "self_attn.k_proj.weight"),
-    ("attn_v.weight", "self_attn.v_proj.weight"),
-    ("attn_q.bias", "self_attn.q_proj.bias"),
-    ("attn_k.bias", "self_attn.k_proj.bias"),
-    ("attn_v.bias", "self_attn.v_proj.bias"),
-    ("attn_output.weight", "self_attn.o_proj.weight"),
-    ("ffn_gate.weight", "mlp.gate_proj.weight"),
-    ("ffn_up.weight", "mlp.up_proj.weight"),
-    ("ffn_down.weight", "mlp.down_proj.weight"),
-];
-
-/// HF tensor name for a llama.cpp tensor name, if it is one the architecture uses.
-pub fn hf_name(gguf_name: &str) -> Option<String> {
-    translate(gguf_name, "blk.", "model.layers.", |(g, h)| (g, h))
-}
-
-/// llama.cpp tensor name for an HF tensor name, if it is one the architecture uses.
-pub fn gguf_name(hf_name: &str) -> Option<String> {
-    translate(hf_name, "model.layers.", "blk.", |(g, h)| (h, g))
-}
-
-fn translate(
-    name: &str,
-    from_prefix: &str,
-    to_prefix: &str,
-    orient: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
-) -> Option<String> {
-    if let Some((_, to)) = TOP_LEVEL_NAMES.into_iter().map(&orient).find(|(from, _)| *from == name) {
-        return Some(to.to_string());
-    }
-    let (layer, tail) = name.strip_prefix(from_prefix)?.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (_, to) = BLOCK_NAMES.into_iter().map(&orient).find(|(from, _)| *from == tail)?;
-    Some(format!("{to_prefix}{layer}.{to}"))
-}
-
-/// Undoes llama.cpp's q/k row permutation: within each head GGUF stores the rotated pairs
-/// interleaved (x0, x_{D/2}, x1, …); HF keeps the two halves apart. Works on weights (rows, C)
-/// and biases (rows).
-pub fn unpermute_qk(t: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
-    let dims = t.dims().to_vec();
-    let rows = dims[0];
-    let cols: usize = dims[1..].iter().product();
-    let half = rows / n_heads / 2;
-    t.reshape((n_heads, half, 2, cols))?
-        .transpose(1, 2)? // (H, 2, D/2, C)
-        .contiguous()?
-        .reshape(dims)
-}
-
-/// The inverse of [`unpermute_qk`], as llama.cpp's converter applies it (for GGUF export).
-pub fn permute_qk(t: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
-    let dims = t.dims().to_vec();
-    let rows = dims[0];
-    let cols: usize = dims[1..].iter().product();
-    let half = rows / n_heads / 2;
-    t.reshape((n_heads, 2, half, cols))?
-        .transpose(1, 2)? // (H, D/2, 2, C)
-        .contiguous()?
-        .reshape(dims)
 }
 
 /// Reads every tensor of a GGUF model, dequantised to f32 and renamed to HF names.
@@ -324,11 +261,12 @@ fn gguf_parts(
     keep_blocks: bool,
 ) -> Result<HashMap<String, Weight>> {
     let arch = gguf.str("general.architecture")?.to_string();
-    let permuted = PERMUTED_QK_ARCHS.contains(&arch.as_str());
+    let permuted = gguf_names::permutes_qk(&arch);
+    let family = cfg.family();
     let names: Vec<String> = gguf.tensor_names().map(str::to_string).collect();
     let mut weights = HashMap::new();
     for name in names {
-        let Some(hf) = hf_name(&name) else { continue };
+        let Some(hf) = gguf_names::hf_name(&name, &family) else { continue };
         let heads = match hf {
             _ if !permuted => None,
             _ if hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias") => Some(cfg.num_attention_heads),
@@ -340,7 +278,7 @@ fn gguf_parts(
             Some(ty) if keep_blocks && shape.len() == 2 => {
                 let mut bytes = gguf.tensor_bytes(&name)?;
                 if let Some(heads) = heads {
-                    bytes = unpermute_rows(&bytes, shape[0], heads);
+                    bytes = gguf_names::unpermute_rows(&bytes, shape[0], heads);
                 }
                 let matrix = QuantMatrix::from_blocks(ty, shape[0], shape[1], &bytes).map_err(|e| Error::BadGguf {
                     path: gguf.path().to_path_buf(),
@@ -351,7 +289,10 @@ fn gguf_parts(
             _ => {
                 let mut t = gguf.tensor_f32(&name, device)?;
                 if let Some(heads) = heads {
-                    t = unpermute_qk(&t, heads)?;
+                    t = gguf_names::unpermute_qk(&t, heads)?;
+                }
+                if gguf_names::norm_plus_one(&family, &hf) {
+                    t = (t - 1.0)?; // GGUF holds Gemma's `1 + w`
                 }
                 Weight::Plain(t)
             }
@@ -359,23 +300,6 @@ fn gguf_parts(
         weights.insert(hf, weight);
     }
     Ok(weights)
-}
-
-/// [`unpermute_qk`] on the rows of a stored tensor (`rows` rows of whole blocks).
-fn unpermute_rows(bytes: &[u8], rows: usize, n_heads: usize) -> Vec<u8> {
-    let row_bytes = bytes.len() / rows;
-    let half = rows / n_heads / 2;
-    let mut out = Vec::with_capacity(bytes.len());
-    // Row (h, a, j) of the result is row (h, j, a) of the file: (H, D/2, 2) → (H, 2, D/2).
-    for h in 0..n_heads {
-        for a in 0..2 {
-            for j in 0..half {
-                let from = h * 2 * half + j * 2 + a;
-                out.extend_from_slice(&bytes[from * row_bytes..(from + 1) * row_bytes]);
-            }
-        }
-    }
-    out
 }
 
 fn load_gguf(path: &Path, device: &Device, source: &str, options: LoadOptions) -> Result<LoadedModel> {
