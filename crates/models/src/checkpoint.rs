@@ -2,7 +2,6 @@
 //! `tokenizer.json`, `tokenizer_config.json` (with the chat template) and
 //! `generation_config.json`. `loader::load` reads it back.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::json;
@@ -17,12 +16,12 @@ pub fn save_hf_dir(dir: &Path, model: &Llama, tokenizer: &TextTokenizer, chat_te
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = model.config();
     let mut config = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
-    config["architectures"] = json!([if cfg.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }]);
+    config["architectures"] = json!([crate::hf_config::architecture(&cfg.model_type)]);
     config["torch_dtype"] = json!("float32");
     config["attention_bias"] = json!(cfg.qkv_bias());
     write_atomic(&dir.join("config.json"), &pretty(&config)?)?;
 
-    let tensors: HashMap<String, candle_core::Tensor> = model.named_parameters().into_iter().collect();
+    let tensors = crate::hf_config::fuse(cfg, model.named_parameters().into_iter().collect())?;
     let tmp = dir.join("model.safetensors.tmp");
     candle_core::safetensors::save(&tensors, &tmp)?;
     rename(&tmp, &dir.join("model.safetensors"))?;

@@ -18,8 +18,8 @@ use candle_core::Tensor;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
-use crate::llama::LlamaConfig;
 use crate::gguf_names::{self, gguf_name, permute_qk};
+use crate::llama::LlamaConfig;
 use crate::tokenizer::TextTokenizer;
 
 /// Element type of the exported matrices.

@@ -73,7 +73,8 @@ impl Frame {
     pub(crate) fn causal(rope: &RopeTables, sliding: Option<LayerAttention>, t: usize, dtype: DType) -> Result<Self> {
         let (global, local) = rope.for_pass(t);
         let device = global.0.device();
-        let narrow = |(cos, sin): &Table| -> Result<(Tensor, Tensor)> { Ok((cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?)) };
+        let narrow =
+            |(cos, sin): &Table| -> Result<(Tensor, Tensor)> { Ok((cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?)) };
         let (cos, sin) = narrow(global)?;
         let mask = ops::causal_mask(t, 0, dtype, device)?; // (1, 1, T, T)
         let local = match sliding {
@@ -101,10 +102,8 @@ impl Frame {
         dtype: DType,
     ) -> Result<Self> {
         let b = left_pad.len();
-        let positions: Vec<u32> = left_pad
-            .iter()
-            .flat_map(|&pad| (0..t).map(move |q| (past + q).saturating_sub(pad) as u32))
-            .collect();
+        let positions: Vec<u32> =
+            left_pad.iter().flat_map(|&pad| (0..t).map(move |q| (past + q).saturating_sub(pad) as u32)).collect();
         let open = |row: usize, q: usize, k: usize| {
             let abs = past + q;
             (k >= left_pad[row] && k <= abs) || k == abs

@@ -1,4 +1,5 @@
-//! Fresh weights for a config: the HF Llama initialisation (normal, std 0.02; norms at one).
+//! Fresh weights for a config: HF's initialisation (normal, std 0.02; norms at one, or at zero
+//! where the family applies them as `1 + w`).
 
 use std::collections::HashMap;
 
@@ -20,8 +21,10 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<H
     let mut weights = HashMap::new();
     for (name, shape) in parameter_shapes(cfg) {
         let n: usize = shape.iter().product();
-        let t = if name.ends_with("norm.weight") {
+        let t = if name.ends_with("norm.weight") && !cfg.family().norm_plus_one {
             Tensor::ones(shape.as_slice(), candle_core::DType::F32, device)?
+        } else if name.ends_with("norm.weight") {
+            Tensor::zeros(shape.as_slice(), candle_core::DType::F32, device)?
         } else if name.ends_with(".bias") {
             Tensor::zeros(shape.as_slice(), candle_core::DType::F32, device)?
         } else {
@@ -37,10 +40,15 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<H
 pub fn parameter_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     let (c, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+    let family = cfg.family();
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, c])];
     for layer in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{layer}");
         out.push((format!("{p}.input_layernorm.weight"), vec![c]));
+        if family.qk_norm {
+            out.push((format!("{p}.self_attn.q_norm.weight"), vec![d]));
+            out.push((format!("{p}.self_attn.k_norm.weight"), vec![d]));
+        }
         out.push((format!("{p}.self_attn.q_proj.weight"), vec![h * d, c]));
         out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv * d, c]));
         out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv * d, c]));
@@ -51,6 +59,10 @@ pub fn parameter_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
         }
         out.push((format!("{p}.self_attn.o_proj.weight"), vec![c, h * d]));
         out.push((format!("{p}.post_attention_layernorm.weight"), vec![c]));
+        if family.sandwich_norms {
+            out.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![c]));
+            out.push((format!("{p}.post_feedforward_layernorm.weight"), vec![c]));
+        }
         out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, c]));
         out.push((format!("{p}.mlp.up_proj.weight"), vec![i, c]));
         out.push((format!("{p}.mlp.down_proj.weight"), vec![c, i]));

@@ -155,8 +155,7 @@ impl Llama {
                 .map(|(name, per_head)| get(&name, &[if per_head { d } else { c }]))
                 .collect::<Result<Vec<_>>>()?
                 .into_iter();
-            let (q_norm, k_norm) =
-                if family.qk_norm { (extra.next(), extra.next()) } else { (None, None) };
+            let (q_norm, k_norm) = if family.qk_norm { (extra.next(), extra.next()) } else { (None, None) };
             let (post_attn_norm, post_mlp_norm) =
                 if family.sandwich_norms { (extra.next(), extra.next()) } else { (None, None) };
             let bias = |proj: &str, len: usize| -> Result<Option<Tensor>> {

@@ -321,12 +321,19 @@ impl LlamaConfig {
                     for (name, f) in [("short_factor", &s.short_factor), ("long_factor", &s.long_factor)] {
                         match f {
                             Some(f) if f.len() == half => {}
-                            Some(f) => return fail(format!("rope_scaling.{name} has {} entries, head_dim/2 is {half}", f.len())),
+                            Some(f) => {
+                                return fail(format!(
+                                    "rope_scaling.{name} has {} entries, head_dim/2 is {half}",
+                                    f.len()
+                                ))
+                            }
                             None => return fail(format!("rope_scaling type longrope needs {name}")),
                         }
                     }
                 }
-                other => return fail(format!("rope_scaling type `{other}` is not supported (llama3, linear, longrope)")),
+                other => {
+                    return fail(format!("rope_scaling type `{other}` is not supported (llama3, linear, longrope)"))
+                }
             }
         }
         Ok(())
@@ -391,7 +398,9 @@ impl LlamaConfig {
             return f;
         }
         let original = self.longrope_original_context() as f64;
-        let factor = self.max_position_embeddings as f64 / original;
+        // An explicit `factor`, else the ratio of the contexts (Phi-3's configs give no factor).
+        let factor =
+            if scaling.factor != 1.0 { scaling.factor } else { self.max_position_embeddings as f64 / original };
         if factor <= 1.0 {
             1.0
         } else {

@@ -370,17 +370,21 @@ pub fn hf_config(dir: &Path) -> Result<LlamaConfig> {
 /// Reads and validates an HF `config.json` (any file name).
 pub fn config_file(path: &Path) -> Result<LlamaConfig> {
     let path = path.to_path_buf();
-    let json = read_json(&path)?;
+    let json = crate::hf_config::normalize(read_json(&path)?);
     let model_type = json.get("model_type").and_then(Json::as_str).unwrap_or("llama");
-    if !matches!(model_type, "llama" | "mistral" | "qwen2") {
+    if !crate::family::MODEL_TYPES.contains(&model_type) {
         return Err(Error::Config(format!(
-            "{}: model_type `{model_type}` is not supported yet (llama, mistral, qwen2)",
-            path.display()
+            "{}: model_type `{model_type}` is not supported yet ({})",
+            path.display(),
+            crate::family::MODEL_TYPES.join(", ")
         )));
     }
     let cfg: LlamaConfig =
         serde_json::from_value(json).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    cfg.validate()?;
+    cfg.validate().map_err(|e| match e {
+        Error::Config(problem) => Error::Config(format!("{}: {problem}", path.display())),
+        other => other,
+    })?;
     Ok(cfg)
 }
 
@@ -444,7 +448,7 @@ fn load_hf_dir(dir: &Path, device: &Device, source: &str) -> Result<LoadedModel>
             )
         })
         .transpose()?;
-    let weights = safetensors_weights(dir, device)?;
+    let weights = crate::hf_config::unfuse(&cfg, safetensors_weights(dir, device)?)?;
     let mut stop_ids = cfg.eos_token_ids();
     stop_ids.extend(eos_id);
     let model = Llama::from_weights(cfg, &weights)?;
