@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Everything the tests need, then the tests: fetch the default teacher, build, run the suite.
+# Everything the tests need, then the tests: fetch the default teacher (and Gemma-3-270M), build, run the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-teacher.sh
+# Gemma-3-270M (253 MB): the Gemma 3 family's golden tests against llama.cpp and transformers.
+bash scripts/fetch-teacher.sh gemma3-270m
 # Real external clients the tests use: pyarrow reads our Parquet shards; the official openai
 # package talks to `distill serve`.
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt

@@ -156,6 +156,20 @@ impl GgufFile {
             .collect()
     }
 
+    pub fn f32_array(&self, key: &str) -> Result<Vec<f32>> {
+        let Value::Array(items) = self.value(key)? else {
+            return Err(type_error(key, "an array of numbers", self.value(key)?));
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                Value::F32(x) => Ok(*x),
+                Value::F64(x) => Ok(*x as f32),
+                other => Err(type_error(key, "an array of numbers", other)),
+            })
+            .collect()
+    }
+
     pub fn int_array(&self, key: &str) -> Result<Vec<i64>> {
         let Value::Array(items) = self.value(key)? else {
             return Err(type_error(key, "an array of integers", self.value(key)?));

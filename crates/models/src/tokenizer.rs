@@ -1,7 +1,8 @@
 //! Text ↔ token ids, built from a `tokenizer.json` or from GGUF `tokenizer.ggml.*` metadata.
 //!
-//! From GGUF the BPE vocabulary and merges are taken as they are and the pre-tokenizer is chosen
-//! from `tokenizer.ggml.pre`, the way llama.cpp does, so ids agree with llama.cpp's.
+//! From GGUF a byte-level BPE's vocabulary and merges are taken as they are and the pre-tokenizer
+//! is chosen from `tokenizer.ggml.pre`, the way llama.cpp does, so ids agree with llama.cpp's; a
+//! SentencePiece vocabulary (Llama 2, Gemma) is rebuilt by [`crate::spm`].
 
 use std::path::Path;
 
@@ -32,6 +33,9 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// SentencePiece-style pieces (`▁` for spaces, `<0xXX>` bytes) rather than GPT-2's
+    /// byte-level alphabet.
+    spm: bool,
     bos_id: Option<u32>,
     eos_id: Option<u32>,
     add_bos: bool,
@@ -42,7 +46,9 @@ impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner =
             Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("cannot load {}: {e}", path.display())))?;
-        Ok(Self { inner, bos_id: None, eos_id: None, add_bos: false })
+        let decoder = serde_json::to_string(&inner.get_decoder()).unwrap_or_default();
+        let spm = decoder.contains("ByteFallback") || decoder.contains("Metaspace");
+        Ok(Self { inner, spm, bos_id: None, eos_id: None, add_bos: false })
     }
 
     /// Sets the BOS/EOS ids (from a model config or tokenizer_config.json).
@@ -56,12 +62,50 @@ impl TextTokenizer {
     /// Builds the tokenizer stored in a GGUF file's metadata.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let model = gguf.str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(Error::Tokenizer(format!(
-                "GGUF tokenizer model `{model}` is not supported yet (only byte-level BPE, `gpt2`)\nHINT: load the model from its Hugging Face directory, whose tokenizer.json is used as it is"
-            )));
-        }
+        let spm = match model {
+            "gpt2" => false,
+            "llama" => true,
+            _ => {
+                return Err(Error::Tokenizer(format!(
+                    "GGUF tokenizer model `{model}` is not supported yet (byte-level BPE `gpt2`, SentencePiece `llama`)\nHINT: load the model from its Hugging Face directory, whose tokenizer.json is used as it is"
+                )))
+            }
+        };
         let tokens = gguf.str_array("tokenizer.ggml.tokens")?;
+        let mut inner = if spm { Self::spm_from_gguf(gguf, &tokens)? } else { Self::bpe_from_gguf(gguf, &tokens)? };
+        Self::add_gguf_special_tokens(gguf, &tokens, &mut inner)?;
+        let id = |key: &str| -> Result<Option<u32>> {
+            if !gguf.has(key) {
+                return Ok(None);
+            }
+            let id = gguf.u64(key)?;
+            if id as usize >= tokens.len() {
+                return Err(Error::Metadata {
+                    key: key.into(),
+                    problem: format!("is {id}, outside the vocabulary of {}", tokens.len()),
+                });
+            }
+            Ok(Some(id as u32))
+        };
+        let bos_id = id("tokenizer.ggml.bos_token_id")?;
+        let eos_id = id("tokenizer.ggml.eos_token_id")?;
+        let add_bos = gguf.has("tokenizer.ggml.add_bos_token") && gguf.bool("tokenizer.ggml.add_bos_token")?;
+        Ok(Self { inner, spm, bos_id, eos_id, add_bos: add_bos && bos_id.is_some() })
+    }
+
+    fn spm_from_gguf(gguf: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
+        let scores = gguf.f32_array("tokenizer.ggml.scores")?;
+        let types = if gguf.has("tokenizer.ggml.token_type") {
+            gguf.int_array("tokenizer.ggml.token_type")?
+        } else {
+            Vec::new()
+        };
+        // llama.cpp's default for SentencePiece vocabularies is to add the prefix.
+        let prefix = !gguf.has("tokenizer.ggml.add_space_prefix") || gguf.bool("tokenizer.ggml.add_space_prefix")?;
+        crate::spm::tokenizer(tokens, &scores, &types, prefix)
+    }
+
+    fn bpe_from_gguf(gguf: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
         let merges = gguf
             .str_array("tokenizer.ggml.merges")?
             .into_iter()
@@ -84,7 +128,12 @@ impl TextTokenizer {
             inner.with_normalizer(Some(NFC)).map_err(|e| Error::Tokenizer(format!("normalizer: {e}")))?;
         }
         inner.with_decoder(Some(ByteLevelDecoder::default()));
+        Ok(inner)
+    }
 
+    /// Control tokens as special tokens, user-defined ones as added tokens matched in the raw
+    /// text (llama.cpp splits the text on both before tokenising the rest).
+    fn add_gguf_special_tokens(gguf: &GgufFile, tokens: &[&str], inner: &mut Tokenizer) -> Result<()> {
         if gguf.has("tokenizer.ggml.token_type") {
             let types = gguf.int_array("tokenizer.ggml.token_type")?;
             let mut special = Vec::new();
@@ -100,23 +149,7 @@ impl TextTokenizer {
             inner.add_special_tokens(special).map_err(|e| Error::Tokenizer(format!("special tokens: {e}")))?;
             inner.add_tokens(user).map_err(|e| Error::Tokenizer(format!("added tokens: {e}")))?;
         }
-        let id = |key: &str| -> Result<Option<u32>> {
-            if !gguf.has(key) {
-                return Ok(None);
-            }
-            let id = gguf.u64(key)?;
-            if id as usize >= tokens.len() {
-                return Err(Error::Metadata {
-                    key: key.into(),
-                    problem: format!("is {id}, outside the vocabulary of {}", tokens.len()),
-                });
-            }
-            Ok(Some(id as u32))
-        };
-        let bos_id = id("tokenizer.ggml.bos_token_id")?;
-        let eos_id = id("tokenizer.ggml.eos_token_id")?;
-        let add_bos = gguf.has("tokenizer.ggml.add_bos_token") && gguf.bool("tokenizer.ggml.add_bos_token")?;
-        Ok(Self { inner, bos_id, eos_id, add_bos: add_bos && bos_id.is_some() })
+        Ok(())
     }
 
     /// Token ids for `text`. Special tokens written in the text (`<|im_start|>`) are recognised,
@@ -153,6 +186,12 @@ impl TextTokenizer {
     /// character, so these are not always valid text on their own (OpenAI's `bytes` field).
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         let Some(token) = self.inner.id_to_token(id) else { return Vec::new() };
+        if self.spm {
+            return match crate::spm::byte_piece(&token) {
+                Some(byte) => vec![byte],
+                None => token.replace(crate::spm::SPACE, " ").into_bytes(),
+            };
+        }
         token
             .chars()
             .map(byte_level_byte)
@@ -163,6 +202,16 @@ impl TextTokenizer {
     /// The id of the byte-level token spelling exactly `bytes` (the inverse of
     /// [`TextTokenizer::token_bytes`]), when the vocabulary has one.
     pub fn id_for_bytes(&self, bytes: &[u8]) -> Option<u32> {
+        if self.spm {
+            return match (std::str::from_utf8(bytes), bytes) {
+                (Ok(text), _) if !text.is_empty() => {
+                    let piece = text.replace(' ', &crate::spm::SPACE.to_string());
+                    self.inner.token_to_id(&piece).or_else(|| self.inner.token_to_id(text))
+                }
+                (_, [byte]) => self.inner.token_to_id(&format!("<0x{byte:02X}>")),
+                _ => None,
+            };
+        }
         let spelled: String = bytes.iter().map(|&b| byte_level_char(b)).collect();
         self.inner.token_to_id(&spelled)
     }
