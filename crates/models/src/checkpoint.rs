@@ -17,6 +17,12 @@ pub fn save_hf_dir(dir: &Path, model: &Llama, tokenizer: &TextTokenizer, chat_te
     let cfg = model.config();
     let mut config = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
     config["architectures"] = json!([crate::hf_config::architecture(&cfg.model_type)]);
+    if cfg.model_type == "gemma3" {
+        config["model_type"] = json!("gemma3_text"); // transformers' `gemma3` is the multimodal one
+        if let Some(act) = config.as_object_mut().and_then(|c| c.remove("hidden_act")) {
+            config["hidden_activation"] = act;
+        }
+    }
     config["torch_dtype"] = json!("float32");
     config["attention_bias"] = json!(cfg.qkv_bias());
     write_atomic(&dir.join("config.json"), &pretty(&config)?)?;

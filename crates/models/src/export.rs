@@ -62,12 +62,20 @@ impl GgufType {
     }
 }
 
-/// The tokenizer as GGUF metadata.
+/// The tokenizer as GGUF metadata: a byte-level BPE (`gpt2`: tokens and merges) or a
+/// SentencePiece vocabulary (`llama`: tokens and scores, as Llama 2 and Gemma ship).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GgufTokenizer {
+    /// `tokenizer.ggml.model`: `gpt2` or `llama`.
+    pub model: String,
     pub tokens: Vec<String>,
+    /// Byte-level BPE only.
     pub merges: Vec<String>,
-    /// llama.cpp token types: 1 normal, 3 control, 4 user-defined, 5 unused (padding).
+    /// SentencePiece only: llama.cpp joins the adjacent pair whose joined piece scores highest.
+    pub scores: Option<Vec<f32>>,
+    /// SentencePiece only: whether `▁` goes in front of the text.
+    pub add_space_prefix: bool,
+    /// llama.cpp token types: 1 normal, 3 control, 4 user-defined, 5 unused (padding), 6 byte.
     pub token_types: Vec<i32>,
     /// `tokenizer.ggml.pre`: which pre-tokenizer llama.cpp applies.
     pub pre: String,
@@ -77,13 +85,17 @@ pub struct GgufTokenizer {
 }
 
 impl GgufTokenizer {
-    /// From a byte-level BPE tokenizer, padded with unused tokens to `vocab_size` entries.
+    /// From a byte-level BPE or SentencePiece-style tokenizer, padded with unused tokens to
+    /// `vocab_size` entries.
     pub fn from_tokenizer(tok: &TextTokenizer, vocab_size: usize) -> Result<Self> {
-        let pre = tok.gguf_pre().ok_or_else(|| {
-            Error::Tokenizer(
-                "the tokenizer's pre-tokenizer is not one llama.cpp knows by name (smollm, gpt2, llama3, qwen2), so GGUF export cannot say which to use".into(),
-            )
-        })?;
+        let pre = match tok.is_spm() {
+            true => "default".to_string(),
+            false => tok.gguf_pre().ok_or_else(|| {
+                Error::Tokenizer(
+                    "the tokenizer's pre-tokenizer is not one llama.cpp knows by name (smollm, gpt2, llama3, qwen2), so GGUF export cannot say which to use".into(),
+                )
+            })?,
+        };
         let json: Json = serde_json::from_str(&tok.to_json()?).map_err(|e| Error::Tokenizer(e.to_string()))?;
         let model = &json["model"];
         if model["type"].as_str() != Some("BPE") {
@@ -107,7 +119,7 @@ impl GgufTokenizer {
                 types[id as usize] = if added["special"].as_bool() == Some(true) { 3 } else { 4 };
             }
         }
-        let tokens = tokens
+        let tokens: Vec<String> = tokens
             .into_iter()
             .enumerate()
             .map(|(id, t)| {
@@ -117,7 +129,7 @@ impl GgufTokenizer {
                 })
             })
             .collect();
-        let merges = model["merges"]
+        let merges: Vec<String> = model["merges"]
             .as_array()
             .into_iter()
             .flatten()
@@ -129,9 +141,16 @@ impl GgufTokenizer {
                 other => Err(Error::Tokenizer(format!("unexpected BPE merge {other}"))),
             })
             .collect::<Result<_>>()?;
+        let (merges, scores) = match tok.is_spm() {
+            false => (merges, None),
+            true => (Vec::new(), Some(spm_scores(&tokens, &merges, &mut types))),
+        };
         Ok(Self {
+            model: if tok.is_spm() { "llama" } else { "gpt2" }.into(),
             tokens,
             merges,
+            scores,
+            add_space_prefix: tok.adds_space_prefix(),
             token_types: types,
             pre,
             bos_id: tok.bos_id(),
@@ -139,6 +158,62 @@ impl GgufTokenizer {
             add_bos: tok.adds_bos(),
         })
     }
+}
+
+/// llama.cpp's Gemma 3 reads no layer pattern, local RoPE base or attention scale from the file:
+/// it assumes every sixth layer global, base 10^4 and the head size (the hidden size per head
+/// for the 62-layer 27B). A model that differs would run wrong there, so it is not written.
+fn gemma3_fits_llama_cpp(cfg: &LlamaConfig) -> Result<()> {
+    let n = cfg.num_hidden_layers;
+    let assumed: Vec<bool> = (0..n).map(|i| (i + 1) % 6 != 0).collect();
+    let kind = |s: bool| if s { 'S' } else { 'G' };
+    if cfg.sliding_layers() != assumed {
+        let ours: String = cfg.sliding_layers().into_iter().map(kind).collect();
+        let theirs: String = assumed.into_iter().map(kind).collect();
+        return Err(Error::Config(format!(
+            "this Gemma 3 model's layers are {ours} (S sliding, G global) but llama.cpp assumes {theirs} (every sixth global), so its GGUF would run wrong there\nHINT: export safetensors (transformers reads the layer kinds), or prune with layers whose kinds follow the pattern (keep_every = 6, or keep_layers ending each group of five sliding layers with a global one)"
+        )));
+    }
+    if cfg.rope_local_base_freq.is_some_and(|b| b != 10_000.0) {
+        return Err(Error::Config(
+            "llama.cpp assumes Gemma 3's local RoPE base is 10000; this model's differs\nHINT: export safetensors"
+                .into(),
+        ));
+    }
+    let assumed_scalar = if n == 62 { cfg.hidden_size / cfg.num_attention_heads } else { cfg.head_dim() };
+    if cfg.query_pre_attn_scalar.is_some_and(|q| q != assumed_scalar) {
+        return Err(Error::Config(format!(
+            "llama.cpp scales this Gemma 3's attention by 1/√{assumed_scalar}, its query_pre_attn_scalar is {}\nHINT: export safetensors",
+            cfg.query_pre_attn_scalar.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// SentencePiece scores that make llama.cpp join pieces in the BPE merges' order: a piece made
+/// by the merge of rank r scores -r (the earliest merge that makes it); byte pieces score 0 and
+/// are typed as bytes, control and user-defined ones -1000, as Gemma's files have them.
+fn spm_scores(tokens: &[String], merges: &[String], types: &mut [i32]) -> Vec<f32> {
+    let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let mut scores = vec![f32::NEG_INFINITY; tokens.len()];
+    for (rank, merge) in merges.iter().enumerate() {
+        let joined: String = merge.split(' ').collect();
+        if let Some(&id) = ids.get(joined.as_str()) {
+            scores[id] = scores[id].max(-(rank as f32));
+        }
+    }
+    let lowest = -(merges.len() as f32);
+    for (id, token) in tokens.iter().enumerate() {
+        if crate::spm::byte_piece(token).is_some() {
+            types[id] = 6;
+            scores[id] = 0.0;
+        } else if matches!(types[id], 3..=5) {
+            scores[id] = -1000.0;
+        } else if scores[id] == f32::NEG_INFINITY {
+            scores[id] = lowest; // a single character: never the result of a join
+        }
+    }
+    scores
 }
 
 /// What an export wrote.
@@ -166,6 +241,9 @@ pub fn write_gguf(
             "a {} model cannot be exported to GGUF yet (its fused tensors are not written); export safetensors instead",
             cfg.model_type
         )));
+    }
+    if arch == "gemma3" {
+        gemma3_fits_llama_cpp(cfg)?;
     }
     let family = cfg.family();
     let meta = metadata(arch, name, cfg, tokenizer, chat_template, ty)?;
@@ -249,10 +327,18 @@ fn metadata(
         meta.insert(k("rope.scaling.type"), Value::String("linear".into()));
         meta.insert(k("rope.scaling.factor"), Value::F32(scaling.factor as f32));
     }
-    meta.insert("tokenizer.ggml.model".into(), Value::String("gpt2".into()));
+    meta.insert("tokenizer.ggml.model".into(), Value::String(tok.model.clone()));
     meta.insert("tokenizer.ggml.pre".into(), Value::String(tok.pre.clone()));
     meta.insert("tokenizer.ggml.tokens".into(), strings(&tok.tokens));
-    meta.insert("tokenizer.ggml.merges".into(), strings(&tok.merges));
+    match &tok.scores {
+        Some(scores) => {
+            meta.insert("tokenizer.ggml.scores".into(), Value::Array(scores.iter().map(|&s| Value::F32(s)).collect()));
+            meta.insert("tokenizer.ggml.add_space_prefix".into(), Value::Bool(tok.add_space_prefix));
+        }
+        None => {
+            meta.insert("tokenizer.ggml.merges".into(), strings(&tok.merges));
+        }
+    }
     meta.insert(
         "tokenizer.ggml.token_type".into(),
         Value::Array(tok.token_types.iter().map(|&t| Value::I32(t)).collect()),

@@ -109,6 +109,6 @@ impl LlamaConfig {
 
     /// The factor attention scores are multiplied by.
     pub fn attention_scale(&self) -> f64 {
-        1.0 / self.query_pre_attn_scalar.unwrap_or(self.head_dim() as f64).sqrt()
+        1.0 / (self.query_pre_attn_scalar.unwrap_or(self.head_dim()) as f64).sqrt()
     }
 }

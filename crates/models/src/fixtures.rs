@@ -62,8 +62,11 @@ pub fn tiny_config() -> LlamaConfig {
 pub fn write_tiny_gguf(path: &Path, cfg: &LlamaConfig, weights: &HashMap<String, Tensor>) -> Result<()> {
     let (tokens, merges, token_types) = tiny_vocab();
     let tokenizer = GgufTokenizer {
+        model: "gpt2".into(),
         tokens,
         merges,
+        scores: None,
+        add_space_prefix: false,
         token_types,
         pre: "smollm".into(),
         bos_id: Some(1),

@@ -54,8 +54,8 @@ pub struct LlamaConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_local_base_freq: Option<f64>,
     /// Gemma: attention scores are scaled by `query_pre_attn_scalar^-½` instead of `head_dim^-½`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query_pre_attn_scalar: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_number")]
+    pub query_pre_attn_scalar: Option<usize>,
     /// Phi-3: the context the model was pretrained with, where `longrope` switches factors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_max_position_embeddings: Option<usize>,
@@ -122,6 +122,16 @@ impl RopeScaling {
             long_factor: None,
             attention_factor: None,
         }
+    }
+}
+
+/// A whole number written as an integer or a float (`256` or `256.0`).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let value = Option::<f64>::deserialize(d)?;
+    match value {
+        Some(x) if x >= 0.0 && x.fract() == 0.0 => Ok(Some(x as usize)),
+        Some(x) => Err(serde::de::Error::custom(format!("expected a whole number, found {x}"))),
+        None => Ok(None),
     }
 }
 

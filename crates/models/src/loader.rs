@@ -231,7 +231,7 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
         // every sixth layer global, scores scaled by the head size (the hidden size per head
         // for the 27B model, the one with 62 layers).
         rope_local_base_freq: gemma.then_some(10_000.0),
-        query_pre_attn_scalar: gemma.then(|| if layers == 62 { hidden / heads } else { key_length } as f64),
+        query_pre_attn_scalar: gemma.then_some(if layers == 62 { hidden / heads } else { key_length }),
         ..LlamaConfig::plain(model_type)
     };
     cfg.validate()?;

@@ -51,7 +51,13 @@ pub fn prune_layers(
             }
         }
     }
-    let student = LlamaConfig { num_hidden_layers: keep.len(), ..cfg.clone() };
+    // Sliding and global layers stay what they were (Gemma 3's pattern no longer follows from
+    // the layer count).
+    let sliding = cfg.sliding_layers();
+    let layer_types = (cfg.layer_types.is_some() || sliding.contains(&true)).then(|| {
+        keep.iter().map(|&l| if sliding[l] { "sliding_attention" } else { "full_attention" }.to_string()).collect()
+    });
+    let student = LlamaConfig { num_hidden_layers: keep.len(), layer_types, ..cfg.clone() };
     Ok((student, out))
 }
 

@@ -224,14 +224,40 @@ impl TextTokenizer {
         self.eos_id
     }
 
+    /// Whether the pieces are SentencePiece-style (`▁` for spaces, `<0xXX>` bytes) rather than
+    /// GPT-2's byte-level alphabet.
+    pub fn is_spm(&self) -> bool {
+        self.spm
+    }
+
+    /// Whether `▁` is put in front of the text (SentencePiece's `add_dummy_prefix`).
+    pub fn adds_space_prefix(&self) -> bool {
+        serde_json::to_string(&self.inner.get_normalizer()).is_ok_and(|n| n.contains("Prepend"))
+    }
+
     /// Whether the model expects BOS in front of every sequence.
     pub fn adds_bos(&self) -> bool {
         self.add_bos
     }
 
-    /// The tokenizer in `tokenizer.json` form, for exports.
+    /// The tokenizer in `tokenizer.json` form, for exports. A model that expects BOS gets a
+    /// post-processor that adds it, as transformers' fast tokenizers read it from there.
     pub fn to_json(&self) -> Result<String> {
-        self.inner.to_string(false).map_err(|e| Error::Tokenizer(format!("serialise: {e}")))
+        let json = self.inner.to_string(false).map_err(|e| Error::Tokenizer(format!("serialise: {e}")))?;
+        let bos = self.bos_id.filter(|_| self.add_bos).and_then(|id| Some((id, self.id_to_token(id)?)));
+        let Some((id, token)) = bos.filter(|_| self.inner.get_post_processor().is_none()) else {
+            return Ok(json);
+        };
+        let mut value: serde_json::Value = serde_json::from_str(&json).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let special = |type_id: u32| serde_json::json!({"SpecialToken": {"id": token, "type_id": type_id}});
+        let sequence = |name: &str, type_id: u32| serde_json::json!({"Sequence": {"id": name, "type_id": type_id}});
+        value["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [special(0), sequence("A", 0)],
+            "pair": [special(0), sequence("A", 0), special(1), sequence("B", 1)],
+            "special_tokens": {token.clone(): {"id": token, "ids": [id], "tokens": [token]}},
+        });
+        serde_json::to_string(&value).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// SHA-256 over the id → token table (added tokens included): equal fingerprints mean every

@@ -20,7 +20,8 @@ pub const SAMPLE_SEED_STRIDE: u64 = 1_000_003;
 /// What to ask of the teacher and how to store it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatasetOptions {
-    /// Wrap text prompts as a user message in the chat template.
+    /// Wrap text prompts as a user message in the chat template. A base model without one
+    /// (Gemma-3-270M, say) reads text prompts as they are; `messages` prompts need a template.
     pub chat: bool,
     /// System message for wrapped text prompts (the template's default when absent).
     pub system: Option<String>,
@@ -150,12 +151,13 @@ fn shard(
 ) -> Result<Vec<Sequence>> {
     let tokenizer = teacher.tokenizer();
     let system = opts.system.as_deref();
+    let chat = opts.chat && (teacher.chat_template().is_some() || teacher.needs_messages());
     let mut prompts = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
         let line = first_index + i + 1;
         let at_line = |e: Error| Error::Input(format!("prompt {line}: {e}"));
-        let text = render(teacher.chat_template(), teacher.id(), &r.prompt, opts.chat, system).map_err(at_line)?;
-        let messages = conversation(&r.prompt, opts.chat, system);
+        let text = render(teacher.chat_template(), teacher.id(), &r.prompt, chat, system).map_err(at_line)?;
+        let messages = conversation(&r.prompt, chat, system);
         if r.completion.is_none() && messages.is_none() && teacher.needs_messages() {
             return Err(Error::Input(format!(
                 "prompt {line} is plain text: remote teachers are asked through the chat API; add --chat or use `messages`"
@@ -176,7 +178,7 @@ fn shard(
     for (i, r) in records.iter().enumerate() {
         if let Some(text) = &r.completion {
             let mut ids = tokenizer.encode(text, false)?;
-            if opts.chat {
+            if chat {
                 ids.extend(tokenizer.eos_id());
             }
             if !ids.is_empty() {
