@@ -21,11 +21,10 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<H
     let mut weights = HashMap::new();
     for (name, shape) in parameter_shapes(cfg) {
         let n: usize = shape.iter().product();
-        let t = if name.ends_with("norm.weight") && !cfg.family().norm_plus_one {
+        let norm = name.ends_with("norm.weight");
+        let t = if norm && !cfg.family().norm_plus_one {
             Tensor::ones(shape.as_slice(), candle_core::DType::F32, device)?
-        } else if name.ends_with("norm.weight") {
-            Tensor::zeros(shape.as_slice(), candle_core::DType::F32, device)?
-        } else if name.ends_with(".bias") {
+        } else if norm || name.ends_with(".bias") {
             Tensor::zeros(shape.as_slice(), candle_core::DType::F32, device)?
         } else {
             let values: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
