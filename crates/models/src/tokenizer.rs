@@ -280,10 +280,15 @@ impl TextTokenizer {
     /// The `tokenizer.ggml.pre` name of this tokenizer's pre-tokenizer, when it is one of those
     /// llama.cpp knows (compared structurally with the ones built for GGUF loading).
     pub fn gguf_pre(&self) -> Option<String> {
-        let ours = serde_json::to_value(self.inner.get_pre_tokenizer()?).ok()?;
+        // `trim_offsets` moves offsets only, never ids (Llama 3's tokenizer.json sets it).
+        let shape = |p: &PreTokenizerWrapper| -> Option<String> {
+            let json = serde_json::to_string(p).ok()?;
+            Some(json.replace(",\"trim_offsets\":true", "").replace(",\"trim_offsets\":false", ""))
+        };
+        let ours = shape(self.inner.get_pre_tokenizer()?)?;
         ["smollm", "gpt2", "llama-bpe", "qwen2"]
             .into_iter()
-            .find(|name| pre_tokenizer(name).ok().and_then(|p| serde_json::to_value(p).ok()).as_ref() == Some(&ours))
+            .find(|name| pre_tokenizer(name).ok().and_then(|p| shape(&p)).as_ref() == Some(&ours))
             .map(str::to_string)
     }
 }
