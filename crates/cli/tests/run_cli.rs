@@ -78,3 +78,47 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
     assert!(log.contains("stage `teacher-signal-heldout` was done with other settings"), "{log}");
     assert!(log.contains("prompts.sha256"), "{log}");
 }
+
+/// The whole loop on a real Gemma 3 teacher (Gemma-3-270M base: no chat template, a 262,144-token
+/// SentencePiece vocabulary, sliding-window layers): teacher signal from plain prompts, a
+/// student cut from it, eval, and a GGUF export that reads back.
+#[test]
+fn pipeline_distils_a_gemma3_teacher_into_a_pruned_gemma3_student() {
+    let teacher = distill_models::teacher::fetched_model(distill_models::teacher::GEMMA3_270M_FILE)
+        .expect("Gemma-3-270M is missing\nHINT: fetch it with `scripts/fetch-teacher.sh gemma3-270m`");
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = |name: &str, questions: &[&str]| {
+        let path = dir.path().join(name);
+        let lines: String =
+            questions.iter().map(|q| format!("{{\"prompt\": \"Customer: {q}\\nSupport agent:\"}}\n")).collect();
+        std::fs::write(&path, lines).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let train = prompts("train.jsonl", &["Where is my order?", "How do I reset my password?", "Can I get a refund?"]);
+    let heldout = prompts("heldout.jsonl", &["Do you ship to Canada?", "My parcel arrived damaged."]);
+    let out = dir.path().join("run");
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "output = {:?}\n[teacher]\nmodel = {:?}\n[data]\ntrain_prompts = {train:?}\nheldout_prompts = {heldout:?}\nk = 8\nmax_tokens = 8\n[train]\nsteps = 2\nbatch_size = 2\nseq_len = 32\neval_every = 2\n[student]\ntype = \"prune\"\nkeep_every = 6\nintermediate_size = 256\n[eval]\nmax_tokens = 4\n[export]\ntypes = [\"q8_0\"]\n",
+            out.to_str().unwrap(),
+            teacher.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let run = distill(&["run", config.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(stdout.contains("retention student (q8_0) in_domain: top-1 agreement"), "{stdout}");
+    let student: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train/final/config.json")).unwrap()).unwrap();
+    assert_eq!(student["model_type"], "gemma3_text");
+    assert_eq!(student["num_hidden_layers"], 3);
+    assert_eq!(student["intermediate_size"], 256);
+    let exported =
+        distill_models::load(out.join("export/student.q8_0.gguf").to_str().unwrap(), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(exported.model.config().model_type, "gemma3");
+    assert!(exported.tokenizer.is_spm());
+}
