@@ -440,3 +440,55 @@ fn on_policy_and_online_training_work_with_a_teacher_behind_an_openai_compatible
     assert_eq!(metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 6, "{metrics}");
     assert!(run.join("final/config.json").exists());
 }
+
+/// Students of the other families (Qwen3's q/k norms, Phi-3's fused checkpoints and sliding
+/// window, Gemma 3's norms, GeGLU and sliding layers) train on a teacher's signal, save, and load
+/// back to generate.
+#[test]
+fn students_of_every_family_train_save_and_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = &teacher(dir.path(), 35);
+    let train = dataset(dir.path(), m, "train", 6, 1);
+    let tiny = distill_models::fixtures::tiny_config();
+    for family in ["qwen3", "phi3", "gemma3"] {
+        let mut arch = distill_models::LlamaConfig {
+            model_type: family.into(),
+            num_hidden_layers: 2,
+            hidden_size: 16,
+            ..tiny.clone()
+        };
+        match family {
+            "qwen3" => arch.head_dim = Some(8),
+            "phi3" => arch.sliding_window = Some(16),
+            _ => {
+                arch.hidden_act = "gelu_pytorch_tanh".into();
+                arch.sliding_window = Some(16);
+                arch.rope_local_base_freq = Some(10_000.0);
+                arch.layer_types = Some(vec!["sliding_attention".into(), "full_attention".into()]);
+            }
+        }
+        let arch_path = dir.path().join(format!("{family}.json"));
+        std::fs::write(&arch_path, serde_json::to_string(&arch).unwrap()).unwrap();
+        let run = dir.path().join(format!("run-{family}"));
+        let config = dir.path().join(format!("{family}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "dataset = {train:?}\noutput = {:?}\nsteps = 2\nbatch_size = 2\nseq_len = 48\n\n[student]\ntype = \"config\"\nconfig = {:?}\ntokenizer_from = {m:?}\ninit_seed = 3\n",
+                run.to_str().unwrap(),
+                arch_path.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let out = distill(&["train", config.to_str().unwrap()]);
+        assert!(out.status.success(), "{family}: {}", text(&out.stderr));
+        let final_dir = run.join("final");
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(final_dir.join("config.json")).unwrap()).unwrap();
+        let expected_type = if family == "gemma3" { "gemma3_text" } else { family };
+        assert_eq!(saved["model_type"], expected_type);
+        let out = distill(&["generate", "-m", final_dir.to_str().unwrap(), "--max-tokens", "4", "--json", "the"]);
+        assert!(out.status.success(), "{family}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("\"completion_tokens\":4"), "{family}: {}", text(&out.stdout));
+    }
+}
