@@ -249,6 +249,8 @@ pub fn write_gguf(
     let meta = metadata(arch, name, cfg, tokenizer, chat_template, ty)?;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut fallbacks = Vec::new();
+    // Phi-3's GGUF keeps its projections fused, as its checkpoints do.
+    let weights = crate::hf_config::fuse(cfg, weights.clone())?;
     let mut sorted: Vec<(&String, &Tensor)> = weights.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     for (hf, t) in sorted {
@@ -272,6 +274,15 @@ pub fn write_gguf(
             ty.ggml()
         };
         tensors.push((gguf, QTensor::quantize(&t.contiguous()?, dtype)?));
+    }
+    if let Some(scaling) = cfg.rope_scaling.as_ref().filter(|s| matches!(s.rope_type.as_str(), "longrope" | "su")) {
+        for (name, factors) in
+            [("rope_factors_long.weight", &scaling.long_factor), ("rope_factors_short.weight", &scaling.short_factor)]
+        {
+            let values: Vec<f32> = factors.iter().flatten().map(|&f| f as f32).collect();
+            let t = Tensor::from_vec(values.clone(), values.len(), &candle_core::Device::Cpu)?;
+            tensors.push((name.to_string(), QTensor::quantize(&t, GgmlDType::F32)?));
+        }
     }
     let mut buffer = std::io::Cursor::new(Vec::new());
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -317,7 +328,13 @@ fn metadata(
     if let Some(window) = cfg.sliding_window.filter(|_| cfg.sliding_layers().contains(&true)) {
         meta.insert(k("attention.sliding_window"), u32v(window));
     }
-    if let Some(scaling) = &cfg.rope_scaling {
+    let longrope = |s: &crate::llama::RopeScaling| matches!(s.rope_type.as_str(), "longrope" | "su");
+    if let Some(scaling) = cfg.rope_scaling.as_ref().filter(|s| arch == "phi3" && longrope(s)) {
+        // The factors go in as tensors (rope_factors_long/short), as llama.cpp's converter writes them.
+        let original = scaling.original_max_position_embeddings.or(cfg.original_max_position_embeddings);
+        meta.insert(k("rope.scaling.original_context_length"), u32v(original.unwrap_or(cfg.max_position_embeddings)));
+        meta.insert(k("rope.scaling.attn_factor"), Value::F32(cfg.rope_attention_factor() as f32));
+    } else if let Some(scaling) = &cfg.rope_scaling {
         if scaling.rope_type != "linear" {
             return Err(Error::Config(format!(
                 "RoPE scaling `{}` cannot be exported to GGUF yet (only linear)",

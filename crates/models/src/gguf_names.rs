@@ -22,14 +22,14 @@ pub fn model_type(arch: &str) -> Option<&'static str> {
         "llama" | "mistral" => "llama",
         "qwen2" => "qwen2",
         "qwen3" => "qwen3",
+        "phi3" => "phi3",
         "gemma3" => "gemma3",
         _ => return None,
     })
 }
 
-/// The GGUF architectures `distill` loads (Phi-3's fused GGUF tensors are not read yet: load
-/// Phi-3 from its HF directory).
-pub const GGUF_ARCHS: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gemma3"];
+/// The GGUF architectures `distill` loads and writes.
+pub const GGUF_ARCHS: [&str; 6] = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
 
 /// Whether llama.cpp's converter permuted this architecture's q/k rows for its interleaved RoPE.
 pub fn permutes_qk(arch: &str) -> bool {
@@ -70,9 +70,14 @@ const GEMMA_NORMS: [(&str, &str); 3] = [
     ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
 ];
 
+/// Phi-3's fused projections (`ffn_up` holds the gate's rows, then the up projection's).
+const FUSED_NAMES: [(&str, &str); 2] =
+    [("attn_qkv.weight", "self_attn.qkv_proj.weight"), ("ffn_up.weight", "mlp.gate_up_proj.weight")];
+
 fn block_names(family: &Family) -> impl Iterator<Item = (&'static str, &'static str)> {
     let norms: &[(&str, &str)] = if family.sandwich_norms { &GEMMA_NORMS } else { &LLAMA_NORMS };
-    BLOCK_NAMES.into_iter().chain(norms.iter().copied())
+    let fused: &[(&str, &str)] = if family.fused_projections { &FUSED_NAMES } else { &[] };
+    fused.iter().copied().chain(BLOCK_NAMES).chain(norms.iter().copied())
 }
 
 /// HF tensor name for a llama.cpp tensor name, if it is one the family uses.

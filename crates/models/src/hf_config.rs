@@ -102,6 +102,14 @@ fn fused(cfg: &LlamaConfig) -> Vec<(&'static str, Vec<(&'static str, usize)>)> {
     ]
 }
 
+/// For a fused checkpoint tensor (`model.layers.N.self_attn.qkv_proj.weight`, …), the decoder's
+/// tensors stacked in its rows, in order, with each one's number of rows.
+pub fn fused_rows(cfg: &LlamaConfig, name: &str) -> Option<Vec<(String, usize)>> {
+    let (prefix, tail) = name.strip_prefix("model.layers.")?.split_once('.')?;
+    let (_, parts) = fused(cfg).into_iter().find(|(fused_name, _)| *fused_name == tail)?;
+    Some(parts.into_iter().map(|(part, rows)| (format!("model.layers.{prefix}.{part}"), rows)).collect())
+}
+
 /// A checkpoint's tensors under the decoder's names: fused ones split by rows (views, so a
 /// gradient reaches the fused tensor).
 pub fn unfuse(cfg: &LlamaConfig, mut weights: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {

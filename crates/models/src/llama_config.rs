@@ -399,7 +399,7 @@ impl LlamaConfig {
 
     /// What longrope multiplies cos and sin by: `attention_factor`, else
     /// `√(1 + ln(ctx / original) / ln(original))` when the context was extended, else 1.
-    pub(crate) fn rope_attention_factor(&self) -> f64 {
+    pub fn rope_attention_factor(&self) -> f64 {
         let Some(scaling) = self.rope_scaling.as_ref().filter(|s| matches!(s.rope_type.as_str(), "longrope" | "su"))
         else {
             return 1.0;

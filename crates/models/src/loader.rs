@@ -158,14 +158,14 @@ pub fn load_with(spec: &str, device: &Device, options: LoadOptions) -> Result<Lo
 }
 
 /// The HF config a GGUF file describes.
-pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
-    let arch = gguf.str("general.architecture")?;
+pub fn gguf_config(gguf: &mut GgufFile) -> Result<LlamaConfig> {
+    let arch = gguf.str("general.architecture")?.to_string();
+    let arch = arch.as_str();
     let model_type = match gguf_names::model_type(arch) {
         Some(t) => t,
         None => {
-            let hint = if arch == "phi3" { "\nHINT: load Phi-3 from its Hugging Face directory" } else { "" };
             return Err(Error::Config(format!(
-                "GGUF architecture `{arch}` is not supported yet (supported: {}){hint}",
+                "GGUF architecture `{arch}` is not supported yet (supported: {})",
                 gguf_names::GGUF_ARCHS.join(", ")
             )));
         }
@@ -197,6 +197,10 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
             "this GGUF carries per-frequency RoPE factors (rope_freqs, Llama 3.1 style), not supported yet\nHINT: load the model from its Hugging Face directory".into(),
         ));
     }
+    let rope_scaling = match (rope_scaling, model_type) {
+        (None, "phi3") if gguf.has_tensor("rope_factors_long.weight") => Some(phi3_longrope(gguf)?),
+        (scaling, _) => scaling,
+    };
     let layers = gguf.usize(&key("block_count"))?;
     let gemma = model_type == "gemma3";
     let key_length = head_dim.unwrap_or(hidden / heads.max(1));
@@ -238,6 +242,26 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<LlamaConfig> {
     Ok(cfg)
 }
 
+/// Phi-3's longrope from GGUF: the factor tensors and the original context (llama.cpp's
+/// converter writes them so).
+fn phi3_longrope(gguf: &mut GgufFile) -> Result<crate::llama::RopeScaling> {
+    let mut factors = |name: &str| -> Result<Vec<f64>> {
+        let t = gguf.tensor_f32(name, &Device::Cpu)?;
+        Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+    };
+    let (short, long) = (factors("rope_factors_short.weight")?, factors("rope_factors_long.weight")?);
+    let original = "phi3.rope.scaling.original_context_length";
+    let attn = "phi3.rope.scaling.attn_factor";
+    Ok(crate::llama::RopeScaling {
+        rope_type: "longrope".into(),
+        original_max_position_embeddings: if gguf.has(original) { Some(gguf.usize(original)?) } else { None },
+        short_factor: Some(short),
+        long_factor: Some(long),
+        attention_factor: if gguf.has(attn) { Some(gguf.f64(attn)?) } else { None },
+        ..crate::llama::RopeScaling::linear(1.0)
+    })
+}
+
 fn optional_u32(gguf: &GgufFile, key: &str) -> Result<Option<u32>> {
     if gguf.has(key) {
         Ok(Some(gguf.u64(key)? as u32))
@@ -274,17 +298,28 @@ fn gguf_parts(
             _ => None,
         };
         let shape = gguf.tensor_shape(&name).unwrap_or_default().to_vec();
-        let weight = match gguf.block_type(&name) {
+        // A fused tensor (Phi-3's qkv, gate/up) is its parts' rows one after another.
+        let parts = crate::hf_config::fused_rows(cfg, &hf).unwrap_or_else(|| vec![(hf.clone(), shape[0])]);
+        if parts.iter().map(|(_, rows)| rows).sum::<usize>() != shape[0] {
+            return Err(Error::tensor(name, format!("has {} rows, the config implies other projections", shape[0])));
+        }
+        match gguf.block_type(&name) {
             Some(ty) if keep_blocks && shape.len() == 2 => {
                 let mut bytes = gguf.tensor_bytes(&name)?;
                 if let Some(heads) = heads {
                     bytes = gguf_names::unpermute_rows(&bytes, shape[0], heads);
                 }
-                let matrix = QuantMatrix::from_blocks(ty, shape[0], shape[1], &bytes).map_err(|e| Error::BadGguf {
-                    path: gguf.path().to_path_buf(),
-                    reason: format!("tensor `{name}` ({}): {e}", ty.name()),
-                })?;
-                Weight::Quant(Arc::new(matrix))
+                let row_bytes = bytes.len() / shape[0].max(1);
+                let mut start = 0;
+                for (part, rows) in parts {
+                    let range = &bytes[start * row_bytes..(start + rows) * row_bytes];
+                    let matrix = QuantMatrix::from_blocks(ty, rows, shape[1], range).map_err(|e| Error::BadGguf {
+                        path: gguf.path().to_path_buf(),
+                        reason: format!("tensor `{name}` ({}): {e}", ty.name()),
+                    })?;
+                    weights.insert(part, Weight::Quant(Arc::new(matrix)));
+                    start += rows;
+                }
             }
             _ => {
                 let mut t = gguf.tensor_f32(&name, device)?;
@@ -294,17 +329,20 @@ fn gguf_parts(
                 if gguf_names::norm_plus_one(&family, &hf) {
                     t = (t - 1.0)?; // GGUF holds Gemma's `1 + w`
                 }
-                Weight::Plain(t)
+                let mut start = 0;
+                for (part, rows) in parts {
+                    weights.insert(part, Weight::Plain(t.narrow(0, start, rows)?));
+                    start += rows;
+                }
             }
-        };
-        weights.insert(hf, weight);
+        }
     }
     Ok(weights)
 }
 
 fn load_gguf(path: &Path, device: &Device, source: &str, options: LoadOptions) -> Result<LoadedModel> {
     let mut gguf = GgufFile::open(path)?;
-    let cfg = gguf_config(&gguf)?;
+    let cfg = gguf_config(&mut gguf)?;
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
     check_vocab(&cfg, &tokenizer)?;
     let keep_blocks = !options.dequantize && device.is_cpu() && distill_kernels::quant::available();

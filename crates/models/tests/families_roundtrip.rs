@@ -1,6 +1,6 @@
 //! Every family through the checkpoint edges: saved as an HF directory (transformers' names and
 //! config spelling: Phi-3's fused tensors, `gemma3_text`) and as GGUF (llama.cpp's names, Gemma's
-//! `1 + w` norms), then read back to the same logits; a pruned student keeps its layer kinds.
+//! `1 + w` norms, Phi-3's fused tensors and longrope factors), then read back to the same logits; a pruned student keeps its layer kinds.
 
 use std::collections::HashMap;
 
@@ -13,7 +13,17 @@ fn family_config(model_type: &str) -> LlamaConfig {
     let mut cfg = LlamaConfig { model_type: model_type.into(), num_hidden_layers: 3, ..tiny_config() };
     match model_type {
         "qwen3" => cfg.head_dim = Some(16),
-        "phi3" => cfg.sliding_window = Some(5),
+        "phi3" => {
+            // longrope with an original context of 8: the 12-token test sequence is past it.
+            cfg.sliding_window = Some(5);
+            cfg.original_max_position_embeddings = Some(8);
+            cfg.rope_scaling = Some(distill_models::llama::RopeScaling {
+                rope_type: "longrope".into(),
+                short_factor: Some(vec![1.0, 1.5, 2.0, 4.0]),
+                long_factor: Some(vec![1.0, 3.0, 9.0, 27.0]),
+                ..distill_models::llama::RopeScaling::linear(1.0)
+            });
+        }
         "gemma3" => {
             // What llama.cpp assumes of Gemma 3 (its GGUF cannot say otherwise): seven layers,
             // the sixth global; local RoPE base 10^4; scores scaled by the head size.
@@ -88,8 +98,8 @@ fn every_family_round_trips_through_an_hf_directory() {
 }
 
 #[test]
-fn llama_qwen3_and_gemma3_round_trip_through_gguf() {
-    for family in ["llama", "qwen3", "gemma3"] {
+fn every_family_round_trips_through_gguf() {
+    for family in FAMILIES {
         let cfg = family_config(family);
         let w = weights(&cfg);
         let model = Llama::from_weights(cfg.clone(), &w).unwrap();
@@ -105,14 +115,6 @@ fn llama_qwen3_and_gemma3_round_trip_through_gguf() {
 }
 
 #[test]
-fn phi3_gguf_export_is_refused_with_a_reason() {
-    let cfg = family_config("phi3");
-    let dir = tempfile::tempdir().unwrap();
-    let err = write_tiny_gguf(&dir.path().join("m.gguf"), &cfg, &weights(&cfg)).unwrap_err().to_string();
-    assert!(err.contains("phi3") && err.contains("safetensors"), "{err}");
-}
-
-#[test]
 fn a_pruned_gemma3_student_keeps_each_layers_kind_and_gguf_export_says_when_llama_cpp_cannot_run_it() {
     let cfg = family_config("gemma3");
     let w = weights(&cfg);
@@ -123,4 +125,32 @@ fn a_pruned_gemma3_student_keeps_each_layers_kind_and_gguf_export_says_when_llam
     let dir = tempfile::tempdir().unwrap();
     let err = write_tiny_gguf(&dir.path().join("m.gguf"), &student, &pruned).unwrap_err().to_string();
     assert!(err.contains("SG") && err.contains("SS") && err.contains("HINT"), "{err}");
+}
+
+/// Phi-3's fused tensors split into their projections as quantised blocks too (the rows of
+/// each block-quantised part), the same weights as when dequantised first.
+#[test]
+fn phi3_fused_q8_0_tensors_split_into_the_same_projections_as_blocks_or_dequantised() {
+    use distill_models::export::{write_gguf, GgufTokenizer, GgufType};
+    use distill_models::{load_with, LoadOptions};
+    let cfg = family_config("phi3");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("tok.gguf");
+    distill_models::fixtures::tiny_gguf(&src, 1).unwrap();
+    let tok = load(src.to_str().unwrap(), &Device::Cpu).unwrap().tokenizer;
+    let path = dir.path().join("phi3.q8_0.gguf");
+    let gguf_tok = GgufTokenizer::from_tokenizer(&tok, cfg.vocab_size).unwrap();
+    write_gguf(&path, "phi3", &cfg, &weights(&cfg), &gguf_tok, None, GgufType::Q8_0).unwrap();
+    let blocks = load(path.to_str().unwrap(), &Device::Cpu).unwrap();
+    let plain = load_with(path.to_str().unwrap(), &Device::Cpu, LoadOptions { dequantize: true }).unwrap();
+    let named = |m: &distill_models::LoadedModel| -> HashMap<String, Tensor> {
+        m.model.named_parameters().into_iter().collect()
+    };
+    let (a, b) = (named(&blocks), named(&plain));
+    for (name, t) in &b {
+        assert_eq!(max_diff(t, &a[name]), 0.0, "{name}: blocks and dequantised weights differ");
+    }
+    let (la, lb) = (logits(&blocks.model), logits(&plain.model));
+    let scale = lb.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(max_diff(&la, &lb) < 0.02 * scale, "int8 kernel vs f32: {}", max_diff(&la, &lb));
 }
