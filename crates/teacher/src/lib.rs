@@ -9,6 +9,7 @@
 //! Shape letters: `K` top-k entries per position; a [`TopK`] holds rows of K (ids, log-probs)
 //! and one tail log-probability per row.
 
+mod collections;
 pub mod dataset;
 pub mod local;
 pub mod prompts;

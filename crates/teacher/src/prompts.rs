@@ -1,6 +1,8 @@
 //! Prompt files: JSONL with `{"prompt": "..."}` or OpenAI chat `{"messages": [...]}` per line,
 //! optionally `"completion": "..."` (or a final assistant message) to have the teacher score a
 //! given reply instead of generating one, and `"metadata": {"id": ...}` to name the prompt.
+//! Collections in other shapes are read too (see `collections.rs`): OpenAI content parts, Batch
+//! API request lines, ShareGPT records, and JSON arrays of records instead of lines.
 //! [`render`] turns a prompt into the text a model reads.
 
 use std::path::Path;
@@ -43,29 +45,77 @@ pub struct PromptRecord {
     pub line: usize,
 }
 
-/// Reads a JSONL prompt file; errors name the line and the field.
+/// Reads a prompt file; errors name the line and the field.
+///
+/// A JSON array of records (a downloaded collection, ShareGPT's dumps) is read record by record:
+/// records that are not prompts are skipped and counted in a warning, and a file cut off inside
+/// its last record gives every record before it (with a warning). In JSON lines every line must
+/// be a prompt.
 pub fn read_prompt_file(path: &Path) -> Result<Vec<PromptRecord>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Input(format!("cannot read prompt file {}: {e}", path.display())))?;
+    let records = crate::collections::records(&text);
+    let total = records.items.len();
     let mut prompts = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        if line.trim().is_empty() {
-            continue;
+    let mut skipped: Vec<(usize, String)> = Vec::new();
+    for (number, item) in records.items {
+        let value = match item {
+            Ok(value) => value,
+            Err(message) if records.array => {
+                return Err(Error::Input(format!("{}: record {number} is {message}", path.display())))
+            }
+            Err(message) => return Err(Error::Prompt { path: path.to_path_buf(), line: number, message }),
+        };
+        match crate::collections::canonical(value).and_then(|v| parse_record(&v)) {
+            Ok(mut prompt) => {
+                prompt.line = number;
+                prompts.push(prompt);
+            }
+            Err(message) if records.array => skipped.push((number, message)),
+            Err(message) => return Err(Error::Prompt { path: path.to_path_buf(), line: number, message }),
         }
-        let mut prompt =
-            parse_line(line).map_err(|message| Error::Prompt { path: path.to_path_buf(), line: line_no, message })?;
-        prompt.line = line_no;
-        prompts.push(prompt);
+    }
+    if let Some(at) = records.truncated_at {
+        tracing::warn!(
+            "{}: the last record (from byte {at}) is cut off; read the {total} records before it",
+            path.display()
+        );
+    }
+    if let Some((number, message)) = skipped.first() {
+        tracing::warn!(
+            "{}: skipped {} of {total} records that are not prompts (record {number}: {message})",
+            path.display(),
+            skipped.len()
+        );
     }
     if prompts.is_empty() {
-        return Err(Error::Input(format!("{} holds no prompts", path.display())));
+        let why = skipped.first().map(|(n, m)| format!(" (record {n}: {m})")).unwrap_or_default();
+        return Err(Error::Input(format!("{} holds no prompts{why}", path.display())));
     }
     Ok(prompts)
 }
 
-fn parse_line(line: &str) -> LineResult<PromptRecord> {
-    let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+/// The first `n` records of a prompt file as JSON lines: JSONL lines as they are, a JSON array's
+/// elements one per line (for a run that takes only part of a file).
+pub fn first_records(path: &Path, n: usize) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Input(format!("cannot read prompt file {}: {e}", path.display())))?;
+    let records = crate::collections::records(&text);
+    if !records.array {
+        return Ok(text.lines().filter(|l| !l.trim().is_empty()).take(n).map(|l| format!("{l}\n")).collect());
+    }
+    records
+        .items
+        .into_iter()
+        .take(n)
+        .map(|(number, item)| match item {
+            Ok(value) => Ok(format!("{value}\n")),
+            Err(message) => Err(Error::Input(format!("{}: record {number} is {message}", path.display()))),
+        })
+        .collect()
+}
+
+fn parse_record(value: &Value) -> LineResult<PromptRecord> {
     let obj = value.as_object().ok_or("expected a JSON object with `prompt` or `messages`")?;
     let id = match obj.get("metadata").and_then(|m| m.get("id")) {
         None | Some(Value::Null) => None,
@@ -226,5 +276,39 @@ mod tests {
         std::fs::write(&path, "not json\n").unwrap();
         let err = format!("{:#}", read_prompt_file(&path).unwrap_err());
         assert!(err.contains("p.jsonl:1") && err.contains("not valid JSON"), "{err}");
+    }
+
+    /// A ShareGPT-style JSON array cut off in its last record: every whole record is read, the
+    /// ones that are not prompts are skipped; `first_records` takes the first ones as JSON lines.
+    #[test]
+    fn a_truncated_json_array_collection_gives_its_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sharegpt.json");
+        std::fs::write(
+            &path,
+            r#"[
+  {"id": "a", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
+  {"id": "b", "conversations": []},
+  {"custom_id": "c", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Tell me"}]}]}},
+  {"id": "d", "conversations": [{"from": "human", "value": "cut o"#,
+        )
+        .unwrap();
+        let prompts = read_prompt_file(&path).unwrap();
+        assert_eq!(prompts.len(), 2, "record b has no messages; record d is cut off");
+        assert_eq!(prompts[0].id.as_deref(), Some("a"));
+        assert_eq!(prompts[0].prompt, Prompt::Chat(vec![ChatMessage::new("user", "Hi")]));
+        assert_eq!(prompts[0].completion.as_deref(), Some("Hello!"));
+        assert_eq!((prompts[1].id.as_deref(), prompts[1].line), (Some("c"), 3));
+        assert_eq!(prompts[1].prompt, Prompt::Chat(vec![ChatMessage::new("user", "Tell me")]));
+
+        let first = first_records(&path, 1).unwrap();
+        let subset = dir.path().join("subset.jsonl");
+        std::fs::write(&subset, &first).unwrap();
+        assert_eq!(first.lines().count(), 1);
+        assert_eq!(read_prompt_file(&subset).unwrap()[0].id.as_deref(), Some("a"));
+
+        std::fs::write(&path, "[{\"prompt\": \"ok\"}, {\"prompt\": oops}]").unwrap();
+        let err = read_prompt_file(&path).unwrap_err().to_string();
+        assert!(err.contains("record 2 is not valid JSON"), "{err}");
     }
 }

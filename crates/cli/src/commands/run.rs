@@ -87,12 +87,11 @@ fn prompt_input(path: &Path, lines: Option<usize>) -> Result<Value> {
     Ok(json!({"path": path, "lines": lines, "sha256": hash}))
 }
 
-/// The first `n` non-empty lines of a prompt file, copied into the run (so the run's prompt file
-/// hash is stable), or the file itself.
+/// The first `n` records of a prompt file (non-empty JSONL lines, or a JSON array's elements),
+/// copied into the run as JSON lines (so the run's prompt file hash is stable), or the file itself.
 fn prompt_subset(src: &Path, n: Option<usize>, dest: &Path) -> Result<PathBuf> {
     let Some(n) = n else { return Ok(src.to_path_buf()) };
-    let text = std::fs::read_to_string(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let lines: String = text.lines().filter(|l| !l.trim().is_empty()).take(n).map(|l| format!("{l}\n")).collect();
+    let lines = distill_teacher::prompts::first_records(src, n)?;
     std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
     std::fs::write(dest, lines)?;
     Ok(dest.to_path_buf())
