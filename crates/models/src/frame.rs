@@ -108,7 +108,9 @@ impl Frame {
             let abs = past + q;
             (k >= left_pad[row] && k <= abs) || k == abs
         };
-        let window = |w: usize| move |row: usize, q: usize, k: usize| open(row, q, k) && past + q - k.min(past + q) < w;
+        // An open key is at most the query's position, so `k + w > past + q` says it is fewer
+        // than `w` positions back.
+        let window = |w: usize| move |row: usize, q: usize, k: usize| open(row, q, k) && k + w > past + q;
         Self::gathered(rope, sliding, &positions, (b, t, past + t), open, window, dtype)
     }
 

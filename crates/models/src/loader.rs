@@ -299,9 +299,12 @@ fn gguf_parts(
         };
         let shape = gguf.tensor_shape(&name).unwrap_or_default().to_vec();
         // A fused tensor (Phi-3's qkv, gate/up) is its parts' rows one after another.
-        let parts = crate::hf_config::fused_rows(cfg, &hf).unwrap_or_else(|| vec![(hf.clone(), shape[0])]);
-        if parts.iter().map(|(_, rows)| rows).sum::<usize>() != shape[0] {
-            return Err(Error::tensor(name, format!("has {} rows, the config implies other projections", shape[0])));
+        // GGUF tensors have at least one dimension; a crafted file without one is refused later
+        // by the shape check, not here by a panic.
+        let rows = shape.first().copied().unwrap_or(1);
+        let parts = crate::hf_config::fused_rows(cfg, &hf).unwrap_or_else(|| vec![(hf.clone(), rows)]);
+        if parts.iter().map(|(_, rows)| rows).sum::<usize>() != rows {
+            return Err(Error::tensor(name, format!("has {rows} rows, the config implies other projections")));
         }
         match gguf.block_type(&name) {
             Some(ty) if keep_blocks && shape.len() == 2 => {
@@ -309,7 +312,7 @@ fn gguf_parts(
                 if let Some(heads) = heads {
                     bytes = gguf_names::unpermute_rows(&bytes, shape[0], heads);
                 }
-                let row_bytes = bytes.len() / shape[0].max(1);
+                let row_bytes = bytes.len() / rows.max(1);
                 let mut start = 0;
                 for (part, rows) in parts {
                     let range = &bytes[start * row_bytes..(start + rows) * row_bytes];
