@@ -9,6 +9,9 @@ use candle_core::{Device, Tensor};
 use distill_models::{generate, load_with, LoadOptions, LoadedModel, SamplingParams};
 use serde_json::Value;
 
+mod common;
+use common::{assert_same_ids, floats, ids};
+
 fn fixture() -> &'static Value {
     static FIXTURE: OnceLock<Value> = OnceLock::new();
     FIXTURE.get_or_init(|| {
@@ -62,14 +65,6 @@ fn compare(logits: &[Vec<f32>], positions: &Value, columns: &[u32]) -> (f32, f64
     (worst, sum / count as f64, top1)
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
 #[test]
 fn gemma3_config_is_read_from_gguf() {
     let cfg = model().model.config();
@@ -86,19 +81,7 @@ fn gemma3_tokenizer_ids_match_llama_cpp() {
     let text = fixture()["tokenizer"]["text"].as_str().unwrap();
     let want = ids(&fixture()["tokenizer"]["ids"]);
     let got = tok.encode(text, true).unwrap();
-    if let Some(i) = (0..want.len().min(got.len())).find(|&i| want[i] != got[i]) {
-        let window = |v: &[u32]| {
-            v[i.saturating_sub(3)..(i + 3).min(v.len())].iter().map(|&id| tok.id_to_token(id)).collect::<Vec<_>>()
-        };
-        panic!(
-            "first mismatch at token {i}: llama.cpp {} {:?}, ours {} {:?}",
-            want[i],
-            window(&want),
-            got[i],
-            window(&got)
-        );
-    }
-    assert_eq!(got.len(), want.len());
+    assert_same_ids("Gemma 3", "llama.cpp", tok, &got, &want);
     let decoded = tok.decode(&got, false).unwrap();
     assert_eq!(decoded.trim_start_matches("<bos>"), text, "decode(encode(text)) != text");
 }

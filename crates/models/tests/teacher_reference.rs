@@ -7,6 +7,9 @@ use candle_core::{Device, Tensor};
 use distill_models::{generate, load_with, ChatMessage, LoadOptions, LoadedModel, SamplingParams};
 use serde_json::Value;
 
+mod common;
+use common::{assert_same_ids, floats, ids};
+
 fn fixture() -> &'static Value {
     static FIXTURE: OnceLock<Value> = OnceLock::new();
     FIXTURE.get_or_init(|| {
@@ -42,14 +45,6 @@ fn load_teacher(options: LoadOptions) -> LoadedModel {
     }
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
 #[test]
 fn tokenizer_ids_match_llama_cpp_on_mixed_text() {
     let tok = &teacher().tokenizer;
@@ -57,17 +52,7 @@ fn tokenizer_ids_match_llama_cpp_on_mixed_text() {
     let want = ids(&fixture()["tokenizer"]["ids"]);
     assert!(want.len() > 3000, "fixture has {} tokens", want.len());
     let got = tok.encode(text, true).unwrap();
-    if let Some(i) = (0..want.len().min(got.len())).find(|&i| want[i] != got[i]) {
-        let window = |v: &[u32]| tok.decode(&v[i.saturating_sub(3)..(i + 3).min(v.len())], false).unwrap();
-        panic!(
-            "first mismatch at token {i}: llama.cpp {} {:?}, ours {} {:?}",
-            want[i],
-            window(&want),
-            got[i],
-            window(&got)
-        );
-    }
-    assert_eq!(got.len(), want.len());
+    assert_same_ids("SmolLM2", "llama.cpp", tok, &got, &want);
     assert_eq!(tok.decode(&got, false).unwrap(), text, "decode(encode(text)) != text");
 }
 

@@ -12,14 +12,16 @@ use distill_models::export::{write_gguf, GgufTokenizer, GgufType};
 use distill_models::{init, load, teacher, LlamaConfig, TextTokenizer};
 use serde_json::Value;
 
+mod common;
+use common::{assert_same_ids, ids};
+
 fn fixture(name: &str) -> (String, Vec<u32>) {
     static FIXTURE: OnceLock<Value> = OnceLock::new();
     let all = FIXTURE.get_or_init(|| {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tokenizers_reference.json");
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     });
-    let ids = all[name]["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    (all[name]["text"].as_str().unwrap().to_string(), ids)
+    (all[name]["text"].as_str().unwrap().to_string(), ids(&all[name]["ids"]))
 }
 
 fn tokenizer_json(name: &str) -> PathBuf {
@@ -28,15 +30,10 @@ fn tokenizer_json(name: &str) -> PathBuf {
     path
 }
 
-fn assert_same_ids(what: &str, tok: &TextTokenizer, text: &str, want: &[u32]) {
+/// `tok` encodes `text` to `want` (HF tokenizers' ids) and decodes it back.
+fn assert_encodes(what: &str, tok: &TextTokenizer, text: &str, want: &[u32]) {
     let got = tok.encode(text, false).unwrap();
-    if let Some(i) = (0..want.len().min(got.len())).find(|&i| want[i] != got[i]) {
-        let window = |v: &[u32]| {
-            v[i.saturating_sub(3)..(i + 3).min(v.len())].iter().map(|&id| tok.id_to_token(id)).collect::<Vec<_>>()
-        };
-        panic!("{what}: first mismatch at token {i}: tokenizers {:?}, ours {:?}", window(want), window(&got));
-    }
-    assert_eq!(got.len(), want.len(), "{what}");
+    assert_same_ids(what, "tokenizers", tok, &got, want);
     assert_eq!(tok.decode(&got, false).unwrap(), text, "{what}: decode(encode(text)) != text");
 }
 
@@ -45,7 +42,7 @@ fn assert_same_ids(what: &str, tok: &TextTokenizer, text: &str, want: &[u32]) {
 fn check_byte_level(name: &str, model_type: &str, pre: &str) {
     let (text, want) = fixture(name);
     let tok = TextTokenizer::from_file(&tokenizer_json(name)).unwrap();
-    assert_same_ids(&format!("{name} tokenizer.json"), &tok, &text, &want);
+    assert_encodes(&format!("{name} tokenizer.json"), &tok, &text, &want);
 
     let cfg = LlamaConfig {
         vocab_size: tok.vocab_size(),
@@ -65,7 +62,7 @@ fn check_byte_level(name: &str, model_type: &str, pre: &str) {
     write_gguf(&path, name, &cfg, &weights, &gguf_tok, None, GgufType::Q8_0).unwrap();
     let back = load(path.to_str().unwrap(), &Device::Cpu).unwrap();
     assert_eq!(back.model.config().model_type, model_type);
-    assert_same_ids(&format!("{name} from GGUF"), &back.tokenizer, &text, &want);
+    assert_encodes(&format!("{name} from GGUF"), &back.tokenizer, &text, &want);
 }
 
 #[test]
@@ -83,11 +80,11 @@ fn gemma3_tokenizer_json_and_the_gguf_pieces_match_hf_tokenizers() {
     let (text, want) = fixture("gemma3");
     let tok = TextTokenizer::from_file(&tokenizer_json("gemma3")).unwrap();
     assert!(tok.is_spm());
-    assert_same_ids("gemma3 tokenizer.json", &tok, &text, &want);
+    assert_encodes("gemma3 tokenizer.json", &tok, &text, &want);
 
     let gguf = teacher::fetched_model(teacher::GEMMA3_270M_FILE)
         .expect("Gemma-3-270M is missing\nHINT: fetch it with `scripts/fetch-teacher.sh gemma3-270m`");
     let file = distill_models::GgufFile::open(&gguf).unwrap();
     let from_gguf = TextTokenizer::from_gguf(&file).unwrap();
-    assert_same_ids("gemma3 from GGUF", &from_gguf, &text, &want);
+    assert_encodes("gemma3 from GGUF", &from_gguf, &text, &want);
 }
