@@ -258,6 +258,31 @@ fn width_pruned_student_trains_and_the_reference_export_holds_its_batches() {
     assert!(reference.join("config.toml").is_file());
 }
 
+/// Writes `arch` as a student config named `name` and a two-step run config training it on
+/// `train` into `run`, with `teacher`'s tokenizer; returns the run config's path.
+fn config_student_run(
+    dir: &Path,
+    name: &str,
+    arch: &distill_models::LlamaConfig,
+    train: &str,
+    teacher: &str,
+    run: &Path,
+) -> std::path::PathBuf {
+    let arch_path = dir.join(format!("{name}.json"));
+    std::fs::write(&arch_path, serde_json::to_string(arch).unwrap()).unwrap();
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "dataset = {train:?}\noutput = {:?}\nsteps = 2\nbatch_size = 2\nseq_len = 48\n\n[student]\ntype = \"config\"\nconfig = {:?}\ntokenizer_from = {teacher:?}\ninit_seed = 3\n",
+            run.to_str().unwrap(),
+            arch_path.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 #[test]
 fn explicit_config_student_trains_and_a_padded_vocabulary_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,19 +293,7 @@ fn explicit_config_student_trains_and_a_padded_vocabulary_is_refused() {
     let write = |vocab: usize| {
         let arch =
             distill_models::LlamaConfig { num_hidden_layers: 1, hidden_size: 16, vocab_size: vocab, ..tiny.clone() };
-        let arch_path = dir.path().join(format!("student{vocab}.json"));
-        std::fs::write(&arch_path, serde_json::to_string(&arch).unwrap()).unwrap();
-        let config = dir.path().join(format!("run{vocab}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "dataset = {train:?}\noutput = {:?}\nsteps = 2\nbatch_size = 2\nseq_len = 48\n\n[student]\ntype = \"config\"\nconfig = {:?}\ntokenizer_from = {m:?}\ninit_seed = 3\n",
-                run.to_str().unwrap(),
-                arch_path.to_str().unwrap()
-            ),
-        )
-        .unwrap();
-        config
+        config_student_run(dir.path(), &format!("student{vocab}"), &arch, &train, m, &run)
     };
     let out = distill(&["train", write(tiny.vocab_size + 64).to_str().unwrap()]);
     assert!(!out.status.success());
@@ -467,19 +480,8 @@ fn students_of_every_family_train_save_and_generate() {
                 arch.layer_types = Some(vec!["sliding_attention".into(), "full_attention".into()]);
             }
         }
-        let arch_path = dir.path().join(format!("{family}.json"));
-        std::fs::write(&arch_path, serde_json::to_string(&arch).unwrap()).unwrap();
         let run = dir.path().join(format!("run-{family}"));
-        let config = dir.path().join(format!("{family}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "dataset = {train:?}\noutput = {:?}\nsteps = 2\nbatch_size = 2\nseq_len = 48\n\n[student]\ntype = \"config\"\nconfig = {:?}\ntokenizer_from = {m:?}\ninit_seed = 3\n",
-                run.to_str().unwrap(),
-                arch_path.to_str().unwrap()
-            ),
-        )
-        .unwrap();
+        let config = config_student_run(dir.path(), family, &arch, &train, m, &run);
         let out = distill(&["train", config.to_str().unwrap()]);
         assert!(out.status.success(), "{family}: {}", text(&out.stderr));
         let final_dir = run.join("final");
