@@ -19,6 +19,9 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Generate text with a model (GGUF file, Hugging Face directory or Hub id).
     Generate(commands::generate::GenerateArgs),
+    /// How well a student's tokenizer fits a teacher's: shared tokens, token boundaries, the
+    /// teacher's mass the student can match, and which cross-tokenizer modes make sense.
+    Align(commands::align::AlignArgs),
     /// Summarise a teacher-signal dataset: sequences, tokens, size, teacher, k, entropy.
     Inspect(commands::inspect::InspectArgs),
     /// Train a student on a teacher-signal dataset, configured by a TOML file.
@@ -94,6 +97,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Generate(args) => commands::generate::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Align(args) => commands::align::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args).map(|_| ()),
         Command::Export(args) => commands::export::run(args),

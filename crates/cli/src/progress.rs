@@ -120,7 +120,10 @@ impl TrainObserver for TrainProgress {
     }
 
     fn evaluated(&mut self, m: &EvalMetrics) {
-        let line = format!("step {}: held-out KL {:.4}, top-1 {:.3}", m.step, m.eval_kl, m.eval_top1);
+        let line = match m.eval_nll_per_byte {
+            Some(nll) => format!("step {}: held-out NLL {nll:.4} nats/byte, span top-1 {:.3}", m.step, m.eval_top1),
+            None => format!("step {}: held-out KL {:.4}, top-1 {:.3}", m.step, m.eval_kl, m.eval_top1),
+        };
         match &self.bar {
             // A hidden bar (no terminal) prints nothing: the line goes to stderr as it is.
             Some(b) if !b.is_hidden() => b.println(line),

@@ -216,6 +216,12 @@ impl TextTokenizer {
         self.inner.token_to_id(&spelled)
     }
 
+    /// Whether `id` is a special token (`<|im_end|>`, `<eos>`): a control mark rather than text,
+    /// so it spans no bytes of the text it ends.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.get_added_vocabulary().get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+    }
+
     pub fn bos_id(&self) -> Option<u32> {
         self.bos_id
     }

@@ -4,7 +4,8 @@
 //! Each shard row is one sequence (prompt + completion) with, for every completion token, the
 //! teacher's top-K token ids, their log-probabilities (quantised, see [`quant`]) and the tail mass,
 //! range-coded ([`codec`]) or as plain lists ([`shard`] describes both layouts). Shards cover fixed, consecutive ranges of prompts and are written atomically, so a killed run
-//! resumes exactly where it stopped.
+//! resumes exactly where it stopped. `source/` keeps the prompt file and the teacher's
+//! tokenizer, for students with another tokenizer ([`source`]).
 //!
 //! Shape letters: `T` sequence tokens, `Tc` completion tokens, `K` top-k entries, `B` batch rows,
 //! `L` packed row length.
@@ -16,6 +17,7 @@ pub mod pack;
 pub mod quant;
 pub mod reader;
 pub mod shard;
+pub mod source;
 pub mod writer;
 
 pub use error::{Error, Result};
@@ -24,6 +26,7 @@ pub use pack::{pack_sequences, Batch, PackOptions, Packer};
 pub use quant::Layout;
 pub use reader::{Dataset, Truncation};
 pub use shard::Sequence;
+pub use source::{RenderSettings, Source};
 pub use writer::DatasetWriter;
 
 /// Hex SHA-256 of bytes, the fingerprint used throughout the manifest.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use distill_models::SamplingParams;
-use distill_store::{DatasetSpec, DatasetWriter, Layout, Manifest, Sequence};
+use distill_store::{DatasetSpec, DatasetWriter, Layout, Manifest, RenderSettings, Sequence, Source};
 
 use crate::prompts::{conversation, read_prompt_file, render, PromptRecord};
 use crate::{Error, Result, ScoreRequest, Teacher, TeacherPrompt};
@@ -117,6 +117,14 @@ pub fn create_dataset(
         teacher_matmuls: identity.matmuls,
     };
     let mut writer = DatasetWriter::open(output, spec, &prompts_file.display().to_string())?;
+    // What a student with another tokenizer needs to read the teacher's text back and render the
+    // prompts its own way; rewritten by every run (a resumed or repeated run adds it to a dataset
+    // made before it existed).
+    let settings = RenderSettings {
+        chat: opts.chat && (teacher.chat_template().is_some() || teacher.needs_messages()),
+        system: opts.system.clone(),
+    };
+    Source::of(output).write(prompts_file, &tokenizer.to_json()?, &settings)?;
     progress(DatasetProgress::Started { done: writer.manifest().prompts_done(), total: records.len() });
     build_dataset(teacher, &records, opts, &mut writer, progress)
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cross::CrossConfig;
 use crate::loss::{LossConfig, TailModel};
 use crate::optim::AdamWConfig;
 
@@ -57,6 +58,11 @@ pub struct TrainConfig {
     /// completions, scored by a teacher inside the loop (none when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_policy: Option<OnPolicyConfig>,
+    /// A student whose tokenizer is not the teacher's: the teacher's completions re-tokenised
+    /// and lined up by bytes, trained with GOLD, ULD or sequence-level KD (none when absent:
+    /// the student must share the teacher's tokenizer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_tokenizer: Option<CrossConfig>,
 }
 
 /// `[on_policy]`: the student samples completions of `prompts`, the teacher scores every token of
@@ -277,6 +283,15 @@ impl TrainConfig {
                     "on_policy: tail = \"uniform\" needs beta = 1 (reverse KL), got beta = {}",
                     o.beta
                 ));
+            }
+        }
+        if let Some(c) = &self.cross_tokenizer {
+            if self.on_policy.is_some() {
+                return Err("cross_tokenizer: on-policy and online batches need the teacher's tokenizer (not supported with [cross_tokenizer] yet)".into());
+            }
+            let weights = [c.ce_weight, c.kd_weight, c.matched_weight, c.unmatched_weight];
+            if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+                return Err("cross_tokenizer: weights must be finite and ≥ 0".into());
             }
         }
         if self.optimizer.lr <= 0.0 {

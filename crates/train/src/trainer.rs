@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self as ckpt, TrainerState};
 use crate::config::TrainConfig;
+use crate::cross::{CrossData, CrossStream};
 use crate::data::BatchStream;
 use crate::error::{Error, Result};
 use crate::init::{build_student, InitialStudent};
@@ -73,9 +74,14 @@ pub struct EvalMetrics {
     pub step: u64,
     /// Mean KL(teacher ‖ student) per token, nats.
     pub eval_kl: f64,
-    /// Share of positions where the student's argmax is the teacher's top-1.
+    /// Share of positions where the student's argmax is the teacher's top-1 (with another
+    /// tokenizer: of aligned spans whose first token both rank first).
     pub eval_top1: f64,
     pub eval_tokens: usize,
+    /// With another tokenizer (where KL over shared ids is undefined, `eval_kl` is NaN): the
+    /// student's negative log-likelihood of the teacher's held-out text, nats per byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_nll_per_byte: Option<f64>,
 }
 
 /// How a run ended.
@@ -119,6 +125,8 @@ pub struct Trainer {
     dataset: Option<Dataset>,
     eval: Option<Dataset>,
     rollouts: Option<Rollouts>,
+    /// With `[cross_tokenizer]`: the converted data and the vocabulary map.
+    cross: Option<CrossData>,
     resumed: bool,
     metrics: File,
     metrics_path: PathBuf,
@@ -200,12 +208,14 @@ impl Trainer {
             None => build_student(&cfg, dataset.as_ref(), &mut |done, total| observer.calibrating(done, total))?,
         };
         let tok = &initial.source.tokenizer;
-        if let Some(dataset) = &dataset {
-            dataset.check_student(&tok.fingerprint(), tok.vocab_size(), initial.config.vocab_size)?;
-        }
-        if let Some(eval) = &eval {
-            eval.check_student(&tok.fingerprint(), tok.vocab_size(), initial.config.vocab_size)
-                .map_err(|e| Error::from(e).context("eval_dataset was made with another teacher than dataset"))?;
+        if cfg.cross_tokenizer.is_none() {
+            if let Some(dataset) = &dataset {
+                dataset.check_student(&tok.fingerprint(), tok.vocab_size(), initial.config.vocab_size)?;
+            }
+            if let Some(eval) = &eval {
+                eval.check_student(&tok.fingerprint(), tok.vocab_size(), initial.config.vocab_size)
+                    .map_err(|e| Error::from(e).context("eval_dataset was made with another teacher than dataset"))?;
+            }
         }
         let student = Student::new(initial.config.clone(), &initial.weights)?;
         // The student holds its own copy now: free the initial weights and the model the tokenizer
@@ -213,6 +223,10 @@ impl Trainer {
         let InitialStudent { config: student_cfg, weights, source } = initial;
         drop(weights);
         let text = source.into_text();
+        let cross = match (&cfg.cross_tokenizer, &dataset) {
+            (Some(_), Some(d)) => Some(CrossData::open(d, eval.as_ref(), &text, cfg.seq_len)?),
+            _ => None,
+        };
         let rollouts = match &cfg.on_policy {
             Some(o) => {
                 let k = o.k.or(dataset.as_ref().map(|d| d.manifest().spec.k)).unwrap_or(20);
@@ -264,6 +278,7 @@ impl Trainer {
             dataset,
             eval,
             rollouts,
+            cross,
             resumed: resume_from.is_some(),
             metrics,
             metrics_path,
@@ -303,10 +318,26 @@ impl Trainer {
         let cfg = self.cfg.clone();
         let (epoch, batches_in_epoch) = (self.state.epoch, self.state.batches_in_epoch);
         let dataset = self.dataset.take();
-        let mut stream = dataset
-            .as_ref()
-            .map(|d| BatchStream::new(d, cfg.seq_len, cfg.batch_size, cfg.seed, epoch, batches_in_epoch))
-            .transpose()?;
+        let cross_train = self.cross.as_mut().map(|c| std::mem::take(&mut c.train));
+        let mut stream = match (&cross_train, &dataset) {
+            (Some(seqs), _) => Some(Stream::Cross(CrossStream::new(
+                seqs,
+                cfg.seq_len,
+                cfg.batch_size,
+                cfg.seed,
+                epoch,
+                batches_in_epoch,
+            )?)),
+            (None, Some(d)) => Some(Stream::Same(Box::new(BatchStream::new(
+                d,
+                cfg.seq_len,
+                cfg.batch_size,
+                cfg.seed,
+                epoch,
+                batches_in_epoch,
+            )?))),
+            (None, None) => None,
+        };
         let mut interrupted = false;
         while self.state.step < cfg.steps {
             let (loss, tokens) = self.micro_batches(stream.as_mut())?;
@@ -365,7 +396,7 @@ impl Trainer {
     /// Accumulates one step's `grad_accum` micro-batches: rollouts where [`is_rollout`] says so,
     /// offline batches from `stream` otherwise. Returns the mean micro-batch loss and the target
     /// tokens trained on.
-    fn micro_batches(&mut self, mut stream: Option<&mut BatchStream<'_>>) -> Result<(f32, usize)> {
+    fn micro_batches(&mut self, mut stream: Option<&mut Stream<'_>>) -> Result<(f32, usize)> {
         let cfg = &self.cfg;
         let mut micro_losses = Vec::with_capacity(cfg.grad_accum as usize);
         let mut n = 0usize;
@@ -400,9 +431,22 @@ impl Trainer {
             let stream = stream
                 .as_deref_mut()
                 .ok_or_else(|| Error::Config("no dataset to read an offline batch from".into()))?;
-            let batch = stream.next_batch()?;
-            (self.state.epoch, self.state.batches_in_epoch) = (stream.epoch, stream.batches_in_epoch);
-            let Some(micro) = self.student.batch_loss(&batch, &cfg.loss)? else { continue };
+            let micro = match stream {
+                Stream::Same(stream) => {
+                    let batch = stream.next_batch()?;
+                    (self.state.epoch, self.state.batches_in_epoch) = (stream.epoch, stream.batches_in_epoch);
+                    self.student.batch_loss(&batch, &cfg.loss)?
+                }
+                Stream::Cross(stream) => {
+                    let batch = stream.next_batch();
+                    (self.state.epoch, self.state.batches_in_epoch) = (stream.epoch, stream.batches_in_epoch);
+                    let (Some(cross), Some(cross_cfg)) = (&self.cross, &cfg.cross_tokenizer) else {
+                        return Err(Error::Config("cross-tokenizer batches without [cross_tokenizer]".into()));
+                    };
+                    self.student.cross_batch_loss(&batch, cross.k, &cross.map, cross_cfg)?
+                }
+            };
+            let Some(micro) = micro else { continue };
             self.optimizer.accumulate(&micro.objective, 1.0 / cfg.grad_accum as f64)?;
             micro_losses.push(micro.loss as f32);
             n += micro.tokens;
@@ -414,8 +458,29 @@ impl Trainer {
     /// `eval_dataset`).
     fn evaluate(&mut self, step: u64, observer: &mut dyn TrainObserver) -> Result<()> {
         let Some(eval) = &self.eval else { return Ok(()) };
-        let e = self.student.evaluate(eval, self.cfg.seq_len, self.cfg.batch_size)?;
-        let metrics = EvalMetrics { step, eval_kl: e.kl, eval_top1: e.top1_agreement, eval_tokens: e.tokens };
+        let metrics = match &self.cross {
+            Some(cross) => {
+                let batches = CrossStream::batches_in_order(&cross.eval, self.cfg.seq_len, self.cfg.batch_size);
+                let e = self.student.cross_evaluate(&batches, cross.k, &cross.map)?;
+                EvalMetrics {
+                    step,
+                    eval_kl: f64::NAN,
+                    eval_top1: e.top1_agreement,
+                    eval_tokens: e.spans,
+                    eval_nll_per_byte: Some(e.nll_per_byte),
+                }
+            }
+            None => {
+                let e = self.student.evaluate(eval, self.cfg.seq_len, self.cfg.batch_size)?;
+                EvalMetrics {
+                    step,
+                    eval_kl: e.kl,
+                    eval_top1: e.top1_agreement,
+                    eval_tokens: e.tokens,
+                    eval_nll_per_byte: None,
+                }
+            }
+        };
         self.log(&metrics)?;
         observer.evaluated(&metrics);
         Ok(())
@@ -439,6 +504,13 @@ impl Trainer {
             self.state,
         )
     }
+}
+
+/// Where offline batches come from: the dataset as it is, or re-tokenised for a student with
+/// another tokenizer.
+enum Stream<'a> {
+    Same(Box<BatchStream<'a>>),
+    Cross(CrossStream<'a>),
 }
 
 /// The steps of the run saved as `saved` when `cfg` only raises them: a finished or interrupted

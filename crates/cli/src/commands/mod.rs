@@ -1,3 +1,4 @@
+pub mod align;
 pub mod capture;
 pub mod dataset;
 pub mod eval;
