@@ -68,7 +68,7 @@ impl Dataset {
         let spec = &self.manifest.spec;
         if tokenizer_hash != spec.tokenizer_hash || tokenizer_vocab != spec.tokenizer_vocab {
             return Err(Error::Mismatch(format!(
-                "the student's tokenizer ({tokenizer_vocab} tokens, {}) is not the one this dataset was made with ({} tokens, {}, teacher {})\nHINT: was the dataset made with another teacher? Use a student with the teacher's tokenizer, or re-run `distill generate` with a matching teacher",
+                "the student's tokenizer ({tokenizer_vocab} tokens, {}) is not the one this dataset was made with ({} tokens, {}, teacher {})\nHINT: was the dataset made with another teacher? Use a student with the teacher's tokenizer, re-run `distill generate` with a matching teacher, or train across tokenizers with a [cross_tokenizer] section (`distill align TEACHER STUDENT` says which mode suits the pair)",
                 &tokenizer_hash[..tokenizer_hash.len().min(12)],
                 spec.tokenizer_vocab,
                 &spec.tokenizer_hash[..spec.tokenizer_hash.len().min(12)],

@@ -194,7 +194,8 @@ pub enum StudentConfig {
         #[serde(default)]
         init_seed: u64,
     },
-    /// A smaller pretrained model that shares the teacher's tokenizer.
+    /// A smaller pretrained model: one that shares the teacher's tokenizer, or any with
+    /// `[cross_tokenizer]`.
     Pretrained { from: String },
 }
 
@@ -286,8 +287,12 @@ impl TrainConfig {
             }
         }
         if let Some(c) = &self.cross_tokenizer {
-            if self.on_policy.is_some() {
-                return Err("cross_tokenizer: on-policy and online batches need the teacher's tokenizer (not supported with [cross_tokenizer] yet)".into());
+            if self
+                .on_policy
+                .as_ref()
+                .is_some_and(|o| o.teacher.starts_with("http://") || o.teacher.starts_with("https://"))
+            {
+                return Err("cross_tokenizer: an on_policy.teacher given by URL scores in the student's tokens; give a local teacher (GGUF, HF directory or Hub id) to score across tokenizers".into());
             }
             let weights = [c.ce_weight, c.kd_weight, c.matched_weight, c.unmatched_weight];
             if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {

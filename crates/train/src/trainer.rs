@@ -24,8 +24,9 @@ use distill_teacher::Teacher;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self as ckpt, TrainerState};
+use crate::config::Sampler;
 use crate::config::TrainConfig;
-use crate::cross::{CrossData, CrossStream};
+use crate::cross::{CrossConfig, CrossData, CrossStream};
 use crate::data::BatchStream;
 use crate::error::{Error, Result};
 use crate::init::{build_student, InitialStudent};
@@ -223,10 +224,6 @@ impl Trainer {
         let InitialStudent { config: student_cfg, weights, source } = initial;
         drop(weights);
         let text = source.into_text();
-        let cross = match (&cfg.cross_tokenizer, &dataset) {
-            (Some(_), Some(d)) => Some(CrossData::open(d, eval.as_ref(), &text, cfg.seq_len)?),
-            _ => None,
-        };
         let rollouts = match &cfg.on_policy {
             Some(o) => {
                 let k = o.k.or(dataset.as_ref().map(|d| d.manifest().spec.k)).unwrap_or(20);
@@ -234,9 +231,26 @@ impl Trainer {
                     Some(t) => t,
                     None => open_teacher(o, &text, student_cfg.vocab_size)?,
                 };
-                Some(Rollouts::new(o, teacher, &text, k, cfg.seq_len, cfg.batch_size)?)
+                let cross = cfg.cross_tokenizer.is_some();
+                Some(Rollouts::new(o, teacher, &text, k, cfg.seq_len, cfg.batch_size, cross)?)
             }
             None => None,
+        };
+        let cross = match (&cfg.cross_tokenizer, &dataset) {
+            (None, _) => None,
+            (Some(_), Some(d)) => {
+                let data = CrossData::open(d, eval.as_ref(), &text, cfg.seq_len)?;
+                if let Some(r) = &rollouts {
+                    if r.teacher().tokenizer().fingerprint() != d.manifest().spec.tokenizer_hash {
+                        return Err(Error::Config(format!(
+                            "on_policy.teacher has another tokenizer than the teacher that made {}",
+                            d.dir().display()
+                        )));
+                    }
+                }
+                Some(data)
+            }
+            (Some(_), None) => rollouts.as_ref().map(|r| CrossData::without_dataset(r.teacher(), &text, r.k())),
         };
         let schedule = Schedule {
             peak: cfg.optimizer.lr,
@@ -320,7 +334,7 @@ impl Trainer {
         let dataset = self.dataset.take();
         let cross_train = self.cross.as_mut().map(|c| std::mem::take(&mut c.train));
         let mut stream = match (&cross_train, &dataset) {
-            (Some(seqs), _) => Some(Stream::Cross(CrossStream::new(
+            (Some(seqs), Some(_)) => Some(Stream::Cross(CrossStream::new(
                 seqs,
                 cfg.seq_len,
                 cfg.batch_size,
@@ -336,7 +350,7 @@ impl Trainer {
                 epoch,
                 batches_in_epoch,
             )?))),
-            (None, None) => None,
+            (_, None) => None,
         };
         let mut interrupted = false;
         while self.state.step < cfg.steps {
@@ -405,6 +419,30 @@ impl Trainer {
                 // Micro-batches counted from the first step with rollouts.
                 let since_start = self.state.step.checked_sub(o.start_step);
                 let micro_index = since_start.map(|s| s * cfg.grad_accum + micro_losses.len() as u64);
+                if let (Some(micro_index), Some(cross), Some(cross_cfg)) =
+                    (micro_index.filter(|&m| is_rollout(m, o.fraction)), self.cross.as_mut(), &cfg.cross_tokenizer)
+                {
+                    // Another tokenizer: the cross-tokenizer loss on the rollouts, without the
+                    // cross-entropy on the student's own samples (it would reinforce them).
+                    let sequences =
+                        r.cross_sequences(&self.student, micro_index, cfg.seed, &mut cross.map, cfg.seq_len)?;
+                    let rollout_cfg = match o.sampler {
+                        Sampler::Student => CrossConfig { ce_weight: 0.0, ..*cross_cfg },
+                        Sampler::Teacher => *cross_cfg,
+                    };
+                    let batches = CrossStream::batches_in_order(&sequences, cfg.seq_len, cfg.batch_size);
+                    let weight = 1.0 / (cfg.grad_accum as f64 * batches.len().max(1) as f64);
+                    let mut losses = Vec::with_capacity(batches.len());
+                    for batch in &batches {
+                        if let Some(micro) = self.student.cross_batch_loss(batch, cross.k, &cross.map, &rollout_cfg)? {
+                            self.optimizer.accumulate(&micro.objective, weight)?;
+                            losses.push(micro.loss as f32);
+                            n += micro.tokens;
+                        }
+                    }
+                    micro_losses.push(losses.iter().sum::<f32>() / losses.len().max(1) as f32);
+                    continue;
+                }
                 if let Some(micro_index) = micro_index.filter(|&m| is_rollout(m, o.fraction)) {
                     // The student's own completions, towards the teacher with JSD(β).
                     let loss = LossConfig {

@@ -54,7 +54,7 @@ impl CrossSequence {
     }
 
     /// Cut to rows of `seq_len` tokens: only groups wholly inside the row are kept.
-    fn truncate(mut self, seq_len: usize) -> Option<Self> {
+    pub(crate) fn truncate(mut self, seq_len: usize) -> Option<Self> {
         if self.token_ids.len() <= seq_len {
             return Some(self);
         }
@@ -144,9 +144,9 @@ fn student_prompt(student: &ModelText, prompt: &Prompt, settings: &RenderSetting
     student.tokenizer.encode(&text, true).map_err(|e| Error::Config(e.to_string()))
 }
 
-/// One sequence re-tokenised and aligned; `None` when the student's tokens do not spell the
-/// teacher's bytes.
-fn read_sequence(
+/// One teacher-space sequence re-tokenised and aligned, with `prompt` (the student's rendering)
+/// in front; `None` when the student's tokens do not spell the teacher's bytes.
+pub(crate) fn read_sequence(
     seq: &Sequence,
     k: usize,
     teacher: &TextTokenizer,
@@ -336,6 +336,12 @@ pub struct CrossData {
 }
 
 impl CrossData {
+    /// For pure on-policy or online training: no stored sequences, the map from `teacher`.
+    pub fn without_dataset(teacher: &dyn distill_teacher::Teacher, student: &ModelText, k: usize) -> Self {
+        let map = VocabMap::new(teacher.tokenizer(), &student.tokenizer);
+        Self { map, k, train: Vec::new(), eval: Vec::new(), skipped: 0 }
+    }
+
     pub fn open(dataset: &Dataset, eval: Option<&Dataset>, student: &ModelText, seq_len: usize) -> Result<Self> {
         let teacher = teacher_tokenizer(dataset)?;
         let mut map = VocabMap::new(&teacher, &student.tokenizer);
