@@ -1,6 +1,7 @@
 //! Resumable training checkpoints: the student in HF layout, the optimizer moments, and where the
 //! run stood (step, epoch, batches consumed in the epoch). A checkpoint directory is complete or
-//! absent: it is written under a temporary name and renamed into place.
+//! absent: it is written under a temporary name and renamed into place. Resuming also checks the
+//! run's config against the saved one and drops metrics of steps that will be redone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use candle_core::Tensor;
 use distill_models::{checkpoint::save_hf_dir, Llama, TextTokenizer};
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::optim::AdamW;
 
@@ -87,4 +89,45 @@ pub fn load_state(dir: &Path) -> Result<(TrainerState, HashMap<String, Tensor>)>
     let moments = candle_core::safetensors::load(dir.join(OPTIMIZER_FILE), &candle_core::Device::Cpu)
         .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join(OPTIMIZER_FILE).display())))?;
     Ok((state, moments))
+}
+
+/// The steps of the run saved as `saved` when `cfg` only raises them: a finished or interrupted
+/// run is extended (the learning-rate schedule then spans the new step count). Any other change is
+/// refused, naming each difference.
+pub fn check_extension(saved: &str, cfg: &TrainConfig, out: &Path) -> Result<u64> {
+    let refusal = |what: String| {
+        Error::Config(format!(
+            "{} holds a checkpoint of a run with another configuration{what}\nHINT: use a new `output` directory, \
+             or delete {} to start over; only `steps` may be raised to extend a run",
+            out.display(),
+            out.display()
+        ))
+    };
+    let Ok(saved) = toml::from_str::<TrainConfig>(saved) else {
+        return Err(refusal(String::new()));
+    };
+    let same_but_steps = TrainConfig { steps: cfg.steps, ..saved.clone() } == *cfg;
+    if same_but_steps && cfg.steps > saved.steps {
+        return Ok(saved.steps);
+    }
+    let as_json = |c: &TrainConfig| serde_json::to_value(c).unwrap_or_default();
+    let changed = crate::config::differences(&as_json(&saved), &as_json(cfg));
+    Err(refusal(format!(":\n  {}", changed.join("\n  "))))
+}
+
+/// Drops the lines of `metrics.jsonl` written after the checkpoint at `step`: they belong to
+/// steps that will be redone.
+pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let kept: String = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).map_err(|e| Error::io(path, e))
 }

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -160,7 +160,7 @@ impl Trainer {
         if resume_from.is_some() {
             let saved = std::fs::read_to_string(&config_path).unwrap_or_default();
             if saved != resolved {
-                extended_from = Some(check_extension(&saved, &cfg, out)?);
+                extended_from = Some(ckpt::check_extension(&saved, &cfg, out)?);
             }
         }
         if resume_from.is_none() || extended_from.is_some() {
@@ -265,7 +265,7 @@ impl Trainer {
             let (saved, moments) = ckpt::load_state(dir)?;
             optimizer.adamw.load_state(&moments, saved.optimizer_steps)?;
             state = saved;
-            truncate_metrics(&metrics_path, state.step)?;
+            ckpt::truncate_metrics(&metrics_path, state.step)?;
         } else {
             std::fs::write(&metrics_path, "").map_err(|e| Error::io(&metrics_path, e))?;
         }
@@ -549,45 +549,4 @@ impl Trainer {
 enum Stream<'a> {
     Same(Box<BatchStream<'a>>),
     Cross(CrossStream<'a>),
-}
-
-/// The steps of the run saved as `saved` when `cfg` only raises them: a finished or interrupted
-/// run is extended (the learning-rate schedule then spans the new step count). Any other change is
-/// refused, naming each difference.
-fn check_extension(saved: &str, cfg: &TrainConfig, out: &Path) -> Result<u64> {
-    let refusal = |what: String| {
-        Error::Config(format!(
-            "{} holds a checkpoint of a run with another configuration{what}\nHINT: use a new `output` directory, \
-             or delete {} to start over; only `steps` may be raised to extend a run",
-            out.display(),
-            out.display()
-        ))
-    };
-    let Ok(saved) = toml::from_str::<TrainConfig>(saved) else {
-        return Err(refusal(String::new()));
-    };
-    let same_but_steps = TrainConfig { steps: cfg.steps, ..saved.clone() } == *cfg;
-    if same_but_steps && cfg.steps > saved.steps {
-        return Ok(saved.steps);
-    }
-    let as_json = |c: &TrainConfig| serde_json::to_value(c).unwrap_or_default();
-    let changed = crate::config::differences(&as_json(&saved), &as_json(cfg));
-    Err(refusal(format!(":\n  {}", changed.join("\n  "))))
-}
-
-/// Drops the lines of `metrics.jsonl` written after the checkpoint at `step`: they belong to
-/// steps that will be redone.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let kept: String = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(path, kept).map_err(|e| Error::io(path, e))
 }
