@@ -277,7 +277,8 @@ impl Gather {
     /// log p at every entry: logits[row, token] − lse[row], (G).
     fn values(&self, bl: &BatchLogits) -> Result<Tensor> {
         let device = bl.logits.device();
-        let flat: Vec<u32> = self.entries.iter().map(|&(r, t)| (r * bl.vocab) as u32 + t).collect();
+        // i64: rows × vocabulary passes u32 for large batches of large vocabularies.
+        let flat: Vec<i64> = self.entries.iter().map(|&(r, t)| (r * bl.vocab) as i64 + t as i64).collect();
         let rows: Vec<u32> = self.entries.iter().map(|&(r, _)| r as u32).collect();
         let g = self.entries.len();
         let picked = bl.logits.flatten_all()?.index_select(&Tensor::from_vec(flat, g, device)?, 0)?;
