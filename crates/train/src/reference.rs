@@ -38,6 +38,11 @@ pub fn export(cfg: &TrainConfig, dir: &Path) -> Result<Exported> {
         .dataset
         .as_ref()
         .ok_or_else(|| Error::Config("the reference export replays the run's dataset; give `dataset`".into()))?;
+    if cfg.cross_tokenizer.is_some() {
+        return Err(Error::Config(
+            "the reference export writes same-tokenizer batches; a [cross_tokenizer] run has none to export".into(),
+        ));
+    }
     let dataset = Dataset::open(path)?;
     let InitialStudent { config, weights, source } = build_student(cfg, Some(&dataset), &mut |_, _| {})?;
     let tok = &source.tokenizer;

@@ -21,7 +21,14 @@ use crate::progress::TrainProgress;
   [loss]
   divergence = { type = \"forward_kl\" }   # reverse_kl, jsd (beta), skew_kl (alpha), total_variation
   kd_weight = 1.0                          # 0 = SFT on the teacher's tokens
-  tail = \"bucket\"                          # reverse KL only: \"uniform\" spreads the teacher's tail evenly")]
+  tail = \"bucket\"                          # reverse KL only: \"uniform\" spreads the teacher's tail evenly
+
+A student with another tokenizer than the teacher (see `distill align TEACHER STUDENT`):
+  [student]
+  type = \"pretrained\"
+  from = \"path/to/student.gguf\"
+  [cross_tokenizer]
+  mode = \"gold\"                           # gold, uld or sequence (cross-entropy on the re-tokenised text)")]
 pub struct TrainArgs {
     /// Run configuration (TOML).
     config: PathBuf,
