@@ -80,16 +80,15 @@ impl Student {
         if n == 0 {
             return Ok(None);
         }
-        let (b, l, k) = (batch.batch_size, batch.seq_len, batch.k);
-        let device = self.model.device();
-        let ids = Tensor::from_vec(batch.input_ids.clone(), (b, l), device)?;
-        let hidden = self
-            .model
-            .forward_packed_hidden(&ids, &batch.position_ids, &batch.segment_ids)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?; // (B, L, C)
-        let c = hidden.dim(2)?;
-        let index = Tensor::from_vec(positions.clone(), n, device)?;
-        let selected = hidden.reshape((b * l, c))?.index_select(&index, 0)?; // (N, C)
+        let k = batch.k;
+        let rows = PackedRows {
+            batch_size: batch.batch_size,
+            seq_len: batch.seq_len,
+            input_ids: &batch.input_ids,
+            position_ids: &batch.position_ids,
+            segment_ids: &batch.segment_ids,
+        };
+        let selected = self.hidden_at(&rows, &positions)?; // (N, C)
         let pick = |i: &u32| *i as usize;
         let targets = PlainTargets {
             topk_ids: positions.iter().flat_map(|i| batch.topk_ids[pick(i) * k..(pick(i) + 1) * k].to_vec()).collect(),
@@ -128,6 +127,31 @@ impl Student {
             top1_agreement: agree as f64 / count.max(1) as f64,
             tokens: count,
         })
+    }
+}
+
+/// Packed rows (B, L) as the model reads them: token, position and segment ids, row-major.
+pub(crate) struct PackedRows<'a> {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub input_ids: &'a [u32],
+    pub position_ids: &'a [u32],
+    pub segment_ids: &'a [u32],
+}
+
+impl Student {
+    /// Final hidden states (N, C) of `rows` at the flat positions `positions` (row · L + column).
+    pub(crate) fn hidden_at(&self, rows: &PackedRows<'_>, positions: &[u32]) -> Result<Tensor> {
+        let (b, l) = (rows.batch_size, rows.seq_len);
+        let device = self.model.device();
+        let ids = Tensor::from_vec(rows.input_ids.to_vec(), (b, l), device)?;
+        let hidden = self
+            .model
+            .forward_packed_hidden(&ids, rows.position_ids, rows.segment_ids)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?; // (B, L, C)
+        let c = hidden.dim(2)?;
+        let index = Tensor::from_vec(positions.to_vec(), positions.len(), device)?;
+        hidden.reshape((b * l, c))?.index_select(&index, 0) // (N, C)
     }
 }
 

@@ -75,10 +75,16 @@ pub struct Converted {
     pub skipped: usize,
 }
 
-/// The student's reading of every sequence of `dataset`.
-pub fn convert(dataset: &Dataset, student: &ModelText, map: &mut VocabMap, seq_len: usize) -> Result<Converted> {
+/// The student's reading of every sequence of `dataset`, whose teacher tokenizer is `teacher`
+/// (from [`teacher_tokenizer`]).
+pub fn convert(
+    dataset: &Dataset,
+    teacher: &TextTokenizer,
+    student: &ModelText,
+    map: &mut VocabMap,
+    seq_len: usize,
+) -> Result<Converted> {
     let source = Source::of(dataset.dir());
-    let teacher = teacher_tokenizer(dataset)?;
     let settings = source.render_settings()?;
     let records = read_prompt_file(&source.prompts).map_err(|e| Error::Config(e.to_string()))?;
     let student_end = student.tokenizer.eos_id().or(student.stop_ids.first().copied());
@@ -97,7 +103,7 @@ pub fn convert(dataset: &Dataset, student: &ModelText, map: &mut VocabMap, seq_l
             ))
         })?;
         let prompt = student_prompt(student, &record.prompt, &settings)?;
-        match read_sequence(&seq, k, &teacher, &student.tokenizer, student_end, prompt, map) {
+        match read_sequence(&seq, k, teacher, &student.tokenizer, student_end, prompt, map) {
             Some(s) => match s.truncate(seq_len) {
                 Some(s) if !s.groups.is_empty() || s.text_tokens > 0 => out.sequences.push(s),
                 _ => out.skipped += 1,
@@ -345,7 +351,7 @@ impl CrossData {
     pub fn open(dataset: &Dataset, eval: Option<&Dataset>, student: &ModelText, seq_len: usize) -> Result<Self> {
         let teacher = teacher_tokenizer(dataset)?;
         let mut map = VocabMap::new(&teacher, &student.tokenizer);
-        let train = convert(dataset, student, &mut map, seq_len)?;
+        let train = convert(dataset, &teacher, student, &mut map, seq_len)?;
         let eval = match eval {
             Some(e) if e.manifest().spec.tokenizer_hash != dataset.manifest().spec.tokenizer_hash => {
                 return Err(Error::Config(format!(
@@ -354,7 +360,7 @@ impl CrossData {
                     dataset.dir().display()
                 )))
             }
-            Some(e) => convert(e, student, &mut map, seq_len)?,
+            Some(e) => convert(e, &teacher, student, &mut map, seq_len)?,
             None => Converted::default(),
         };
         Ok(Self {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use candle_core::{Result, Tensor};
 
 use crate::cross::{loss_and_grad, CrossBatch, CrossConfig, CrossMode, CrossSequence, GroupTerms, LossTerms, VocabMap};
-use crate::student::{StepLoss, Student};
+use crate::student::{PackedRows, StepLoss, Student};
 
 /// Held-out figures that need no shared vocabulary.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -46,17 +46,14 @@ impl Student {
         if positions.is_empty() {
             return Ok(None);
         }
-        let (b, l) = (batch.batch_size, batch.seq_len);
-        let device = self.model.device();
-        let ids = Tensor::from_vec(batch.input_ids.clone(), (b, l), device)?;
-        let hidden = self
-            .model
-            .forward_packed_hidden(&ids, &batch.position_ids, &batch.segment_ids)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?; // (B, L, C)
-        let c = hidden.dim(2)?;
-        let n = positions.len();
-        let index = Tensor::from_vec(positions.clone(), n, device)?;
-        let selected = hidden.reshape((b * l, c))?.index_select(&index, 0)?; // (N, C)
+        let rows = PackedRows {
+            batch_size: batch.batch_size,
+            seq_len: batch.seq_len,
+            input_ids: &batch.input_ids,
+            position_ids: &batch.position_ids,
+            segment_ids: &batch.segment_ids,
+        };
+        let selected = self.hidden_at(&rows, &positions)?; // (N, C)
         let logits = selected.matmul(&self.model.lm_head_weight().t()?)?; // (N, V)
         let max = logits.max_keepdim(1)?.detach(); // (N, 1)
         let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?.flatten_all()?; // (N)
