@@ -1,5 +1,6 @@
 //! A teacher and a student that share no vocabulary, end to end: `distill align` on the pair,
-//! and `distill train` with `[cross_tokenizer]` from Gemma-3-270M's dataset into SmolLM2-135M.
+//! `distill train` with `[cross_tokenizer]` from Gemma-3-270M's dataset into SmolLM2-135M, and
+//! `distill eval` of the result.
 
 mod common;
 use common::{distill, text};
@@ -118,6 +119,47 @@ fn a_student_with_another_tokenizer_trains_with_gold_and_is_refused_without_it()
     // Trained and evaluated on the same teacher text: the student's NLL per byte of it falls.
     assert!(evals[1] < evals[0] && evals[0] > 0.0, "held-out NLL/byte {evals:?}");
     assert!(dir.path().join("gold/final/model.safetensors").is_file());
+
+    // `distill eval` compares a student with another tokenizer where the tokenizations line up.
+    let trained = dir.path().join("gold/final").display().to_string();
+    let eval = |who: &str, student: &str| {
+        let out_path = dir.path().join(format!("eval-{who}.json"));
+        let out = distill(&[
+            "eval",
+            "--teacher",
+            &teacher,
+            "--student",
+            student,
+            "--prompts",
+            &prompts,
+            "--max-tokens",
+            "8",
+            "--no-speed",
+            "-o",
+            out_path.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("NLL per byte"), "{}", text(&out.stdout));
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out_path).unwrap()).unwrap()
+    };
+    let (before, after) = (eval("before", &student), eval("after", &trained));
+    for r in [&before["in_domain"], &after["in_domain"]] {
+        assert_eq!(r["cross_tokenizer"], true, "{r}");
+        let t = &r["tokens"];
+        assert!(t["positions"].as_u64().unwrap() > 0 && t["bytes"].as_u64().unwrap() > 0, "{t}");
+        assert!(t["kl_forward"].as_f64().unwrap() >= 0.0 && t["kl_forward"].as_f64().unwrap().is_finite(), "{t}");
+        let top1 = t["top1_agreement"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1), "{t}");
+    }
+    let nll = |r: &serde_json::Value, who: &str| r["in_domain"]["tokens"][who].as_f64().unwrap();
+    // The teacher's greedy text is the same in both; the trained student reads it better.
+    assert_eq!(nll(&before, "teacher_nll_per_byte"), nll(&after, "teacher_nll_per_byte"));
+    assert!(
+        nll(&after, "student_nll_per_byte") < nll(&before, "student_nll_per_byte"),
+        "student NLL/byte of the teacher's text {} -> {}",
+        nll(&before, "student_nll_per_byte"),
+        nll(&after, "student_nll_per_byte")
+    );
 
     // On-policy across tokenizers: the student's samples re-tokenised for the teacher to score.
     let on_policy = format!(

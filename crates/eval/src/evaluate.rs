@@ -4,10 +4,15 @@
 //! against the teacher's; exact match against `reference` answers where the prompts have them.
 //! Cost: parameters, file size and, through a [`Measure`] the caller supplies, peak memory and
 //! prefill/decode speed. Retention is the student's figure as % of the teacher's.
+//!
+//! A student with another tokenizer is compared where the two tokenizations line up (see
+//! [`TokenStats::add_aligned`]); its perplexity retention is then per byte of the text, the one
+//! figure both tokenizations share.
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use distill_models::retokenize::{retokenize, VocabMap};
 use distill_models::{generate, LoadedModel, SamplingParams};
 use distill_teacher::prompts::render;
 use distill_teacher::PromptRecord;
@@ -65,6 +70,10 @@ pub struct EvalReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetReport {
     pub prompts: usize,
+    /// The student's vocabulary is not the teacher's: token figures are on aligned positions
+    /// and over shared tokens, perplexity retention is per byte.
+    #[serde(default)]
+    pub cross_tokenizer: bool,
     /// On the teacher's text.
     pub tokens: TokenSummary,
     /// On the student's own greedy text: where on-policy training aims.
@@ -142,18 +151,21 @@ pub fn evaluate(
     if opts.batch_size == 0 || opts.max_tokens == 0 {
         return Err(Error::Input("batch_size and max_tokens must be at least 1".into()));
     }
-    if teacher.tokenizer.fingerprint() != student.tokenizer.fingerprint()
-        || teacher.model.config().vocab_size != student.model.config().vocab_size
-    {
-        return Err(Error::Input(format!(
-            "the student's tokenizer or vocabulary ({} rows) differs from the teacher's ({} rows): token-level comparison needs the same ids\nHINT: evaluate a student distilled from this teacher",
-            student.model.config().vocab_size,
-            teacher.model.config().vocab_size
-        )));
+    let cross = (teacher.tokenizer.fingerprint() != student.tokenizer.fingerprint()
+        || teacher.model.config().vocab_size != student.model.config().vocab_size)
+        .then(|| {
+            let map = VocabMap::new(&teacher.tokenizer, &student.tokenizer);
+            let twins = map.twins_in_student(student.model.config().vocab_size);
+            Vocabularies { map, twins }
+        });
+    if cross.as_ref().is_some_and(|v| v.map.shared == 0) {
+        return Err(Error::Input(
+            "the student's vocabulary shares no token with the teacher's, so no position can be compared\nHINT: evaluate a student distilled from this teacher".into(),
+        ));
     }
     let mut reports = Vec::with_capacity(sets.len());
     for set in sets {
-        reports.push(evaluate_set(teacher, student, set, opts, progress)?);
+        reports.push(evaluate_set(teacher, student, cross.as_ref(), set, opts, progress)?);
     }
     let mut reports = reports.into_iter();
     let in_domain = reports.next().ok_or_else(|| Error::Input("no prompt set to evaluate on".into()))?;
@@ -164,6 +176,12 @@ pub fn evaluate(
         teacher: teacher.source.clone(),
         student: student.source.clone(),
     })
+}
+
+/// Where the two vocabularies differ: the tokens both spell the same way.
+struct Vocabularies {
+    map: VocabMap,
+    twins: Vec<bool>,
 }
 
 fn greedy_all(
@@ -193,6 +211,7 @@ fn position_logits(model: &LoadedModel, ids: &[u32], from: usize) -> Result<Vec<
 fn evaluate_set(
     teacher: &LoadedModel,
     student: &LoadedModel,
+    cross: Option<&Vocabularies>,
     set: &PromptSet<'_>,
     opts: &EvalOptions,
     progress: &mut dyn FnMut(&str, usize, usize),
@@ -217,29 +236,50 @@ fn evaluate_set(
     };
     let teacher_out = greedy_all(teacher, &teacher_prompts, opts, &mut tick)?;
     let student_out = greedy_all(student, &student_prompts, opts, &mut tick)?;
-    let vocab = teacher.model.config().vocab_size;
-    // Token metrics on a text: teacher and student logits at every completion position.
-    let mut on_text = |prompts: &[Vec<u32>], outs: &[(Vec<u32>, String)], count: bool| -> Result<TokenStats> {
+    let (vt, vs) = (teacher.model.config().vocab_size, student.model.config().vocab_size);
+    // Token metrics on one model's text: teacher and student logits at every completion
+    // position (each in its own tokenization of the text where the vocabularies differ).
+    let mut on_text = |teacher_wrote: bool, count: bool| -> Result<TokenStats> {
+        let (writer, reader) = if teacher_wrote { (teacher, student) } else { (student, teacher) };
+        let outs = if teacher_wrote { &teacher_out } else { &student_out };
         let mut stats = TokenStats::default();
-        for (prompt, (completion, _)) in prompts.iter().zip(outs) {
+        for (i, (completion, _)) in outs.iter().enumerate() {
             if count {
                 tick(1);
             }
-            if completion.is_empty() {
+            let (tp, sp) = (&teacher_prompts[i], &student_prompts[i]);
+            let Some(v) = cross else {
+                if completion.is_empty() {
+                    continue;
+                }
+                let ids: Vec<u32> = tp.iter().chain(completion).copied().collect();
+                let t = position_logits(teacher, &ids, tp.len() - 1)?;
+                let s = position_logits(student, &ids, tp.len() - 1)?;
+                stats.add(&t, &s, completion, vt);
+                stats.bytes += text_bytes(writer, completion);
+                continue;
+            };
+            let Some(r) = retokenize(&writer.tokenizer, completion, &reader.tokenizer) else { continue };
+            if r.source_ids.is_empty() || r.target_ids.is_empty() {
                 continue;
             }
-            let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
-            let from = prompt.len() - 1;
-            let t = position_logits(teacher, &ids, from)?;
-            let s = position_logits(student, &ids, from)?;
-            stats.add(&t, &s, completion, vocab);
+            // Groups name the reader's tokens `student` and the writer's `teacher`.
+            let (t_ids, s_ids, starts): (_, _, Vec<(usize, usize)>) = if teacher_wrote {
+                (r.source_ids, r.target_ids, r.groups.iter().map(|g| (g.teacher.start, g.student.start)).collect())
+            } else {
+                (r.target_ids, r.source_ids, r.groups.iter().map(|g| (g.student.start, g.teacher.start)).collect())
+            };
+            let with = |p: &[u32], c: &[u32]| -> Vec<u32> { p.iter().chain(c).copied().collect() };
+            let t = position_logits(teacher, &with(tp, &t_ids), tp.len() - 1)?;
+            let s = position_logits(student, &with(sp, &s_ids), sp.len() - 1)?;
+            stats.add_aligned((&t, vt, &t_ids), (&s, vs, &s_ids), r.bytes, &starts, &v.map, &v.twins);
         }
         Ok(stats)
     };
-    let tokens = on_text(&teacher_prompts, &teacher_out, true)?.summary();
+    let tokens = on_text(true, true)?.summary();
     // The same on the student's own (greedy) text: the text it will actually produce, where
     // on-policy training aims (reverse KL is an expectation under the student).
-    let tokens_on_student_text = on_text(&student_prompts, &student_out, false)?.summary();
+    let tokens_on_student_text = on_text(false, false)?.summary();
     let rouge: f64 =
         teacher_out.iter().zip(&student_out).map(|((_, t), (_, s))| rouge_l(s, t)).sum::<f64>() / records.len() as f64;
     let with_ref: Vec<(usize, &String)> =
@@ -259,18 +299,27 @@ fn evaluate_set(
         .collect();
     Ok(SetReport {
         prompts: records.len(),
+        cross_tokenizer: cross.is_some(),
         tokens,
         tokens_on_student_text,
         rouge_l: rouge,
         exact_match: exact,
         retention: Retention {
             top1_agreement_pct: 100.0 * tokens.top1_agreement,
-            perplexity_pct: pct(tokens.teacher_perplexity, tokens.student_perplexity),
+            perplexity_pct: match cross {
+                None => pct(tokens.teacher_perplexity, tokens.student_perplexity),
+                Some(_) => pct(tokens.teacher_nll_per_byte.exp(), tokens.student_nll_per_byte.exp()),
+            },
             rouge_l_pct: 100.0 * rouge,
             exact_match_pct: exact.and_then(|e| pct(e.student, e.teacher)),
         },
         samples,
     })
+}
+
+/// Bytes of the text `ids` spell (special tokens, an end of turn say, spell none).
+fn text_bytes(model: &LoadedModel, ids: &[u32]) -> usize {
+    ids.iter().filter(|&&id| !model.tokenizer.is_special(id)).map(|&id| model.tokenizer.token_bytes(id).len()).sum()
 }
 
 /// Bytes on disk of a model given as a file or a directory (its weight files).

@@ -27,6 +27,7 @@ pub mod ops;
 pub mod probe;
 mod proj;
 pub mod prune;
+pub mod retokenize;
 mod spm;
 pub mod teacher;
 pub mod tokenizer;

@@ -157,9 +157,24 @@ fn measure_in_child(source: &str) -> Result<Measured> {
 fn print_set(name: &str, path: &Path, r: &SetReport) {
     let f = |x: f64| format!("{x:.3}");
     let t = &r.tokens;
-    println!("{name} ({}, {} prompts, {} teacher tokens):", path.display(), r.prompts, t.positions);
+    if r.cross_tokenizer {
+        println!(
+            "{name} ({}, {} prompts, {} positions where both tokenizations start a token; the student has another tokenizer, so KL and top-1 are over the tokens both vocabularies share, the rest pooled):",
+            path.display(),
+            r.prompts,
+            t.positions
+        );
+    } else {
+        println!("{name} ({}, {} prompts, {} teacher tokens):", path.display(), r.prompts, t.positions);
+    }
     println!("  KL(teacher‖student) {}  KL(student‖teacher) {}", f(t.kl_forward), f(t.kl_reverse));
     println!("  perplexity on teacher text: teacher {}  student {}", f(t.teacher_perplexity), f(t.student_perplexity));
+    println!(
+        "  NLL per byte of teacher text: teacher {}  student {} ({} bytes)",
+        f(t.teacher_nll_per_byte),
+        f(t.student_nll_per_byte),
+        t.bytes
+    );
     let own = &r.tokens_on_student_text;
     println!(
         "  on the student's own text ({} tokens): KL(teacher‖student) {}  KL(student‖teacher) {}",

@@ -1,58 +1,10 @@
-//! Lining two tokenizations of one text up by bytes: each token's byte span, the spans that
-//! close at the same byte in both (the aligned groups the cross-tokenizer losses compare), and
-//! the figures `distill align` reports for a pair of tokenizers.
+//! The figures `distill align` reports for a pair of tokenizers (the byte alignment itself is
+//! [`distill_models::retokenize`]'s).
 
-use std::ops::Range;
-
+use distill_models::retokenize::{byte_ends, VocabMap};
 use distill_models::TextTokenizer;
-use serde::Serialize;
-
 use distill_teacher::{ScoreRequest, Teacher};
-
-use crate::cross::VocabMap;
-
-/// Where each token's bytes end in the concatenation of `ids`' bytes.
-pub fn byte_ends(tokenizer: &TextTokenizer, ids: &[u32]) -> Vec<usize> {
-    let mut end = 0;
-    ids.iter()
-        .map(|&id| {
-            end += tokenizer.token_bytes(id).len();
-            end
-        })
-        .collect()
-}
-
-/// One aligned span: student tokens `student` and teacher tokens `teacher` cover the same bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
-    pub student: Range<usize>,
-    pub teacher: Range<usize>,
-}
-
-/// Splits two tokenizations of the same bytes into the shortest spans that start and end on a
-/// boundary of both: walks both lists of token ends, advancing the side that ends first, and
-/// closes a group where both end at the same byte. Tokens left over after the last common
-/// boundary form one last group when both sides have some.
-pub fn align_groups(student_ends: &[usize], teacher_ends: &[usize]) -> Vec<Group> {
-    let mut groups = Vec::new();
-    let (mut s, mut t, mut s_start, mut t_start) = (0, 0, 0, 0);
-    while s < student_ends.len() && t < teacher_ends.len() {
-        match student_ends[s].cmp(&teacher_ends[t]) {
-            std::cmp::Ordering::Less => s += 1,
-            std::cmp::Ordering::Greater => t += 1,
-            std::cmp::Ordering::Equal => {
-                s += 1;
-                t += 1;
-                groups.push(Group { student: s_start..s, teacher: t_start..t });
-                (s_start, t_start) = (s, t);
-            }
-        }
-    }
-    if s_start < student_ends.len() && t_start < teacher_ends.len() {
-        groups.push(Group { student: s_start..student_ends.len(), teacher: t_start..teacher_ends.len() });
-    }
-    groups
-}
+use serde::Serialize;
 
 /// How well a student's tokenizer fits a teacher's, as `distill align` reports it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -202,26 +154,4 @@ pub fn measure(
         progress((done * batch + chunk.len()).min(texts.len()));
     }
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn groups_close_where_both_tokenizations_end() {
-        // "hello world": student "hel|lo| world", teacher "hello| wor|ld".
-        let s = [3, 5, 11];
-        let t = [5, 9, 11];
-        let g = align_groups(&s, &t);
-        assert_eq!(g, vec![Group { student: 0..2, teacher: 0..1 }, Group { student: 2..3, teacher: 1..3 }]);
-    }
-
-    #[test]
-    fn leftover_tokens_after_the_last_common_boundary_form_one_group() {
-        // The student's text stops short of the teacher's last byte.
-        let g = align_groups(&[2, 4], &[2, 5]);
-        assert_eq!(g, vec![Group { student: 0..1, teacher: 0..1 }, Group { student: 1..2, teacher: 1..2 }]);
-        assert_eq!(align_groups(&[], &[1]), vec![]);
-    }
 }

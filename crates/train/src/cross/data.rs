@@ -9,8 +9,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::cross::align::{align_groups, byte_ends, Group};
-use crate::cross::VocabMap;
+use crate::cross::{retokenize, Group, VocabMap};
 use crate::error::{Error, Result};
 
 /// The floor of a teacher log-probability read for a span's scale.
@@ -162,38 +161,10 @@ pub(crate) fn read_sequence(
     map: &mut VocabMap,
 ) -> Option<CrossSequence> {
     let completion = &seq.token_ids[seq.prompt_len as usize..];
-    let mut text_len = completion.len();
-    let end = match completion.last() {
-        Some(&id) if teacher.is_special(id) => {
-            text_len -= 1;
-            Some(id)
-        }
-        _ => None,
-    };
-    let mut bytes: Vec<u8> = completion[..text_len].iter().flat_map(|&id| teacher.token_bytes(id)).collect();
-    let mut t_ends = byte_ends(teacher, &completion[..text_len]);
-    let mut end = end;
-    if let Err(e) = std::str::from_utf8(&bytes) {
-        // A completion cut by max_tokens inside a character: keep the whole characters.
-        let valid = e.valid_up_to();
-        bytes.truncate(valid);
-        t_ends.retain(|&e| e <= valid);
-        text_len = t_ends.len();
-        end = None;
-    }
-    let text = std::str::from_utf8(&bytes).ok()?;
-    let mut s_ids = student.encode(text, false).ok()?;
-    let mut s_ends = byte_ends(student, &s_ids);
-    if s_ends.last().copied().unwrap_or(0) == bytes.len() + 1 && student.adds_space_prefix() {
-        // SentencePiece's dummy prefix: the first piece's space is not in the text.
-        s_ends.iter_mut().for_each(|e| *e = e.saturating_sub(1));
-    }
-    if s_ends.last().copied().unwrap_or(0) != bytes.len() || t_ends.last().copied().unwrap_or(0) != bytes.len() {
-        return None;
-    }
-    let mut groups = align_groups(&s_ends, &t_ends);
+    let r = retokenize(teacher, completion, student)?;
+    let (mut s_ids, mut groups, mut text_len) = (r.target_ids, r.groups, r.source_ids.len());
     let text_tokens = s_ids.len();
-    if let (Some(t_end), Some(s_end)) = (end, student_end) {
+    if let (Some(t_end), Some(s_end)) = (r.end, student_end) {
         map.pair(t_end, s_end);
         groups.push(Group { student: s_ids.len()..s_ids.len() + 1, teacher: text_len..text_len + 1 });
         s_ids.push(s_end);
@@ -203,7 +174,7 @@ pub(crate) fn read_sequence(
     Some(CrossSequence {
         token_ids: prompt.into_iter().chain(s_ids).collect(),
         prompt_len,
-        bytes: bytes.len(),
+        bytes: r.bytes,
         text_tokens,
         groups,
         teacher_ids: completion[..text_len].to_vec(),

@@ -1,7 +1,7 @@
 //! Distillation between a teacher and a student that do not share a vocabulary.
 //!
 //! The teacher's completions are re-tokenised by the student ([`data`]), both tokenizations are
-//! lined up by bytes into aligned groups ([`align`]), and the student is trained with a loss that
+//! lined up by bytes into aligned groups ([`distill_models::retokenize`]), and the student is trained with a loss that
 //! needs no shared ids ([`loss`]): GOLD (exact matches of tokens both vocabularies spell the same
 //! way, plus ULD's sorted-probability distance for the rest), ULD alone, or sequence-level KD
 //! (cross-entropy on the re-tokenised text). [`step`] runs one batch through the student.
@@ -10,14 +10,13 @@ pub mod align;
 pub mod data;
 pub mod loss;
 pub mod step;
-pub mod vocab;
 
 use serde::{Deserialize, Serialize};
 
-pub use align::{align_groups, byte_ends, AlignReport, Group};
+pub use align::AlignReport;
 pub use data::{convert, CrossBatch, CrossData, CrossSequence, CrossStream};
+pub use distill_models::retokenize::{align_groups, byte_ends, retokenize, Group, Retokenized, VocabMap};
 pub use loss::{loss_and_grad, GroupTerms, LossTerms, LossValue, LossWeights};
-pub use vocab::VocabMap;
 
 /// `[cross_tokenizer]`: train a student whose tokenizer is not the dataset's teacher's.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

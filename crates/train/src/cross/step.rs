@@ -92,15 +92,16 @@ impl Student {
             let Some(bl) = self.batch_logits(batch)? else { continue };
             let mut gather = Gather::default();
             for (seq, start) in &batch.placed {
-                let text = seq.text_tokens.min(seq.completion_len());
-                for i in 0..text {
+                // Only texts the row holds whole: the figure is per byte of the teacher's text.
+                if seq.text_tokens > seq.completion_len() {
+                    continue;
+                }
+                for i in 0..seq.text_tokens {
                     if let Some(p) = predictor(seq, *start, i) {
                         gather.entry(bl.row_of[&p], seq.token_ids[seq.prompt_len + i]);
                     }
                 }
-                if text == seq.text_tokens {
-                    bytes += seq.bytes;
-                }
+                bytes += seq.bytes;
             }
             nll -= gather.values(&bl)?.to_vec1::<f32>()?.iter().map(|&x| x as f64).sum::<f64>();
             let argmax = bl.logits.argmax(1)?.to_vec1::<u32>()?;
