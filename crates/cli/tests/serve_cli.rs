@@ -319,10 +319,22 @@ fn rate_limits_and_the_concurrency_cap_answer_429_and_503_with_retry_after() {
     assert_eq!(status, 429, "{body}");
     assert!(retry.is_some() && body.contains("tokens per minute"), "{body}");
 
+    // Every token a request may generate counts at admission: 16 choices of 8 tokens do not
+    // fit 50 tokens/min, and without max_tokens the choices share what the minute has left.
+    let bulk = create_key(&db, "bulk", &["--tpm", "50"]);
+    let (status, body, _) = server.post("/v1/chat/completions", &bulk, &chat("hi", json!({"n": 16, "max_tokens": 8})));
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("max_tokens ≤"), "{body}");
+    let (status, body, _) =
+        server.post("/v1/chat/completions", &bulk, &chat("hi", json!({"n": 4, "max_tokens": null})));
+    assert_eq!(status, 200, "{body}");
+    let total = parse(&body)["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(total <= 50, "a 50 tokens/min key was served {total} tokens: {body}");
+
     let usage = distill(&["keys", "usage", "--db", db.to_str().unwrap()]);
     assert!(usage.status.success());
     let listing = text(&usage.stdout);
-    assert_eq!(listing.lines().count(), 3, "a header and one line per key that was served:\n{listing}");
+    assert_eq!(listing.lines().count(), 4, "a header and one line per key that was served:\n{listing}");
 }
 
 #[test]
@@ -333,59 +345,78 @@ fn a_disconnected_stream_frees_its_slot_and_its_usage_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("serve.db");
     let key = create_key(&db, "user", &[]);
-    let server = Server::start(&teacher, &db, &["--max-concurrent", "1"]);
+    let other = create_key(&db, "other", &[]);
+    let third = create_key(&db, "third", &[]);
+    let server = Server::start(&teacher, &db, &["--max-concurrent", "2", "--max-concurrent-per-key", "1"]);
     // Ban end-of-sequence so the stream would run for 4,000 tokens (minutes) if not cancelled.
     let eos = json!({"0": -100, "2": -100});
     let long = chat(
         "Tell me a very long story.",
         json!({"max_tokens": 4000, "stream": true, "logit_bias": eos, "temperature": 0}),
     );
-    let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}",
-        long.len()
-    )
-    .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut chunks = 0;
-    let mut line = String::new();
-    while chunks < 5 {
-        line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended early");
-        if line.starts_with("data: ") {
-            chunks += 1;
+    let open_stream = |key: &str| {
+        let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+        write!(
+            stream,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}",
+            long.len()
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut chunks = 0;
+        let mut line = String::new();
+        while chunks < 5 {
+            line.clear();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended early");
+            if line.starts_with("data: ") {
+                chunks += 1;
+            }
         }
-    }
-    // The only slot is taken: a second request is turned away.
+        (stream, reader)
+    };
+    let first = open_stream(&key);
+    // The key has its one request in flight: another from it is turned away, another key's is served.
     let (status, body, retry) = server.post("/v1/chat/completions", &key, &chat("hi", json!({"max_tokens": 2})));
+    assert_eq!((status, retry.as_deref()), (429, Some("1")), "{body}");
+    assert!(body.contains("in flight"), "{body}");
+    let (status, body, _) = server.post("/v1/chat/completions", &other, &chat("hi", json!({"max_tokens": 2})));
+    assert_eq!(status, 200, "{body}");
+    // Both slots taken: a request of any key is turned away.
+    let second = open_stream(&other);
+    let (status, body, retry) = server.post("/v1/chat/completions", &third, &chat("hi", json!({"max_tokens": 2})));
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry.as_deref(), Some("1"));
-    drop(reader);
-    stream.shutdown(std::net::Shutdown::Both).unwrap();
-    drop(stream);
-    // The slot comes back within a few decoding steps of the disconnect.
+    for (stream, reader) in [first, second] {
+        drop(reader);
+        stream.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    // The slots come back within a few decoding steps of the disconnects.
     let started = Instant::now();
     loop {
         let (status, body, _) = server.post("/v1/chat/completions", &key, &chat("hi", json!({"max_tokens": 2})));
         if status == 200 {
             break;
         }
-        assert_eq!(status, 503, "{body}");
+        assert!(status == 503 || status == 429, "{body}");
         assert!(started.elapsed() < Duration::from_secs(20), "the slot was not freed");
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300)); // the aborted request's usage row is written in the background
     let usage = distill(&["keys", "usage", "--db", db.to_str().unwrap()]);
     let listing = text(&usage.stdout);
-    let row: Vec<&str> = listing.lines().nth(1).unwrap().split_whitespace().collect();
-    let (requests, completion, aborted): (u64, u64, u64) =
-        (row[1].parse().unwrap(), row[3].parse().unwrap(), row[4].parse().unwrap());
-    assert_eq!((requests, aborted), (2, 1), "{listing}");
-    assert!(
-        (5..400).contains(&completion),
-        "tokens of the aborted stream are counted, and it stopped early: {listing}"
-    );
+    // Two keys were served (the third was only turned away), each with one aborted stream and
+    // one short request.
+    let rows: Vec<Vec<&str>> = listing.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "{listing}");
+    for row in rows {
+        let (requests, completion, aborted): (u64, u64, u64) =
+            (row[1].parse().unwrap(), row[3].parse().unwrap(), row[4].parse().unwrap());
+        assert_eq!((requests, aborted), (2, 1), "{listing}");
+        assert!(
+            (5..400).contains(&completion),
+            "tokens of the aborted stream are counted, and it stopped early: {listing}"
+        );
+    }
 }
 
 #[test]

@@ -61,7 +61,7 @@ impl Engine {
         let (jobs, inbox) = mpsc::channel();
         std::thread::Builder::new()
             .name("distill-engine".into())
-            .spawn(move || run(&model, inbox, max_batch.max(1)))
+            .spawn(move || supervise(&model, &inbox, max_batch.max(1)))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("cannot start the engine thread: {e}"));
         Self { jobs }
@@ -73,7 +73,26 @@ impl Engine {
     }
 }
 
-fn run(model: &LoadedModel, inbox: mpsc::Receiver<Job>, max_batch: usize) {
+/// Runs the engine loop and, when a step panics, starts it again with an empty batch: the
+/// requests in flight then fail (their event channels close, which their handlers answer as an
+/// error) and the server goes on serving new ones.
+fn supervise(model: &LoadedModel, inbox: &mpsc::Receiver<Job>, max_batch: usize) {
+    restarting_on_panic(|| run(model, inbox, max_batch))
+}
+
+/// Calls `body` until it returns without panicking, logging each panic.
+fn restarting_on_panic(mut body: impl FnMut()) {
+    while let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut body)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!("the engine panicked ({what}); the requests in flight failed, restarting it");
+    }
+}
+
+fn run(model: &LoadedModel, inbox: &mpsc::Receiver<Job>, max_batch: usize) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
     let mut cache = KvCache::new(model.model.config(), Vec::new());
@@ -243,4 +262,27 @@ fn retain_rows(running: &mut Vec<Running>, cache: &mut KvCache, keep: &[usize]) 
     let mut old: Vec<Option<Running>> = running.drain(..).map(Some).collect();
     running.extend(keep.iter().filter_map(|&i| old[i].take()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_loop_is_started_again_and_what_it_held_is_dropped() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let mut held = Some(tx);
+        let mut runs = 0;
+        restarting_on_panic(|| {
+            runs += 1;
+            if runs == 1 {
+                // The loop owns a request's channel when it panics.
+                let _owned = held.take();
+                panic!("a bad step");
+            }
+        });
+        assert_eq!(runs, 2);
+        // The request's handler sees its channel closed (an error answer), not a hang.
+        assert!(rx.try_recv().is_err() && rx.is_closed());
+    }
 }

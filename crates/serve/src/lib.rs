@@ -35,6 +35,9 @@ pub struct ServeOptions {
     /// Most requests in flight (generating or waiting for the engine); more are answered 503
     /// with Retry-After instead of queueing without bound.
     pub max_concurrent: usize,
+    /// Most requests one key may have in flight, so that one client cannot hold every slot;
+    /// more are answered 429 with Retry-After.
+    pub max_concurrent_per_key: usize,
     /// Request bodies above this many bytes are refused (413) before any parsing.
     pub max_body_bytes: usize,
     /// Top-k alternatives kept per token of a captured completion, for the next distillation.
@@ -52,6 +55,7 @@ impl Default for ServeOptions {
             model_name: "distill".into(),
             max_batch: 32,
             max_concurrent: 128,
+            max_concurrent_per_key: 64,
             max_body_bytes: 1 << 20,
             capture_top_k: 20,
             logprobs: true,
@@ -67,6 +71,7 @@ pub struct AppState {
     pub db: Db,
     pub limiter: limits::Limiter,
     pub slots: Arc<Semaphore>,
+    pub key_slots: limits::KeySlots,
     pub guard: guard::Guard,
     pub options: ServeOptions,
 }
@@ -81,6 +86,7 @@ impl AppState {
             db,
             limiter: limits::Limiter::default(),
             slots: Arc::new(Semaphore::new(options.max_concurrent.max(1))),
+            key_slots: limits::KeySlots::default(),
             guard: guard::Guard::new(options.guard.clone()),
             options,
         })

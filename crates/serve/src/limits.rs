@@ -1,8 +1,8 @@
-//! Per-key limits over a sliding minute: requests/min and tokens/min. Kept in memory: a
-//! restart forgets the last minute, which errs on the side of serving.
+//! Per-key limits: requests/min and tokens/min over a sliding minute, and requests in flight.
+//! Kept in memory: a restart forgets the last minute, which errs on the side of serving.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(60);
@@ -10,7 +10,9 @@ const WINDOW: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct KeyWindow {
     requests: VecDeque<Instant>,
-    tokens: VecDeque<(Instant, u64)>,
+    /// (when, tokens, reservation id): a request's prompt plus the completion tokens it may
+    /// still generate, lowered to what it did generate when it ends.
+    tokens: VecDeque<(Instant, u64, u64)>,
     token_sum: u64,
 }
 
@@ -19,13 +21,25 @@ impl KeyWindow {
         while self.requests.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
             self.requests.pop_front();
         }
-        while let Some(&(t, n)) = self.tokens.front() {
+        while let Some(&(t, n, _)) = self.tokens.front() {
             if now.duration_since(t) < WINDOW {
                 break;
             }
             self.token_sum -= n;
             self.tokens.pop_front();
         }
+    }
+
+    /// Seconds until `need` more tokens fit under `tpm`.
+    fn wait_for(&self, need: u64, tpm: u64, now: Instant) -> u64 {
+        let mut freed = 0;
+        for &(t, n, _) in &self.tokens {
+            freed += n;
+            if self.token_sum - freed + need <= tpm {
+                return 1 + WINDOW.saturating_sub(now.duration_since(t)).as_secs();
+            }
+        }
+        60
     }
 }
 
@@ -36,16 +50,40 @@ pub struct Refusal {
     pub retry_after_secs: u64,
 }
 
+/// What a request may use: its prompt, and `n` choices of up to `max_tokens` each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ask {
+    pub prompt_tokens: u64,
+    pub n: u64,
+    pub max_tokens: u64,
+    /// The client set `max_tokens`; otherwise it is the context's room, and a key's tokens per
+    /// minute may lower it to what the key's minute has left.
+    pub explicit: bool,
+}
+
+/// An admitted request's hold on its key's tokens per minute, released by
+/// [`Limiter::settle`] when it ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Admitted {
+    id: u64,
+    /// Completion tokens held (n × max_tokens).
+    reserved: u64,
+    /// Tokens each choice may generate.
+    pub max_tokens: u64,
+}
+
 #[derive(Default)]
 pub struct Limiter {
     windows: Mutex<HashMap<String, KeyWindow>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Limiter {
-    /// Admits a request of `prompt_tokens` for `key_id` under `rpm`/`tpm`, counting it, or says
-    /// why not. The completion's tokens are added by [`Limiter::add_tokens`] as they are known.
-    pub fn admit(&self, key_id: &str, rpm: Option<u64>, tpm: Option<u64>, prompt_tokens: u64) -> Result<(), Refusal> {
-        self.admit_at(key_id, rpm, tpm, prompt_tokens, Instant::now())
+    /// Admits a request for `key_id` under `rpm`/`tpm`, or says why not. The prompt and every
+    /// token the request may generate (n × max_tokens) count against `tpm` at once, so no
+    /// request can take a key past its limit; [`Limiter::settle`] gives back what it did not use.
+    pub fn admit(&self, key_id: &str, rpm: Option<u64>, tpm: Option<u64>, ask: Ask) -> Result<Admitted, Refusal> {
+        self.admit_at(key_id, rpm, tpm, ask, Instant::now())
     }
 
     fn admit_at(
@@ -53,16 +91,19 @@ impl Limiter {
         key_id: &str,
         rpm: Option<u64>,
         tpm: Option<u64>,
-        prompt_tokens: u64,
+        ask: Ask,
         now: Instant,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Admitted, Refusal> {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let w = windows.entry(key_id.to_string()).or_default();
         w.expire(now);
-        let wait = |since: Instant| 1 + WINDOW.saturating_sub(now.duration_since(since)).as_secs();
         if let Some(rpm) = rpm {
             if w.requests.len() as u64 >= rpm {
-                let retry = w.requests.front().map(|&t| wait(t)).unwrap_or(60);
+                let retry = w
+                    .requests
+                    .front()
+                    .map(|&t| 1 + WINDOW.saturating_sub(now.duration_since(t)).as_secs())
+                    .unwrap_or(60);
                 return Err(Refusal {
                     message: format!(
                         "rate limit of {rpm} requests per minute reached for this key; retry in {retry} s"
@@ -71,44 +112,107 @@ impl Limiter {
                 });
             }
         }
+        let (n, prompt) = (ask.n.max(1), ask.prompt_tokens);
+        let mut max_tokens = ask.max_tokens;
         if let Some(tpm) = tpm {
-            if prompt_tokens > tpm {
+            // The least this request can use: its prompt and one token per choice.
+            let least = prompt + n;
+            if least > tpm {
                 return Err(Refusal {
                     message: format!(
-                        "the prompt alone ({prompt_tokens} tokens) exceeds this key's {tpm} tokens per minute"
+                        "the prompt ({prompt} tokens) and one token for each of the {n} choices exceed this key's {tpm} tokens per minute"
                     ),
                     retry_after_secs: 60,
                 });
             }
-            if w.token_sum + prompt_tokens > tpm {
-                // Wait until enough of the window has expired to fit the prompt.
-                let mut freed = 0;
-                let mut retry = 60;
-                for &(t, n) in &w.tokens {
-                    freed += n;
-                    if w.token_sum - freed + prompt_tokens <= tpm {
-                        retry = wait(t);
-                        break;
-                    }
-                }
+            if ask.explicit && prompt + n * max_tokens > tpm {
+                return Err(Refusal {
+                    message: format!(
+                        "this request may use {} tokens (a prompt of {prompt} and {n} × max_tokens {max_tokens}), more than this key's {tpm} tokens per minute; ask for max_tokens ≤ {}",
+                        prompt + n * max_tokens,
+                        (tpm - prompt) / n
+                    ),
+                    retry_after_secs: 60,
+                });
+            }
+            let left = tpm.saturating_sub(w.token_sum);
+            if !ask.explicit {
+                // Without max_tokens: at most what the key's minute has left.
+                max_tokens = max_tokens.min(left.saturating_sub(prompt) / n);
+            }
+            let need = prompt + n * max_tokens.max(1);
+            if max_tokens == 0 || w.token_sum + need > tpm {
+                let retry = w.wait_for(need, tpm, now);
                 return Err(Refusal {
                     message: format!("rate limit of {tpm} tokens per minute reached for this key; retry in {retry} s"),
                     retry_after_secs: retry,
                 });
             }
         }
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reserved = n * max_tokens;
+        let held = if tpm.is_some() { prompt + reserved } else { prompt };
         w.requests.push_back(now);
-        w.tokens.push_back((now, prompt_tokens));
-        w.token_sum += prompt_tokens;
-        Ok(())
+        w.tokens.push_back((now, held, id));
+        w.token_sum += held;
+        Ok(Admitted { id, reserved: if tpm.is_some() { reserved } else { 0 }, max_tokens })
     }
 
-    /// Counts generated tokens against the key's tokens/min.
-    pub fn add_tokens(&self, key_id: &str, tokens: u64) {
+    /// Ends an admitted request that generated `generated` tokens: its hold on the key's tokens
+    /// per minute becomes what it used.
+    pub fn settle(&self, key_id: &str, admitted: &Admitted, generated: u64) {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let w = windows.entry(key_id.to_string()).or_default();
-        w.tokens.push_back((Instant::now(), tokens));
-        w.token_sum += tokens;
+        let Some(entry) = w.tokens.iter_mut().rev().find(|(_, _, id)| *id == admitted.id) else {
+            // Expired from the window already: nothing is held any more.
+            return;
+        };
+        if admitted.reserved >= generated {
+            let unused = admitted.reserved - generated;
+            entry.1 -= unused;
+            w.token_sum -= unused;
+        } else {
+            let over = generated - admitted.reserved;
+            entry.1 += over;
+            w.token_sum += over;
+        }
+    }
+}
+
+/// Requests in flight per key.
+#[derive(Default, Clone)]
+pub struct KeySlots {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One request's place among its key's requests in flight, given back when dropped.
+pub struct KeySlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    key_id: String,
+}
+
+impl KeySlots {
+    /// Takes a place for `key_id` if it has fewer than `cap` requests in flight.
+    pub fn acquire(&self, key_id: &str, cap: usize) -> Option<KeySlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(key_id.to_string()).or_default();
+        if *count >= cap.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(KeySlot { counts: self.counts.clone(), key_id: key_id.to_string() })
+    }
+}
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.key_id) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key_id);
+            }
+        }
     }
 }
 
@@ -116,30 +220,68 @@ impl Limiter {
 mod tests {
     use super::*;
 
+    fn ask(prompt_tokens: u64, n: u64, max_tokens: u64, explicit: bool) -> Ask {
+        Ask { prompt_tokens, n, max_tokens, explicit }
+    }
+
     #[test]
     fn requests_per_minute_refuse_the_extra_request_until_the_window_moves() {
         let limiter = Limiter::default();
         let t0 = Instant::now();
         for i in 0..3 {
-            limiter.admit_at("k", Some(3), None, 1, t0 + Duration::from_secs(i)).unwrap();
+            limiter.admit_at("k", Some(3), None, ask(1, 1, 8, true), t0 + Duration::from_secs(i)).unwrap();
         }
-        let refusal = limiter.admit_at("k", Some(3), None, 1, t0 + Duration::from_secs(10)).unwrap_err();
+        let refusal =
+            limiter.admit_at("k", Some(3), None, ask(1, 1, 8, true), t0 + Duration::from_secs(10)).unwrap_err();
         assert_eq!(refusal.retry_after_secs, 51, "{refusal:?}");
         assert!(refusal.message.contains("3 requests per minute"));
-        limiter.admit_at("other", Some(3), None, 1, t0 + Duration::from_secs(10)).unwrap();
-        limiter.admit_at("k", Some(3), None, 1, t0 + Duration::from_secs(60)).unwrap();
+        limiter.admit_at("other", Some(3), None, ask(1, 1, 8, true), t0 + Duration::from_secs(10)).unwrap();
+        limiter.admit_at("k", Some(3), None, ask(1, 1, 8, true), t0 + Duration::from_secs(60)).unwrap();
     }
 
     #[test]
-    fn tokens_per_minute_count_prompts_and_completions() {
+    fn tokens_per_minute_hold_every_token_a_request_may_generate_until_it_ends() {
         let limiter = Limiter::default();
         let t0 = Instant::now();
-        limiter.admit_at("k", None, Some(100), 40, t0).unwrap();
-        limiter.add_tokens("k", 50); // now at 90
-        let refusal = limiter.admit_at("k", None, Some(100), 20, t0 + Duration::from_secs(1)).unwrap_err();
-        assert!(refusal.message.contains("100 tokens per minute"), "{refusal:?}");
-        limiter.admit_at("k", None, Some(100), 10, t0 + Duration::from_secs(1)).unwrap();
-        assert!(limiter.admit_at("k", None, Some(100), 101, t0).unwrap_err().message.contains("alone"));
-        assert!(limiter.admit_at("k", None, None, 1_000_000, t0).is_ok());
+        // 16 choices of 8 tokens cannot fit a budget of 50, whatever the prompt.
+        let r = limiter.admit_at("k", None, Some(50), ask(4, 16, 8, true), t0).unwrap_err();
+        assert!(r.message.contains("≤ 2"), "{r:?}");
+        // 40 + 2 × 30 = 100 held at admission: nothing else fits while it runs.
+        let a = limiter.admit_at("k", None, Some(100), ask(40, 2, 30, true), t0).unwrap();
+        assert!(limiter.admit_at("k", None, Some(100), ask(1, 1, 1, true), t0).is_err());
+        // It generated 10 tokens: 50 are held now, and a request of 10 + 40 fits exactly.
+        limiter.settle("k", &a, 10);
+        limiter.admit_at("k", None, Some(100), ask(10, 1, 40, true), t0).unwrap();
+        assert!(limiter.admit_at("k", None, Some(100), ask(1, 1, 1, true), t0).is_err());
+        // The window moves on.
+        limiter.admit_at("k", None, Some(100), ask(1, 1, 1, true), t0 + Duration::from_secs(60)).unwrap();
+        assert!(limiter.admit_at("k", None, None, ask(1_000_000, 4, 1_000, true), t0).is_ok());
+    }
+
+    #[test]
+    fn without_max_tokens_a_request_gets_what_the_minute_has_left() {
+        let limiter = Limiter::default();
+        let t0 = Instant::now();
+        let a = limiter.admit_at("k", None, Some(100), ask(20, 2, 8_000, false), t0).unwrap();
+        assert_eq!(a.max_tokens, 40, "(100 − 20) / 2");
+        limiter.settle("k", &a, 30); // 50 held
+        let b = limiter.admit_at("k", None, Some(100), ask(10, 1, 8_000, false), t0).unwrap();
+        assert_eq!(b.max_tokens, 40);
+        let r = limiter.admit_at("k", None, Some(100), ask(1, 1, 8_000, false), t0).unwrap_err();
+        assert!(r.message.contains("100 tokens per minute") && r.retry_after_secs == 61, "{r:?}");
+        let r =
+            limiter.admit_at("k", None, Some(100), ask(99, 2, 8_000, false), t0 + Duration::from_secs(61)).unwrap_err();
+        assert!(r.message.contains("one token for each of the 2 choices"), "{r:?}");
+    }
+
+    #[test]
+    fn a_key_holds_at_most_its_cap_of_requests_in_flight() {
+        let slots = KeySlots::default();
+        let held: Vec<KeySlot> = (0..2).map(|_| slots.acquire("k", 2).unwrap()).collect();
+        assert!(slots.acquire("k", 2).is_none());
+        assert!(slots.acquire("other", 2).is_some());
+        drop(held);
+        assert!(slots.acquire("k", 2).is_some());
+        assert!(slots.counts.lock().unwrap().is_empty(), "finished keys leave no entry");
     }
 }

@@ -20,6 +20,7 @@ use crate::db::{now, random_id, ApiKey, StoredCompletion};
 use crate::engine::{Event, Job};
 use crate::error::ApiError;
 use crate::guard::{Guard, Level};
+use crate::limits::{Admitted, Ask, KeySlot};
 use crate::wire::{self, Endpoint, GenerationRequest, Prompt};
 use crate::AppState;
 
@@ -147,7 +148,7 @@ async fn generate(
         ));
     }
     let room = context - prompt.len();
-    let max_tokens = match req.max_tokens {
+    let asked_max_tokens = match req.max_tokens {
         Some(m) if m > room => {
             let field = req.max_tokens_field;
             return Err(ApiError::invalid(
@@ -168,6 +169,15 @@ async fn generate(
             app.options.max_concurrent
         ))
     })?;
+    let key_slot = app.key_slots.acquire(&key.id, app.options.max_concurrent_per_key).ok_or_else(|| {
+        ApiError::rate_limited(
+            format!(
+                "this key already has {} requests in flight, its limit; retry when one finishes",
+                app.options.max_concurrent_per_key
+            ),
+            1,
+        )
+    })?;
     if app.guard.needs_history(&key.id) {
         // Once per key and process: a restarted server judges old keys by their own past.
         let week_ago = now() - 7 * 86_400;
@@ -186,7 +196,13 @@ async fn generate(
         });
     }
     let (rpm, tpm) = app.guard.limits(level, key.rpm, key.tpm);
-    app.limiter.admit(&key.id, rpm, tpm, prompt.len() as u64).map_err(|r| {
+    let ask = Ask {
+        prompt_tokens: prompt.len() as u64,
+        n: req.n as u64,
+        max_tokens: asked_max_tokens as u64,
+        explicit: req.max_tokens.is_some(),
+    };
+    let admitted = app.limiter.admit(&key.id, rpm, tpm, ask).map_err(|r| {
         let message = if level >= Level::Throttle {
             format!("{} (this key's limits were lowered by the server's usage policy; ask its operator)", r.message)
         } else {
@@ -196,7 +212,9 @@ async fn generate(
     })?;
     observe(&app, &key.id, &req, &prompt);
     let prompt_logprobs = match req.prompt_logprobs {
-        Some(k) => Some(score_prompt(&app, &prompt, k).await?),
+        Some(k) => {
+            Some(score_prompt(&app, &prompt, k).await.inspect_err(|_| app.limiter.settle(&key.id, &admitted, 0))?)
+        }
         None => None,
     };
     let top_logprobs = match (req.logprobs, req.store) {
@@ -208,17 +226,18 @@ async fn generate(
         prompt: prompt.clone(),
         n: req.n,
         sampling: SamplingParams { seed: req.seed.unwrap_or_else(rand::random), ..req.sampling.clone() },
-        max_tokens,
+        max_tokens: admitted.max_tokens as usize,
         top_logprobs,
         logit_bias: req.logit_bias.clone(),
         events,
     };
     if !app.engine.submit(job) {
+        app.limiter.settle(&key.id, &admitted, 0);
         return Err(ApiError::internal("submitting to the engine", "the engine thread has stopped"));
     }
     let id = random_id(if endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" });
     let raw = String::from_utf8_lossy(&body).into_owned(); // parse_request checked it is UTF-8
-    let usage = UsageGuard::new(app.clone(), &key.id, endpoint, prompt.len(), req.n);
+    let usage = UsageGuard::new(app.clone(), &key.id, endpoint, prompt.len(), req.n, admitted);
     let flight = InFlight {
         app,
         key,
@@ -230,7 +249,7 @@ async fn generate(
         prompt_logprobs,
         rx,
         usage,
-        _permit: permit,
+        _permit: (permit, key_slot),
     };
     if flight.req.stream {
         Ok(crate::stream::respond(flight))
@@ -339,7 +358,7 @@ pub(crate) struct InFlight {
     pub prompt_logprobs: Option<Value>,
     pub rx: UnboundedReceiver<Event>,
     pub usage: UsageGuard,
-    _permit: OwnedSemaphorePermit,
+    _permit: (OwnedSemaphorePermit, KeySlot),
 }
 
 impl InFlight {
@@ -435,11 +454,19 @@ pub(crate) struct UsageGuard {
     prompt_tokens: usize,
     generated: Vec<usize>,
     recorded: bool,
+    admitted: Admitted,
 }
 
 impl UsageGuard {
-    fn new(app: Arc<AppState>, key_id: &str, endpoint: Endpoint, prompt_tokens: usize, n: usize) -> Self {
-        Self { app, key_id: key_id.into(), endpoint, prompt_tokens, generated: vec![0; n], recorded: false }
+    fn new(
+        app: Arc<AppState>,
+        key_id: &str,
+        endpoint: Endpoint,
+        prompt_tokens: usize,
+        n: usize,
+        admitted: Admitted,
+    ) -> Self {
+        Self { app, key_id: key_id.into(), endpoint, prompt_tokens, generated: vec![0; n], recorded: false, admitted }
     }
 
     pub fn generated(&mut self, index: usize, tokens: usize) {
@@ -450,7 +477,7 @@ impl UsageGuard {
 
     async fn complete(&mut self, generated: usize) {
         self.recorded = true;
-        self.app.limiter.add_tokens(&self.key_id, generated as u64);
+        self.app.limiter.settle(&self.key_id, &self.admitted, generated as u64);
         let db = &self.app.db;
         if let Err(e) = db
             .record_usage(&self.key_id, self.endpoint.as_str(), self.prompt_tokens as u64, generated as u64, "ok")
@@ -467,7 +494,7 @@ impl Drop for UsageGuard {
             return;
         }
         let generated: usize = self.generated.iter().sum();
-        self.app.limiter.add_tokens(&self.key_id, generated as u64);
+        self.app.limiter.settle(&self.key_id, &self.admitted, generated as u64);
         let (app, key_id, endpoint, prompt) =
             (self.app.clone(), self.key_id.clone(), self.endpoint, self.prompt_tokens);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {

@@ -49,6 +49,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = ServeOptions::default().max_concurrent)]
     max_concurrent: usize,
 
+    /// Most requests one key may have in flight (429 with Retry-After beyond), so one client
+    /// cannot hold every slot. Default: half of --max-concurrent (all of it with --api-key).
+    #[arg(long)]
+    max_concurrent_per_key: Option<usize>,
+
     /// Largest request body accepted, in bytes (413 beyond, before any parsing).
     #[arg(long, default_value_t = ServeOptions::default().max_body_bytes)]
     max_body_bytes: usize,
@@ -113,6 +118,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         model_name: name.clone(),
         max_batch: args.max_batch,
         max_concurrent: args.max_concurrent,
+        max_concurrent_per_key: args.max_concurrent_per_key.unwrap_or(if args.api_key.is_some() {
+            args.max_concurrent
+        } else {
+            args.max_concurrent.div_ceil(2)
+        }),
         max_body_bytes: args.max_body_bytes,
         capture_top_k: args.capture_top_k,
         logprobs: !args.no_logprobs,
