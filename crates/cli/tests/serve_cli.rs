@@ -420,6 +420,58 @@ fn a_disconnected_stream_frees_its_slot_and_its_usage_is_recorded() {
 }
 
 #[test]
+fn slow_and_numerous_connections_are_closed_and_health_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("serve.db");
+    let key = create_key(&db, "user", &[]);
+    let flags = ["--header-timeout", "1", "--body-timeout", "1", "--max-connections-per-address", "8"];
+    let server = Server::start(&tiny(dir.path()), &db, &flags);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let connect = || {
+        let s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    // Closed by the server: the read ends (EOF, or a reset), neither answered nor timed out.
+    let closed = |s: &mut std::net::TcpStream| match s.read(&mut [0u8; 256]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    };
+
+    // Eight half-sent requests fill the address's connections; a ninth is closed at once.
+    let mut slow: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = connect();
+            s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut ninth = connect();
+    let _ = ninth.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(closed(&mut ninth), "a ninth connection from one address was served");
+    // The header deadline closes the half-sent ones, and the server answers again.
+    let started = Instant::now();
+    for s in &mut slow {
+        assert!(closed(s), "a connection without whole headers was kept");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(server.get("/health", None).0, 200);
+
+    // Headers sent, the body not: 408 after the body deadline.
+    let mut s = connect();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\""
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = BufReader::new(&mut s).read_line(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    // A whole request on time is served as before.
+    assert_eq!(server.post("/v1/chat/completions", &key, &chat("hi", json!({}))).0, 200);
+}
+
+#[test]
 fn the_official_openai_python_client_works_against_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("serve.db");

@@ -68,6 +68,11 @@ impl ApiError {
         e
     }
 
+    /// 408: the client did not send its request in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", message)
+    }
+
     /// 500 without internals: the details go to the server log.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         tracing::error!("{context}: {err}");

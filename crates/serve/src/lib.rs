@@ -6,6 +6,7 @@
 //! completions; [`limits`] enforces per-key rates; [`guard`] notices keys harvesting the model;
 //! [`routes`] ties them to HTTP.
 
+pub mod conn;
 pub mod db;
 pub mod engine;
 pub mod error;
@@ -47,6 +48,10 @@ pub struct ServeOptions {
     pub logprobs: bool,
     /// The extraction guard's settings (`max_action = none` turns it off).
     pub guard: guard::GuardConfig,
+    /// Header deadline and connections per address.
+    pub connections: conn::ConnLimits,
+    /// Time a client has to send a request's body once its headers arrived (408 after).
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for ServeOptions {
@@ -60,6 +65,8 @@ impl Default for ServeOptions {
             capture_top_k: 20,
             logprobs: true,
             guard: guard::GuardConfig::default(),
+            connections: conn::ConnLimits::default(),
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -98,7 +105,8 @@ impl AppState {
 pub async fn serve(state: Arc<AppState>, addr: SocketAddr, on_listening: impl FnOnce(SocketAddr)) -> Result<()> {
     let listener = TcpListener::bind(addr).await?;
     on_listening(listener.local_addr()?);
-    axum::serve(listener, routes::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    let limits = state.options.connections;
+    conn::serve(listener, routes::router(state), limits, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -40,7 +41,39 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::not_found("no such route; see /v1/models, /v1/chat/completions, /v1/completions")
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), body_in_time))
         .with_state(state)
+}
+
+/// Reads a request's whole body before it is routed, within the server's body deadline (408
+/// after it) and size limit (413), so a client sending slowly holds no handler or slot.
+async fn body_in_time(State(app): State<Arc<AppState>>, request: axum::extract::Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let (limit, deadline) = (app.options.max_body_bytes, app.options.body_timeout);
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Err(e)) => {
+            // axum reports the size limit as an error whose chain says so.
+            let mut cause: Option<&dyn std::error::Error> = Some(&e);
+            let mut too_large = false;
+            while let Some(c) = cause {
+                too_large |= c.to_string().contains("length limit");
+                cause = c.source();
+            }
+            if too_large {
+                let mut err = ApiError::invalid(None, format!("the request body exceeds {limit} bytes"));
+                err.status = StatusCode::PAYLOAD_TOO_LARGE;
+                err.into_response()
+            } else {
+                ApiError::invalid(None, format!("cannot read the request body: {e}")).into_response()
+            }
+        }
+        Err(_) => ApiError::timeout(format!(
+            "the request body did not arrive within {} s; send it whole, or ask the operator for a longer --body-timeout",
+            deadline.as_secs()
+        ))
+        .into_response(),
+    }
 }
 
 async fn health() -> Json<Value> {

@@ -54,6 +54,19 @@ pub struct ServeArgs {
     #[arg(long)]
     max_concurrent_per_key: Option<usize>,
 
+    /// Seconds a client has to send a request's headers (also how long an idle keep-alive
+    /// connection stays open); the connection is closed after.
+    #[arg(long, default_value_t = ServeOptions::default().connections.header_timeout.as_secs(), value_name = "SECS")]
+    header_timeout: u64,
+
+    /// Seconds a client has to send a request's body once its headers arrived (408 after).
+    #[arg(long, default_value_t = ServeOptions::default().body_timeout.as_secs(), value_name = "SECS")]
+    body_timeout: u64,
+
+    /// Most open connections from one network address; more are closed at once.
+    #[arg(long, default_value_t = ServeOptions::default().connections.per_address)]
+    max_connections_per_address: usize,
+
     /// Largest request body accepted, in bytes (413 beyond, before any parsing).
     #[arg(long, default_value_t = ServeOptions::default().max_body_bytes)]
     max_body_bytes: usize,
@@ -127,6 +140,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         capture_top_k: args.capture_top_k,
         logprobs: !args.no_logprobs,
         guard,
+        connections: distill_serve::conn::ConnLimits {
+            header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+            per_address: args.max_connections_per_address,
+        },
+        body_timeout: std::time::Duration::from_secs(args.body_timeout.max(1)),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

@@ -1,0 +1,131 @@
+//! Connections: the accept loop, with what keeps slow or numerous clients from exhausting the
+//! server. Request headers must arrive within a deadline (the connection is closed otherwise,
+//! idle keep-alive connections too), one network address may hold only so many connections,
+//! and running out of file descriptors pauses accepting instead of ending the server.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+/// How connections are accepted and kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnLimits {
+    /// Time a client has to send a request's headers, from the moment the server waits for
+    /// them (an idle keep-alive connection is closed after this long too).
+    pub header_timeout: Duration,
+    /// Most open connections from one network address; more are closed at once.
+    pub per_address: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self { header_timeout: Duration::from_secs(15), per_address: 256 }
+    }
+}
+
+/// Open connections per address.
+#[derive(Default, Clone)]
+struct Addresses {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place among its address's, given back when dropped.
+struct Place {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Addresses {
+    fn take(&self, ip: IpAddr, cap: usize) -> Option<Place> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= cap.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Place { open: self.open.clone(), ip })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the connections in
+/// progress finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let addresses = Addresses::default();
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors (or a connection reset before it was accepted):
+                    // wait for connections to close rather than stop serving.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(place) = addresses.take(peer.ip(), limits.per_address) else {
+            tracing::warn!("{} has {} connections open, its limit: closing a new one", peer.ip(), limits.per_address);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _place = place;
+            if let Err(e) = conn.await {
+                tracing::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_cap_of_connections() {
+        let addresses = Addresses::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let held: Vec<Place> = (0..3).map(|_| addresses.take(a, 3).unwrap()).collect();
+        assert!(addresses.take(a, 3).is_none());
+        assert!(addresses.take(b, 3).is_some());
+        drop(held);
+        assert!(addresses.take(a, 3).is_some());
+        assert!(addresses.open.lock().unwrap().is_empty());
+    }
+}
