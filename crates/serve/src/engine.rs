@@ -12,8 +12,13 @@ use candle_core::Tensor;
 use distill_models::{Completion, KvCache, LoadedModel, SamplingParams, Sequence, TokenLogprob};
 use tokio::sync::mpsc::UnboundedSender;
 
-/// Most positions (padding included) prefilled in one batch; a longer prompt is prefilled alone.
+/// Most positions (padding included) prefilled in one batch.
 const PREFILL_TOKENS: usize = 8192;
+
+/// Prompts longer than this are prefilled one chunk of this many tokens per engine step,
+/// between decoding steps of the running batch: a long prompt delays every stream by one
+/// chunk's time per token instead of stalling them for its whole prefill.
+pub const PREFILL_CHUNK: usize = 256;
 
 /// What the engine tells a request as its choices progress.
 #[derive(Debug)]
@@ -58,10 +63,16 @@ struct Running {
 impl Engine {
     /// Starts the worker thread; at most `max_batch` sequences decode together.
     pub fn start(model: Arc<LoadedModel>, max_batch: usize) -> Self {
+        Self::start_with(model, max_batch, PREFILL_CHUNK)
+    }
+
+    /// [`Engine::start`] with prompts longer than `prefill_chunk` prefilled in chunks of it.
+    pub fn start_with(model: Arc<LoadedModel>, max_batch: usize, prefill_chunk: usize) -> Self {
         let (jobs, inbox) = mpsc::channel();
+        let limits = Limits { max_batch: max_batch.max(1), prefill_chunk: prefill_chunk.max(1) };
         std::thread::Builder::new()
             .name("distill-engine".into())
-            .spawn(move || supervise(&model, &inbox, max_batch.max(1)))
+            .spawn(move || supervise(&model, &inbox, limits))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("cannot start the engine thread: {e}"));
         Self { jobs }
@@ -76,8 +87,21 @@ impl Engine {
 /// Runs the engine loop and, when a step panics, starts it again with an empty batch: the
 /// requests in flight then fail (their event channels close, which their handlers answer as an
 /// error) and the server goes on serving new ones.
-fn supervise(model: &LoadedModel, inbox: &mpsc::Receiver<Job>, max_batch: usize) {
-    restarting_on_panic(|| run(model, inbox, max_batch))
+fn supervise(model: &LoadedModel, inbox: &mpsc::Receiver<Job>, limits: Limits) {
+    restarting_on_panic(|| run(model, inbox, limits))
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    max_batch: usize,
+    prefill_chunk: usize,
+}
+
+/// A long prompt being prefilled a chunk at a time, in a cache of its own.
+struct Prefilling {
+    job: Job,
+    cache: KvCache,
+    done: usize,
 }
 
 /// Calls `body` until it returns without panicking, logging each panic.
@@ -92,12 +116,14 @@ fn restarting_on_panic(mut body: impl FnMut()) {
     }
 }
 
-fn run(model: &LoadedModel, inbox: &mpsc::Receiver<Job>, max_batch: usize) {
+fn run(model: &LoadedModel, inbox: &mpsc::Receiver<Job>, limits: Limits) {
+    let Limits { max_batch, prefill_chunk } = limits;
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
+    let mut prefilling: Option<Prefilling> = None;
     let mut cache = KvCache::new(model.model.config(), Vec::new());
     loop {
-        if running.is_empty() && waiting.is_empty() {
+        if running.is_empty() && waiting.is_empty() && prefilling.is_none() {
             match inbox.recv() {
                 Ok(job) => waiting.push_back(job),
                 Err(_) => return, // every handle dropped: the server is shutting down
@@ -106,29 +132,65 @@ fn run(model: &LoadedModel, inbox: &mpsc::Receiver<Job>, max_batch: usize) {
         while let Ok(job) = inbox.try_recv() {
             waiting.push_back(job);
         }
-        // Admit whole jobs while their choices fit; one oversized job runs alone.
+        // Admit whole jobs in order while their choices fit; one oversized job runs alone. A
+        // long prompt takes the chunked-prefill place when it is free (shorter prompts behind
+        // it may go first while it waits for it).
         let mut admitted: Vec<Job> = Vec::new();
-        let mut rows = running.len();
+        let mut rows = running.len() + prefilling.as_ref().map_or(0, |p| p.job.n);
         let mut longest = 0;
-        while let Some(job) = waiting.front() {
+        let mut i = 0;
+        while let Some(job) = waiting.get(i) {
+            if job.events.is_closed() {
+                waiting.remove(i);
+                continue;
+            }
             if rows > 0 && rows + job.n > max_batch {
                 break;
+            }
+            if job.prompt.len() > prefill_chunk {
+                if prefilling.is_none() {
+                    let Some(job) = waiting.remove(i) else { break };
+                    rows += job.n;
+                    let cache = KvCache::new(model.model.config(), vec![0]);
+                    prefilling = Some(Prefilling { job, cache, done: 0 });
+                } else {
+                    i += 1;
+                }
+                continue;
             }
             // Prompts are padded to the longest: keep one prefill batch within a token budget.
             let padded = (admitted.len() + 1) * longest.max(job.prompt.len());
             if !admitted.is_empty() && padded > PREFILL_TOKENS {
                 break;
             }
-            let Some(job) = waiting.pop_front() else { break };
-            if !job.events.is_closed() {
-                rows += job.n;
-                longest = longest.max(job.prompt.len());
-                admitted.push(job);
-            }
+            let Some(job) = waiting.remove(i) else { break };
+            rows += job.n;
+            longest = longest.max(job.prompt.len());
+            admitted.push(job);
         }
         if !admitted.is_empty() {
             if let Err(e) = distill_kernels::on_worker(|| admit(model, admitted, &mut running, &mut cache)) {
                 tracing::error!("prefill failed: {e}");
+            }
+        }
+        if let Some(p) = prefilling.as_mut() {
+            match distill_kernels::on_worker(|| prefill_chunk_step(model, p, prefill_chunk)) {
+                _ if p.job.events.is_closed() => prefilling = None,
+                Ok(None) => {}
+                Ok(Some(logits)) => {
+                    let Some(p) = prefilling.take() else { continue };
+                    let joined = distill_kernels::on_worker(|| {
+                        join(model, std::slice::from_ref(&p.job), &logits, p.cache, &mut running, &mut cache)
+                    });
+                    if let Err(e) = joined {
+                        tracing::error!("joining a prefilled prompt failed: {e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("prefill failed: {e}");
+                    let _ = p.job.events.send(Event::Failed(e.to_string()));
+                    prefilling = None;
+                }
             }
         }
         if running.is_empty() {
@@ -142,6 +204,19 @@ fn run(model: &LoadedModel, inbox: &mpsc::Receiver<Job>, max_batch: usize) {
             cache = KvCache::new(model.model.config(), Vec::new());
         }
     }
+}
+
+/// Prefills the next chunk of a long prompt; once the last is done, its logits (one row).
+fn prefill_chunk_step(
+    model: &LoadedModel,
+    p: &mut Prefilling,
+    chunk: usize,
+) -> distill_models::Result<Option<Vec<Vec<f32>>>> {
+    let end = (p.done + chunk).min(p.job.prompt.len());
+    let input = Tensor::from_vec(p.job.prompt[p.done..end].to_vec(), (1, end - p.done), model.model.device())?;
+    let logits = model.model.step(&input, &mut p.cache)?;
+    p.done = end;
+    Ok((end == p.job.prompt.len()).then(|| logits.to_vec2::<f32>()).transpose()?)
 }
 
 /// Prefills the admitted jobs' prompts in one left-padded batch, samples each choice's first
@@ -175,6 +250,20 @@ fn admit(
             return Err(e);
         }
     };
+    join(model, &jobs, &logits, prefilled, running, cache)
+}
+
+/// Samples each choice's first token from its prompt's logits (row `i` for `jobs[i]`) and joins
+/// the choices that go on to the running batch, the prompt's row of `prefilled` forked once per
+/// choice.
+fn join(
+    model: &LoadedModel,
+    jobs: &[Job],
+    logits: &[Vec<f32>],
+    mut prefilled: KvCache,
+    running: &mut Vec<Running>,
+    cache: &mut KvCache,
+) -> distill_models::Result<()> {
     let mut forks = Vec::new();
     let mut rows = Vec::new();
     for (row, job) in jobs.iter().enumerate() {
@@ -267,6 +356,59 @@ fn retain_rows(running: &mut Vec<Running>, cache: &mut KvCache, keep: &[usize]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tiny_model(dir: &std::path::Path) -> Arc<LoadedModel> {
+        let path = dir.join("tiny.gguf");
+        distill_models::fixtures::tiny_gguf(&path, 7).unwrap();
+        Arc::new(distill_models::load(path.to_str().unwrap(), &candle_core::Device::Cpu).unwrap())
+    }
+
+    /// Runs `prompts` through `engine` together and returns each one's greedy tokens.
+    fn complete(engine: &Engine, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
+        let receivers: Vec<_> = prompts
+            .iter()
+            .map(|prompt| {
+                let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+                let sampling = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
+                let job = Job {
+                    prompt: prompt.clone(),
+                    n: 1,
+                    sampling,
+                    max_tokens: 6,
+                    top_logprobs: None,
+                    logit_bias: vec![],
+                    events,
+                };
+                assert!(engine.submit(job));
+                rx
+            })
+            .collect();
+        receivers
+            .into_iter()
+            .map(|mut rx| loop {
+                match rx.blocking_recv().expect("the engine answers") {
+                    Event::Done { completion, .. } => break completion.token_ids,
+                    Event::Failed(e) => panic!("{e}"),
+                    Event::Delta { .. } => {}
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_long_prompt_prefilled_in_chunks_beside_running_streams_gives_the_same_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_model(dir.path());
+        let long: Vec<u32> = (0..45).map(|i| 5 + (i * 7) % 20).collect();
+        let short: Vec<u32> = vec![5, 9, 11];
+        let prompts = vec![short.clone(), long.clone(), vec![6, 7], long[..20].to_vec()];
+        let whole = complete(&Engine::start_with(model.clone(), 8, 1_000), &prompts);
+        // Chunks of 8: the long prompts are prefilled over several steps, one at a time, while
+        // the short ones decode.
+        let chunked = complete(&Engine::start_with(model, 8, 8), &prompts);
+        assert_eq!(chunked, whole);
+        assert!(whole.iter().all(|t| !t.is_empty()));
+    }
 
     #[test]
     fn a_panicking_loop_is_started_again_and_what_it_held_is_dropped() {
