@@ -33,6 +33,10 @@ pub struct ServeOptions {
     pub model_name: String,
     /// Most sequences decoded together in one batched step.
     pub max_batch: usize,
+    /// Prompts longer than this many tokens are prefilled in chunks of it, between decoding
+    /// steps of the running batch (smaller: other streams wait less; larger: a long prompt
+    /// finishes sooner).
+    pub prefill_chunk: usize,
     /// Most requests in flight (generating or waiting for the engine); more are answered 503
     /// with Retry-After instead of queueing without bound.
     pub max_concurrent: usize,
@@ -59,6 +63,7 @@ impl Default for ServeOptions {
         Self {
             model_name: "distill".into(),
             max_batch: 32,
+            prefill_chunk: engine::PREFILL_CHUNK,
             max_concurrent: 128,
             max_concurrent_per_key: 64,
             max_body_bytes: 1 << 20,
@@ -86,7 +91,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(model: LoadedModel, db: Db, options: ServeOptions) -> Arc<Self> {
         let model = Arc::new(model);
-        let engine = engine::Engine::start(model.clone(), options.max_batch);
+        let engine = engine::Engine::start_with(model.clone(), options.max_batch, options.prefill_chunk);
         Arc::new(Self {
             model,
             engine,

@@ -45,6 +45,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = ServeOptions::default().max_batch)]
     max_batch: usize,
 
+    /// Prompts longer than this many tokens are prefilled in chunks of it between decoding
+    /// steps, so a long prompt does not stall the other streams.
+    #[arg(long, default_value_t = ServeOptions::default().prefill_chunk, value_name = "TOKENS")]
+    prefill_chunk: usize,
+
     /// Most requests in flight; beyond it requests are answered 503 with Retry-After.
     #[arg(long, default_value_t = ServeOptions::default().max_concurrent)]
     max_concurrent: usize,
@@ -130,6 +135,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let options = ServeOptions {
         model_name: name.clone(),
         max_batch: args.max_batch,
+        prefill_chunk: args.prefill_chunk,
         max_concurrent: args.max_concurrent,
         max_concurrent_per_key: args.max_concurrent_per_key.unwrap_or(if args.api_key.is_some() {
             args.max_concurrent
