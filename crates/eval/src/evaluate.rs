@@ -19,7 +19,7 @@ use distill_teacher::PromptRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::speed::Speed;
-use crate::text::{exact_match, rouge_l};
+use crate::text::{exact_match, repetition, rouge_l, Repetition};
 use crate::tokens::{TokenStats, TokenSummary};
 
 pub use crate::error::{Error, Result};
@@ -80,10 +80,19 @@ pub struct SetReport {
     pub tokens_on_student_text: TokenSummary,
     /// Mean ROUGE-L F of the student's output against the teacher's.
     pub rouge_l: f64,
+    /// How repetitive each model's greedy outputs are (a student that loops shows here).
+    #[serde(default)]
+    pub repetition: RepetitionPair,
     pub exact_match: Option<ExactMatch>,
     pub retention: Retention,
     /// The first few prompts with both outputs.
     pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepetitionPair {
+    pub teacher: Repetition,
+    pub student: Repetition,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -303,6 +312,10 @@ fn evaluate_set(
         tokens,
         tokens_on_student_text,
         rouge_l: rouge,
+        repetition: RepetitionPair {
+            teacher: repetition(&teacher_out.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>()),
+            student: repetition(&student_out.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>()),
+        },
         exact_match: exact,
         retention: Retention {
             top1_agreement_pct: 100.0 * tokens.top1_agreement,

@@ -207,13 +207,14 @@ pub fn write_report(run: &Path, baseline: Option<&Path>) -> Result<Report> {
     let mut evaluated = Vec::new();
     if let Some((_, first)) = evals.first() {
         html += "<h2>Retention (student as % of teacher)</h2><table><tr><th>model</th><th>prompts</th><th>top-1 agreement</th>\
-                 <th>perplexity</th><th>ROUGE-L vs teacher</th><th>exact match</th><th>KL(t‖s)</th><th>KL(s‖t)</th></tr>";
+                 <th>perplexity</th><th>ROUGE-L vs teacher</th><th>exact match</th><th>KL(t‖s)</th><th>KL(s‖t)</th>\
+                 <th>looping outputs, teacher / student</th></tr>";
         for (name, e) in &evals {
             for (set, r) in [("in-domain", Some(&e.in_domain)), ("out-of-domain", e.out_of_domain.as_ref())] {
                 let Some(r) = r else { continue };
                 let _ = write!(
                     html,
-                    "<tr><td>{} — {set}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{} — {set}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}% / {:.0}%</td></tr>",
                     esc(name),
                     r.prompts,
                     percent(Some(r.retention.top1_agreement_pct)),
@@ -222,6 +223,8 @@ pub fn write_report(run: &Path, baseline: Option<&Path>) -> Result<Report> {
                     percent(r.retention.exact_match_pct),
                     num(Some(r.tokens.kl_forward), 3, ""),
                     num(Some(r.tokens.kl_reverse), 3, ""),
+                    100.0 * r.repetition.teacher.looping,
+                    100.0 * r.repetition.student.looping,
                 );
             }
             evaluated.push(EvaluatedModel {

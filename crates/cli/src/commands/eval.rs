@@ -182,6 +182,16 @@ fn print_set(name: &str, path: &Path, r: &SetReport) {
         f(own.kl_forward),
         f(own.kl_reverse)
     );
+    let (rt, rs) = (&r.repetition.teacher, &r.repetition.student);
+    println!(
+        "  repetition (teacher / student): 4-word spans repeated {} / {}, outputs looping {} / {}, distinct words {} / {}",
+        f(rt.seq_rep_4),
+        f(rs.seq_rep_4),
+        f(rt.looping),
+        f(rs.looping),
+        f(rt.distinct_1),
+        f(rs.distinct_1)
+    );
     if let Some(em) = &r.exact_match {
         println!("  exact match: teacher {}  student {}", f(em.teacher), f(em.student));
     }
