@@ -61,6 +61,54 @@ fn many_prompts_come_back_as_jsonl_in_order() {
 }
 
 #[test]
+fn a_hugging_face_parquet_collection_is_read_as_prompts() {
+    // Written by pyarrow as a Hugging Face chat dataset is: `prompt`, `prompt_id` and a `messages`
+    // list of structs, snappy-compressed.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let path = dir.path().join("train-00000-of-00001.parquet");
+    let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+rows = [
+    {"prompt": "hello there", "prompt_id": "a1", "messages": [
+        {"content": "hello there", "role": "user"}, {"content": "hi!", "role": "assistant"}]},
+    {"prompt": "the end", "prompt_id": "a2", "messages": [
+        {"content": "be brief", "role": "system"}, {"content": "the end", "role": "user"},
+        {"content": "ok", "role": "assistant"}, {"content": "the end", "role": "user"}]},
+]
+pq.write_table(pa.Table.from_pylist(rows), sys.argv[1], compression="snappy")
+"#;
+    let made = std::process::Command::new("python3").args(["-c", script, path.to_str().unwrap()]).output().unwrap();
+    assert!(made.status.success(), "{}\n(pyarrow comes from tests/requirements.txt)", text(&made.stderr));
+    let out = distill(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts-file",
+        path.to_str().unwrap(),
+        "--max-tokens",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    let first = lines[0]["prompt"].as_str().unwrap();
+    assert!(first.starts_with("<|im_start|>user\nhello there") && !first.contains("hi!"), "{first}");
+    let second = lines[1]["prompt"].as_str().unwrap();
+    assert!(
+        second.contains("be brief") && second.contains("ok") && second.ends_with("<|im_start|>assistant\n"),
+        "{second}"
+    );
+
+    // A Parquet file that is cut short is named as such.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let out = distill(&["generate", "--model", model.to_str().unwrap(), "--prompts-file", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("Parquet"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn bad_input_fails_with_a_message_and_nonzero_status() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());

@@ -18,6 +18,7 @@ pub mod quant;
 pub mod reader;
 pub mod shard;
 pub mod source;
+pub mod table;
 pub mod writer;
 
 pub use error::{Error, Result};

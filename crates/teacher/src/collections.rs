@@ -3,6 +3,8 @@
 //! - OpenAI chat lines whose `content` is a list of parts (`{"type": "text", "text": ...}`);
 //! - OpenAI Batch API request lines (`custom_id`, `body.messages` or `body.prompt`);
 //! - ShareGPT records (`conversations` of `{"from": "human" | "gpt" | "system", "value"}`);
+//! - Hugging Face chat datasets' rows (`messages`, often beside `prompt` — its first user turn —
+//!   and `prompt_id`), as JSON lines or as Parquet;
 //! - a JSON array of any of these instead of JSON lines (how ShareGPT dumps ship), read record by
 //!   record so a file cut off inside its last record still gives every record before it.
 
@@ -73,6 +75,21 @@ pub(crate) fn canonical(value: Value) -> Result<Value, String> {
             out.insert("metadata".into(), json!({ "id": id }));
         }
         return Ok(Value::Object(out));
+    }
+    if let Some(Value::Array(messages)) = obj.get("messages") {
+        // A Hugging Face row: `prompt` repeats the first user turn of `messages`, `prompt_id`
+        // (or `id`) names it.
+        let first_user = messages.iter().find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
+        let first_user = first_user.and_then(|m| m.get("content")).and_then(Value::as_str);
+        if obj.get("prompt").and_then(Value::as_str).is_some_and(|p| Some(p) == first_user) {
+            obj.remove("prompt");
+        }
+        if !obj.contains_key("metadata") {
+            if let Some(id) = obj.get("prompt_id").or_else(|| obj.get("id")).filter(|v| v.is_string() || v.is_number())
+            {
+                obj.insert("metadata".into(), json!({ "id": id.clone() }));
+            }
+        }
     }
     if let Some(Value::Array(messages)) = obj.get_mut("messages") {
         for (j, message) in messages.iter_mut().enumerate() {
@@ -178,5 +195,18 @@ mod tests {
         assert!(canonical(image).unwrap_err().contains("image_url"));
         let odd = json!({"conversations": [{"from": "narrator", "value": "x"}]});
         assert!(canonical(odd).unwrap_err().contains("narrator"));
+    }
+
+    #[test]
+    fn a_hugging_face_row_keeps_its_conversation_and_is_named_by_prompt_id() {
+        let row = json!({"prompt": "hi", "prompt_id": "p7", "messages": [
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]});
+        let c = canonical(row).unwrap();
+        assert!(c.get("prompt").is_none(), "{c}");
+        assert_eq!(c["metadata"], json!({"id": "p7"}));
+        // A `prompt` that is not the first user turn is the user's own: both stay (and the
+        // reader refuses the record as ambiguous).
+        let other = json!({"prompt": "something else", "messages": [{"role": "user", "content": "hi"}]});
+        assert!(canonical(other).unwrap().get("prompt").is_some());
     }
 }

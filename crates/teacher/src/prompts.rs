@@ -52,8 +52,13 @@ pub struct PromptRecord {
 /// its last record gives every record before it (with a warning). In JSON lines every line must
 /// be a prompt.
 pub fn read_prompt_file(path: &Path) -> Result<Vec<PromptRecord>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Input(format!("cannot read prompt file {}: {e}", path.display())))?;
+    let text = if distill_store::table::is_parquet(path) {
+        // A collection published as Parquet: its rows, as JSON lines, read like any others.
+        distill_store::table::parquet_as_json_lines(path).map_err(|e| Error::Input(e.to_string()))?
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Input(format!("cannot read prompt file {}: {e}", path.display())))?
+    };
     let records = crate::collections::records(&text);
     let total = records.items.len();
     let mut prompts = Vec::new();
@@ -98,8 +103,13 @@ pub fn read_prompt_file(path: &Path) -> Result<Vec<PromptRecord>> {
 /// The first `n` records of a prompt file as JSON lines: JSONL lines as they are, a JSON array's
 /// elements one per line (for a run that takes only part of a file).
 pub fn first_records(path: &Path, n: usize) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Input(format!("cannot read prompt file {}: {e}", path.display())))?;
+    let text = if distill_store::table::is_parquet(path) {
+        // A collection published as Parquet: its rows, as JSON lines, read like any others.
+        distill_store::table::parquet_as_json_lines(path).map_err(|e| Error::Input(e.to_string()))?
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Input(format!("cannot read prompt file {}: {e}", path.display())))?
+    };
     let records = crate::collections::records(&text);
     if !records.array {
         return Ok(text.lines().filter(|l| !l.trim().is_empty()).take(n).map(|l| format!("{l}\n")).collect());
