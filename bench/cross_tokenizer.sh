@@ -7,6 +7,8 @@
 #
 #   bash bench/cross_tokenizer.sh            # Gemma-3-270M (base) → SmolLM2-135M-Instruct
 #   TEACHER=... STUDENT=... CHAT=1 bash bench/cross_tokenizer.sh
+#   TRL=1 ...   # also TRL's GOLD trainer on the same data (bench/reference/trl_gold.py; needs
+#               # pip install trl), and every student's NLL/byte recomputed in PyTorch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/distill}
@@ -19,6 +21,7 @@ LR=${LR:-1e-4}
 CHAT=${CHAT:-0}          # 1: chat prompts for a teacher with a chat template
 TOKENS=${TOKENS:-48}
 MODES=${MODES:-sequence uld gold}
+TRL=${TRL:-0}
 mkdir -p "$OUT"
 
 # A base teacher has no chat template: the support questions become plain-text dialogue turns.
@@ -72,6 +75,19 @@ TOML
   "$BIN" generate --model "$OUT/run-$mode/final" --prompts-file "$OUT/heldout.jsonl" --max-tokens "$TOKENS" $chatflag > "$OUT/$mode-greedy.jsonl"
 done
 
+if [ "$TRL" = 1 ]; then
+  rm -rf "$OUT/trl-gold"
+  /usr/bin/time -f "%e s" -o "$OUT/trl-gold.time" python3 bench/reference/trl_gold.py train --teacher "$TEACHER" \
+    --student "$STUDENT" --train "$OUT/data-train" --out "$OUT/trl-gold" --steps "$STEPS" --lr "$LR"
+  "$BIN" generate --model "$OUT/trl-gold/final" --prompts-file "$OUT/heldout.jsonl" --max-tokens "$TOKENS" $chatflag > "$OUT/trl-gold-greedy.jsonl"
+  # The held-out figure recomputed outside distill, for every student (it must agree with the
+  # trainer's eval_nll_per_byte for distill's runs).
+  for run in $MODES; do
+    python3 bench/reference/trl_gold.py nll --student "$OUT/run-$run/final" --heldout "$OUT/data-heldout" > "$OUT/$run.nll.json"
+  done
+  python3 bench/reference/trl_gold.py nll --student "$OUT/trl-gold/final" --heldout "$OUT/data-heldout" > "$OUT/trl-gold.nll.json"
+fi
+
 python3 - "$OUT" $MODES <<'PY'
 import json, sys
 out, modes = sys.argv[1], sys.argv[2:]
@@ -106,6 +122,12 @@ for mode in modes:
     evals = [json.loads(l) for l in open(f"{out}/run-{mode}/metrics.jsonl") if "eval_nll_per_byte" in l]
     secs = open(f"{out}/{mode}.time").read().strip()
     row(mode, f"{out}/{mode}-greedy.jsonl", evals[0]["eval_nll_per_byte"], evals[-1]["eval_nll_per_byte"], evals[-1]["eval_top1"], secs)
+import os
+if os.path.exists(f"{out}/trl-gold.nll.json"):
+    nll = json.load(open(f"{out}/trl-gold.nll.json"))["nll_per_byte"]
+    row("TRL GOLDTrainer", f"{out}/trl-gold-greedy.jsonl", None, nll, None, open(f"{out}/trl-gold.time").read().strip())
+    for mode in modes:
+        print(f"{mode}: NLL/byte recomputed in PyTorch {json.load(open(f'{out}/{mode}.nll.json'))['nll_per_byte']:.4f}")
 row("untrained", f"{out}/untrained-greedy.jsonl")
 align = json.load(open(f"{out}/align.json"))
 print(f"align: shared {align['shared_tokens']} of {align['teacher_vocab']} teacher tokens, boundaries {align['boundary_agreement']:.3f}, mapped top-k share {align['mapped_topk_share']:.3f}")
