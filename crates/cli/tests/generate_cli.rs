@@ -109,6 +109,69 @@ pq.write_table(pa.Table.from_pylist(rows), sys.argv[1], compression="snappy")
 }
 
 #[test]
+fn the_teacher_writes_new_prompts_from_seeds_and_a_rerun_goes_on() {
+    let Some(teacher) = distill_models::teacher::default_teacher() else {
+        panic!("the default teacher is needed: {}", distill_models::teacher::FETCH_HINT);
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = [
+        "Where is my order #1234? It was due on Monday.",
+        "How do I reset my password?",
+        "Can I return shoes that I wore once?",
+        "Do you ship to Canada, and how long does it take?",
+        "My parcel arrived damaged. What now?",
+    ];
+    let seeds_path = dir.path().join("seeds.jsonl");
+    let lines: String = seeds.iter().map(|q| format!("{}\n", serde_json::json!({ "prompt": q }))).collect();
+    std::fs::write(&seeds_path, lines).unwrap();
+    let out = dir.path().join("synth.jsonl");
+    let run = |n: &str| {
+        distill(&[
+            "generate",
+            "--model",
+            teacher.to_str().unwrap(),
+            "--synthesize",
+            n,
+            "--seeds",
+            seeds_path.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--seed",
+            "1",
+        ])
+    };
+    let first = run("4");
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let kept = distill_teacher::read_prompt_file(&out).unwrap();
+    assert_eq!(kept.len(), 4);
+    let texts: Vec<String> = kept.iter().map(|r| r.display_text()).collect();
+    let fingerprints: Vec<_> = texts.iter().map(|t| distill_teacher::synthesize::Fingerprint::of(t)).collect();
+    for (i, t) in texts.iter().enumerate() {
+        assert!(t.chars().count() >= 12 && !seeds.contains(&t.as_str()), "{t:?}");
+        for s in seeds {
+            assert!(
+                fingerprints[i].similarity(&distill_teacher::synthesize::Fingerprint::of(s)) < 0.5,
+                "{t:?} ~ {s:?}"
+            );
+        }
+        for j in 0..i {
+            assert!(fingerprints[i].similarity(&fingerprints[j]) < 0.5, "{t:?} ~ {:?}", texts[j]);
+        }
+    }
+    // Asked for more, the same command keeps what is there and adds the rest.
+    let second = run("6");
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(text(&second.stderr).contains("2 new, 4 from before"), "{}", text(&second.stderr));
+    let again: Vec<String> =
+        distill_teacher::read_prompt_file(&out).unwrap().iter().map(|r| r.display_text()).collect();
+    assert_eq!((again.len(), &again[..4]), (6, &texts[..]));
+
+    std::fs::write(&seeds_path, "{\"prompt\": \"only one\"}\n").unwrap();
+    let refused = run("8");
+    assert!(!refused.status.success() && text(&refused.stderr).contains("at least 2"), "{}", text(&refused.stderr));
+}
+
+#[test]
 fn bad_input_fails_with_a_message_and_nonzero_status() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());

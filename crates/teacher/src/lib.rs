@@ -14,6 +14,7 @@ pub mod dataset;
 pub mod local;
 pub mod prompts;
 pub mod remote;
+pub mod synthesize;
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! `distill generate`: text from a model, streamed for one prompt, batched JSONL for many.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -108,6 +108,28 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = parse_layout(), requires = "dataset", help_heading = "Dataset")]
     layout: Option<Layout>,
 
+    /// Have the teacher write prompts: N new ones like the --seeds examples (Self-Instruct:
+    /// a few seeds as a numbered list, continued at --temperature, 1.0 when it is 0, with top-p
+    /// 0.95 unless --top-p is set), kept when 12 characters or longer and at most three times the
+    /// longest seed, in the seeds' script and not a near-duplicate of a seed or of each other;
+    /// appended to --output as a prompt file.
+    /// Re-running the same command goes on from the prompts already there.
+    #[arg(long, value_name = "N", requires_all = ["seeds", "output"], conflicts_with_all = ["dataset", "prompts_file", "prompts"], help_heading = "Synthesize")]
+    synthesize: Option<usize>,
+
+    /// Seed prompts to imitate (any prompt file; a handful of typical ones is enough).
+    #[arg(long, value_name = "FILE", requires = "synthesize", help_heading = "Synthesize")]
+    seeds: Option<PathBuf>,
+
+    /// The prompt file synthesised prompts go to.
+    #[arg(long, short = 'o', value_name = "FILE", requires = "synthesize", help_heading = "Synthesize")]
+    output: Option<PathBuf>,
+
+    /// Estimated Jaccard similarity of character 5-grams at which a new prompt counts as a
+    /// near-duplicate of a seed or of one already kept.
+    #[arg(long, default_value_t = 0.5, requires = "synthesize", help_heading = "Synthesize")]
+    synthesize_similarity: f64,
+
     /// Arithmetic of the model's matmuls. By default a GGUF file's quantised weights (Q4_0 … Q8_0,
     /// Q4_K, Q5_K, Q6_K) run as they are, on 8-bit integer products (AVX-512 VNNI), and f32/f16/bf16
     /// weights in f32. Naming one applies it to every matmul: `f32` dequantises quantised weights
@@ -203,6 +225,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         };
         let remote = remote_options(&args)?;
         return super::dataset::run(output, &prompts_file, args.model.as_deref(), args.matmuls, remote, options);
+    }
+    if let (Some(count), Some(seeds), Some(output)) = (args.synthesize, &args.seeds, &args.output) {
+        let options = distill_teacher::synthesize::SynthesizeOptions {
+            count,
+            temperature: if args.temperature > 0.0 { args.temperature } else { 1.0 },
+            top_p: if args.top_p < 1.0 { args.top_p } else { 0.95 },
+            max_tokens: args.max_tokens.min(256),
+            max_similarity: args.synthesize_similarity,
+            batch_size: args.batch_size,
+            seed: args.seed,
+            ..Default::default()
+        };
+        return synthesize(args.model.as_deref(), args.matmuls, seeds, output, &options);
     }
     let prompts = collect_prompts(&args)?;
     let mut model = load_model(args.model.as_deref())?;
@@ -363,6 +398,37 @@ fn stream_one(model: &LoadedModel, prompt: &[u32], params: &SamplingParams) -> R
         c.token_ids.len(),
         c.token_ids.len() as f64 / secs,
         c.finish_reason
+    );
+    Ok(())
+}
+
+fn synthesize(
+    model: Option<&str>,
+    matmuls: Option<Precision>,
+    seeds: &Path,
+    output: &Path,
+    options: &distill_teacher::synthesize::SynthesizeOptions,
+) -> Result<()> {
+    let seeds: Vec<String> = read_prompt_file(seeds)?.iter().map(|r| r.display_text()).collect();
+    let mut model = load_model(model)?;
+    use_matmuls(&mut model, matmuls)?;
+    let bar = progress::bar(options.count as u64, "{pos}/{len} prompts kept");
+    let report = distill_teacher::synthesize::synthesize(&model, &seeds, output, options, &mut |kept, _| {
+        bar.set_position(kept as u64)
+    })?;
+    bar.finish_and_clear();
+    let r = report.rejected;
+    eprintln!(
+        "{}: {} prompts ({} new, {} from before) after {} attempts; not kept: {} too short, {} too long, {} in another language, {} near-duplicates",
+        output.display(),
+        report.total,
+        report.total - report.resumed,
+        report.resumed,
+        report.attempts,
+        r.too_short,
+        r.too_long,
+        r.other_language,
+        r.near_duplicate
     );
     Ok(())
 }
