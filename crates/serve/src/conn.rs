@@ -1,18 +1,26 @@
 //! Connections: the accept loop, with what keeps slow or numerous clients from exhausting the
 //! server. Request headers must arrive within a deadline (the connection is closed otherwise,
 //! idle keep-alive connections too), one network address may hold only so many connections,
-//! and running out of file descriptors pauses accepting instead of ending the server.
+//! and running out of file descriptors pauses accepting instead of ending the server. A request's
+//! body must arrive within its own deadline once the headers did ([`body_in_time`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+
+use crate::error::ApiError;
+use crate::AppState;
 
 /// How connections are accepted and kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,6 +119,41 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Reads a request's whole body before it is routed, within the server's body deadline (408
+/// after it) and size limit (413), so a client sending slowly holds no handler or slot.
+pub(crate) async fn body_in_time(
+    State(app): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let (limit, deadline) = (app.options.max_body_bytes, app.options.body_timeout);
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Err(e)) => {
+            // axum reports the size limit as an error whose chain says so.
+            let mut cause: Option<&dyn std::error::Error> = Some(&e);
+            let mut too_large = false;
+            while let Some(c) = cause {
+                too_large |= c.to_string().contains("length limit");
+                cause = c.source();
+            }
+            if too_large {
+                let mut err = ApiError::invalid(None, format!("the request body exceeds {limit} bytes"));
+                err.status = StatusCode::PAYLOAD_TOO_LARGE;
+                err.into_response()
+            } else {
+                ApiError::invalid(None, format!("cannot read the request body: {e}")).into_response()
+            }
+        }
+        Err(_) => ApiError::timeout(format!(
+            "the request body did not arrive within {} s; send it whole, or ask the operator for a longer --body-timeout",
+            deadline.as_secs()
+        ))
+        .into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //!
 //! Layout: [`wire`] parses and validates OpenAI request bodies and builds response bodies;
 //! [`engine`] batches generation on a worker thread; [`db`] keeps keys, usage and captured
-//! completions; [`limits`] enforces per-key rates; [`guard`] notices keys harvesting the model;
-//! [`routes`] ties them to HTTP.
+//! completions; [`limits`] enforces per-key rates and requests in flight; [`guard`] notices keys
+//! harvesting the model; [`routes`] ties them to HTTP, over connections [`conn`] accepts and
+//! keeps from slow or numerous clients.
 
 pub mod conn;
 pub mod db;
@@ -14,6 +15,7 @@ pub mod guard;
 pub mod limits;
 pub mod routes;
 mod stream;
+mod usage;
 pub mod wire;
 
 use std::net::SocketAddr;

@@ -7,7 +7,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -21,7 +20,8 @@ use crate::db::{now, random_id, ApiKey, StoredCompletion};
 use crate::engine::{Event, Job};
 use crate::error::ApiError;
 use crate::guard::{Guard, Level};
-use crate::limits::{Admitted, Ask, KeySlot};
+use crate::limits::{Ask, KeySlot};
+use crate::usage::UsageGuard;
 use crate::wire::{self, Endpoint, GenerationRequest, Prompt};
 use crate::AppState;
 
@@ -41,39 +41,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::not_found("no such route; see /v1/models, /v1/chat/completions, /v1/completions")
         })
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), body_in_time))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::conn::body_in_time))
         .with_state(state)
-}
-
-/// Reads a request's whole body before it is routed, within the server's body deadline (408
-/// after it) and size limit (413), so a client sending slowly holds no handler or slot.
-async fn body_in_time(State(app): State<Arc<AppState>>, request: axum::extract::Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let (limit, deadline) = (app.options.max_body_bytes, app.options.body_timeout);
-    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
-        Ok(Err(e)) => {
-            // axum reports the size limit as an error whose chain says so.
-            let mut cause: Option<&dyn std::error::Error> = Some(&e);
-            let mut too_large = false;
-            while let Some(c) = cause {
-                too_large |= c.to_string().contains("length limit");
-                cause = c.source();
-            }
-            if too_large {
-                let mut err = ApiError::invalid(None, format!("the request body exceeds {limit} bytes"));
-                err.status = StatusCode::PAYLOAD_TOO_LARGE;
-                err.into_response()
-            } else {
-                ApiError::invalid(None, format!("cannot read the request body: {e}")).into_response()
-            }
-        }
-        Err(_) => ApiError::timeout(format!(
-            "the request body did not arrive within {} s; send it whole, or ask the operator for a longer --body-timeout",
-            deadline.as_secs()
-        ))
-        .into_response(),
-    }
 }
 
 async fn health() -> Json<Value> {
@@ -476,70 +445,6 @@ async fn respond(mut flight: InFlight) -> Result<Response, ApiError> {
     let body = flight.response_body(&completions);
     flight.finish(&completions, Some(&body)).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-/// Records a request's usage exactly once: at its end, or — when the client went away first —
-/// when it is dropped, with the tokens generated until then.
-pub(crate) struct UsageGuard {
-    app: Arc<AppState>,
-    key_id: String,
-    endpoint: Endpoint,
-    prompt_tokens: usize,
-    generated: Vec<usize>,
-    recorded: bool,
-    admitted: Admitted,
-}
-
-impl UsageGuard {
-    fn new(
-        app: Arc<AppState>,
-        key_id: &str,
-        endpoint: Endpoint,
-        prompt_tokens: usize,
-        n: usize,
-        admitted: Admitted,
-    ) -> Self {
-        Self { app, key_id: key_id.into(), endpoint, prompt_tokens, generated: vec![0; n], recorded: false, admitted }
-    }
-
-    pub fn generated(&mut self, index: usize, tokens: usize) {
-        if let Some(g) = self.generated.get_mut(index) {
-            *g = (*g).max(tokens);
-        }
-    }
-
-    async fn complete(&mut self, generated: usize) {
-        self.recorded = true;
-        self.app.limiter.settle(&self.key_id, &self.admitted, generated as u64);
-        let db = &self.app.db;
-        if let Err(e) = db
-            .record_usage(&self.key_id, self.endpoint.as_str(), self.prompt_tokens as u64, generated as u64, "ok")
-            .await
-        {
-            tracing::error!("recording usage: {e}");
-        }
-    }
-}
-
-impl Drop for UsageGuard {
-    fn drop(&mut self) {
-        if self.recorded {
-            return;
-        }
-        let generated: usize = self.generated.iter().sum();
-        self.app.limiter.settle(&self.key_id, &self.admitted, generated as u64);
-        let (app, key_id, endpoint, prompt) =
-            (self.app.clone(), self.key_id.clone(), self.endpoint, self.prompt_tokens);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) =
-                    app.db.record_usage(&key_id, endpoint.as_str(), prompt as u64, generated as u64, "aborted").await
-                {
-                    tracing::error!("recording usage of an aborted request: {e}");
-                }
-            });
-        }
-    }
 }
 
 #[derive(Deserialize)]
