@@ -4,9 +4,8 @@
 //! and running out of file descriptors pauses accepting instead of ending the server. A request's
 //! body must arrive within its own deadline once the headers did ([`body_in_time`]).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -20,6 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::error::ApiError;
+use crate::limits::Places;
 use crate::AppState;
 
 /// How connections are accepted and kept.
@@ -38,42 +38,6 @@ impl Default for ConnLimits {
     }
 }
 
-/// Open connections per address.
-#[derive(Default, Clone)]
-struct Addresses {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// One connection's place among its address's, given back when dropped.
-struct Place {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl Addresses {
-    fn take(&self, ip: IpAddr, cap: usize) -> Option<Place> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_default();
-        if *n >= cap.max(1) {
-            return None;
-        }
-        *n += 1;
-        Some(Place { open: self.open.clone(), ip })
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Serves `router` on `listener` until `shutdown` completes, then lets the connections in
 /// progress finish their requests.
 pub async fn serve(
@@ -82,7 +46,8 @@ pub async fn serve(
     limits: ConnLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let addresses = Addresses::default();
+    // Open connections per address.
+    let addresses: Places<IpAddr> = Places::default();
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
@@ -101,7 +66,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(place) = addresses.take(peer.ip(), limits.per_address) else {
+        let Some(place) = addresses.take(&peer.ip(), limits.per_address) else {
             tracing::warn!("{} has {} connections open, its limit: closing a new one", peer.ip(), limits.per_address);
             continue;
         };
@@ -159,16 +124,17 @@ pub(crate) async fn body_in_time(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::Place;
 
     #[test]
     fn an_address_holds_at_most_its_cap_of_connections() {
-        let addresses = Addresses::default();
+        let addresses: Places<IpAddr> = Places::default();
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let held: Vec<Place> = (0..3).map(|_| addresses.take(a, 3).unwrap()).collect();
-        assert!(addresses.take(a, 3).is_none());
-        assert!(addresses.take(b, 3).is_some());
+        let held: Vec<Place<IpAddr>> = (0..3).map(|_| addresses.take(&a, 3).unwrap()).collect();
+        assert!(addresses.take(&a, 3).is_none());
+        assert!(addresses.take(&b, 3).is_some());
         drop(held);
-        assert!(addresses.take(a, 3).is_some());
-        assert!(addresses.open.lock().unwrap().is_empty());
+        assert!(addresses.take(&a, 3).is_some());
+        assert_eq!(addresses.holders(), 0);
     }
 }

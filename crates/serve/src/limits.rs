@@ -179,42 +179,57 @@ impl Limiter {
     }
 }
 
-/// Requests in flight per key.
-#[derive(Default, Clone)]
-pub struct KeySlots {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+/// Places held per key, at most a cap each, each given back when its [`Place`] is dropped:
+/// a key's requests in flight, a network address's open connections.
+pub struct Places<K> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
 }
 
-/// One request's place among its key's requests in flight, given back when dropped.
-pub struct KeySlot {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-    key_id: String,
+impl<K> Default for Places<K> {
+    fn default() -> Self {
+        Self { counts: Arc::default() }
+    }
 }
 
-impl KeySlots {
-    /// Takes a place for `key_id` if it has fewer than `cap` requests in flight.
-    pub fn acquire(&self, key_id: &str, cap: usize) -> Option<KeySlot> {
+/// One place held for `key` among its [`Places`].
+pub struct Place<K: Eq + std::hash::Hash> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Eq + std::hash::Hash + Clone> Places<K> {
+    /// Takes a place for `key` if it holds fewer than `cap` (at least 1).
+    pub fn take(&self, key: &K, cap: usize) -> Option<Place<K>> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(key_id.to_string()).or_default();
+        let count = counts.entry(key.clone()).or_default();
         if *count >= cap.max(1) {
             return None;
         }
         *count += 1;
-        Some(KeySlot { counts: self.counts.clone(), key_id: key_id.to_string() })
+        Some(Place { counts: self.counts.clone(), key: key.clone() })
+    }
+
+    /// Keys holding a place now.
+    pub fn holders(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
-impl Drop for KeySlot {
+impl<K: Eq + std::hash::Hash> Drop for Place<K> {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.key_id) {
+        if let Some(count) = counts.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.key_id);
+                counts.remove(&self.key);
             }
         }
     }
 }
+
+/// Requests in flight per API key.
+pub type KeySlots = Places<String>;
+pub type KeySlot = Place<String>;
 
 #[cfg(test)]
 mod tests {
@@ -277,11 +292,12 @@ mod tests {
     #[test]
     fn a_key_holds_at_most_its_cap_of_requests_in_flight() {
         let slots = KeySlots::default();
-        let held: Vec<KeySlot> = (0..2).map(|_| slots.acquire("k", 2).unwrap()).collect();
-        assert!(slots.acquire("k", 2).is_none());
-        assert!(slots.acquire("other", 2).is_some());
+        let k = |s: &str| s.to_string();
+        let held: Vec<KeySlot> = (0..2).map(|_| slots.take(&k("k"), 2).unwrap()).collect();
+        assert!(slots.take(&k("k"), 2).is_none());
+        assert!(slots.take(&k("other"), 2).is_some());
         drop(held);
-        assert!(slots.acquire("k", 2).is_some());
-        assert!(slots.counts.lock().unwrap().is_empty(), "finished keys leave no entry");
+        assert!(slots.take(&k("k"), 2).is_some());
+        assert_eq!(slots.holders(), 0, "finished keys leave no entry");
     }
 }

@@ -171,7 +171,7 @@ async fn generate(
             app.options.max_concurrent
         ))
     })?;
-    let key_slot = app.key_slots.acquire(&key.id, app.options.max_concurrent_per_key).ok_or_else(|| {
+    let key_slot = app.key_slots.take(&key.id, app.options.max_concurrent_per_key).ok_or_else(|| {
         ApiError::rate_limited(
             format!(
                 "this key already has {} requests in flight, its limit; retry when one finishes",
