@@ -173,9 +173,12 @@ fn run(model: &LoadedModel, inbox: &mpsc::Receiver<Job>, limits: Limits) {
                 tracing::error!("prefill failed: {e}");
             }
         }
+        // A client that went away while its prompt was being prefilled costs no further chunk.
+        if prefilling.as_ref().is_some_and(|p| p.job.events.is_closed()) {
+            prefilling = None;
+        }
         if let Some(p) = prefilling.as_mut() {
             match distill_kernels::on_worker(|| prefill_chunk_step(model, p, prefill_chunk)) {
-                _ if p.job.events.is_closed() => prefilling = None,
                 Ok(None) => {}
                 Ok(Some(logits)) => {
                     let Some(p) = prefilling.take() else { continue };
