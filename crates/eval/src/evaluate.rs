@@ -217,8 +217,10 @@ fn greedy_all(
 /// Logits (T−1−from rows predicting tokens from+1..T) of `ids` under `model`, flat.
 fn position_logits(model: &LoadedModel, ids: &[u32], from: usize) -> Result<Vec<f32>> {
     let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu)?;
-    let logits = model.model.forward(&input)?.squeeze(0)?; // (T, V)
-    Ok(logits.narrow(0, from, ids.len() - 1 - from)?.flatten_all()?.to_vec1::<f32>()?)
+    let hidden = model.model.forward_hidden(&input)?.squeeze(0)?; // (T, C)
+                                                                  // The head only where a completion token is predicted: most positions are the prompt's.
+    let logits = model.model.logits(&hidden.narrow(0, from, ids.len() - 1 - from)?)?;
+    Ok(logits.flatten_all()?.to_vec1::<f32>()?)
 }
 
 fn evaluate_set(
