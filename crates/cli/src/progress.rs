@@ -72,8 +72,14 @@ impl TrainObserver for TrainProgress {
         if let Some(b) = self.calibration.take() {
             b.finish_and_clear();
         }
+        let kept = match &start.kept_layers {
+            Some(layers) => {
+                format!(" (teacher layers {})", layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "))
+            }
+            None => String::new(),
+        };
         eprintln!(
-            "student: {} layers, {:.1}M parameters; {}",
+            "student: {} layers{kept}, {:.1}M parameters; {}",
             start.student.num_hidden_layers,
             start.student.num_parameters() as f64 / 1e6,
             start.data

@@ -92,7 +92,7 @@ fn bad_run_configs_are_refused_with_the_field_named() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("dataset = \"d\"\noutput = \"o\"\nstepz = 3\n[student]\ntype = \"prune\"\nfrom = \"m\"\nkeep_every = 2\n", "stepz"),
-        ("dataset = \"d\"\noutput = \"o\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\n", "keep_every or keep_layers"),
+        ("dataset = \"d\"\noutput = \"o\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\n", "keep_every, keep_layers or num_layers"),
         ("dataset = \"d\"\noutput = \"o\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\nkeep_every = 2\n[loss]\nkd_weight = 2.0\n", "kd_weight"),
         ("dataset = \"d\"\noutput = \"o\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\nkeep_every = 2\n[loss]\ntail = \"uniform\"\n", "reverse KL only"),
         (

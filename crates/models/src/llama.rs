@@ -434,7 +434,11 @@ impl Llama {
         let mut x = self.embed(ids)?; // (B, T, C)
         for (i, block) in self.blocks.iter().enumerate() {
             let probe = probes.as_deref_mut().map(|p| (&mut p[i], &valid));
-            x = self.block_forward(block, &x, &frame, None, probe)?;
+            let out = self.block_forward(block, &x, &frame, None, probe)?;
+            if let Some(p) = probes.as_deref_mut() {
+                p[i].turn += turn(&x, &out, &valid)?;
+            }
+            x = out;
         }
         self.rms_norm(&x, &self.norm)
     }
@@ -566,3 +570,13 @@ impl Llama {
 #[cfg(test)]
 #[path = "llama_tests.rs"]
 mod tests;
+
+/// `Σ (1 − cos(a, b))` over the positions `valid` marks (B, T), for hidden states a, b (B, T, C).
+fn turn(a: &Tensor, b: &Tensor, valid: &Tensor) -> Result<f64> {
+    let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+    let dot = (&a * &b)?.sum(2)?;
+    let norms = (a.sqr()?.sum(2)? * b.sqr()?.sum(2)?)?.sqrt()?;
+    let cos = (dot / (norms + 1e-12)?)?;
+    let turned = ((1.0 - cos)? * valid.to_dtype(DType::F32)?)?;
+    Ok(turned.sum_all()?.to_scalar::<f32>()? as f64)
+}

@@ -1,4 +1,5 @@
-//! Students made from a teacher by dropping whole layers (DistilBERT-style layer selection) and,
+//! Students made from a teacher by dropping whole layers (every n-th, listed, or the ones that
+//! change the hidden state least on calibration data, as ShortGPT does) and,
 //! optionally, the least important MLP channels and attention-head groups (Minitron-style width
 //! pruning, ranked by activation energy on calibration data: see [`crate::llama::ActivationProbe`]).
 
@@ -12,6 +13,20 @@ use crate::llama::{ActivationProbe, LlamaConfig};
 /// Teacher layers 0, n, 2n, …: every `stride`-th layer.
 pub fn every_nth_layer(num_layers: usize, stride: usize) -> Vec<usize> {
     (0..num_layers).step_by(stride.max(1)).collect()
+}
+
+/// The `n` layers that turn the hidden state most on the data `probes` were gathered on (one probe
+/// per layer of the full model; see [`ActivationProbe::influence`]), ascending. The first and last
+/// layers are usually among them; the near-identity layers in between are the ones dropped.
+pub fn most_influential_layers(probes: &[ActivationProbe], n: usize) -> Result<Vec<usize>> {
+    if n == 0 || n > probes.len() {
+        return Err(Error::Config(format!("can keep between 1 and the model's {} layers, not {n}", probes.len())));
+    }
+    let mut order: Vec<usize> = (0..probes.len()).collect();
+    order.sort_by(|&a, &b| probes[b].influence().total_cmp(&probes[a].influence()).then(a.cmp(&b)));
+    let mut keep = order[..n].to_vec();
+    keep.sort_unstable();
+    Ok(keep)
 }
 
 /// Keeps the teacher's blocks listed in `keep` (ascending, distinct), renumbered from 0; the
@@ -254,6 +269,25 @@ mod tests {
         let pruned = student.forward(&input).unwrap();
         let diff = (full - pruned).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "logits moved by {diff}");
+    }
+
+    #[test]
+    fn the_layer_that_does_nothing_is_the_one_dropped() {
+        // Layer 1 of 3 adds nothing to the residual stream (its output projections are zero): it
+        // turns no position, and keeping two layers keeps 0 and 2.
+        let cfg = LlamaConfig { num_hidden_layers: 3, ..tiny_config() };
+        let mut w = random_weights(&cfg, 11, &Device::Cpu).unwrap();
+        for name in ["self_attn.o_proj.weight", "mlp.down_proj.weight"] {
+            let name = format!("model.layers.1.{name}");
+            let rows = w[&name].dim(0).unwrap();
+            zero_rows(&mut w, &name, 0..rows);
+        }
+        let probes = probe(&Llama::from_weights(cfg.clone(), &w).unwrap(), &[3, 40, 7, 99, 12]);
+        assert!(probes[1].influence().abs() < 1e-6, "{}", probes[1].influence());
+        assert!(probes[0].influence() > 1e-3 && probes[2].influence() > 1e-3);
+        assert_eq!(most_influential_layers(&probes, 2).unwrap(), vec![0, 2]);
+        assert_eq!(most_influential_layers(&probes, 3).unwrap(), vec![0, 1, 2]);
+        assert!(most_influential_layers(&probes, 4).unwrap_err().to_string().contains("between 1 and the model's 3"));
     }
 
     #[test]

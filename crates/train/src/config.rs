@@ -167,6 +167,10 @@ pub enum StudentConfig {
         /// Or list the layers to keep explicitly.
         #[serde(default)]
         keep_layers: Option<Vec<usize>>,
+        /// Or keep this many layers: the ones that change the hidden state most on calibration
+        /// batches of the run's dataset (ShortGPT's block influence, 1 − cos(input, output)).
+        #[serde(default)]
+        num_layers: Option<usize>,
         /// Minitron-style width: keep this many MLP channels per layer, the ones with the largest
         /// activations on calibration batches of the run's dataset (default: all).
         #[serde(default)]
@@ -302,9 +306,9 @@ impl TrainConfig {
         if self.optimizer.lr <= 0.0 {
             return Err(format!("optimizer.lr must be positive, got {}", self.optimizer.lr));
         }
-        if let StudentConfig::Prune { keep_every, keep_layers, .. } = &self.student {
-            if keep_every.is_some() == keep_layers.is_some() {
-                return Err("student: give exactly one of keep_every or keep_layers".into());
+        if let StudentConfig::Prune { keep_every, keep_layers, num_layers, .. } = &self.student {
+            if [keep_every.is_some(), keep_layers.is_some(), num_layers.is_some()].iter().filter(|&&b| b).count() != 1 {
+                return Err("student: give exactly one of keep_every, keep_layers or num_layers".into());
             }
         }
         Ok(())

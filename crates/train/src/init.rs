@@ -17,6 +17,8 @@ pub struct InitialStudent {
     pub config: LlamaConfig,
     pub weights: HashMap<String, Tensor>,
     pub source: LoadedModel,
+    /// The layers of `source` a pruned student keeps (`None` for any other student).
+    pub kept_layers: Option<Vec<usize>>,
 }
 
 fn load(spec: &str) -> Result<LoadedModel> {
@@ -35,52 +37,60 @@ pub fn build_student(
             from,
             keep_every,
             keep_layers,
+            num_layers,
             intermediate_size,
             num_attention_heads,
             calibration_batches,
         } => {
             let source = load(from)?;
             let teacher_cfg = source.model.config().clone();
-            let keep = match (keep_every, keep_layers) {
-                (Some(n), _) => prune::every_nth_layer(teacher_cfg.num_hidden_layers, *n),
-                (_, Some(list)) => list.clone(),
-                _ => return Err(Error::Config("student: give keep_every or keep_layers".into())),
-            };
             let weights = source.model.named_parameters().into_iter().collect();
+            let calibration = |what: &str| {
+                let data = calibration
+                    .ok_or_else(|| Error::Config(format!("{what} is measured on the run's dataset; give `dataset`")))?;
+                let tok = &source.tokenizer;
+                data.check_student(&tok.fingerprint(), tok.vocab_size(), teacher_cfg.vocab_size)?;
+                Ok::<_, Error>(data)
+            };
+            let keep = match (keep_every, keep_layers, num_layers) {
+                (Some(n), _, _) => prune::every_nth_layer(teacher_cfg.num_hidden_layers, *n),
+                (_, Some(list), _) => list.clone(),
+                (_, _, Some(n)) => {
+                    let data = calibration("which layers to keep")?;
+                    let probes = calibrate(&teacher_cfg, &weights, data, cfg, *calibration_batches, progress)?;
+                    prune::most_influential_layers(&probes, *n)?
+                }
+                _ => return Err(Error::Config("student: give keep_every, keep_layers or num_layers".into())),
+            };
             let (mut config, mut weights) = prune::prune_layers(&teacher_cfg, &weights, &keep)?;
+            let kept_layers = Some(keep);
             let width =
                 prune::Width { intermediate_size: *intermediate_size, num_attention_heads: *num_attention_heads };
             if width != prune::Width::default() {
-                let calibration = calibration.ok_or_else(|| {
-                    Error::Config(
-                        "width pruning measures channel importance on the run's dataset; give `dataset`".into(),
-                    )
-                })?;
-                let tok = &source.tokenizer;
-                calibration.check_student(&tok.fingerprint(), tok.vocab_size(), config.vocab_size)?;
-                let probes = calibrate(&config, &weights, calibration, cfg, *calibration_batches, progress)?;
+                let data = calibration("width pruning's channel importance")?;
+                let probes = calibrate(&config, &weights, data, cfg, *calibration_batches, progress)?;
                 (config, weights) = prune::prune_width(&config, &weights, &probes, width)?;
             }
-            InitialStudent { config, weights, source }
+            InitialStudent { config, weights, source, kept_layers }
         }
         StudentConfig::Preset { name, tokenizer_from, init_seed } => {
             let config = LlamaConfig::preset(name)
                 .ok_or_else(|| Error::Config(format!("unknown preset `{name}` (known: smollm2-135m, smollm2-360m)")))?;
             let source = load(tokenizer_from)?;
             let weights = init::random_weights(&config, *init_seed, &Device::Cpu)?;
-            InitialStudent { config, weights, source }
+            InitialStudent { config, weights, source, kept_layers: None }
         }
         StudentConfig::Config { config, tokenizer_from, init_seed } => {
             let config = distill_models::loader::config_file(Path::new(config))
                 .map_err(|e| Error::from(e).context(format!("student config `{config}`")))?;
             let source = load(tokenizer_from)?;
             let weights = init::random_weights(&config, *init_seed, &Device::Cpu)?;
-            InitialStudent { config, weights, source }
+            InitialStudent { config, weights, source, kept_layers: None }
         }
         StudentConfig::Pretrained { from } => {
             let source = load(from)?;
             let weights = source.model.named_parameters().into_iter().collect();
-            InitialStudent { config: source.model.config().clone(), weights, source }
+            InitialStudent { config: source.model.config().clone(), weights, source, kept_layers: None }
         }
     })
 }

@@ -44,7 +44,7 @@ pub fn export(cfg: &TrainConfig, dir: &Path) -> Result<Exported> {
         ));
     }
     let dataset = Dataset::open(path)?;
-    let InitialStudent { config, weights, source } = build_student(cfg, Some(&dataset), &mut |_, _| {})?;
+    let InitialStudent { config, weights, source, .. } = build_student(cfg, Some(&dataset), &mut |_, _| {})?;
     let tok = &source.tokenizer;
     dataset.check_student(&tok.fingerprint(), tok.vocab_size(), config.vocab_size)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

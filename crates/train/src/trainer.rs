@@ -39,6 +39,8 @@ use crate::{Divergence, LossConfig};
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunStart {
     pub student: LlamaConfig,
+    /// The teacher layers a pruned student was cut from (`None`: not pruned here, or resumed).
+    pub kept_layers: Option<Vec<usize>>,
     /// The dataset and its size, or how batches are made without one.
     pub data: String,
     /// The step a resumed run continues from (`None`: a fresh run).
@@ -204,7 +206,7 @@ impl Trainer {
                 let source = distill_models::load(&dir.display().to_string(), &Device::Cpu)
                     .map_err(|e| Error::from(e).context(format!("loading the checkpoint in {}", dir.display())))?;
                 let weights = source.model.named_parameters().into_iter().collect();
-                InitialStudent { config: source.model.config().clone(), weights, source }
+                InitialStudent { config: source.model.config().clone(), weights, source, kept_layers: None }
             }
             None => build_student(&cfg, dataset.as_ref(), &mut |done, total| observer.calibrating(done, total))?,
         };
@@ -221,7 +223,7 @@ impl Trainer {
         let student = Student::new(initial.config.clone(), &initial.weights)?;
         // The student holds its own copy now: free the initial weights and the model the tokenizer
         // came from (a whole teacher, for a pruned or config student), keeping its text side.
-        let InitialStudent { config: student_cfg, weights, source } = initial;
+        let InitialStudent { config: student_cfg, weights, source, kept_layers } = initial;
         drop(weights);
         let text = source.into_text();
         let rollouts = match &cfg.on_policy {
@@ -277,6 +279,7 @@ impl Trainer {
         };
         observer.started(&RunStart {
             student: student_cfg,
+            kept_layers,
             data,
             resumed_at: resume_from.as_ref().map(|_| state.step),
             extended_from,

@@ -15,6 +15,7 @@ use distill_train::{EvalMetrics, RunStart, StepMetrics, TrainConfig, TrainObserv
 /// Everything it heard, and a stop handle to pull at a given step.
 #[derive(Default)]
 struct Recorder {
+    kept_layers: Vec<Option<Vec<usize>>>,
     resumed_at: Vec<Option<u64>>,
     extended_from: Vec<Option<u64>>,
     truncated: Vec<usize>,
@@ -26,6 +27,7 @@ struct Recorder {
 
 impl TrainObserver for Recorder {
     fn started(&mut self, start: &RunStart) {
+        self.kept_layers.push(start.kept_layers.clone());
         self.resumed_at.push(start.resumed_at);
         self.extended_from.push(start.extended_from);
         self.truncated.extend(start.truncation.iter().map(|(_, t)| t.dropped()));
@@ -179,4 +181,32 @@ fn rows_too_short_for_the_data_are_reported_and_rows_with_no_target_refused() {
     let err = Trainer::new(cfg, &mut ()).err().expect("no target token fits").to_string();
     assert!(err.contains("no completion token") && err.contains(&format!("set seq_len = {}", whole.longest)), "{err}");
     assert!(!dir.path().join("shorter/checkpoint").exists());
+}
+
+#[test]
+fn a_student_keeps_the_layers_that_turn_the_hidden_state_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, teacher) = teacher(dir.path());
+    let opts = DatasetOptions { chat: false, k: 4, ..Default::default() };
+    create_dataset(&teacher, &prompts(dir.path(), 4), &dir.path().join("data"), &opts, &mut |_| {}).unwrap();
+    let layers = teacher_layers(&model);
+    let by_influence = |n: usize| {
+        let mut cfg = config(dir.path(), &model, &format!("n{n}"), 1, "");
+        let distill_train::config::StudentConfig::Prune { keep_layers, num_layers, .. } = &mut cfg.student else {
+            unreachable!()
+        };
+        (*keep_layers, *num_layers) = (None, Some(n));
+        let mut heard = Recorder::default();
+        Trainer::new(cfg, &mut heard).map(|_| heard.kept_layers[0].clone().expect("a pruned student"))
+    };
+    let one = by_influence(1).unwrap();
+    assert_eq!(one.len(), 1);
+    assert!(one[0] < layers);
+    assert_eq!(by_influence(layers).unwrap(), (0..layers).collect::<Vec<_>>());
+    let err = by_influence(layers + 1).err().unwrap().to_string();
+    assert!(err.contains(&format!("between 1 and the model's {layers} layers")), "{err}");
+}
+
+fn teacher_layers(model: &str) -> usize {
+    distill_models::load(model, &Device::Cpu).unwrap().model.config().num_hidden_layers
 }
