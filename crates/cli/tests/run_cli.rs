@@ -23,13 +23,14 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
         path.to_str().unwrap().to_string()
     };
     let (train, heldout, ood) =
-        (prompts("train.jsonl", 16, false), prompts("heldout.jsonl", 6, false), prompts("ood.jsonl", 3, true));
+        (prompts("train.jsonl", 8, false), prompts("heldout.jsonl", 6, false), prompts("ood.jsonl", 3, true));
+    let more = prompts("more.jsonl", 8, false);
     let out = dir.path().join("run");
     let config = dir.path().join("pipeline.toml");
     std::fs::write(
         &config,
         format!(
-            "output = {:?}\n[teacher]\nmodel = {:?}\n[data]\ntrain_prompts = {train:?}\nheldout_prompts = {heldout:?}\nood_prompts = {ood:?}\nmax_train_prompts = 12\nk = 8\nmax_tokens = 8\n[train]\nsteps = 6\nbatch_size = 2\nseq_len = 48\neval_every = 3\n[student]\ntype = \"prune\"\nkeep_layers = [0]\n[optimizer]\nlr = 0.002\n[eval]\nmax_tokens = 6\n[export]\ntypes = [\"q8_0\"]\n",
+            "output = {:?}\n[teacher]\nmodel = {:?}\n[data]\ntrain_prompts = [{train:?}, {more:?}]\nheldout_prompts = {heldout:?}\nood_prompts = {ood:?}\nmax_train_prompts = 12\nk = 8\nmax_tokens = 8\n[train]\nsteps = 6\nbatch_size = 2\nseq_len = 48\neval_every = 3\n[student]\ntype = \"prune\"\nkeep_layers = [0]\n[optimizer]\nlr = 0.002\n[eval]\nmax_tokens = 6\n[export]\ntypes = [\"q8_0\"]\n",
             out.to_str().unwrap(),
             teacher.to_str().unwrap()
         ),
@@ -52,10 +53,13 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
     let html = std::fs::read_to_string(train_dir.join("report.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), 3, "three plots");
     assert!(html.contains("student (q8_0) — in-domain") && html.contains("student — out-of-domain"));
-    // The train stage used only the first 12 prompts.
+    // The train stage used only the first 12 prompts: the first file's 8, then 4 of the second.
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("data/train/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["spec"]["prompts"], 12);
+    let used = std::fs::read_to_string(out.join("data/teacher-signal-train.jsonl")).unwrap();
+    let first_eight = std::fs::read_to_string(&train).unwrap();
+    assert!(used.starts_with(&first_eight) && used.lines().count() == 12, "{used}");
 
     let again = distill(&["run", config.to_str().unwrap()]);
     assert!(again.status.success(), "{}", text(&again.stderr));

@@ -73,7 +73,9 @@ struct TeacherSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    pub train_prompts: PathBuf,
+    /// One prompt file, or several read one after another (the shipped prompts and ones the
+    /// teacher synthesised, say).
+    pub train_prompts: PromptFiles,
     pub heldout_prompts: PathBuf,
     pub ood_prompts: Option<PathBuf>,
     pub max_train_prompts: Option<usize>,
@@ -88,6 +90,23 @@ pub struct DataSection {
     pub top_p: f64,
     #[serde(default)]
     pub seed: u64,
+}
+
+/// One prompt file or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PromptFiles {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl PromptFiles {
+    pub fn paths(&self) -> &[PathBuf] {
+        match self {
+            PromptFiles::One(p) => std::slice::from_ref(p),
+            PromptFiles::Many(list) => list,
+        }
+    }
 }
 
 /// `[eval]`: the evaluation of the trained and of each exported student.

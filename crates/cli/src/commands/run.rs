@@ -9,7 +9,7 @@
 //! [teacher]
 //! model = "…gguf"                 # default: the fetched default teacher
 //! [data]
-//! train_prompts = "examples/support/train.jsonl"
+//! train_prompts = "examples/support/train.jsonl"   # or a list of files, read one after another
 //! heldout_prompts = "examples/support/heldout.jsonl"
 //! ood_prompts = "examples/ood.jsonl"   # optional
 //! max_train_prompts = 96              # optional: the first N lines
@@ -87,11 +87,35 @@ fn prompt_input(path: &Path, lines: Option<usize>) -> Result<Value> {
     Ok(json!({"path": path, "lines": lines, "sha256": hash}))
 }
 
+/// Prompt files read one after another, as a stage's input: one file as [`prompt_input`] gives it.
+fn prompt_inputs(paths: &[PathBuf], lines: Option<usize>) -> Result<Value> {
+    match paths {
+        [one] => prompt_input(one, lines),
+        many => {
+            let files = many.iter().map(|p| prompt_input(p, None)).collect::<Result<Vec<_>>>()?;
+            Ok(json!({"files": files, "lines": lines}))
+        }
+    }
+}
+
 /// The first `n` records of a prompt file (non-empty JSONL lines, or a JSON array's elements),
 /// copied into the run as JSON lines (so the run's prompt file hash is stable), or the file itself.
 fn prompt_subset(src: &Path, n: Option<usize>, dest: &Path) -> Result<PathBuf> {
-    let Some(n) = n else { return Ok(src.to_path_buf()) };
-    let lines = distill_teacher::prompts::first_records(src, n)?;
+    prompts_subset(std::slice::from_ref(&src.to_path_buf()), n, dest)
+}
+
+/// [`prompt_subset`] of several files read one after another; they are always copied into `dest`.
+fn prompts_subset(srcs: &[PathBuf], n: Option<usize>, dest: &Path) -> Result<PathBuf> {
+    if let ([src], None) = (srcs, n) {
+        return Ok(src.clone());
+    }
+    let mut lines = String::new();
+    let mut left = n.unwrap_or(usize::MAX);
+    for src in srcs {
+        let taken = distill_teacher::prompts::first_records(src, left)?;
+        left -= taken.lines().count();
+        lines.push_str(&taken);
+    }
     std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
     std::fs::write(dest, lines)?;
     Ok(dest.to_path_buf())
@@ -117,16 +141,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         ..SamplingParams::default()
     };
     let mut data_inputs = Vec::new();
-    for (name, src, n, dest) in [
-        ("teacher-signal-train", &d.train_prompts, d.max_train_prompts, &data_train),
-        ("teacher-signal-heldout", &d.heldout_prompts, d.max_heldout_prompts, &data_heldout),
+    for (name, srcs, n, dest) in [
+        ("teacher-signal-train", d.train_prompts.paths(), d.max_train_prompts, &data_train),
+        ("teacher-signal-heldout", std::slice::from_ref(&d.heldout_prompts), d.max_heldout_prompts, &data_heldout),
     ] {
         let mut inputs = serde_json::to_value(d)?;
         inputs["teacher"] = json!(teacher);
-        inputs["prompts"] = prompt_input(src, n)?;
+        inputs["prompts"] = prompt_inputs(srcs, n)?;
         data_inputs.push(inputs.clone());
         stage(&out, name, &inputs, dest, || {
-            let prompts = prompt_subset(src, n, &out.join(format!("data/{name}.jsonl")))?;
+            let prompts = prompts_subset(srcs, n, &out.join(format!("data/{name}.jsonl")))?;
             let options = distill_teacher::DatasetOptions {
                 sampling: sampling.clone(),
                 k: d.k,
