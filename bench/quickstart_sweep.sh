@@ -21,7 +21,7 @@ dataset() { # NAME PROMPT_FILES...
     --max-tokens 48 --temperature 0.7 --top-p 0.95 --k 32 >&2
 }
 dataset shipped examples/support/train.jsonl
-dataset mix examples/support/train.jsonl examples/support/synthesized.jsonl
+dataset mix examples/support/train.jsonl bench/quickstart/synthesized.jsonl
 dataset heldout examples/support/heldout.jsonl
 
 # name  dataset  steps  lr  student (TOML lines)
@@ -29,11 +29,13 @@ variants=(
   "every3_narrow_40|shipped|40|5e-4|keep_every = 3\nintermediate_size = 768\nnum_attention_heads = 6"
   "every3_narrow_160|shipped|160|5e-4|keep_every = 3\nintermediate_size = 768\nnum_attention_heads = 6"
   "spread10_160|shipped|160|5e-4|keep_layers = [0, 3, 6, 9, 12, 16, 19, 22, 25, 29]"
+  "spread10_mix_160|mix|160|5e-4|keep_layers = [0, 3, 6, 9, 12, 16, 19, 22, 25, 29]"
   "auto10_160|shipped|160|5e-4|num_layers = 10"
   "auto10_narrow_160|shipped|160|5e-4|num_layers = 10\nintermediate_size = 768\nnum_attention_heads = 6"
-  "spread10_mix_160|mix|160|5e-4|keep_layers = [0, 3, 6, 9, 12, 16, 19, 22, 25, 29]"
-  "auto10_mix_160|mix|160|5e-4|num_layers = 10"
-  "auto10_mix_120_lr1e-3|mix|120|1e-3|num_layers = 10"
+  "auto10_100_lr1e-3|shipped|100|1e-3|num_layers = 10"
+  "auto10_160_lr1e-3|shipped|160|1e-3|num_layers = 10"
+  "auto10_narrow_100_lr1e-3|shipped|100|1e-3|num_layers = 10\nintermediate_size = 768\nnum_attention_heads = 6"
+  "auto10_narrow_160_lr1e-3|shipped|160|1e-3|num_layers = 10\nintermediate_size = 768\nnum_attention_heads = 6"
 )
 for v in "${variants[@]}"; do
   IFS='|' read -r name data steps lr student <<< "$v"

@@ -30,7 +30,7 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
     std::fs::write(
         &config,
         format!(
-            "output = {:?}\n[teacher]\nmodel = {:?}\n[data]\ntrain_prompts = [{train:?}, {more:?}]\nheldout_prompts = {heldout:?}\nood_prompts = {ood:?}\nmax_train_prompts = 12\nk = 8\nmax_tokens = 8\n[train]\nsteps = 6\nbatch_size = 2\nseq_len = 48\neval_every = 3\n[student]\ntype = \"prune\"\nkeep_layers = [0]\n[optimizer]\nlr = 0.002\n[eval]\nmax_tokens = 6\n[export]\ntypes = [\"q8_0\"]\n",
+            "output = {:?}\n[teacher]\nmodel = {:?}\n[data]\ntrain_prompts = [{train:?}, {more:?}]\nheldout_prompts = {heldout:?}\nood_prompts = {ood:?}\nmax_train_prompts = 12\ncompletions = 2\nk = 8\nmax_tokens = 8\n[train]\nsteps = 6\nbatch_size = 2\nseq_len = 48\neval_every = 3\n[student]\ntype = \"prune\"\nkeep_layers = [0]\n[optimizer]\nlr = 0.002\n[eval]\nmax_tokens = 6\n[export]\ntypes = [\"q8_0\"]\n",
             out.to_str().unwrap(),
             teacher.to_str().unwrap()
         ),
@@ -57,6 +57,10 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("data/train/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["spec"]["prompts"], 12);
+    assert_eq!(manifest["spec"]["completions_per_prompt"], 2);
+    let heldout_manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("data/heldout/manifest.json")).unwrap()).unwrap();
+    assert_eq!(heldout_manifest["spec"]["completions_per_prompt"], 1, "held-out prompts are sampled once");
     let used = std::fs::read_to_string(out.join("data/teacher-signal-train.jsonl")).unwrap();
     let first_eight = std::fs::read_to_string(&train).unwrap();
     assert!(used.starts_with(&first_eight) && used.lines().count() == 12, "{used}");

@@ -82,6 +82,9 @@ pub struct DataSection {
     pub max_heldout_prompts: Option<usize>,
     #[serde(default = "default_k")]
     pub k: usize,
+    /// Completions the teacher samples per training prompt.
+    #[serde(default = "default_completions", skip_serializing_if = "is_one")]
+    pub completions: usize,
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
     #[serde(default = "default_temperature")]
@@ -90,6 +93,14 @@ pub struct DataSection {
     pub top_p: f64,
     #[serde(default)]
     pub seed: u64,
+}
+
+fn default_completions() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// One prompt file or a list of them.

@@ -154,6 +154,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             let options = distill_teacher::DatasetOptions {
                 sampling: sampling.clone(),
                 k: d.k,
+                // Held-out prompts are scored once: their curve needs no second sample.
+                completions: if name == "teacher-signal-train" { d.completions } else { 1 },
                 prompts_per_shard: 32,
                 ..Default::default()
             };
