@@ -25,8 +25,9 @@ fn load(spec: &str) -> Result<LoadedModel> {
     distill_models::load(spec, &Device::Cpu).map_err(|e| Error::from(e).context(format!("loading `{spec}`")))
 }
 
-/// The student `cfg.student` describes. Width pruning measures importance on `calibration` (the
-/// run's dataset), reporting `(batches done, batches)` to `progress`.
+/// The student `cfg.student` describes. Choosing layers by influence (`num_layers`) and width
+/// pruning measure on `calibration` (the run's dataset), each reporting `(batches done, batches)`
+/// to `progress`.
 pub fn build_student(
     cfg: &TrainConfig,
     calibration: Option<&Dataset>,

@@ -107,7 +107,7 @@ pub struct TrainOutcome {
 
 /// Hears how a run goes. Every method does nothing unless implemented; `()` hears nothing.
 pub trait TrainObserver {
-    /// Width pruning measured `done` of `total` calibration batches.
+    /// Pruning (layer influence, then width) measured `done` of `total` calibration batches.
     fn calibrating(&mut self, _done: usize, _total: usize) {}
     fn started(&mut self, _start: &RunStart) {}
     fn step(&mut self, _metrics: &StepMetrics) {}
