@@ -5,7 +5,7 @@
 //! API request lines, ShareGPT records, and JSON arrays of records instead of lines.
 //! [`render`] turns a prompt into the text a model reads.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use distill_models::{ChatMessage, ChatTemplate};
 use serde_json::Value;
@@ -123,6 +123,19 @@ pub fn first_records(path: &Path, n: usize) -> Result<String> {
             Err(message) => Err(Error::Input(format!("{}: record {number} is {message}", path.display()))),
         })
         .collect()
+}
+
+/// [`first_records`] of several prompt files read one after another: the first `n` records in
+/// all (every record without `n`), as JSON lines.
+pub fn first_records_across(paths: &[PathBuf], n: Option<usize>) -> Result<String> {
+    let mut lines = String::new();
+    let mut left = n.unwrap_or(usize::MAX);
+    for path in paths {
+        let taken = first_records(path, left)?;
+        left -= taken.lines().count();
+        lines.push_str(&taken);
+    }
+    Ok(lines)
 }
 
 fn parse_record(value: &Value) -> LineResult<PromptRecord> {
@@ -316,6 +329,13 @@ mod tests {
         std::fs::write(&subset, &first).unwrap();
         assert_eq!(first.lines().count(), 1);
         assert_eq!(read_prompt_file(&subset).unwrap()[0].id.as_deref(), Some("a"));
+        // Across files: the array's three whole records, then one line of the next file, in order.
+        let more = dir.path().join("more.jsonl");
+        std::fs::write(&more, "{\"prompt\": \"x\"}\n{\"prompt\": \"y\"}\n").unwrap();
+        let across = first_records_across(&[path.clone(), more.clone()], Some(4)).unwrap();
+        assert_eq!(across.lines().count(), 4);
+        assert!(across.ends_with("{\"prompt\": \"x\"}\n"), "{across}");
+        assert_eq!(first_records_across(&[path.clone(), more], None).unwrap().lines().count(), 5);
 
         std::fs::write(&path, "[{\"prompt\": \"ok\"}, {\"prompt\": oops}]").unwrap();
         let err = read_prompt_file(&path).unwrap_err().to_string();

@@ -109,13 +109,7 @@ fn prompts_subset(srcs: &[PathBuf], n: Option<usize>, dest: &Path) -> Result<Pat
     if let ([src], None) = (srcs, n) {
         return Ok(src.clone());
     }
-    let mut lines = String::new();
-    let mut left = n.unwrap_or(usize::MAX);
-    for src in srcs {
-        let taken = distill_teacher::prompts::first_records(src, left)?;
-        left -= taken.lines().count();
-        lines.push_str(&taken);
-    }
+    let lines = distill_teacher::prompts::first_records_across(srcs, n)?;
     std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
     std::fs::write(dest, lines)?;
     Ok(dest.to_path_buf())
