@@ -13,3 +13,7 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements
 # `distill serve --db postgres://...` is tested against a throwaway local Postgres when one is installed.
 source scripts/test-postgres.sh
 cargo test --workspace --locked -j "${CARGO_BUILD_JOBS:-2}"
+# The Python package: its wheel built from this tree (the test profile, so it reuses the build
+# above), installed, and its pytest suite run against the real default teacher.
+bash scripts/python-package.sh --profile dev
+python3 -m pytest -q python/tests

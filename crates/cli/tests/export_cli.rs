@@ -43,7 +43,10 @@ fn exports_round_trip_and_bad_arguments_lose_nothing() {
     assert_eq!(std::fs::read(&f32_out).unwrap(), before);
     let out = distill(&["export", m, "-o", dir.path().join("x.gguf").to_str().unwrap(), "--type", "q3_k"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("unknown --type `q3_k`"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("unknown GGUF --type `q3_k`"), "{}", text(&out.stderr));
+    let out = distill(&["export", m, "-o", dir.path().join("hf-q8").to_str().unwrap(), "--type", "q8_0"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("for .gguf files"), "{}", text(&out.stderr));
+    assert!(!dir.path().join("hf-q8").exists());
 
     // The model may be named with -m/--model, as `distill generate` takes it.
     let flagged = dir.path().join("flagged.gguf");

@@ -63,7 +63,9 @@ fn remote_and_local(dir: &Path, args: &[&str], url: &str, key: &str) -> (String,
 
 /// Rows `0..rows` of two sequences hold the same top-`k` ids, with distributions equal to within
 /// the store's quantisation: each log-probability within one step (1/8 nat; two nearly equal
-/// values can round apart), and the KL between the rows' reconstructions below 2e-3 nats.
+/// values can round apart) unless both are below ln 1e-6 (no mass a loss can see; on this random
+/// fixture, whose weights are scaled up, the far tail moves by tenths of a nat between the f32
+/// paths of CPUs without AVX-512), and the KL between the rows' reconstructions below 2e-3 nats.
 fn assert_same_top(id: &str, r: &Sequence, l: &Sequence, k: usize, rows: usize) {
     let step = distill_store::quant::Quantization::default().step;
     for row in 0..rows {
@@ -71,7 +73,8 @@ fn assert_same_top(id: &str, r: &Sequence, l: &Sequence, k: usize, rows: usize) 
         assert_eq!(r.topk_ids[span.clone()], l.topk_ids[span.clone()], "{id} row {row}");
         for j in span.clone() {
             let (x, y) = (r.topk_logprobs[j], l.topk_logprobs[j]);
-            assert!((x - y).abs() < step + 0.02 || (x < -20.0 && y < -20.0), "{id} entry {j}: {x} vs {y}");
+            let negligible = 1e-6f32.ln();
+            assert!((x - y).abs() < step + 0.02 || (x < negligible && y < negligible), "{id} entry {j}: {x} vs {y}");
         }
         let kl = distill_store::quant::kl_with_tail(
             &l.topk_logprobs[span.clone()],

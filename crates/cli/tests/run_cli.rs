@@ -51,7 +51,9 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
         assert!(train_dir.join(file).is_file(), "{file} missing");
     }
     let html = std::fs::read_to_string(train_dir.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 3, "three plots");
+    // Loss, held-out KL and top-1; learning rate, gradient norm and throughput.
+    assert_eq!(html.matches("<svg").count(), 6, "six plots");
+    assert!(html.contains("teacher-signal-train") && html.contains("training config"), "the run's section");
     assert!(html.contains("student (q8_0) — in-domain") && html.contains("student — out-of-domain"));
     // The train stage used only the first 12 prompts: the first file's 8, then 4 of the second.
     let manifest: serde_json::Value =

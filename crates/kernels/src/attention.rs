@@ -427,7 +427,10 @@ mod tests {
     }
 
     /// A sequence scores the same alone as after right padding to a longer batch-mate's length:
-    /// the teacher's figures must not depend on what it was batched with.
+    /// the teacher's figures must not depend on what it was batched with. Bit for bit with the
+    /// AVX-512 register tiles (one sum in key order whatever the tile's length); without them the
+    /// probabilities × values product goes through `gemm`, whose blocking follows the tile's key
+    /// count, so padding can move the last bits (seen: 3e-8 on an AVX2-only EPYC).
     #[test]
     fn padding_leaves_a_sequence_unchanged() {
         let (short, long, d) = (QUERY_TILE + 9, QUERY_TILE * 2 + 3, 16);
@@ -444,7 +447,14 @@ mod tests {
             out.truncate(short * 2 * d);
             out
         };
-        assert_eq!(run(short), run(long));
+        let (alone, padded) = (run(short), run(long));
+        if tile::available() {
+            assert_eq!(alone, padded);
+        } else {
+            for (i, (a, b)) in alone.iter().zip(&padded).enumerate() {
+                assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "out[{i}]: {a} alone, {b} padded");
+            }
+        }
     }
 
     /// Every gradient against central differences of `Σ out ⊙ w`, in float64 through the

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use candle_core::DType;
 use serde_json::json;
 
 use crate::error::{Error, Result};
@@ -13,6 +14,26 @@ use crate::tokenizer::TextTokenizer;
 /// Writes `model` and its tokenizer to `dir` (created if missing). Files are written under a
 /// temporary name and renamed, so a reader never sees half a file.
 pub fn save_hf_dir(dir: &Path, model: &Llama, tokenizer: &TextTokenizer, chat_template: Option<&str>) -> Result<()> {
+    save_hf_dir_as(dir, model, tokenizer, chat_template, DType::F32)
+}
+
+/// [`save_hf_dir`] with the weights stored as `dtype` (f32, f16 or bf16; `torch_dtype` in
+/// config.json says which), as Hugging Face checkpoints are usually shipped in bf16.
+pub fn save_hf_dir_as(
+    dir: &Path,
+    model: &Llama,
+    tokenizer: &TextTokenizer,
+    chat_template: Option<&str>,
+    dtype: DType,
+) -> Result<()> {
+    let torch_dtype = match dtype {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        other => {
+            return Err(Error::Input(format!("safetensors weights are written as f32, f16 or bf16, not {other:?}")))
+        }
+    };
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = model.config();
     let mut config = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
@@ -23,14 +44,17 @@ pub fn save_hf_dir(dir: &Path, model: &Llama, tokenizer: &TextTokenizer, chat_te
             config["hidden_activation"] = act;
         }
     }
-    config["torch_dtype"] = json!("float32");
+    config["torch_dtype"] = json!(torch_dtype);
     config["attention_bias"] = json!(cfg.qkv_bias());
     write_atomic(&dir.join("config.json"), &pretty(&config)?)?;
 
-    let tensors = crate::hf_config::fuse(cfg, model.named_parameters().into_iter().collect())?;
-    let tmp = dir.join("model.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    rename(&tmp, &dir.join("model.safetensors"))?;
+    let mut tensors = crate::hf_config::fuse(cfg, model.named_parameters().into_iter().collect())?;
+    if dtype != DType::F32 {
+        for t in tensors.values_mut() {
+            *t = t.to_dtype(dtype)?;
+        }
+    }
+    save_safetensors(&tensors, &dir.join("model.safetensors"))?;
 
     write_atomic(&dir.join("tokenizer.json"), &tokenizer.to_json()?)?;
     let token = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
@@ -62,6 +86,22 @@ pub fn save_hf_dir(dir: &Path, model: &Llama, tokenizer: &TextTokenizer, chat_te
         generation["pad_token_id"] = json!(id);
     }
     write_atomic(&dir.join("generation_config.json"), &pretty(&generation)?)
+}
+
+/// Writes `tensors` as a safetensors file at `path`, whole or not at all, readable by others as
+/// any file a user writes (the safetensors crate's temporary file is private, 0600, and the
+/// rename would keep that).
+pub fn save_safetensors<K: AsRef<str> + Ord + std::fmt::Display>(
+    tensors: &std::collections::HashMap<K, candle_core::Tensor>,
+    path: &Path,
+) -> Result<()> {
+    candle_core::safetensors::save(tensors, path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
 }
 
 fn pretty(v: &serde_json::Value) -> Result<String> {

@@ -90,3 +90,71 @@ fn a_student_saved_as_an_hf_directory_exports_with_the_gguf_pre_tokenizer() {
     let back = load(out.to_str().unwrap(), &Device::Cpu).unwrap();
     assert_eq!(logits(&back), logits(&original));
 }
+
+#[test]
+fn k_quant_exports_mix_types_as_llama_cpp_and_load_back() {
+    use candle_core::quantized::{gguf_file, GgmlDType};
+    let dir = tempfile::tempdir().unwrap();
+    // Rows of 256 and 512 values: whole k-quant blocks.
+    let cfg = distill_models::LlamaConfig {
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(2),
+        ..distill_models::fixtures::tiny_config()
+    };
+    let weights = distill_models::init::random_weights(&cfg, 3, &Device::Cpu).unwrap();
+    let src = dir.path().join("src.gguf");
+    distill_models::fixtures::write_tiny_gguf(&src, &cfg, &weights).unwrap();
+    let original = load(src.to_str().unwrap(), &Device::Cpu).unwrap();
+    let mut errors = Vec::new();
+    for ty in [GgufType::Q4KM, GgufType::Q5KM, GgufType::Q6K] {
+        let path = dir.path().join(format!("{ty:?}.gguf"));
+        export(&original, &path, ty);
+        let mut file = std::fs::File::open(&path).unwrap();
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        let dtype = |name: &str| content.tensor_infos[name].ggml_dtype;
+        let base = match ty {
+            GgufType::Q4KM => GgmlDType::Q4K,
+            GgufType::Q5KM => GgmlDType::Q5K,
+            _ => GgmlDType::Q6K,
+        };
+        assert_eq!(dtype("token_embd.weight"), GgmlDType::Q6K, "{ty:?}: the tied head at 6 bits");
+        assert_eq!(dtype("blk.0.attn_q.weight"), base, "{ty:?}");
+        assert_eq!(dtype("blk.0.attn_v.weight"), base, "{ty:?}: layer 0 of 2 is not among the kept ones");
+        assert_eq!(dtype("blk.1.attn_v.weight"), GgmlDType::Q6K, "{ty:?}: the last eighth of the layers");
+        assert_eq!(dtype("blk.1.ffn_down.weight"), GgmlDType::Q6K, "{ty:?}");
+        assert_eq!(dtype("blk.0.attn_norm.weight"), GgmlDType::F32);
+        let file_type = content.metadata["general.file_type"].to_u32().unwrap();
+        assert_eq!(file_type, [15, 17, 18][errors.len()], "LLAMA_FTYPE_MOSTLY_{ty:?}");
+        assert_eq!(content.metadata["general.type"].to_string().unwrap(), "model");
+        assert!(!content.metadata["general.size_label"].to_string().unwrap().is_empty());
+        let back = load(path.to_str().unwrap(), &Device::Cpu).unwrap();
+        let back_weights: std::collections::HashMap<String, Tensor> =
+            back.model.named_parameters().into_iter().collect();
+        let w = &original
+            .model
+            .named_parameters()
+            .into_iter()
+            .find(|(n, _)| n.ends_with("layers.0.self_attn.q_proj.weight"))
+            .unwrap()
+            .1;
+        let b = &back_weights["model.layers.0.self_attn.q_proj.weight"];
+        let max = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let err = (w - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / max;
+        errors.push(err);
+    }
+    // 4, 5 and 6 bits: each more precise than the last, and all close.
+    assert!(errors[0] > errors[1] && errors[1] > errors[2] && errors[0] < 0.15, "{errors:?}");
+
+    // Rows of 32 do not fill 256-value blocks: Q4_K falls back to Q5_0, named in the summary.
+    let tiny = dir.path().join("tiny.gguf");
+    tiny_gguf(&tiny, 4).unwrap();
+    let small = load(tiny.to_str().unwrap(), &Device::Cpu).unwrap();
+    let tok = GgufTokenizer::from_tokenizer(&small.tokenizer, small.model.config().vocab_size).unwrap();
+    let weights = small.model.named_parameters().into_iter().collect();
+    let out = dir.path().join("small.q4_k_m.gguf");
+    let summary = write_gguf(&out, "t", small.model.config(), &weights, &tok, None, GgufType::Q4KM).unwrap();
+    assert!(summary.fallbacks.iter().any(|f| f == "blk.0.attn_q.weight (Q5_0)"), "{:?}", summary.fallbacks);
+    assert!(load(out.to_str().unwrap(), &Device::Cpu).is_ok());
+}

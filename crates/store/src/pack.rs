@@ -68,8 +68,8 @@ impl Batch {
 
 /// Streams batches over a dataset for one epoch: shard order and sequence order within each shard
 /// are shuffled with the seed; one shard is in memory at a time.
-pub struct Packer<'a> {
-    dataset: &'a Dataset,
+pub struct Packer {
+    dataset: Dataset,
     options: PackOptions,
     shard_order: Vec<usize>,
     next_shard: usize,
@@ -79,12 +79,12 @@ pub struct Packer<'a> {
     pub truncated: usize,
 }
 
-impl<'a> Packer<'a> {
-    pub fn new(dataset: &'a Dataset, options: PackOptions) -> Self {
+impl Packer {
+    pub fn new(dataset: &Dataset, options: PackOptions) -> Self {
         let mut rng = StdRng::seed_from_u64(options.seed);
         let mut shard_order: Vec<usize> = (0..dataset.num_shards()).collect();
         shard_order.shuffle(&mut rng);
-        Self { dataset, options, shard_order, next_shard: 0, pending: Vec::new(), rng, truncated: 0 }
+        Self { dataset: dataset.clone(), options, shard_order, next_shard: 0, pending: Vec::new(), rng, truncated: 0 }
     }
 
     fn refill(&mut self) -> Result<bool> {

@@ -28,6 +28,8 @@ impl Truncation {
     }
 }
 
+/// An opened dataset: its directory and manifest (cheap to clone; shards are read on demand).
+#[derive(Debug, Clone)]
 pub struct Dataset {
     dir: PathBuf,
     manifest: Manifest,

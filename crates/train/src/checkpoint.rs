@@ -48,7 +48,8 @@ pub fn save(
     let _ = std::fs::remove_dir_all(&tmp);
     save_hf_dir(&tmp, model, tokenizer, chat_template).map_err(|e| Error::Checkpoint(e.to_string()))?;
     let (moments, _) = optimizer.state();
-    candle_core::safetensors::save(&moments, tmp.join(OPTIMIZER_FILE)).map_err(|e| Error::Checkpoint(e.to_string()))?;
+    distill_models::checkpoint::save_safetensors(&moments, &tmp.join(OPTIMIZER_FILE))
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
     let json = serde_json::to_string_pretty(&state).map_err(|e| Error::Checkpoint(e.to_string()))?;
     distill_models::checkpoint::write_atomic(&tmp.join(STATE_FILE), &json)
         .map_err(|e| Error::Checkpoint(e.to_string()))?;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cross::CrossConfig;
+use crate::error::Error;
 use crate::loss::{LossConfig, TailModel};
 use crate::optim::AdamWConfig;
 
@@ -21,6 +22,7 @@ pub struct TrainConfig {
     #[serde(default)]
     pub eval_dataset: Option<PathBuf>,
     /// Run directory: resolved config, metrics.jsonl, checkpoints.
+    #[serde(alias = "output_dir")]
     pub output: PathBuf,
     pub student: StudentConfig,
     #[serde(default)]
@@ -30,29 +32,29 @@ pub struct TrainConfig {
     #[serde(default)]
     pub schedule: ScheduleConfig,
     /// Optimiser steps.
-    #[serde(default = "default_steps")]
+    #[serde(default = "default_steps", alias = "max_steps")]
     pub steps: u64,
     /// Packed rows per step.
-    #[serde(default = "default_batch_size")]
+    #[serde(default = "default_batch_size", alias = "per_device_train_batch_size")]
     pub batch_size: usize,
     /// Micro-batches whose gradients are averaged into one optimiser step.
-    #[serde(default = "default_grad_accum")]
+    #[serde(default = "default_grad_accum", alias = "gradient_accumulation_steps")]
     pub grad_accum: u64,
     /// Tokens per packed row.
-    #[serde(default = "default_seq_len")]
+    #[serde(default = "default_seq_len", alias = "max_length", alias = "max_seq_length")]
     pub seq_len: usize,
     /// Clip the global gradient norm to this value (none when absent).
-    #[serde(default = "default_clip")]
+    #[serde(default = "default_clip", alias = "max_grad_norm")]
     pub clip_grad_norm: Option<f64>,
     /// Seed of the data order.
     #[serde(default)]
     pub seed: u64,
     /// Evaluate on `eval_dataset` every this many steps (and at the end).
-    #[serde(default = "default_eval_every")]
+    #[serde(default = "default_eval_every", alias = "eval_steps")]
     pub eval_every: u64,
     /// Save a resumable checkpoint every this many steps (and at the end). Re-running the same
     /// config after an interruption continues from the last one, bit for bit on CPU.
-    #[serde(default = "default_checkpoint_every")]
+    #[serde(default = "default_checkpoint_every", alias = "save_steps")]
     pub checkpoint_every: u64,
     /// On-policy distillation (GKD): a share of the micro-batches are the student's own
     /// completions, scored by a teacher inside the loop (none when absent).
@@ -85,7 +87,7 @@ pub struct OnPolicyConfig {
     /// Prompt file (JSONL, as for `distill generate`) the student completes.
     pub prompts: PathBuf,
     /// Share λ of micro-batches that are rollouts, in [0, 1].
-    #[serde(default = "default_half")]
+    #[serde(default = "default_half", alias = "lmbda")]
     pub fraction: f64,
     /// Steps trained offline only before rollouts start (a warm-up: a fresh student's own
     /// samples teach little).
@@ -103,7 +105,7 @@ pub struct OnPolicyConfig {
     #[serde(default = "default_rollouts")]
     pub rollouts: usize,
     /// New tokens per completion.
-    #[serde(default = "default_rollout_tokens")]
+    #[serde(default = "default_rollout_tokens", alias = "max_new_tokens")]
     pub max_tokens: usize,
     /// Sampling temperature of the student's completions.
     #[serde(default = "default_one")]
@@ -207,7 +209,7 @@ pub enum StudentConfig {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// Linear warmup steps.
-    #[serde(default = "default_warmup")]
+    #[serde(default = "default_warmup", alias = "warmup_steps")]
     pub warmup: u64,
     /// Final learning rate as a fraction of the peak (cosine decay).
     #[serde(default = "default_min_ratio")]
@@ -251,7 +253,53 @@ fn default_min_ratio() -> f64 {
     0.1
 }
 
+/// Settings Hugging Face `TrainingArguments` (and TRL's configs built on it) keep at the top
+/// level, and the section and key where a run config keeps the same setting.
+pub const FLAT_HF_KEYS: &[(&str, &str, &str)] = &[
+    ("learning_rate", "optimizer", "lr"),
+    ("weight_decay", "optimizer", "weight_decay"),
+    ("adam_beta1", "optimizer", "beta1"),
+    ("adam_beta2", "optimizer", "beta2"),
+    ("adam_epsilon", "optimizer", "eps"),
+    ("warmup_steps", "schedule", "warmup"),
+];
+
 impl TrainConfig {
+    /// Reads a run config from TOML text. Besides distill's own keys it takes the names
+    /// Hugging Face and TRL users type where the meaning is the same (`max_steps`,
+    /// `learning_rate`, `gradient_accumulation_steps`, `max_grad_norm`, `warmup_steps`,
+    /// `lmbda`, …): see [`FLAT_HF_KEYS`] and the serde aliases on the fields.
+    pub fn from_toml(text: &str) -> crate::Result<Self> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        if !FLAT_HF_KEYS.iter().any(|(key, ..)| table.contains_key(*key)) {
+            // Parsed from the text, so errors point at the line.
+            return toml::from_str(text).map_err(|e| Error::Config(e.to_string()));
+        }
+        let value = serde_json::to_value(&table).map_err(|e| Error::Config(e.to_string()))?;
+        Self::from_value(value)
+    }
+
+    /// Reads a run config from JSON text (the Python package's dicts), with the same aliases.
+    pub fn from_json(text: &str) -> crate::Result<Self> {
+        Self::from_value(serde_json::from_str(text).map_err(|e| Error::Config(e.to_string()))?)
+    }
+
+    fn from_value(mut value: serde_json::Value) -> crate::Result<Self> {
+        let map = value.as_object_mut().ok_or_else(|| Error::Config("a run config is a table of settings".into()))?;
+        for (flat, section, key) in FLAT_HF_KEYS {
+            let Some(v) = map.remove(*flat) else { continue };
+            let table = map.entry(section.to_string()).or_insert_with(|| serde_json::json!({}));
+            let table = table.as_object_mut().ok_or_else(|| Error::Config(format!("`{section}` must be a table")))?;
+            if table.contains_key(*key) || table.contains_key(*flat) {
+                return Err(Error::Config(format!(
+                    "`{flat}` and `[{section}] {key}` are the same setting: give one of them"
+                )));
+            }
+            table.insert(key.to_string(), v);
+        }
+        serde_json::from_value(value).map_err(|e| Error::Config(e.to_string()))
+    }
+
     /// Checks values a run cannot use, naming the field.
     pub fn validate(&self) -> crate::Result<()> {
         self.check().map_err(crate::Error::Config)
@@ -341,4 +389,49 @@ pub fn differences(old: &serde_json::Value, new: &serde_json::Value) -> Vec<Stri
         .filter(|k| a.get(*k) != b.get(*k))
         .map(|k| format!("{k}: {} → {}", a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "dataset = \"d\"\n[student]\ntype = \"prune\"\nfrom = \"m\"\nkeep_every = 2\n";
+
+    #[test]
+    fn hugging_face_names_mean_the_same_settings() {
+        let hf = TrainConfig::from_toml(&format!(
+            "output_dir = \"o\"\nmax_steps = 30\nper_device_train_batch_size = 4\ngradient_accumulation_steps = 2\n\
+             max_length = 128\nmax_grad_norm = 0.5\nlearning_rate = 3e-4\nweight_decay = 0.1\nadam_beta2 = 0.95\n\
+             warmup_steps = 5\neval_steps = 10\nsave_steps = 15\n{MINIMAL}"
+        ))
+        .unwrap();
+        let ours = TrainConfig::from_toml(&format!(
+            "output = \"o\"\nsteps = 30\nbatch_size = 4\ngrad_accum = 2\nseq_len = 128\nclip_grad_norm = 0.5\n\
+             eval_every = 10\ncheckpoint_every = 15\n{MINIMAL}[optimizer]\nlr = 3e-4\nweight_decay = 0.1\nbeta2 = 0.95\n\
+             [schedule]\nwarmup = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(hf, ours);
+        let json = TrainConfig::from_json(
+            r#"{"output_dir": "o", "max_steps": 30, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
+                "max_length": 128, "max_grad_norm": 0.5, "learning_rate": 3e-4, "weight_decay": 0.1, "adam_beta2": 0.95,
+                "warmup_steps": 5, "eval_steps": 10, "save_steps": 15, "dataset": "d",
+                "student": {"type": "prune", "from": "m", "keep_every": 2}}"#,
+        )
+        .unwrap();
+        assert_eq!(json, ours);
+    }
+
+    #[test]
+    fn a_setting_given_under_both_names_is_refused() {
+        let err =
+            TrainConfig::from_toml(&format!("output = \"o\"\nlearning_rate = 1e-3\n{MINIMAL}[optimizer]\nlr = 2e-3\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("`learning_rate` and `[optimizer] lr` are the same setting"), "{err}");
+        let err = TrainConfig::from_toml(&format!("output = \"o\"\nsteps = 3\nmax_steps = 4\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("steps"), "{err}");
+        let err = TrainConfig::from_toml(&format!("output = \"o\"\nstepz = 3\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("stepz"), "{err}");
+    }
 }

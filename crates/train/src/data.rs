@@ -9,7 +9,7 @@ pub struct BatchStream<'a> {
     seq_len: usize,
     batch_size: usize,
     seed: u64,
-    packer: Packer<'a>,
+    packer: Packer,
     /// Epochs finished so far.
     pub epoch: u64,
     /// Batches taken from the current epoch (including skipped ones).
@@ -66,7 +66,7 @@ impl<'a> BatchStream<'a> {
 
 /// One pass over a dataset in a fixed order (seed 0): what held-out evaluation, its reference
 /// export and width-pruning calibration read, so all of them see the same batches.
-pub fn fixed_order(dataset: &Dataset, seq_len: usize, batch_size: usize) -> Packer<'_> {
+pub fn fixed_order(dataset: &Dataset, seq_len: usize, batch_size: usize) -> Packer {
     Packer::new(dataset, options(seq_len, batch_size, 0, 0))
 }
 

@@ -17,6 +17,7 @@ pub mod optim;
 pub mod reference;
 pub mod rollouts;
 pub mod student;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use config::TrainConfig;

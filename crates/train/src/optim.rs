@@ -16,9 +16,13 @@ use distill_models::cpu::{f32_data, f32_data_mut, with_f32_data};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
+    #[serde(alias = "learning_rate")]
     pub lr: f64,
+    #[serde(alias = "adam_beta1")]
     pub beta1: f64,
+    #[serde(alias = "adam_beta2")]
     pub beta2: f64,
+    #[serde(alias = "adam_epsilon")]
     pub eps: f64,
     pub weight_decay: f64,
 }

@@ -94,6 +94,6 @@ fn save_batches(path: &Path, batches: &[Batch]) -> Result<()> {
     tensors.insert("loss_mask", floats(|x| &x.loss_mask, &[s, b, l])?);
     tensors.insert("tail_logprobs", floats(|x| &x.tail_logprobs, &[s, b, l])?);
     tensors.insert("topk_logprobs", floats(|x| &x.topk_logprobs, &[s, b, l, k])?);
-    candle_core::safetensors::save(&tensors, path)
+    distill_models::checkpoint::save_safetensors(&tensors, path)
         .map_err(|e| Error::from(e).context(format!("writing {}", path.display())))
 }

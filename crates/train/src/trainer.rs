@@ -33,6 +33,7 @@ use crate::init::{build_student, InitialStudent};
 use crate::optim::Schedule;
 use crate::rollouts::{is_rollout, open_teacher, Rollouts};
 use crate::student::{Optimizer, Student};
+use crate::tensorboard::EventWriter;
 use crate::{Divergence, LossConfig};
 
 /// What a run is about to train, reported once before the first step.
@@ -51,6 +52,9 @@ pub struct RunStart {
     pub truncation: Vec<(String, Truncation)>,
     pub steps: u64,
 }
+
+/// Where a run writes its TensorBoard event files, inside its output directory.
+pub const TENSORBOARD_DIR: &str = "tensorboard";
 
 /// One optimiser step, as written to `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +137,8 @@ pub struct Trainer {
     resumed: bool,
     metrics: File,
     metrics_path: PathBuf,
+    /// The same figures for TensorBoard (`OUTPUT/tensorboard/`).
+    events: EventWriter,
     stop: Arc<AtomicBool>,
 }
 
@@ -273,6 +279,7 @@ impl Trainer {
         }
         let metrics =
             std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+        let events = EventWriter::create(&out.join(TENSORBOARD_DIR))?;
         let data = match (&cfg.dataset, &dataset) {
             (Some(path), Some(d)) => format!("dataset {} ({} tokens)", path.display(), d.manifest().tokens()),
             _ => "no dataset: every batch is made by the teacher inside the loop".to_string(),
@@ -299,6 +306,7 @@ impl Trainer {
             resumed: resume_from.is_some(),
             metrics,
             metrics_path,
+            events,
             stop: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -527,11 +535,28 @@ impl Trainer {
         Ok(())
     }
 
+    /// Appends a step's or an evaluation's figures to `metrics.jsonl` and, as scalars tagged
+    /// `train/…` or `eval/…`, to the TensorBoard event file.
     fn log(&mut self, line: &impl Serialize) -> Result<()> {
-        let json = serde_json::to_string(line).map_err(|e| Error::Config(e.to_string()))?;
-        writeln!(self.metrics, "{json}")
+        let value = serde_json::to_value(line).map_err(|e| Error::Config(e.to_string()))?;
+        writeln!(self.metrics, "{value}")
             .and_then(|_| self.metrics.flush())
-            .map_err(|e| Error::io(&self.metrics_path, e))
+            .map_err(|e| Error::io(&self.metrics_path, e))?;
+        let Some(fields) = value.as_object() else { return Ok(()) };
+        let step = fields.get("step").and_then(|s| s.as_u64()).unwrap_or(self.state.step);
+        let tags: Vec<(String, f64)> = fields
+            .iter()
+            .filter(|(name, _)| name.as_str() != "step")
+            .filter_map(|(name, v)| {
+                let v = v.as_f64()?;
+                Some(match name.strip_prefix("eval_") {
+                    Some(rest) => (format!("eval/{rest}"), v),
+                    None => (format!("train/{name}"), v),
+                })
+            })
+            .collect();
+        let tags: Vec<(&str, f64)> = tags.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+        self.events.scalars(step, &tags)
     }
 
     fn save_checkpoint(&self) -> Result<()> {

@@ -188,8 +188,13 @@ fn same_file(a: &str, b: &str) -> bool {
     }
 }
 
+/// Measures `source` in a fresh `distill __measure` process, so its memory is its own. The
+/// Python package's command runs inside the Python interpreter and names itself in `DISTILL_EXE`.
 fn measure_in_child(source: &str) -> Result<Measured> {
-    let exe = std::env::current_exe()?;
+    let exe = match std::env::var_os("DISTILL_EXE") {
+        Some(exe) => std::path::PathBuf::from(exe),
+        None => std::env::current_exe()?,
+    };
     let out = Command::new(exe).args(["__measure", source]).output().context("starting the speed measurement")?;
     if !out.status.success() {
         bail!("measuring {source} failed: {}", String::from_utf8_lossy(&out.stderr));

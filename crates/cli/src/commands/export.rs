@@ -7,13 +7,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use distill_models::checkpoint;
-use distill_models::export::{write_gguf, GgufTokenizer, GgufType};
+use distill_models::export::{export, parse_hf_dtype, ExportFormat, ExportOptions, GgufType};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   distill export runs/support/final -o support-student.q8_0.gguf --type q8_0
-  distill export runs/support/final -o exported/support-student     # HF directory (safetensors)")]
+  distill export runs/support/final -o exported/support-student     # HF directory (safetensors, f32)
+  distill export runs/support/final -o exported/support-bf16 --type bf16")]
 pub struct ExportArgs {
     /// Model to export: a training run's `final/` directory, any HF model directory, a GGUF file
     /// or a Hub id (or give it as `-m/--model`, as `distill generate` takes it).
@@ -28,9 +28,11 @@ pub struct ExportArgs {
     #[arg(short, long)]
     pub(crate) output: PathBuf,
 
-    /// GGUF element type of the weight matrices: f32, f16, q8_0 or q4_0 (norms stay f32).
-    #[arg(long = "type", default_value = "f16", value_name = "TYPE")]
-    pub(crate) ty: String,
+    /// Element type of the weights. GGUF: f32, f16 (default), q8_0, q6_k, q5_k_m, q4_k_m or q4_0
+    /// for the matrices, mixed as llama.cpp's quantiser mixes them (the output head at 6 bits;
+    /// norms stay f32). HF directory: f32 (default), f16 or bf16.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub(crate) ty: Option<String>,
 
     /// Name recorded in the GGUF metadata (default: the output file's stem).
     #[arg(long)]
@@ -43,66 +45,46 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> Result<()> {
     let model = args.model.clone().or(args.model_flag.clone()).context("give the model to export")?;
-    let gguf = args.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    if let (false, Some(ext)) = (gguf, args.output.extension()) {
-        if !args.output.is_dir() {
-            bail!(
-                "{}: an export is a .gguf file or an HF directory, and `.{}` is neither\nHINT: name the file *.gguf, or give a directory name without an extension",
-                args.output.display(),
-                ext.to_string_lossy()
-            );
+    let format = ExportFormat::of(&args.output)?;
+    let mut options = ExportOptions { name: args.name.clone(), force: args.force, ..Default::default() };
+    match (format, args.ty.as_deref()) {
+        (_, None) => {}
+        (ExportFormat::Gguf, Some(ty)) => {
+            options.gguf_type =
+                GgufType::parse(ty).with_context(|| format!("unknown GGUF --type `{ty}` ({})", GgufType::NAMES))?;
+        }
+        (ExportFormat::HfDir, Some(ty)) => {
+            options.hf_dtype = parse_hf_dtype(ty).with_context(|| {
+                format!(
+                    "unknown --type `{ty}` for an HF directory (f32, f16, bf16; quantised types are for .gguf files)"
+                )
+            })?;
         }
     }
-    let ty =
-        GgufType::parse(&args.ty).with_context(|| format!("unknown --type `{}` (f32, f16, q8_0, q4_0)", args.ty))?;
     if args.output.exists() && !args.force {
         bail!("{} already exists\nHINT: pass --force to replace it, or choose another --output", args.output.display());
     }
     let started = Instant::now();
     let loaded = distill_models::load(&model, &Device::Cpu).with_context(|| format!("loading `{model}`"))?;
-    let cfg = loaded.model.config();
-    let template = loaded.chat_template.as_ref().map(|t| t.source().to_string());
-    if gguf {
-        let tokenizer = GgufTokenizer::from_tokenizer(&loaded.tokenizer, cfg.vocab_size)?;
-        let name = args.name.clone().unwrap_or_else(|| {
-            args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "distill".into())
-        });
-        let weights = loaded.model.named_parameters().into_iter().collect();
-        if let Some(parent) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        let summary = write_gguf(&args.output, &name, cfg, &weights, &tokenizer, template.as_deref(), ty)?;
-        if !summary.fallbacks.is_empty() {
-            eprintln!(
-                "note: {} matrices have rows that are not a multiple of 32 and were kept in f16: {}",
-                summary.fallbacks.len(),
-                summary.fallbacks.join(", ")
-            );
-        }
+    let summary = export(&loaded, &args.output, &options)?;
+    if !summary.fallbacks.is_empty() {
         eprintln!(
-            "wrote {} ({:?}, {} tensors, {:.1} MB, {:.1}M parameters) in {:.1} s",
-            args.output.display(),
-            ty,
-            summary.tensors,
-            summary.bytes as f64 / 1e6,
-            cfg.num_parameters() as f64 / 1e6,
-            started.elapsed().as_secs_f64()
-        );
-    } else {
-        if args.ty != "f16" {
-            eprintln!("note: --type applies to GGUF; the HF directory is written in f32");
-        }
-        if args.force && args.output.is_dir() {
-            std::fs::remove_dir_all(&args.output)
-                .with_context(|| format!("cannot replace {}", args.output.display()))?;
-        }
-        checkpoint::save_hf_dir(&args.output, &loaded.model, &loaded.tokenizer, template.as_deref())?;
-        eprintln!(
-            "wrote {} (HF layout, f32, {:.1}M parameters) in {:.1} s",
-            args.output.display(),
-            cfg.num_parameters() as f64 / 1e6,
-            started.elapsed().as_secs_f64()
+            "note: {} matrices have rows that do not fill whole blocks of {:?} and were written as: {}",
+            summary.fallbacks.len(),
+            options.gguf_type,
+            summary.fallbacks.join(", ")
         );
     }
+    let what = match format {
+        ExportFormat::Gguf => format!("{:?}, {} tensors", options.gguf_type, summary.tensors.unwrap_or(0)),
+        ExportFormat::HfDir => format!("HF layout, {:?}", options.hf_dtype),
+    };
+    eprintln!(
+        "wrote {} ({what}, {:.1} MB, {:.1}M parameters) in {:.1} s",
+        args.output.display(),
+        summary.bytes as f64 / 1e6,
+        summary.parameters as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -205,7 +205,7 @@ impl PipelineFile {
         }
         for ty in &self.export.types {
             if GgufType::parse(ty).is_none() {
-                bail!("export.types: unknown type `{ty}` (f32, f16, q8_0, q4_0)");
+                bail!("export.types: unknown type `{ty}` ({})", GgufType::NAMES);
             }
         }
         Ok(Pipeline { output: self.output, teacher, data: self.data, train, eval: self.eval, export: self.export })

@@ -199,7 +199,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 model: Some(student.display().to_string()),
                 model_flag: None,
                 output: file.clone(),
-                ty: ty.clone(),
+                ty: Some(ty.clone()),
                 name: Some(format!("distill-student-{ty}")),
                 force: true,
             })?;

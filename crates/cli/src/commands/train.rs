@@ -42,8 +42,8 @@ pub struct TrainArgs {
 pub fn run(args: TrainArgs) -> Result<()> {
     let text =
         std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
-    let cfg: TrainConfig =
-        toml::from_str(&text).with_context(|| format!("{} is not a valid run config", args.config.display()))?;
+    let cfg = TrainConfig::from_toml(&text)
+        .with_context(|| format!("{} is not a valid run config", args.config.display()))?;
     cfg.validate().with_context(|| args.config.display().to_string())?;
     if let Some(dir) = &args.export_reference {
         let written = distill_train::reference::export(&cfg, dir)?;

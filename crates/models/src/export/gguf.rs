@@ -2,8 +2,8 @@
 //!
 //! The file is what llama.cpp's own converter writes for a Llama-family model: llama.cpp tensor
 //! names, q/k rows permuted for its interleaved RoPE (llama/mistral), 1-D tensors (norms, biases)
-//! in f32, matrices in the chosen type (a matrix whose rows are not a multiple of the 32-value
-//! quantisation block falls back to f16, as llama.cpp's quantizer does), the hyper-parameters,
+//! in f32, matrices in the chosen type mixed as llama.cpp's quantiser mixes it ([`super::mix`]:
+//! the head at 6 bits, k-quant `_M` mixes, types whose blocks fit the rows), the hyper-parameters,
 //! the byte-level BPE tokenizer (`tokenizer.ggml.*`, with the `pre` name llama.cpp dispatches its
 //! pre-tokenizer on) and the chat template. Blocks are quantised by candle's `QTensor`
 //! (llama.cpp's block layouts); the container is GGUF version 3 (little-endian; version 3 differs
@@ -29,6 +29,11 @@ pub enum GgufType {
     F16,
     Q8_0,
     Q4_0,
+    /// llama.cpp's `Q4_K_M` mix: Q4_K, with Q6_K where it counts ([`super::mix`]).
+    Q4KM,
+    /// `Q5_K_M`: Q5_K, with Q6_K where it counts.
+    Q5KM,
+    Q6K,
 }
 
 impl GgufType {
@@ -38,16 +43,25 @@ impl GgufType {
             "f16" => Self::F16,
             "q8_0" => Self::Q8_0,
             "q4_0" => Self::Q4_0,
+            "q4_k_m" => Self::Q4KM,
+            "q5_k_m" => Self::Q5KM,
+            "q6_k" => Self::Q6K,
             _ => return None,
         })
     }
 
-    fn ggml(self) -> GgmlDType {
+    /// The names [`Self::parse`] takes.
+    pub const NAMES: &'static str = "f32, f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0";
+
+    pub(super) fn ggml(self) -> GgmlDType {
         match self {
             Self::F32 => GgmlDType::F32,
             Self::F16 => GgmlDType::F16,
             Self::Q8_0 => GgmlDType::Q8_0,
             Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q4KM => GgmlDType::Q4K,
+            Self::Q5KM => GgmlDType::Q5K,
+            Self::Q6K => GgmlDType::Q6K,
         }
     }
 
@@ -58,6 +72,9 @@ impl GgufType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q8_0 => 7,
+            Self::Q4KM => 15,
+            Self::Q5KM => 17,
+            Self::Q6K => 18,
         }
     }
 }
@@ -221,7 +238,8 @@ fn spm_scores(tokens: &[String], merges: &[String], types: &mut [i32]) -> Vec<f3
 pub struct GgufSummary {
     pub bytes: u64,
     pub tensors: usize,
-    /// Matrices kept in f16 because their rows do not fill whole quantisation blocks.
+    /// Matrices written in another type (named) because their rows do not fill whole blocks of
+    /// the file's type.
     pub fallbacks: Vec<String>,
 }
 
@@ -251,6 +269,7 @@ pub fn write_gguf(
     let mut fallbacks = Vec::new();
     // Phi-3's GGUF keeps its projections fused, as its checkpoints do.
     let weights = crate::hf_config::fuse(cfg, weights.clone())?;
+    let tied = !weights.contains_key("lm_head.weight");
     let mut sorted: Vec<(&String, &Tensor)> = weights.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     for (hf, t) in sorted {
@@ -267,11 +286,12 @@ pub fn write_gguf(
         };
         let dtype = if t.rank() < 2 {
             GgmlDType::F32
-        } else if matches!(ty, GgufType::Q8_0 | GgufType::Q4_0) && !t.dim(1)?.is_multiple_of(32) {
-            fallbacks.push(gguf.clone());
-            GgmlDType::F16
         } else {
-            ty.ggml()
+            let choice = super::mix::matrix_type(ty, &gguf, t.dim(1)?, cfg.num_hidden_layers, tied);
+            if choice.fallback {
+                fallbacks.push(format!("{gguf} ({:?})", choice.dtype));
+            }
+            choice.dtype
         };
         tensors.push((gguf, QTensor::quantize(&t.contiguous()?, dtype)?));
     }
@@ -295,6 +315,21 @@ pub fn write_gguf(
     Ok(GgufSummary { bytes: bytes.len() as u64, tensors: tensors.len(), fallbacks })
 }
 
+/// A parameter count as llama.cpp's converter labels it: K, M, B or T with at least two
+/// significant digits (`135M`, `48M`, `1.5B`).
+pub(crate) fn size_label(parameters: usize) -> String {
+    let n = parameters as f64;
+    let (scaled, suffix) = match n {
+        n if n > 1e12 => (n / 1e12, "T"),
+        n if n > 1e9 => (n / 1e9, "B"),
+        n if n > 1e6 => (n / 1e6, "M"),
+        n => (n / 1e3, "K"),
+    };
+    let digits = format!("{}", scaled.round() as u64).trim_start_matches('0').len();
+    let decimals = 2usize.saturating_sub(digits);
+    format!("{scaled:.decimals$}{suffix}")
+}
+
 fn metadata(
     arch: &str,
     name: &str,
@@ -309,8 +344,11 @@ fn metadata(
     let mut meta: BTreeMap<String, Value> = BTreeMap::new();
     meta.insert("general.architecture".into(), Value::String(arch.into()));
     meta.insert("general.name".into(), Value::String(name.into()));
+    // As llama.cpp's converter writes them: what the file is and its size class.
+    meta.insert("general.type".into(), Value::String("model".into()));
+    meta.insert("general.size_label".into(), Value::String(size_label(cfg.num_parameters())));
     meta.insert("general.file_type".into(), Value::U32(ty.file_type()));
-    if matches!(ty, GgufType::Q8_0 | GgufType::Q4_0) {
+    if !matches!(ty, GgufType::F32 | GgufType::F16) {
         meta.insert("general.quantization_version".into(), Value::U32(2));
     }
     meta.insert(k("block_count"), u32v(cfg.num_hidden_layers));
@@ -371,4 +409,16 @@ fn metadata(
         meta.insert("tokenizer.chat_template".into(), Value::String(template.into()));
     }
     Ok(meta.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn size_labels_keep_two_significant_digits() {
+        assert_eq!(super::size_label(134_515_008), "135M");
+        assert_eq!(super::size_label(47_500_000), "48M");
+        assert_eq!(super::size_label(1_543_714_304), "1.5B");
+        assert_eq!(super::size_label(7_615_616_512), "7.6B");
+        assert_eq!(super::size_label(494_032_768), "494M");
+    }
 }

@@ -1,6 +1,10 @@
 //! A run's report: one self-contained HTML page (inline SVG plots) and the same figures as JSON —
 //! loss curves (train, held-out, a baseline run when given), the retention table of every
-//! evaluated model file (`eval*.json` in the run directory), the speed/size table, and samples.
+//! evaluated model file (`eval*.json` in the run directory), the speed/size table, samples, the
+//! optimiser's curves (learning rate, gradient norm, throughput) and how the run was made
+//! ([`run::RunInfo`]: teacher, dataset, config, stage times).
+
+mod run;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::evaluate::{CostReport, EvalReport, Retention};
+pub use run::RunInfo;
 
 /// The figures of a report, as `report.json` holds them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +25,14 @@ pub struct ReportFigures {
     pub held_out_top1_pct: Vec<(f64, f64)>,
     pub baseline: Option<BaselineFigures>,
     pub evaluations: Vec<EvaluatedModel>,
+    #[serde(default)]
+    pub lr: Vec<(f64, f64)>,
+    #[serde(default)]
+    pub grad_norm: Vec<(f64, f64)>,
+    #[serde(default)]
+    pub tokens_per_s: Vec<(f64, f64)>,
+    #[serde(default)]
+    pub run_info: RunInfo,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +67,9 @@ struct Curves {
     train: Vec<(f64, f64)>,
     held_out: Vec<(f64, f64)>,
     top1: Vec<(f64, f64)>,
+    lr: Vec<(f64, f64)>,
+    grad_norm: Vec<(f64, f64)>,
+    tokens_per_s: Vec<(f64, f64)>,
 }
 
 fn curves(run: &Path) -> Result<Curves> {
@@ -64,13 +80,21 @@ fn curves(run: &Path) -> Result<Curves> {
             path.display()
         ))
     })?;
-    let mut c = Curves { train: vec![], held_out: vec![], top1: vec![] };
+    let mut c =
+        Curves { train: vec![], held_out: vec![], top1: vec![], lr: vec![], grad_norm: vec![], tokens_per_s: vec![] };
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).map_err(|e| Error::Report(format!("{}:{}: {e}", path.display(), i + 1)))?;
         let Some(step) = v["step"].as_f64() else { continue };
         if let Some(loss) = v["loss"].as_f64() {
             c.train.push((step, loss));
+            for (series, key) in
+                [(&mut c.lr, "lr"), (&mut c.grad_norm, "grad_norm"), (&mut c.tokens_per_s, "tokens_per_s")]
+            {
+                if let Some(x) = v[key].as_f64() {
+                    series.push((step, x));
+                }
+            }
         }
         if let Some(kl) = v["eval_kl"].as_f64() {
             c.held_out.push((step, kl));
@@ -128,7 +152,7 @@ fn chart(
     Ok(svg)
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
@@ -187,7 +211,23 @@ pub fn write_report(run: &Path, baseline: Option<&Path>) -> Result<Report> {
     )?;
     let held_plot = chart("held-out KL(teacher ‖ student)", "nats / token", &held, SeriesLabelPosition::UpperRight)?;
     let top1_plot = chart("held-out top-1 agreement with the teacher", "%", &top1, SeriesLabelPosition::LowerRight)?;
+    let optimiser_plots = [
+        chart("learning rate", "lr", &[("lr".to_string(), ours.lr.as_slice())], SeriesLabelPosition::UpperRight)?,
+        chart(
+            "gradient norm (before clipping)",
+            "norm",
+            &[("grad norm".to_string(), ours.grad_norm.as_slice())],
+            SeriesLabelPosition::UpperRight,
+        )?,
+        chart(
+            "training throughput",
+            "target tokens / s",
+            &[("tokens/s".to_string(), ours.tokens_per_s.as_slice())],
+            SeriesLabelPosition::LowerRight,
+        )?,
+    ];
     let evals = evaluations(run)?;
+    let run_info = RunInfo::read(run);
 
     let mut html = String::new();
     let title = format!("distill report: {}", esc(&run.display().to_string()));
@@ -200,10 +240,16 @@ pub fn write_report(run: &Path, baseline: Option<&Path>) -> Result<Report> {
          th:first-child,td:first-child{{text-align:left}}.sample th,.sample td{{text-align:left;vertical-align:top;white-space:pre-wrap}}\
          </style></head><body><h1>{title}</h1>"
     );
+    html += &run_info.html();
     html += "<h2>Training</h2>";
     for plot in [&train_plot, &held_plot, &top1_plot] {
         html += &format!("<figure>{plot}</figure>");
     }
+    html += "<details><summary>optimiser: learning rate, gradient norm, throughput</summary>";
+    for plot in &optimiser_plots {
+        html += &format!("<figure>{plot}</figure>");
+    }
+    html += "</details>";
     let mut evaluated = Vec::new();
     if let Some((_, first)) = evals.first() {
         html += "<h2>Retention (student as % of teacher)</h2><table><tr><th>model</th><th>prompts</th><th>top-1 agreement</th>\
@@ -275,6 +321,10 @@ pub fn write_report(run: &Path, baseline: Option<&Path>) -> Result<Report> {
         held_out_top1_pct: ours.top1,
         baseline: baseline_curves.map(|b| BaselineFigures { held_out_kl: b.held_out, held_out_top1_pct: b.top1 }),
         evaluations: evaluated,
+        lr: ours.lr,
+        grad_norm: ours.grad_norm,
+        tokens_per_s: ours.tokens_per_s,
+        run_info,
     };
     let json_path = run.join("report.json");
     let json = serde_json::to_string_pretty(&figures).map_err(|e| Error::Report(e.to_string()))?;
