@@ -22,7 +22,7 @@ from xllamacpp_server import params
 
 def llama_greedy(server, prompt: str, tokens: int) -> str:
     request = {"prompt": prompt, "n_predict": tokens, "temperature": 0, "cache_prompt": False}
-    return server.handle_completions(request)["content"]
+    return server.handle_completions(request)["choices"][0]["text"]
 
 
 def distill_greedy(distill: str, model: str, prompt: str, tokens: int) -> str:
@@ -52,7 +52,8 @@ def main():
     ap.add_argument("--out")
     args = ap.parse_args()
     lines = [json.loads(l) for l in Path(args.prompts).read_text().splitlines() if l.strip()][: args.n]
-    prompts = [f"<|im_start|>user\n{l['prompt']}<|im_end|>\n<|im_start|>assistant\n" for l in lines]
+    text = lambda l: l["prompt"] if "prompt" in l else l["messages"][-1]["content"]
+    prompts = [f"<|im_start|>user\n{text(l)}<|im_end|>\n<|im_start|>assistant\n" for l in lines]
     results = {}
     for path in args.gguf:
         server = xllamacpp.Server(params(path, 2, 1, 1024))

@@ -68,16 +68,23 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let loaded = distill_models::load(&model, &Device::Cpu).with_context(|| format!("loading `{model}`"))?;
     let summary = export(&loaded, &args.output, &options)?;
     if !summary.fallbacks.is_empty() {
+        // Entries read "blk.0.attn_q.weight (Q5_0)": counted by the type they took.
+        let mut by_type: std::collections::BTreeMap<&str, usize> = Default::default();
+        for f in &summary.fallbacks {
+            *by_type.entry(f.rsplit_once(" (").map_or("?", |(_, t)| t.trim_end_matches(')'))).or_default() += 1;
+        }
+        let counts: Vec<String> = by_type.iter().map(|(t, n)| format!("{n} as {t}")).collect();
         eprintln!(
-            "note: {} matrices have rows that do not fill whole blocks of {:?} and were written as: {}",
+            "note: {} matrices have rows that do not fill whole blocks of {} and were written in the nearest type that fits, as llama.cpp's quantiser does: {} (e.g. {})",
             summary.fallbacks.len(),
-            options.gguf_type,
-            summary.fallbacks.join(", ")
+            options.gguf_type.name(),
+            counts.join(", "),
+            summary.fallbacks.iter().take(2).cloned().collect::<Vec<_>>().join(", ")
         );
     }
     let what = match format {
-        ExportFormat::Gguf => format!("{:?}, {} tensors", options.gguf_type, summary.tensors.unwrap_or(0)),
-        ExportFormat::HfDir => format!("HF layout, {:?}", options.hf_dtype),
+        ExportFormat::Gguf => format!("{}, {} tensors", options.gguf_type.name(), summary.tensors.unwrap_or(0)),
+        ExportFormat::HfDir => format!("HF layout, {}", format!("{:?}", options.hf_dtype).to_lowercase()),
     };
     eprintln!(
         "wrote {} ({what}, {:.1} MB, {:.1}M parameters) in {:.1} s",

@@ -50,6 +50,19 @@ impl GgufType {
         })
     }
 
+    /// The name [`Self::parse`] takes for this type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
+            Self::Q4KM => "q4_k_m",
+            Self::Q5KM => "q5_k_m",
+            Self::Q6K => "q6_k",
+        }
+    }
+
     /// The names [`Self::parse`] takes.
     pub const NAMES: &'static str = "f32, f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0";
 
