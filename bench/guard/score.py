@@ -1,7 +1,7 @@
 """Scores a guard replay: detection latency per attacker and the benign false-positive rate.
 
 Reads the traffic file (labels) and the decisions written by `distill guard replay --decisions`.
-An attacker is one key, or for `spread` the group of keys `spread-R-*`; its latency is the number
+An attacker is one key, or for `hydra` (`hydra-wide`) the group of keys `hydra-R-*`; its latency is the number
 of requests it had sent (over all its keys) when the guard first acted on any of them.
 Benign keys are scored in two classes: people (label `benign`) and applications at a harvester's
 volume (`benign-app`); each is a false positive when the guard acted on it at all, and again
@@ -18,7 +18,7 @@ BENIGN = ("benign", "benign-app")
 
 
 def attacker_of(key, label):
-    if label == "spread":
+    if label in ("hydra", "hydra-wide"):
         return key.rsplit("-", 1)[0]
     return key
 
@@ -29,7 +29,7 @@ def main():
     ap.add_argument("decisions")
     ap.add_argument("--json")
     args = ap.parse_args()
-    label = {}
+    label, app = {}, {}
     sent = collections.Counter()  # requests per attacker (or key)
     line_count = {}  # line -> requests its attacker had sent, that line included
     first_t = None
@@ -41,6 +41,8 @@ def main():
             first_t = r["t"] if first_t is None else min(first_t, r["t"])
             last_t = r["t"]
             label[r["key"]] = r["label"]
+            if "app" in r:
+                app[r["key"]] = r["app"]
             a = attacker_of(r["key"], r["label"])
             sent[a] += 1
             line_count[i] = sent[a]
@@ -70,9 +72,15 @@ def main():
         }
         print(f"{cls:<11} keys {len(keys):>5}: acted on {len(acted)} ({100 * len(acted) / max(1, len(keys)):.2f}%), "
               f"on the last day {len(acted_last)} ({100 * len(acted_last) / max(1, len(keys)):.2f}%)")
+        kinds = collections.Counter(app[k] for k in keys if k in app)
+        if kinds:
+            hit = collections.Counter(app[k] for k in acted if k in app)
+            out["benign"][cls]["by_kind"] = {kind: {"keys": n, "acted_on": hit[kind]} for kind, n in sorted(kinds.items())}
+            print("  by kind: " + ", ".join(f"{kind} {hit[kind]}/{n}" for kind, n in sorted(kinds.items())))
         for k, v in out["benign"][cls]["keys_acted_on"].items():
             when = "last day" if v["last_day"] else "first day"
-            print(f"  {k}: {v['requests']} requests, {v['first']} ({when}): {'; '.join(v['reasons'])}")
+            kind = f" ({app[k]})" if k in app else ""
+            print(f"  {k}{kind}: {v['requests']} requests, {v['first']} ({when}): {'; '.join(v['reasons'])}")
     attackers = sorted({attacker_of(k, l) for k, l in label.items() if l not in BENIGN})
     by_kind = collections.defaultdict(list)
     for a in attackers:

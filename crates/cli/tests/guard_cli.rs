@@ -1,7 +1,7 @@
 //! The extraction guard in a real `distill serve` over loopback: a logprob sweep is flagged,
 //! throttled (429) and, where allowed, revoked (401); every decision is audited with its
-//! signal values; `distill guard report` lists it; an admin clear restores the key; ordinary
-//! traffic on another key is left alone. Thresholds are lowered in a config file so the test
+//! signal values; `distill guard report` lists it; an admin clear restores the key, a declared
+//! use keeps it served; ordinary traffic on another key is left alone. Thresholds are lowered in a config file so the test
 //! needs tens of requests, not hundreds.
 
 mod common;
@@ -34,7 +34,7 @@ fn config(dir: &Path, max_action: &str, throttle_rpm: u64) -> String {
         &path,
         format!(
             "max_action = \"{max_action}\"\nwindow = 20\nmin_requests = 5\neval_every = 2\n\
-             sweep_requests = 6\nescalate_after = 6\nthrottle_rpm = {throttle_rpm}\n"
+             probe_requests = 6\nescalate_after = 6\nthrottle_rpm = {throttle_rpm}\n"
         ),
     )
     .unwrap();
@@ -100,7 +100,7 @@ fn a_logprob_sweep_is_flagged_throttled_audited_and_cleared_while_ordinary_traff
     let live: Value = serde_json::from_str(&body).unwrap();
     let first = &live["data"][0];
     assert_eq!(first["level"], "throttle", "{body}");
-    assert!(first["reasons"][0].as_str().unwrap().contains("sweep"), "{body}");
+    assert!(first["reasons"][0].as_str().unwrap().contains("probe the distribution"), "{body}");
 
     // Decisions are written to the database behind the response; give them a moment.
     let mut report = String::new();
@@ -112,13 +112,13 @@ fn a_logprob_sweep_is_flagged_throttled_audited_and_cleared_while_ordinary_traff
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let line = report.lines().find(|l| l.contains("sweeper")).unwrap_or_else(|| panic!("{report}"));
-    assert!(line.contains("throttle") && line.contains("sweep the distribution"), "{report}");
+    assert!(line.contains("throttle") && line.contains("probe the distribution"), "{report}");
     assert!(!report.contains("person"), "{report}");
     let audit: Vec<Value> =
         guard(&db, &["audit", "sweeper"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let actions: Vec<&str> = audit.iter().map(|a| a["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["flag", "throttle"]);
-    assert!(audit[0]["signals"]["signals"]["sweeps"].as_u64().unwrap() >= 6, "{:?}", audit[0]);
+    assert!(audit[0]["signals"]["signals"]["probes"].as_u64().unwrap() >= 6, "{:?}", audit[0]);
     assert_eq!(audit[0]["actor"], "guard");
 
     // An admin clears it: served again at once, and the clear is audited.
@@ -137,6 +137,24 @@ fn a_logprob_sweep_is_flagged_throttled_audited_and_cleared_while_ordinary_traff
     assert_eq!(server.post("/v1/admin/guard/sweeper/clear", &person, "").0, 403);
     assert!(guard(&db, &["audit", "sweeper"]).lines().last().unwrap().contains("cleared over http"));
     assert_eq!(server.post("/v1/chat/completions", &sweeper, &sweep(101)).0, 200);
+    // Declaring its use: the same sweep goes on unthrottled, and the declaration is audited.
+    let out = distill(&["guard", "allow", "sweeper", "--db", db.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out.stderr).contains("--use"), "{}", text(&out.stderr));
+    guard(&db, &["allow", "sweeper", "--use", "nightly calibration sweep"]);
+    for i in 0..20 {
+        let (status, body, _) = server.post("/v1/chat/completions", &sweeper, &sweep(200 + i));
+        assert_eq!(status, 200, "request {i} after the declaration: {body}");
+    }
+    let last: Value = serde_json::from_str(guard(&db, &["audit", "sweeper"]).lines().last().unwrap()).unwrap();
+    assert_eq!((last["action"].as_str(), last["actor"].as_str()), (Some("allow"), Some("admin")));
+    assert!(last["reasons"][0].as_str().unwrap().contains("nightly calibration sweep"), "{last}");
+    // The same over HTTP, for admins, with a use to declare.
+    let allow = json!({"use": "evaluation harness", "tokens_per_hour": 50000}).to_string();
+    assert_eq!(server.post("/v1/admin/guard/sweeper/allow", &person, &allow).0, 403);
+    assert_eq!(server.post("/v1/admin/guard/sweeper/allow", &admin, "{}").0, 400);
+    let (status, body, _) = server.post("/v1/admin/guard/sweeper/allow", &admin, &allow);
+    assert_eq!(status, 200, "{body}");
+    assert!(guard(&db, &["audit", "sweeper"]).lines().last().unwrap().contains("50000 tokens an hour"));
     // Clearing a key that does not exist says so.
     let out = distill(&["guard", "clear", "nobody", "--db", db.to_str().unwrap()]);
     assert!(!out.status.success() && text(&out.stderr).contains("no key"), "{}", text(&out.stderr));

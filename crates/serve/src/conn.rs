@@ -22,6 +22,11 @@ use crate::error::ApiError;
 use crate::limits::Places;
 use crate::AppState;
 
+/// The address a request's connection came from (the peer, not a forwarded-for header,
+/// which any client can write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
 /// How connections are accepted and kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConnLimits {
@@ -71,7 +76,8 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers see the client's address (the extraction guard links keys by network).
+        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(ClientAddr(peer.ip()))));
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! HTTP routes: authentication, the OpenAI endpoints, admin endpoints, and the bookkeeping of a
 //! request (limits, concurrency slot, usage, capture) around the engine.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -9,13 +10,14 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use distill_models::{Completion, SamplingParams};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::conn::ClientAddr;
 use crate::db::{now, random_id, ApiKey, StoredCompletion};
 use crate::engine::{Event, Job};
 use crate::error::ApiError;
@@ -37,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/usage", get(usage))
         .route("/v1/admin/guard", get(guard_report))
         .route("/v1/admin/guard/{id}/clear", post(guard_clear))
+        .route("/v1/admin/guard/{id}/allow", post(guard_allow))
         .fallback(|| async {
             ApiError::not_found("no such route; see /v1/models, /v1/chat/completions, /v1/completions")
         })
@@ -93,22 +96,29 @@ async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<
 
 async fn chat_completions(
     State(app): State<Arc<AppState>>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    generate(app, headers, body, Endpoint::Chat).await.unwrap_or_else(IntoResponse::into_response)
+    generate(app, client.map(|c| c.0 .0), headers, body, Endpoint::Chat)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn completions(
     State(app): State<Arc<AppState>>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    generate(app, headers, body, Endpoint::Completions).await.unwrap_or_else(IntoResponse::into_response)
+    generate(app, client.map(|c| c.0 .0), headers, body, Endpoint::Completions)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn generate(
     app: Arc<AppState>,
+    client: Option<IpAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     endpoint: Endpoint,
@@ -183,7 +193,7 @@ async fn generate(
     if app.guard.needs_history(&key.id) {
         // Once per key and process: a restarted server judges old keys by their own past.
         let week_ago = now() - 7 * 86_400;
-        match app.db.hourly_requests(&key.id, week_ago).await {
+        match app.db.hourly_usage(&key.id, week_ago).await {
             Ok(hours) => app.guard.seed_history(&key.id, &hours),
             Err(e) => tracing::error!("reading a key's request history for the extraction guard: {e}"),
         }
@@ -212,7 +222,7 @@ async fn generate(
         };
         ApiError::rate_limited(message, r.retry_after_secs)
     })?;
-    observe(&app, &key.id, &req, &prompt);
+    observe(&app, &key.id, &req, &prompt, client);
     let prompt_logprobs = match req.prompt_logprobs {
         Some(k) => {
             Some(score_prompt(&app, &prompt, k).await.inspect_err(|_| app.limiter.settle(&key.id, &admitted, 0))?)
@@ -262,14 +272,15 @@ async fn generate(
 
 /// Shows the admitted request to the extraction guard and, when it decides to act on the key,
 /// records the decision without holding up the response.
-fn observe(app: &Arc<AppState>, key_id: &str, req: &GenerationRequest, prompt: &[u32]) {
+fn observe(app: &Arc<AppState>, key_id: &str, req: &GenerationRequest, prompt: &[u32], client: Option<IpAddr>) {
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     // The guard reads text: a token-id prompt is decoded for it.
     let decoded = match &req.prompt {
         Prompt::Tokens(_) => Some(app.model.tokenizer.decode(prompt, false).unwrap_or_default()),
         _ => None,
     };
-    let Some(decision) = app.guard.observe(key_id, &Guard::observation(req, at, decoded.as_deref())) else { return };
+    let obs = Guard::observation(req, at, decoded.as_deref(), Some(prompt.len()), client);
+    let Some(decision) = app.guard.observe(key_id, &obs) else { return };
     tracing::warn!(
         "extraction guard: key {} → {} (risk {:.2}): {}",
         decision.key_id,
@@ -543,4 +554,42 @@ async fn guard_clear(
     let cleared = app.db.clear_guard(&id, &note.note).await.map_err(|e| ApiError::internal("clearing a key", e))?;
     let key_id = cleared.ok_or_else(|| ApiError::not_found(format!("no key `{id}`")))?;
     Ok(Json(json!({"id": key_id, "cleared": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclaredUse {
+    #[serde(rename = "use")]
+    declared_use: String,
+    tokens_per_hour: Option<f64>,
+}
+
+/// As `distill guard allow`: declares what a key is for; audited, and applied from the key's
+/// next request.
+async fn guard_allow(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authenticate(&app, &headers, Role::Admin).await?;
+    let declared: DeclaredUse = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(
+            Some("use"),
+            format!("expected {{\"use\": \"what the key is for\", \"tokens_per_hour\"?}}: {e}"),
+        )
+    })?;
+    if declared.declared_use.trim().is_empty() {
+        return Err(ApiError::invalid(Some("use"), "say what the key is used for; it is kept in the audit table"));
+    }
+    if declared.tokens_per_hour.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+        return Err(ApiError::invalid(Some("tokens_per_hour"), "`tokens_per_hour` must be a positive number"));
+    }
+    let allowed = app
+        .db
+        .allow_guard(&id, &declared.declared_use, declared.tokens_per_hour)
+        .await
+        .map_err(|e| ApiError::internal("declaring a key's use", e))?;
+    let key_id = allowed.ok_or_else(|| ApiError::not_found(format!("no key `{id}`")))?;
+    Ok(Json(json!({"id": key_id, "allowed": true, "use": declared.declared_use})))
 }

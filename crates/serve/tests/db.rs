@@ -94,11 +94,19 @@ async fn exercise_guard(db: &Db) {
     for _ in 0..3 {
         db.record_usage(&key.id, "chat.completions", 5, 5, "ok").await.unwrap();
     }
-    let hours = db.hourly_requests(&key.id, 0).await.unwrap();
+    let hours = db.hourly_usage(&key.id, 0).await.unwrap();
     assert_eq!(hours.len(), 1, "{hours:?}");
-    assert_eq!(hours[0].1, 3);
+    assert_eq!((hours[0].1, hours[0].2), (3, 15));
     assert!((hours[0].0 * 3600 - distill_serve::db::now()).abs() <= 3600);
-    assert!(db.hourly_requests(&key.id, i64::MAX).await.unwrap().is_empty());
+    assert!(db.hourly_usage(&key.id, i64::MAX).await.unwrap().is_empty());
+    // A declared use is audited and stored as the key's allowance.
+    assert_eq!(db.allow_guard("harvester", "a partner's eval harness", None).await.unwrap(), Some(key.id.clone()));
+    let allowed = db.find_key(&secret).await.unwrap().unwrap().guard;
+    assert_eq!(allowed.allowance, Some(distill_serve::guard::DECLARED));
+    let audit = db.guard_audit(Some("harvester"), 0).await.unwrap();
+    assert_eq!((audit.last().unwrap().action.as_str(), audit.last().unwrap().actor.as_str()), ("allow", "admin"));
+    assert!(audit.last().unwrap().reasons[0].contains("eval harness"));
+    assert_eq!(db.allow_guard("nobody", "x", Some(10.0)).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -17,12 +17,13 @@ use super::serve::with_db;
   distill guard report                          # keys the guard acted on, riskiest first
   distill guard audit team-a --since 7d         # every decision on a key, with its signal values
   distill guard clear team-a --note \"load test\" # back to normal (a key it revoked is live again)
+  distill guard allow evals --use \"nightly eval harness\"  # never acted on, still watched
   distill guard replay traffic.jsonl            # what the guard would do with this traffic
   distill guard calibrate benign.jsonl --out guard.toml
   distill serve MODEL --guard-config guard.toml --guard revoke
 
-Traffic files have one request per line:
-  {\"t\": 1795910400.5, \"key\": \"team-a\", \"endpoint\": \"chat\", \"body\": {...request...}}")]
+Traffic files have one request per line (\"ip\", the client's address, is optional):
+  {\"t\": 1795910400.5, \"key\": \"team-a\", \"ip\": \"198.51.100.7\", \"endpoint\": \"chat\", \"body\": {...request...}}")]
 pub struct GuardArgs {
     /// The server's database: a SQLite file, or a postgres:// URL.
     #[arg(long, env = "DISTILL_DB", default_value = "distill-serve.db", global = true)]
@@ -57,6 +58,20 @@ enum GuardCommand {
         /// Why it was cleared, kept in the audit table.
         #[arg(long, default_value = "")]
         note: String,
+    },
+    /// Declare what a key is for (an evaluation harness, a batch pipeline): it is cleared, and
+    /// the guard no longer acts on it (or allows it --tokens-per-hour), while still reporting
+    /// its signals. Audited with the declared use.
+    Allow {
+        /// Key id or name.
+        key: String,
+        /// What the key is used for, kept in the audit table.
+        #[arg(long = "use", value_name = "TEXT")]
+        declared_use: String,
+        /// Allow this many tokens written per hour (and 24× a day) instead of any volume; the
+        /// probe and prompt-scoring rules still apply then.
+        #[arg(long)]
+        tokens_per_hour: Option<f64>,
     },
     /// Run a traffic file through the guard and print what it would decide, per key, and how
     /// long it took per request.
@@ -142,6 +157,20 @@ pub fn run(args: GuardArgs) -> Result<()> {
             eprintln!("cleared `{key}` ({id}); a running server judges it afresh from its next request");
             Ok(())
         }),
+        GuardCommand::Allow { key, declared_use, tokens_per_hour } => with_db(&args.db, async |db| {
+            if declared_use.trim().is_empty() {
+                bail!("say what the key is used for with --use; it is kept in the audit table");
+            }
+            if tokens_per_hour.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+                bail!("--tokens-per-hour must be a positive number");
+            }
+            let Some(id) = db.allow_guard(&key, &declared_use, tokens_per_hour).await? else {
+                bail!("no key with id or name `{key}` (see `distill keys list`)");
+            };
+            let what = tokens_per_hour.map_or("any volume".to_string(), |t| format!("{t:.0} tokens an hour"));
+            eprintln!("`{key}` ({id}) is declared for \"{declared_use}\" and allowed {what}; a running server applies it from the key's next request");
+            Ok(())
+        }),
         GuardCommand::Replay { traffic, config, guard, decisions, record, signals } => {
             let mut config = load_config(config.as_deref())?;
             if let Some(level) = guard {
@@ -223,13 +252,13 @@ fn replay_traffic(path: &Path, config: GuardConfig, outputs: &ReplayOutputs) -> 
     let mut micros = Vec::with_capacity(lines.len());
     let bar = progress(lines.len() as u64, "replaying");
     for (line, raw) in lines.iter().enumerate() {
-        let (key, at, req) = replay::parse_request_line(raw)
+        let replay::TrafficLine { key, at, client, request } = replay::parse_request_line(raw)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{} line {}", path.display(), line + 1))?;
         // Timed as the server pays it: the request's fingerprint and the guard's bookkeeping
         // (parsing is the server's anyway).
         let start = Instant::now();
-        let decision = guard.observe(&key, &Guard::observation(&req, at, None));
+        let decision = guard.observe(&key, &Guard::observation(&request, at, None, None, client));
         micros.push(start.elapsed().as_secs_f64() * 1e6);
         let summary = summaries.entry(key).or_default();
         summary.requests += 1;

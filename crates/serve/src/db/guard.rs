@@ -79,6 +79,23 @@ impl Db {
     /// revoked is live again) and the clear is audited with `note`. Returns the key's id, or
     /// `None` when no key has this id or name.
     pub async fn clear_guard(&self, id_or_name: &str, note: &str) -> Result<Option<String>> {
+        self.clear_or_allow(id_or_name, note, None).await
+    }
+
+    /// An admin declared what the key is for (an evaluation harness, a batch pipeline): it is
+    /// cleared as by [`Db::clear_guard`], and from then on allowed `tokens_per_hour` (or, with
+    /// `None`, any volume: [`crate::guard::DECLARED`]); the guard keeps reporting its signals.
+    /// Audited as `allow` with the declared use.
+    pub async fn allow_guard(
+        &self,
+        id_or_name: &str,
+        declared_use: &str,
+        tokens_per_hour: Option<f64>,
+    ) -> Result<Option<String>> {
+        self.clear_or_allow(id_or_name, declared_use, Some(tokens_per_hour.unwrap_or(crate::guard::DECLARED))).await
+    }
+
+    async fn clear_or_allow(&self, id_or_name: &str, note: &str, allowance: Option<f64>) -> Result<Option<String>> {
         let row = sqlx::query(
             "SELECT api_keys.id AS id, COALESCE(g.level, 0) AS level FROM api_keys \
              LEFT JOIN guard_state g ON g.key_id = api_keys.id WHERE api_keys.id = $1 OR api_keys.name = $1 \
@@ -92,7 +109,12 @@ impl Db {
         let id: String = row.try_get("id").map_err(|e| self.error(e))?;
         let previous = Level::from_i64(row.try_get("level").map_err(|e| self.error(e))?);
         let at = now();
-        let reasons = json(&[format!("cleared by an admin (was {}): {note}", previous.as_str())])?;
+        let (action, reasons) = match allowance {
+            None => ("clear", format!("cleared by an admin (was {}): {note}", previous.as_str())),
+            Some(a) if a >= crate::guard::DECLARED => ("allow", format!("use declared by an admin: {note}")),
+            Some(a) => ("allow", format!("use declared by an admin, {a:.0} tokens an hour: {note}")),
+        };
+        let reasons = json(&[reasons])?;
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
         sqlx::query(
             "INSERT INTO guard_state (key_id, level, risk, reasons, signals, updated, cleared) \
@@ -105,9 +127,17 @@ impl Db {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.error(e))?;
+        if let Some(allowance) = allowance {
+            sqlx::query("UPDATE guard_state SET allowance = $1 WHERE key_id = $2")
+                .bind(allowance)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
         let precise =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        insert_audit(&mut tx, &id, precise, "clear", "admin", 0.0, &reasons, "{}").await.map_err(|e| self.error(e))?;
+        insert_audit(&mut tx, &id, precise, action, "admin", 0.0, &reasons, "{}").await.map_err(|e| self.error(e))?;
         if previous == Level::Revoke {
             sqlx::query("UPDATE api_keys SET revoked = NULL WHERE id = $1")
                 .bind(&id)
@@ -119,7 +149,7 @@ impl Db {
         Ok(Some(id))
     }
 
-    /// Stores the requests per hour a clear made normal for a key (the server works it out from
+    /// Stores the tokens per hour a clear made normal for a key (the server works it out from
     /// what it saw of the key, and keeps it across restarts).
     pub async fn set_guard_allowance(&self, key_id: &str, allowance: f64) -> Result<()> {
         sqlx::query("UPDATE guard_state SET allowance = $1 WHERE key_id = $2")
@@ -131,12 +161,12 @@ impl Db {
         Ok(())
     }
 
-    /// A key's requests per clock hour since `since` (unix seconds), from the usage table:
-    /// the history the guard judges an old key by after a restart.
-    pub async fn hourly_requests(&self, key_id: &str, since: i64) -> Result<Vec<(i64, u64)>> {
+    /// A key's requests and completion tokens per clock hour since `since` (unix seconds), from
+    /// the usage table: the history the guard judges an old key by after a restart.
+    pub async fn hourly_usage(&self, key_id: &str, since: i64) -> Result<Vec<(i64, u64, u64)>> {
         let rows = sqlx::query(
-            "SELECT created / 3600 AS hour, COUNT(*) AS n FROM key_usage WHERE key_id = $1 AND created >= $2 \
-             GROUP BY created / 3600 ORDER BY hour",
+            "SELECT created / 3600 AS hour, COUNT(*) AS n, CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS tokens \
+             FROM key_usage WHERE key_id = $1 AND created >= $2 GROUP BY created / 3600 ORDER BY hour",
         )
         .bind(key_id)
         .bind(since)
@@ -144,7 +174,10 @@ impl Db {
         .await
         .map_err(|e| self.error(e))?;
         rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>("hour")?, r.try_get::<i64, _>("n")? as u64)))
+            .map(|r| {
+                let tokens: i64 = r.try_get("tokens")?;
+                Ok((r.try_get::<i64, _>("hour")?, r.try_get::<i64, _>("n")? as u64, tokens.max(0) as u64))
+            })
             .collect::<std::result::Result<_, sqlx::Error>>()
             .map_err(|e| self.error(e))
     }

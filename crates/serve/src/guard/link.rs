@@ -1,8 +1,9 @@
 //! Linking keys that look like one client: keys that keep sending near-duplicates of each
-//! other's prompts (shared MinHash bands) *at the same time* are joined into a group, whose
-//! volume is judged together, so an attacker cannot stay under the limits by spreading over
-//! many keys. Sharing a template alone is not enough: people using the same public prompt or
-//! app do that all day, hours apart; one client driving many keys does it within minutes.
+//! other's prompts (shared MinHash bands), or requests with the same settings from the same
+//! network, *at the same time* are joined into a group, whose volume is judged together, so an
+//! attacker cannot stay under the limits by spreading over many keys. Sharing a template alone
+//! is not enough: people using the same public prompt or app do that all day, hours apart; one
+//! client driving many keys does it within minutes, and for a good part of its requests.
 
 use std::collections::HashMap;
 
@@ -16,17 +17,26 @@ const MAX_BUCKETS: usize = 1 << 20;
 pub struct Linker {
     /// Band bucket → keys (indices) that sent a prompt in it, and when they last did.
     buckets: HashMap<u64, Vec<(u32, f64)>>,
-    /// (smaller, larger) key index → distinct buckets both used.
-    shared: HashMap<(u32, u32), u32>,
+    /// (smaller, larger) key index → distinct buckets both used since the time given.
+    shared: HashMap<(u32, u32), (u32, f64)>,
     parent: Vec<u32>,
     members: HashMap<u32, Vec<u32>>,
 }
 
 impl Linker {
-    /// Registers key `key`'s band buckets of one request at time `at`; returns the keys, not
-    /// yet linked with it, that it has now shared at least `min_shared` buckets with, each
-    /// within `within` seconds. The caller decides whether to [`Linker::link`] them.
-    pub fn observe(&mut self, key: u32, bands: &[u64], at: f64, within: f64, min_shared: usize) -> Vec<u32> {
+    /// Registers key `key`'s evidence buckets of one request at time `at`; returns the keys,
+    /// not yet linked with it, that it has now shared at least `min_shared` buckets with, each
+    /// within `within` seconds, in the last `period` seconds, with the count. The caller decides
+    /// whether to [`Linker::link`] them.
+    pub fn observe(
+        &mut self,
+        key: u32,
+        bands: &[u64],
+        at: f64,
+        within: f64,
+        min_shared: usize,
+        period: f64,
+    ) -> Vec<(u32, u32)> {
         self.ensure(key);
         if self.buckets.len() > MAX_BUCKETS {
             self.buckets.retain(|_, keys| keys.iter().any(|(_, seen)| at - seen <= within));
@@ -55,14 +65,21 @@ impl Linker {
                 keys.iter().filter(|(k, seen)| *k != key && at - seen <= within).map(|(k, _)| *k).collect();
             for other in others {
                 let pair = (key.min(other), key.max(other));
-                let n = self.shared.entry(pair).or_insert(0);
+                let (n, since) = self.shared.entry(pair).or_insert((0, at));
+                // Coincidences add up over days between busy keys: only a period's count counts.
+                if at - *since > period {
+                    (*n, *since) = (0, at);
+                }
                 *n += 1;
-                if *n as usize >= min_shared && !candidates.contains(&other) {
-                    candidates.push(other);
+                if *n as usize >= min_shared {
+                    match candidates.iter_mut().find(|(k, _)| *k == other) {
+                        Some(c) => c.1 = *n,
+                        None => candidates.push((other, *n)),
+                    }
                 }
             }
         }
-        candidates.retain(|other| self.root(*other) != self.root(key));
+        candidates.retain(|(other, _)| self.root(*other) != self.root(key));
         candidates
     }
 
@@ -134,13 +151,13 @@ mod tests {
         let mut l = Linker::default();
         for bucket in 0..5u64 {
             let at = bucket as f64 * 10.0;
-            l.observe(0, &[bucket], at, 60.0, 3);
-            for other in l.observe(1, &[bucket], at + 1.0, 60.0, 3) {
+            l.observe(0, &[bucket], at, 60.0, 3, 3600.0);
+            for (other, _) in l.observe(1, &[bucket], at + 1.0, 60.0, 3, 3600.0) {
                 l.link(1, other);
             }
-            l.observe(2, &[100 + bucket], at, 60.0, 3);
+            l.observe(2, &[100 + bucket], at, 60.0, 3, 3600.0);
             // Key 3 uses the same buckets, but hours later.
-            assert!(l.observe(3, &[bucket], at + 7200.0, 60.0, 3).is_empty());
+            assert!(l.observe(3, &[bucket], at + 7200.0, 60.0, 3, 3600.0).is_empty());
         }
         let mut g = l.group(1);
         g.sort();
@@ -157,7 +174,7 @@ mod tests {
         let mut l = Linker::default();
         for key in 0..20 {
             for bucket in 0..10u64 {
-                assert!(l.observe(key, &[bucket], 0.0, 60.0, 20).is_empty());
+                assert!(l.observe(key, &[bucket], 0.0, 60.0, 20, 3600.0).is_empty());
             }
         }
         // The first KEYS_PER_BUCKET keys share 10 buckets < 20; later keys are not tracked.
@@ -165,7 +182,7 @@ mod tests {
         let mut l = Linker::default();
         for key in 0..3 {
             for bucket in 0..10u64 {
-                for other in l.observe(key, &[bucket], 0.0, 60.0, 10) {
+                for (other, _) in l.observe(key, &[bucket], 0.0, 60.0, 10, 3600.0) {
                     l.link(key, other);
                 }
             }

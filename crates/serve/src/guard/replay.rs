@@ -1,8 +1,10 @@
 //! Traffic files for `distill guard replay` and `distill guard calibrate`: one request per
 //! line, `{"t": unix_seconds, "key": "...", "endpoint": "chat" | "completions", "body": {...}}`,
-//! the body exactly as a client would POST it. Other fields (a benchmark's labels) are ignored.
+//! the body exactly as a client would POST it, and optionally `"ip": "..."`, the client's address.
+//! Other fields (a benchmark's labels) are ignored.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -17,13 +19,23 @@ struct Line<'a> {
     key: String,
     #[serde(default)]
     endpoint: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
     #[serde(borrow)]
     body: &'a RawValue,
 }
 
-/// Parses one line of a traffic file into the key, the arrival time and the request as the
-/// server would have validated it; the error says what is wrong with the line.
-pub fn parse_request_line(line: &str) -> Result<(String, f64, GenerationRequest), String> {
+/// One request of a traffic file: the key, the arrival time, the client's address and the
+/// request as the server would have validated it.
+pub struct TrafficLine {
+    pub key: String,
+    pub at: f64,
+    pub client: Option<IpAddr>,
+    pub request: GenerationRequest,
+}
+
+/// Parses one line of a traffic file; the error says what is wrong with the line.
+pub fn parse_request_line(line: &str) -> Result<TrafficLine, String> {
     let parsed: Line = serde_json::from_str(line)
         .map_err(|e| format!("expected {{\"t\": seconds, \"key\": \"...\", \"body\": {{...}}}}: {e}"))?;
     let endpoint = match parsed.endpoint.as_deref() {
@@ -31,15 +43,19 @@ pub fn parse_request_line(line: &str) -> Result<(String, f64, GenerationRequest)
         Some("completions") => Endpoint::Completions,
         Some(other) => return Err(format!("`endpoint` is `{other}`; use chat or completions")),
     };
-    let req = wire::parse_request(endpoint, parsed.body.get().as_bytes())
+    let request = wire::parse_request(endpoint, parsed.body.get().as_bytes())
         .map_err(|e| format!("the body is not a valid request: {}", e.message))?;
-    Ok((parsed.key, parsed.t, req))
+    let client = match parsed.ip.as_deref() {
+        Some(ip) => Some(ip.parse::<IpAddr>().map_err(|_| format!("`ip` is `{ip}`, not an IP address"))?),
+        None => None,
+    };
+    Ok(TrafficLine { key: parsed.key, at: parsed.t, client, request })
 }
 
 /// [`parse_request_line`], then the guard's view of the request.
 pub fn parse_line(line: &str) -> Result<(String, Observation), String> {
-    let (key, at, req) = parse_request_line(line)?;
-    Ok((key, Guard::observation(&req, at, None)))
+    let l = parse_request_line(line)?;
+    Ok((l.key, Guard::observation(&l.request, l.at, None, None, l.client)))
 }
 
 /// Builds the distribution test's reference from traffic judged benign: the quantiles of the
@@ -88,7 +104,7 @@ fn each_window(config: &GuardConfig, traffic: &[(String, Observation)], mut visi
     let mut keys: HashMap<&str, (KeyWindow, usize)> = HashMap::new();
     for (key, obs) in traffic {
         let (window, since) = keys.entry(key).or_insert_with(|| (KeyWindow::new(config.window), 0));
-        window.push(obs, config.logprobs_cap);
+        window.push(obs, config);
         *since += 1;
         let due = *since >= config.eval_every && window.len() >= config.min_requests;
         if due {
@@ -109,15 +125,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!((key.as_str(), obs.at, obs.logprobs, obs.max_tokens), ("k1", 12.5, Some(20), Some(1)));
-        assert!(obs.may_sweep(20));
+        assert!(obs.may_probe(&GuardConfig::default()));
         let (_, obs) =
             parse_line(r#"{"t": 1, "key": "k", "endpoint": "completions", "body": {"model": "m", "prompt": "abc"}}"#)
                 .unwrap();
-        assert!(!obs.may_sweep(20));
+        assert!(!obs.may_probe(&GuardConfig::default()));
         assert!(parse_line(r#"{"t": 1, "key": "k"}"#).unwrap_err().contains("body"));
         assert!(parse_line(r#"{"t": 1, "key": "k", "body": {"model": "m", "messages": []}}"#)
             .unwrap_err()
             .contains("not a valid request"));
+        let (_, obs) = parse_line(
+            r#"{"t": 1, "key": "k", "ip": "198.51.100.4", "endpoint": "completions", "body": {"model": "m", "prompt": "abc", "prompt_logprobs": 5}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (obs.prompt_logprobs, obs.origin),
+            (Some(5), Some(crate::guard::network_of("198.51.100.200".parse().unwrap())))
+        );
+        assert!(parse_line(
+            r#"{"t": 1, "key": "k", "ip": "nowhere", "endpoint": "completions", "body": {"model": "m", "prompt": "a"}}"#
+        )
+        .unwrap_err()
+        .contains("not an IP address"));
         assert!(parse_line(r#"{"t": 1, "key": "k", "endpoint": "embeddings", "body": {}}"#)
             .unwrap_err()
             .contains("embeddings"));
@@ -159,13 +188,7 @@ mod tests {
                 } else {
                     format!("thanks! and what about {b} with {a}? number {i}")
                 };
-                let obs = Observation {
-                    at: (k * 1000 + i) as f64,
-                    text: super::super::TextFeatures::of_text(&text, &text),
-                    logprobs: None,
-                    logit_bias: None,
-                    max_tokens: None,
-                };
+                let obs = Observation::of_text((k * 1000 + i) as f64, &text);
                 traffic.push((format!("benign-{k}"), obs));
             }
         }
@@ -176,14 +199,7 @@ mod tests {
         for i in 0..60 {
             let text =
                 format!("Give a complete, detailed and exhaustive encyclopedia entry on topic number {i} please");
-            let obs = Observation {
-                at: i as f64,
-                text: super::super::TextFeatures::of_text(&text, &text),
-                logprobs: None,
-                logit_bias: None,
-                max_tokens: None,
-            };
-            templated.push(&obs, 20);
+            templated.push(&Observation::of_text(i as f64, &text), &config);
         }
         let d = Reference::ks_distance(&reference.quantiles, templated.novelties());
         assert!(d > 1.5 * reference.threshold, "{d} vs threshold {}", reference.threshold);

@@ -1,19 +1,28 @@
-//! What the guard reads from one request's text: a template fingerprint (MinHash over word
-//! bigrams after stripping the variable slots), its content words, and whether it asks for a
-//! chain of thought. Everything is hashed once per request and kept small, so the guard never
-//! stores prompt text.
+//! What the guard reads from one request's text: a fingerprint (MinHash over character
+//! 5-grams of the normalised text of every role but the assistant's, variable slots and
+//! courtesy preambles removed), an exact-repeat hash, a sample of its content words, whether it
+//! asks for a chain of thought, and whether it continues a conversation. Everything is hashed
+//! once per request and kept small, so the guard never stores prompt text.
 
 use crate::wire::{GenerationRequest, Prompt};
 
 /// MinHash values per request; split into [`BANDS`] bands for near-duplicate lookups.
-pub const MINHASH: usize = 32;
-/// Locality-sensitive bands of `MINHASH / BANDS` rows: two prompts with Jaccard similarity 0.7
-/// share a band with probability 0.87, at 0.3 with probability 0.06.
+pub const MINHASH: usize = 64;
+/// Locality-sensitive bands of `MINHASH / BANDS` rows: two prompts with Jaccard similarity 0.8
+/// share a band with probability 0.78, at 0.6 with probability 0.13, and two unrelated long
+/// texts (which share common character shingles: J ≈ 0.2) with probability 2e-5 — low enough
+/// that busy keys are not linked by chance.
 pub const BANDS: usize = 8;
 const ROWS: usize = MINHASH / BANDS;
-/// Longer prompts are fingerprinted on their first this many bytes: enough to see a template,
-/// and it bounds the guard's time per request.
+/// Each part of a prompt (system message, last user message) is read up to this many bytes:
+/// enough to see what is asked, and it bounds the guard's time per request.
 const MAX_BYTES: usize = 4096;
+/// Content words kept per request: the ones with the smallest hashes, a sample that two
+/// requests draw alike from the words they share (bottom-k sketching).
+const MAX_CONTENT: usize = 24;
+/// Characters per shingle: long enough to carry a word and its neighbour, short enough that a
+/// reworded instruction still shares most of them.
+const SHINGLE: usize = 5;
 
 /// The fingerprint of one request, computed once on arrival.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,48 +30,66 @@ pub struct TextFeatures {
     pub minhash: [u64; MINHASH],
     /// Hash of each LSH band: equal bands mean near-duplicate prompts.
     pub bands: [u64; BANDS],
-    /// Distinct content words (hashed): words of three or more letters that are not stop words.
+    /// The bands of the user's part alone, for linking keys: many people share a system
+    /// prompt (an application's, or a popular one) without being one client.
+    pub user_bands: [u64; BANDS],
+    /// Hash of the whole normalised prompt: equal means the same prompt again.
+    pub exact: u64,
+    /// A sample of its distinct content words (hashed): words of three or more letters that
+    /// are not stop words.
     pub content: Vec<u64>,
     /// The prompt asks the model to show its reasoning.
     pub chain_of_thought: bool,
+    /// For a request carrying earlier turns, the [`TextFeatures::exact`] hash its previous
+    /// user turn had when sent: a conversation goes on when the key did send that turn (a
+    /// harvester can write a history, but not one the server saw it ask).
+    pub previous: Option<u64>,
+    /// Characters of prompt (every message), for a token estimate where no tokenizer ran.
+    pub chars: usize,
 }
 
 impl TextFeatures {
     pub fn of_request(req: &GenerationRequest) -> Self {
-        // The template is read from what the user writes: an application's fixed system prompt
-        // is the same for all its users and says nothing about harvesting.
-        let (user, all) = match &req.prompt {
-            Prompt::Text(t) => (t.clone(), t.clone()),
+        match &req.prompt {
+            Prompt::Text(t) => Self::of_text(t, t),
             // The server passes the decoded text instead (see `Guard::observation`).
-            Prompt::Tokens(_) => (String::new(), String::new()),
+            Prompt::Tokens(_) => Self::of_text("", ""),
             Prompt::Chat(messages) => {
-                let user: Vec<&str> =
-                    messages.iter().filter(|m| m.role == "user").map(|m| m.content.as_str()).collect();
-                let all: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-                (user.join("\n"), all.join("\n"))
+                // What is asked now: the system message (where an instruction may hide) and the
+                // last user message; earlier turns are history the fingerprint would repeat.
+                let system: Vec<&str> = messages
+                    .iter()
+                    .filter(|m| m.role == "system" || m.role == "developer")
+                    .map(|m| m.content.as_str())
+                    .collect();
+                let system = system.join("\n");
+                let mut users = messages.iter().enumerate().rev().filter(|(_, m)| m.role == "user");
+                let last = users.next();
+                let last_user = last.map_or("", |(_, m)| m.content.as_str());
+                let asked = asked_text(&system, last_user);
+                let mut f = Self::of_text(&asked, &asked);
+                if !system.is_empty() {
+                    f.user_bands = bands_of(&minhash_of(&slot_stripped_words(truncate(last_user, MAX_BYTES))));
+                }
+                // The user turn before an assistant's answer that precedes the last user turn.
+                let answered = last.is_some_and(|(i, _)| messages[..i].iter().any(|m| m.role == "assistant"));
+                if answered {
+                    f.previous = users.next().map(|(_, m)| {
+                        let before = asked_text(&system, &m.content);
+                        hash_str(&normalised(&slot_stripped_words(truncate(&before, 2 * MAX_BYTES))))
+                    });
+                }
+                f.chars = messages.iter().map(|m| m.content.len()).sum();
+                f
             }
-        };
-        Self::of_text(&user, &all)
+        }
     }
 
-    /// `user` is fingerprinted; `all` (system prompt included) is searched for reasoning requests.
-    pub fn of_text(user: &str, all: &str) -> Self {
-        let words = slot_stripped_words(truncate(user, MAX_BYTES));
-        let shingles: Vec<u64> = if words.len() < 3 {
-            words.iter().map(|w| hash_str(w.as_str())).collect()
-        } else {
-            words.windows(2).map(|p| mix(hash_str(&p[0]) ^ hash_str(&p[1]).rotate_left(17))).collect()
-        };
-        let mut minhash = [u64::MAX; MINHASH];
-        for s in &shingles {
-            for (i, m) in minhash.iter_mut().enumerate() {
-                *m = (*m).min(mix(s ^ SEEDS[i]));
-            }
-        }
-        let mut bands = [0u64; BANDS];
-        for (b, band) in bands.iter_mut().enumerate() {
-            *band = minhash[b * ROWS..(b + 1) * ROWS].iter().fold(mix(b as u64 + 1), |h, v| mix(h ^ v));
-        }
+    /// `asked` is fingerprinted and searched for reasoning requests; `all` counts its length.
+    pub fn of_text(asked: &str, all: &str) -> Self {
+        let words = slot_stripped_words(truncate(asked, 2 * MAX_BYTES));
+        let minhash = minhash_of(&words);
+        let bands = bands_of(&minhash);
         let mut content: Vec<u64> = words
             .iter()
             .filter(|w| w.len() >= 3 && w.bytes().all(|b| b.is_ascii_alphabetic() || b >= 0x80) && !is_stop_word(w))
@@ -70,15 +97,96 @@ impl TextFeatures {
             .collect();
         content.sort_unstable();
         content.dedup();
-        Self { minhash, bands, content, chain_of_thought: asks_for_reasoning(truncate(all, 4 * MAX_BYTES)) }
+        content.truncate(MAX_CONTENT);
+        Self {
+            minhash,
+            bands,
+            user_bands: bands,
+            exact: hash_str(&normalised(&words)),
+            content,
+            chain_of_thought: asks_for_reasoning(truncate(asked, 2 * MAX_BYTES)),
+            previous: None,
+            chars: all.len(),
+        }
     }
 
     /// The share of MinHash values two fingerprints agree on: an estimate of the Jaccard
-    /// similarity of their word bigrams.
+    /// similarity of their character shingles.
     pub fn similarity(&self, other: &TextFeatures) -> f64 {
-        let same = self.minhash.iter().zip(&other.minhash).filter(|(a, b)| a == b).count();
+        let same = self.minhash.iter().zip(&other.minhash).filter(|(a, b)| a == b && **a != u64::MAX).count();
         same as f64 / MINHASH as f64
     }
+
+    /// Prompt tokens, estimated at four characters a token where the server did not count them.
+    pub fn estimated_tokens(&self) -> usize {
+        self.chars.div_ceil(4).max(1)
+    }
+}
+
+/// What a chat request asks: its system message(s) and one user message, each cut to
+/// [`MAX_BYTES`].
+fn asked_text(system: &str, user: &str) -> String {
+    let mut asked = truncate(system, MAX_BYTES).to_string();
+    asked.push('\n');
+    asked.push_str(truncate(user, MAX_BYTES));
+    asked
+}
+
+/// The words after any courtesy preamble, joined by single spaces.
+fn normalised(words: &[String]) -> String {
+    let start = words.iter().take_while(|w| is_preamble(w)).count().min(words.len().saturating_sub(3));
+    words[start..].join(" ")
+}
+
+/// One-permutation MinHash of the character shingles of the normalised words: each shingle's
+/// hash goes to one bucket, which keeps the smallest — one hash per shingle instead of one per
+/// shingle and permutation.
+fn minhash_of(words: &[String]) -> [u64; MINHASH] {
+    let normal = normalised(words);
+    let mut minhash = [u64::MAX; MINHASH];
+    let bytes = normal.as_bytes();
+    let mut add = |piece: &[u8]| {
+        let h = hash_bytes(piece);
+        let slot = (h % MINHASH as u64) as usize;
+        minhash[slot] = minhash[slot].min(mix(h ^ SEEDS[slot]));
+    };
+    if bytes.len() <= SHINGLE {
+        add(bytes);
+    } else {
+        bytes.windows(SHINGLE).for_each(&mut add);
+    }
+    densify(&mut minhash);
+    minhash
+}
+
+fn bands_of(minhash: &[u64; MINHASH]) -> [u64; BANDS] {
+    let mut bands = [0u64; BANDS];
+    for (b, band) in bands.iter_mut().enumerate() {
+        *band = minhash[b * ROWS..(b + 1) * ROWS].iter().fold(mix(b as u64 + 1), |h, v| mix(h ^ v));
+    }
+    bands
+}
+
+/// Gives each empty bucket (a short text has fewer shingles than buckets) the value of the
+/// next filled one, marked by the distance, so that two short texts do not agree on buckets
+/// merely for both being empty (rotation densification, Shrivastava 2017).
+fn densify(minhash: &mut [u64; MINHASH]) {
+    let Some(filled) = minhash.iter().position(|v| *v != u64::MAX) else { return };
+    let original = *minhash;
+    for i in 0..MINHASH {
+        if original[i] == u64::MAX {
+            let j = (1..MINHASH).find(|j| original[(i + j) % MINHASH] != u64::MAX).unwrap_or(filled);
+            minhash[i] = mix(original[(i + j) % MINHASH] ^ j as u64);
+        }
+    }
+}
+
+/// Courtesy and framing words a request may open with; they say nothing about what is asked, and
+/// a paraphrasing harvester varies them first.
+fn is_preamble(word: &str) -> bool {
+    const PREAMBLE: &[&str] =
+        &["can", "could", "hello", "hey", "hi", "i", "kindly", "me", "need", "please", "want", "would", "you"];
+    PREAMBLE.binary_search(&word).is_ok()
 }
 
 /// Lower-cased words with the variable slots of a template replaced by placeholders: numbers
@@ -194,8 +302,12 @@ fn is_stop_word(word: &str) -> bool {
 /// FNV-1a, finished with [`mix`]: fast, stable across builds and platforms (unlike std's
 /// hasher), and good enough for fingerprints that an attacker gains nothing by colliding.
 pub fn hash_str(s: &str) -> u64 {
+    hash_bytes(s.as_bytes())
+}
+
+fn hash_bytes(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
+    for &b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -250,11 +362,15 @@ mod tests {
         );
         let c = TextFeatures::of_text("How do I get red wine out of a white carpet before guests arrive tonight?", "");
         assert!(a.similarity(&b) >= 0.5, "{}", a.similarity(&b));
-        assert!(a.bands.iter().zip(&b.bands).any(|(x, y)| x == y));
         assert!(a.similarity(&c) < 0.15, "{}", a.similarity(&c));
         let same_numbers = TextFeatures::of_text("What is 1234 times 5678?", "");
         let other_numbers = TextFeatures::of_text("What is 98 times 76?", "");
         assert_eq!(same_numbers.minhash, other_numbers.minhash);
+        assert_eq!(same_numbers.bands, other_numbers.bands);
+        // Courtesy words in front change nothing; an exact repeat hashes alike.
+        let polite = TextFeatures::of_text("Please, could you tell me: what is 3 times 4?", "");
+        let plain = TextFeatures::of_text("tell me: what is 3 times 4?", "");
+        assert_eq!((polite.minhash, polite.exact), (plain.minhash, plain.exact));
     }
 
     #[test]
@@ -270,7 +386,7 @@ mod tests {
 
     #[test]
     fn reasoning_requests_are_found_in_any_message() {
-        assert!(TextFeatures::of_text("Solve 2x+3=7.", "Think step by step.\nSolve 2x+3=7.").chain_of_thought);
+        assert!(TextFeatures::of_text(&asked_text("Think step by step.", "Solve 2x+3=7."), "").chain_of_thought);
         assert!(asks_for_reasoning("Let's THINK about it. Show your work."));
         assert!(!asks_for_reasoning("What steps does a bill take to become law?"));
     }
