@@ -236,9 +236,9 @@ fn replay_and_calibrate_read_traffic_files_and_refuse_bad_lines_and_configs() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("line 2"), "{}", text(&out.stderr));
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "template_share = 2.0\n").unwrap();
+    std::fs::write(&bad, "one_off_share = 2.0\n").unwrap();
     let out = distill(&["guard", "replay", traffic.to_str().unwrap(), "--config", bad.to_str().unwrap()]);
-    assert!(text(&out.stderr).contains("template_share"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("one_off_share"), "{}", text(&out.stderr));
     std::fs::write(&bad, "tempalte_share = 0.5\n").unwrap();
     let out = distill(&["guard", "replay", traffic.to_str().unwrap(), "--config", bad.to_str().unwrap()]);
     assert!(text(&out.stderr).contains("tempalte_share"), "{}", text(&out.stderr));
