@@ -149,6 +149,9 @@ pub struct GuardConfig {
     pub link_slot_secs: f64,
     pub link_period_secs: f64,
     pub link_share: f64,
+    /// Whether the client's network counts as evidence. Behind a reverse proxy every request
+    /// comes from the proxy's address: set it to false there.
+    pub link_by_network: bool,
     /// …whose requests in the last hour are within this ratio of each other and each at least
     /// `link_min_hourly`, into groups of at most `link_max_group` keys (a larger spread makes
     /// several groups, each judged by its volume).
@@ -199,6 +202,7 @@ impl Default for GuardConfig {
             link_slot_secs: 600.0,
             link_period_secs: 6.0 * 3600.0,
             link_share: 0.05,
+            link_by_network: true,
             link_volume_ratio: 4.0,
             link_min_hourly: 10.0,
             link_max_group: 64,

@@ -188,7 +188,7 @@ impl Guard {
         if templated {
             evidence.extend_from_slice(&obs.text.user_bands);
         }
-        if let Some(origin) = obs.origin {
+        if let Some(origin) = obs.origin.filter(|_| c.link_by_network) {
             let slot = (obs.at / c.link_slot_secs).floor() as i64 as u64;
             evidence.push(text::mix(origin ^ text::mix(obs.shape ^ text::mix(slot))));
         }
