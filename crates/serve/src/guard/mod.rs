@@ -234,13 +234,15 @@ impl Guard {
     fn evaluate(&self, state: &mut State, idx: u32, at: f64) -> Option<Decision> {
         let c = &self.config;
         let group = state.linker.group(idx);
-        let (mut hour, mut day) = (window::Volume::default(), window::Volume::default());
-        let own_mass = state.keys[idx as usize].window.last_day(at).prompt_mass;
+        let (mut hour, mut day, mut own_mass) = (Volume::default(), Volume::default(), 0.0);
         for k in &group {
             let w = &state.keys[*k as usize].window;
-            let (h, d) = (w.last_hour(at), w.last_day(at));
-            (hour.requests, hour.tokens) = (hour.requests + h.requests, hour.tokens + h.tokens);
-            (day.tokens, day.prompt_mass) = (day.tokens + d.tokens, day.prompt_mass + d.prompt_mass);
+            let d = w.last_day(at);
+            if *k == idx {
+                own_mass = d.prompt_mass;
+            }
+            hour.add(w.last_hour(at));
+            day.add(d);
         }
         let key = &state.keys[idx as usize];
         // A key with a history is judged against it (an application that always had this much

@@ -69,15 +69,15 @@ impl TextFeatures {
                 let asked = asked_text(&system, last_user);
                 let mut f = Self::of_text(&asked, &asked);
                 if !system.is_empty() {
-                    f.user_bands = bands_of(&minhash_of(&slot_stripped_words(truncate(last_user, MAX_BYTES))));
+                    f.user_bands =
+                        bands_of(&minhash_of(&normalised(&slot_stripped_words(truncate(last_user, MAX_BYTES)))));
                 }
                 // The user turn before an assistant's answer that precedes the last user turn.
                 let answered = last.is_some_and(|(i, _)| messages[..i].iter().any(|m| m.role == "assistant"));
                 if answered {
-                    f.previous = users.next().map(|(_, m)| {
-                        let before = asked_text(&system, &m.content);
-                        hash_str(&normalised(&slot_stripped_words(truncate(&before, 2 * MAX_BYTES))))
-                    });
+                    f.previous = users
+                        .next()
+                        .map(|(_, m)| hash_str(&normalised(&asked_words(&asked_text(&system, &m.content)))));
                 }
                 f.chars = messages.iter().map(|m| m.content.len()).sum();
                 f
@@ -87,8 +87,9 @@ impl TextFeatures {
 
     /// `asked` is fingerprinted and searched for reasoning requests; `all` counts its length.
     pub fn of_text(asked: &str, all: &str) -> Self {
-        let words = slot_stripped_words(truncate(asked, 2 * MAX_BYTES));
-        let minhash = minhash_of(&words);
+        let words = asked_words(asked);
+        let normal = normalised(&words);
+        let minhash = minhash_of(&normal);
         let bands = bands_of(&minhash);
         let mut content: Vec<u64> = words
             .iter()
@@ -102,7 +103,7 @@ impl TextFeatures {
             minhash,
             bands,
             user_bands: bands,
-            exact: hash_str(&normalised(&words)),
+            exact: hash_str(&normal),
             content,
             chain_of_thought: asks_for_reasoning(truncate(asked, 2 * MAX_BYTES)),
             previous: None,
@@ -138,11 +139,16 @@ fn normalised(words: &[String]) -> String {
     words[start..].join(" ")
 }
 
-/// One-permutation MinHash of the character shingles of the normalised words: each shingle's
-/// hash goes to one bucket, which keeps the smallest — one hash per shingle instead of one per
+/// The slot-stripped words of what a request asks, as [`TextFeatures::of_text`] reads them:
+/// the exact-repeat hash of an earlier turn must be computed the same way.
+fn asked_words(asked: &str) -> Vec<String> {
+    slot_stripped_words(truncate(asked, 2 * MAX_BYTES))
+}
+
+/// One-permutation MinHash of the character shingles of a normalised text: each shingle's hash
+/// goes to one bucket, which keeps the smallest — one hash per shingle instead of one per
 /// shingle and permutation.
-fn minhash_of(words: &[String]) -> [u64; MINHASH] {
-    let normal = normalised(words);
+fn minhash_of(normal: &str) -> [u64; MINHASH] {
     let mut minhash = [u64::MAX; MINHASH];
     let bytes = normal.as_bytes();
     let mut add = |piece: &[u8]| {

@@ -174,7 +174,7 @@ pub struct Volume {
 }
 
 impl Volume {
-    fn add(&mut self, other: Volume) {
+    pub fn add(&mut self, other: Volume) {
         self.requests += other.requests;
         self.tokens += other.tokens;
         self.prompt_mass += other.prompt_mass;
@@ -397,7 +397,7 @@ impl KeyWindow {
     /// The content signals of the window (volume is filled in by the caller, who knows the group).
     pub fn signals(&self) -> Signals {
         let n = self.entries.len().max(1) as f64;
-        let generations = self.entries.iter().filter(|e| !e.probe).count().max(1) as f64;
+        let generations = (self.entries.len() - self.probes).max(1) as f64;
         Signals {
             window: self.entries.len(),
             template_share: self.templated as f64 / n,
