@@ -190,6 +190,9 @@ fn bad_input_fails_with_a_message_and_nonzero_status() {
         // A dataset flag without --dataset would be ignored: refused instead.
         (vec!["generate", "--model", m, "--k", "5", "hi"], "--dataset"),
         (vec!["generate", "--model", m, "--teacher-model", "x", "hi"], "--teacher-url"),
+        (vec!["generate", "--model", m, "--device", "tpu", "hi"], "expected `cpu`, `cuda` or `cuda:N`"),
+        // Without the `cuda` feature: how to build it; with it but no GPU: what to check.
+        (vec!["generate", "--model", m, "--device", "cuda", "hi"], "CUDA"),
     ];
     for (args, expected) in cases {
         let out = distill(&args);

@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod cpu;
+pub mod device;
 pub mod error;
 pub mod export;
 pub mod family;
@@ -33,6 +34,7 @@ pub mod teacher;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
+pub use device::DeviceSpec;
 pub use error::{Error, Result};
 pub use generate::{
     generate, generate_with_logprobs, Completion, FinishReason, Sampler, SamplingParams, Sequence, TokenLogprob,

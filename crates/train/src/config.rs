@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use distill_models::DeviceSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::cross::CrossConfig;
@@ -65,6 +66,39 @@ pub struct TrainConfig {
     /// the student must share the teacher's tokenizer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_tokenizer: Option<CrossConfig>,
+    /// Where the student trains: `cpu`, or `cuda` / `cuda:N` on a binary built with the `cuda`
+    /// feature. Resuming a run on another device is refused (the saved config differs).
+    #[serde(default, skip_serializing_if = "DeviceSpec::is_cpu")]
+    pub device: DeviceSpec,
+    /// Arithmetic of the student's forward and backward: `f32`, or `bf16` (mixed precision:
+    /// weights, activations and gradients in bfloat16, master weights and AdamW state in f32,
+    /// norms, softmax and the loss in f32). bf16 is for GPUs; on a CPU it runs the generic ops,
+    /// slower than f32's fused kernels.
+    #[serde(default, skip_serializing_if = "Compute::is_f32")]
+    pub precision: Compute,
+}
+
+/// `precision`: the student's compute type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compute {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Compute {
+    pub fn is_f32(&self) -> bool {
+        *self == Compute::F32
+    }
+
+    /// The candle dtype of the forward and backward.
+    pub fn dtype(&self) -> candle_core::DType {
+        match self {
+            Compute::F32 => candle_core::DType::F32,
+            Compute::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 /// `[on_policy]`: the student samples completions of `prompts`, the teacher scores every token of

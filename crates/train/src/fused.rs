@@ -364,14 +364,14 @@ pub fn head_buckets(hidden: &Tensor, head: &Tensor, targets: &PlainTargets, k: u
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::loss::{distillation_loss, Divergence, TailModel};
     use candle_core::{Device, D};
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     /// Random hidden states, head, and a teacher signal taken from a random "teacher" softmax.
-    fn case(n: usize, c: usize, v: usize, k: usize, seed: u64) -> (Var, Var, PlainTargets) {
+    pub(crate) fn case(n: usize, c: usize, v: usize, k: usize, seed: u64) -> (Var, Var, PlainTargets) {
         let dev = Device::Cpu;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut normal =
@@ -409,7 +409,7 @@ mod tests {
         (hidden, head, t)
     }
 
-    fn config(divergence: Divergence, kd_weight: f64, temperature: f64, tail: TailModel) -> LossConfig {
+    pub(crate) fn config(divergence: Divergence, kd_weight: f64, temperature: f64, tail: TailModel) -> LossConfig {
         LossConfig { divergence, kd_weight, temperature, tail }
     }
 

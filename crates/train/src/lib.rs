@@ -6,9 +6,11 @@
 //! a "bucket" distribution has K + 1 entries: the teacher's top-K tokens and everything else (tail).
 
 pub mod checkpoint;
+pub mod chunked;
 pub mod config;
 pub mod cross;
 pub mod data;
+pub mod device_check;
 pub mod error;
 pub mod fused;
 pub mod init;
@@ -20,7 +22,7 @@ pub mod student;
 pub mod tensorboard;
 pub mod trainer;
 
-pub use config::TrainConfig;
+pub use config::{Compute, TrainConfig};
 pub use error::{Error, Result};
 pub use loss::{Divergence, LossConfig, PlainTargets, TailModel, TeacherTargets};
 pub use student::{Evaluation, Optimizer, Student};

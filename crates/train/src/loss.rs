@@ -268,6 +268,18 @@ pub struct PlainTargets {
 }
 
 impl PlainTargets {
+    /// Positions `start .. start + n` of targets with `k` entries each.
+    pub fn rows(&self, start: usize, n: usize, k: usize) -> PlainTargets {
+        let (one, many) = (start..start + n, start * k..(start + n) * k);
+        PlainTargets {
+            topk_ids: self.topk_ids[many.clone()].to_vec(),
+            topk_logprobs: self.topk_logprobs[many].to_vec(),
+            tail_logprobs: self.tail_logprobs[one.clone()].to_vec(),
+            target_ids: self.target_ids[one.clone()].to_vec(),
+            mask: self.mask[one].to_vec(),
+        }
+    }
+
     /// Tensors for `n` positions of `k` entries each.
     pub fn to_tensors(self, n: usize, k: usize, device: &candle_core::Device) -> Result<TeacherTargets> {
         Ok(TeacherTargets {

@@ -133,7 +133,8 @@ impl AdamW {
                         var.as_tensor().dims()
                     )));
                 }
-                // A copy: the moments are updated in place.
+                // A copy, on the parameter's device: the moments are updated in place.
+                let t = t.to_device(var.device())?.to_dtype(var.dtype())?;
                 store.insert(name.clone(), t.copy()?);
             }
         }

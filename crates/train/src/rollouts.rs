@@ -32,7 +32,13 @@ const REMOTE_ATTEMPTS: usize = 8;
 
 /// The teacher `[on_policy]` names: a model loaded here, or an OpenAI-compatible server (its key
 /// from DISTILL_TEACHER_API_KEY or OPENAI_API_KEY), which then shares the `student`'s tokenizer.
-pub fn open_teacher(cfg: &OnPolicyConfig, student: &ModelText, student_vocab: usize) -> Result<Box<dyn Teacher>> {
+/// A local teacher runs on `device`, the student's.
+pub fn open_teacher(
+    cfg: &OnPolicyConfig,
+    student: &ModelText,
+    student_vocab: usize,
+    device: &Device,
+) -> Result<Box<dyn Teacher>> {
     let remote = cfg.teacher.starts_with("http://") || cfg.teacher.starts_with("https://");
     if remote {
         let options = RemoteOptions::from_env(
@@ -45,7 +51,7 @@ pub fn open_teacher(cfg: &OnPolicyConfig, student: &ModelText, student_vocab: us
         .map_err(|e| Error::from(e).context(format!("asking on_policy.teacher `{}` for its model", cfg.teacher)))?;
         Ok(Box::new(RemoteTeacher::new(options, student.clone(), student_vocab)?))
     } else {
-        let teacher = distill_models::load(&cfg.teacher, &Device::Cpu)
+        let teacher = distill_models::load(&cfg.teacher, device)
             .map_err(|e| Error::from(e).context(format!("loading on_policy.teacher `{}`", cfg.teacher)))?;
         Ok(Box::new(LocalTeacher::new(teacher)))
     }

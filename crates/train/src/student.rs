@@ -10,22 +10,46 @@ use candle_core::{DType, Result, Tensor, Var};
 use distill_models::{Llama, LlamaConfig};
 use distill_store::{Batch, Dataset};
 
-use crate::fused;
 use crate::loss::{distillation_loss, loss_from_buckets, Divergence, LossConfig, PlainTargets};
 use crate::optim::{clip_scale, grad_norm, AdamW, AdamWConfig, Schedule};
+use crate::{chunked, fused};
 
 /// A student whose parameters are trainable variables.
 pub struct Student {
+    /// The model on the variables themselves (f32 master weights under mixed precision).
     pub model: Llama,
     pub vars: Vec<(String, Var)>,
-    /// Whether [`Self::batch_loss`] takes the composed path: off CPU, or when asked for with the
-    /// environment variable `DISTILL_COMPOSED_HEAD=1` (for comparisons). Decided once, here.
-    composed_head: bool,
+    /// The dtype of the forward and backward: the variables' own, or bf16 over f32 variables,
+    /// where each step runs a model on casts of them and the gradients flow back through the casts.
+    compute: DType,
+    head: HeadPath,
+}
+
+/// How [`Student::batch_loss`] applies the head and loss. Decided once, in [`Student::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadPath {
+    /// [`crate::fused`]: the CPU kernel, in f32.
+    Fused,
+    /// [`crate::chunked`]: candle's ops in chunks of rows, on any device and dtype.
+    Chunked,
+    /// (N, V) logits and the composed loss, for comparisons (`DISTILL_COMPOSED_HEAD=1`).
+    Composed,
 }
 
 impl Student {
-    /// Wraps `weights` (HF names) as variables and builds the model on them.
+    /// Wraps `weights` (HF names) as variables and builds the model on them, computing in the
+    /// weights' own dtype.
     pub fn new(cfg: LlamaConfig, weights: &HashMap<String, Tensor>) -> distill_models::Result<Self> {
+        Self::with_compute(cfg, weights, None)
+    }
+
+    /// [`Self::new`], with the forward and backward in `compute` when given (bf16 over f32
+    /// variables: mixed precision).
+    pub fn with_compute(
+        cfg: LlamaConfig,
+        weights: &HashMap<String, Tensor>,
+        compute: Option<DType>,
+    ) -> distill_models::Result<Self> {
         let mut vars = Vec::new();
         let mut tensors = HashMap::new();
         let mut names: Vec<&String> = weights.keys().collect();
@@ -37,70 +61,90 @@ impl Student {
             vars.push((name.clone(), var));
         }
         let model = Llama::from_weights(cfg, &tensors)?;
-        let composed_head = !model.device().is_cpu() || std::env::var("DISTILL_COMPOSED_HEAD").is_ok_and(|v| v == "1");
-        Ok(Self { model, vars, composed_head })
+        let compute = compute.unwrap_or(model.dtype());
+        let head = if std::env::var("DISTILL_COMPOSED_HEAD").is_ok_and(|v| v == "1") {
+            HeadPath::Composed
+        } else if model.device().is_cpu() && compute == DType::F32 && model.dtype() == DType::F32 {
+            HeadPath::Fused
+        } else {
+            HeadPath::Chunked
+        };
+        Ok(Self { model, vars, compute, head })
     }
 
-    /// Loss on the positions of `batch` that carry a teacher signal (None when there are none).
-    /// On CPU the head and loss run fused ([`crate::fused`]); elsewhere, or with the environment
-    /// variable `DISTILL_COMPOSED_HEAD=1` (for comparisons), the composed reference.
+    /// The dtype of the forward and backward.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+
+    /// The model a training step runs when it is not [`Self::model`]: one on casts of the
+    /// variables to the compute dtype (differentiable: gradients reach the variables in their
+    /// dtype). None when the compute dtype is the variables' own.
+    fn cast_model(&self) -> Result<Option<Llama>> {
+        if self.compute == self.model.dtype() {
+            return Ok(None);
+        }
+        let cast: HashMap<String, Tensor> = self
+            .vars
+            .iter()
+            .map(|(name, var)| Ok((name.clone(), var.as_tensor().to_dtype(self.compute)?)))
+            .collect::<Result<_>>()?;
+        let model = Llama::from_weights(self.model.config().clone(), &cast)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Some(model))
+    }
+
+    /// Loss on the positions of `batch` that carry a teacher signal (None when there are none):
+    /// through the fused head on the CPU in f32, the chunked one elsewhere, or (with the
+    /// environment variable `DISTILL_COMPOSED_HEAD=1`, for comparisons) the composed reference.
     pub fn batch_loss(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
-        if self.composed_head {
-            self.batch_loss_composed(batch, loss)
-        } else {
-            self.batch_loss_fused(batch, loss)
+        match self.head {
+            HeadPath::Fused => self.batch_loss_fused(batch, loss),
+            HeadPath::Chunked => self.batch_loss_chunked(batch, loss),
+            HeadPath::Composed => self.batch_loss_composed(batch, loss),
         }
     }
 
-    /// [`Self::batch_loss`] through the fused, chunked head and loss.
+    /// [`Self::batch_loss`] through the fused, chunked CPU head and loss, in f32.
     pub fn batch_loss_fused(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
-        let Some((hidden, targets, n)) = self.hidden_and_targets(batch)? else {
+        let Some((hidden, targets, n)) = hidden_and_targets(&self.model, batch)? else {
             return Ok(None);
         };
         let out = fused::head_loss(&hidden, &self.model.lm_head_weight(), &targets, batch.k, loss)?;
         Ok(Some(StepLoss { loss: out.loss, objective: out.objective, tokens: n }))
     }
 
-    /// [`Self::batch_loss`] through (N, V) logits and the composed, autograd-differentiated loss.
-    pub fn batch_loss_composed(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
-        let Some((hidden, targets, n)) = self.hidden_and_targets(batch)? else {
+    /// [`Self::batch_loss`] through [`crate::chunked`], in the compute dtype.
+    pub fn batch_loss_chunked(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
+        let cast = self.cast_model()?;
+        let model = cast.as_ref().unwrap_or(&self.model);
+        let Some((hidden, targets, n)) = hidden_and_targets(model, batch)? else {
             return Ok(None);
         };
-        let logits = hidden.matmul(&self.model.lm_head_weight().t()?)?; // (N, V)
-        let targets = targets.to_tensors(n, batch.k, self.model.device())?;
+        let head = model.lm_head_weight();
+        let rows = chunked::chunk_rows(head.dim(0)?);
+        let out = chunked::head_loss(&hidden, &head, &targets, batch.k, loss, rows)?;
+        Ok(Some(StepLoss { loss: out.loss, objective: out.objective, tokens: n }))
+    }
+
+    /// [`Self::batch_loss`] through (N, V) logits and the composed, autograd-differentiated loss.
+    pub fn batch_loss_composed(&self, batch: &Batch, loss: &LossConfig) -> Result<Option<StepLoss>> {
+        let cast = self.cast_model()?;
+        let model = cast.as_ref().unwrap_or(&self.model);
+        let Some((hidden, targets, n)) = hidden_and_targets(model, batch)? else {
+            return Ok(None);
+        };
+        let logits = hidden.matmul(&model.lm_head_weight().t()?)?.to_dtype(DType::F32)?; // (N, V)
+        let targets = targets.to_tensors(n, batch.k, model.device())?;
         let value = distillation_loss(&logits, &targets, loss)?;
         Ok(Some(StepLoss { loss: value.to_scalar::<f32>()? as f64, objective: value, tokens: n }))
     }
 
-    /// Final hidden states (N, C) at the signal-carrying positions, with their targets.
-    fn hidden_and_targets(&self, batch: &Batch) -> Result<Option<(Tensor, PlainTargets, usize)>> {
-        let positions: Vec<u32> =
-            batch.loss_mask.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(i, _)| i as u32).collect();
-        let n = positions.len();
-        if n == 0 {
-            return Ok(None);
-        }
-        let k = batch.k;
-        let rows = PackedRows {
-            batch_size: batch.batch_size,
-            seq_len: batch.seq_len,
-            input_ids: &batch.input_ids,
-            position_ids: &batch.position_ids,
-            segment_ids: &batch.segment_ids,
-        };
-        let selected = self.hidden_at(&rows, &positions)?; // (N, C)
-        let pick = |i: &u32| *i as usize;
-        let targets = PlainTargets {
-            topk_ids: positions.iter().flat_map(|i| batch.topk_ids[pick(i) * k..(pick(i) + 1) * k].to_vec()).collect(),
-            topk_logprobs: positions
-                .iter()
-                .flat_map(|i| batch.topk_logprobs[pick(i) * k..(pick(i) + 1) * k].to_vec())
-                .collect(),
-            tail_logprobs: positions.iter().map(|i| batch.tail_logprobs[pick(i)]).collect(),
-            target_ids: positions.iter().map(|i| batch.target_ids[pick(i)]).collect(),
-            mask: vec![1.0; n],
-        };
-        Ok(Some((selected, targets, n)))
+    /// Final hidden states (N, C) of `rows` at the flat positions `positions` (row · L + column),
+    /// in the compute dtype.
+    pub(crate) fn hidden_at(&self, rows: &PackedRows<'_>, positions: &[u32]) -> Result<Tensor> {
+        let cast = self.cast_model()?;
+        hidden_at(cast.as_ref().unwrap_or(&self.model), rows, positions)
     }
 
     /// Token-level KL(teacher‖student) (over top-K + tail) and top-1 agreement on a dataset.
@@ -109,7 +153,7 @@ impl Student {
         let kl = LossConfig { divergence: Divergence::ForwardKl, ..LossConfig::default() };
         let (mut kl_sum, mut agree, mut count) = (0f64, 0usize, 0usize);
         while let Some(batch) = packer.next_batch().map_err(|e| candle_core::Error::Msg(e.to_string()))? {
-            let Some((hidden, targets, n)) = self.hidden_and_targets(&batch)? else { continue };
+            let Some((hidden, targets, n)) = hidden_and_targets(&self.model, &batch)? else { continue };
             let top1: Vec<u32> = targets.topk_ids.chunks(batch.k).map(|c| c[0]).collect();
             let (buckets, student_top1) =
                 fused::head_buckets(&hidden, &self.model.lm_head_weight(), &targets, batch.k)?;
@@ -130,6 +174,51 @@ impl Student {
     }
 }
 
+/// `model`'s final hidden states (N, C) at the signal-carrying positions of `batch`, with their
+/// targets.
+fn hidden_and_targets(model: &Llama, batch: &Batch) -> Result<Option<(Tensor, PlainTargets, usize)>> {
+    let positions: Vec<u32> =
+        batch.loss_mask.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(i, _)| i as u32).collect();
+    let n = positions.len();
+    if n == 0 {
+        return Ok(None);
+    }
+    let k = batch.k;
+    let rows = PackedRows {
+        batch_size: batch.batch_size,
+        seq_len: batch.seq_len,
+        input_ids: &batch.input_ids,
+        position_ids: &batch.position_ids,
+        segment_ids: &batch.segment_ids,
+    };
+    let selected = hidden_at(model, &rows, &positions)?; // (N, C)
+    let pick = |i: &u32| *i as usize;
+    let targets = PlainTargets {
+        topk_ids: positions.iter().flat_map(|i| batch.topk_ids[pick(i) * k..(pick(i) + 1) * k].to_vec()).collect(),
+        topk_logprobs: positions
+            .iter()
+            .flat_map(|i| batch.topk_logprobs[pick(i) * k..(pick(i) + 1) * k].to_vec())
+            .collect(),
+        tail_logprobs: positions.iter().map(|i| batch.tail_logprobs[pick(i)]).collect(),
+        target_ids: positions.iter().map(|i| batch.target_ids[pick(i)]).collect(),
+        mask: vec![1.0; n],
+    };
+    Ok(Some((selected, targets, n)))
+}
+
+/// `model`'s final hidden states (N, C) of `rows` at the flat positions `positions`.
+fn hidden_at(model: &Llama, rows: &PackedRows<'_>, positions: &[u32]) -> Result<Tensor> {
+    let (b, l) = (rows.batch_size, rows.seq_len);
+    let device = model.device();
+    let ids = Tensor::from_vec(rows.input_ids.to_vec(), (b, l), device)?;
+    let hidden = model
+        .forward_packed_hidden(&ids, rows.position_ids, rows.segment_ids)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?; // (B, L, C)
+    let c = hidden.dim(2)?;
+    let index = Tensor::from_vec(positions.to_vec(), positions.len(), device)?;
+    hidden.reshape((b * l, c))?.index_select(&index, 0) // (N, C)
+}
+
 /// Packed rows (B, L) as the model reads them: token, position and segment ids, row-major.
 pub(crate) struct PackedRows<'a> {
     pub batch_size: usize,
@@ -137,22 +226,6 @@ pub(crate) struct PackedRows<'a> {
     pub input_ids: &'a [u32],
     pub position_ids: &'a [u32],
     pub segment_ids: &'a [u32],
-}
-
-impl Student {
-    /// Final hidden states (N, C) of `rows` at the flat positions `positions` (row · L + column).
-    pub(crate) fn hidden_at(&self, rows: &PackedRows<'_>, positions: &[u32]) -> Result<Tensor> {
-        let (b, l) = (rows.batch_size, rows.seq_len);
-        let device = self.model.device();
-        let ids = Tensor::from_vec(rows.input_ids.to_vec(), (b, l), device)?;
-        let hidden = self
-            .model
-            .forward_packed_hidden(&ids, rows.position_ids, rows.segment_ids)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?; // (B, L, C)
-        let c = hidden.dim(2)?;
-        let index = Tensor::from_vec(positions.to_vec(), positions.len(), device)?;
-        hidden.reshape((b * l, c))?.index_select(&index, 0) // (N, C)
-    }
 }
 
 /// A micro-batch's loss: its value, the tensor to differentiate (the loss itself, or an objective

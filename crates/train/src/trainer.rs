@@ -159,6 +159,8 @@ impl Trainer {
         observer: &mut dyn TrainObserver,
     ) -> Result<Self> {
         cfg.validate()?;
+        // A missing GPU is found before minutes of loading, not after.
+        let device = cfg.device.open()?;
         let out = &cfg.output;
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let resolved = toml::to_string(&cfg).map_err(|e| Error::Config(e.to_string()))?;
@@ -226,7 +228,13 @@ impl Trainer {
                     .map_err(|e| Error::from(e).context("eval_dataset was made with another teacher than dataset"))?;
             }
         }
-        let student = Student::new(initial.config.clone(), &initial.weights)?;
+        let weights = initial
+            .weights
+            .iter()
+            .map(|(name, t)| Ok((name.clone(), t.to_device(&device)?.to_dtype(candle_core::DType::F32)?)))
+            .collect::<candle_core::Result<_>>()?;
+        let student = Student::with_compute(initial.config.clone(), &weights, Some(cfg.precision.dtype()))?;
+        drop(weights);
         // The student holds its own copy now: free the initial weights and the model the tokenizer
         // came from (a whole teacher, for a pruned or config student), keeping its text side.
         let InitialStudent { config: student_cfg, weights, source, kept_layers } = initial;
@@ -237,7 +245,7 @@ impl Trainer {
                 let k = o.k.or(dataset.as_ref().map(|d| d.manifest().spec.k)).unwrap_or(20);
                 let teacher = match teacher {
                     Some(t) => t,
-                    None => open_teacher(o, &text, student_cfg.vocab_size)?,
+                    None => open_teacher(o, &text, student_cfg.vocab_size, &device)?,
                 };
                 let cross = cfg.cross_tokenizer.is_some();
                 Some(Rollouts::new(o, teacher, &text, k, cfg.seq_len, cfg.batch_size, cross)?)

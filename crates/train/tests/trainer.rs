@@ -210,3 +210,37 @@ fn a_student_keeps_the_layers_that_turn_the_hidden_state_most() {
 fn teacher_layers(model: &str) -> usize {
     distill_models::load(model, &Device::Cpu).unwrap().model.config().num_hidden_layers
 }
+
+/// `precision = "bf16"` trains (mixed precision on the generic path) and saves an f32 student;
+/// `device = "cuda"` without a usable GPU stops before training, saying what is missing.
+#[test]
+fn a_run_trains_in_bf16_and_a_missing_gpu_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, teacher) = teacher(dir.path());
+    let opts = DatasetOptions {
+        chat: false,
+        k: 4,
+        sampling: SamplingParams { temperature: 0.8, max_tokens: 10, ..Default::default() },
+        ..Default::default()
+    };
+    create_dataset(&teacher, &prompts(dir.path(), 8), &dir.path().join("data"), &opts, &mut |_| {}).unwrap();
+    let mut heard = Recorder::default();
+    let mut cfg = config(dir.path(), &model, "bf16", 3, "");
+    cfg.precision = distill_train::Compute::Bf16;
+    let outcome = Trainer::new(cfg, &mut heard).unwrap().run(&mut heard).unwrap();
+    let saved = std::fs::read_to_string(outcome.final_dir.parent().unwrap().join("config.toml")).unwrap();
+    assert!(saved.contains("precision = \"bf16\""), "{saved}");
+    let student = distill_models::load(&outcome.final_dir.display().to_string(), &Device::Cpu).unwrap();
+    assert_eq!(student.model.dtype(), candle_core::DType::F32);
+    assert!(heard.evaluations.len() >= 2);
+
+    let mut cfg = config(dir.path(), &model, "gpu", 2, "");
+    cfg.device = "cuda:0".parse().unwrap();
+    let built = distill_models::DeviceSpec::CUDA_BUILT;
+    match Trainer::new(cfg, &mut heard) {
+        Err(e) if !built => assert!(e.to_string().contains("built without CUDA"), "{e}"),
+        Err(e) => assert!(e.to_string().contains("cannot open CUDA device 0"), "{e}"),
+        Ok(_) => assert!(built, "a GPU opened without CUDA"),
+    }
+    assert!(!dir.path().join("gpu").exists(), "nothing is written before the device opens");
+}

@@ -66,6 +66,11 @@ struct ExportArgs {
     /// Top-k entries stored per completion token with --dataset.
     #[arg(long, default_value_t = 32, help_heading = "Dataset")]
     k: usize,
+
+    /// Where the teacher runs with --dataset: `cpu`, or `cuda` / `cuda:N` on a binary built with
+    /// `--features cuda`.
+    #[arg(long, env = "DISTILL_DEVICE", default_value = "cpu", help_heading = "Dataset")]
+    device: distill_models::DeviceSpec,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -122,7 +127,7 @@ pub fn run(args: CaptureArgs) -> Result<()> {
         }
         // The captured lines carry their completions: the teacher only scores them.
         let options = distill_teacher::DatasetOptions { chat: false, k: args.k, ..Default::default() };
-        super::dataset::run(&dataset, &args.output, args.teacher.as_deref(), None, None, options)?;
+        super::dataset::run(&dataset, &args.output, args.teacher.as_deref(), args.device, None, None, options)?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use distill_models::DeviceSpec;
 use distill_teacher::{create_dataset, DatasetOptions, DatasetProgress, LocalTeacher, Precision, RemoteOptions};
 use distill_teacher::{RemoteTeacher, Teacher};
 
@@ -15,11 +16,12 @@ pub fn run(
     output: &Path,
     prompts_file: &Path,
     model: Option<&str>,
+    device: DeviceSpec,
     matmuls: Option<Precision>,
     remote: Option<RemoteOptions>,
     opts: DatasetOptions,
 ) -> Result<()> {
-    let mut loaded = super::generate::load_model(model)?;
+    let mut loaded = super::generate::load_model(model, device)?;
     let teacher: Box<dyn Teacher> = match remote {
         Some(remote) => {
             let vocab = loaded.model.config().vocab_size;

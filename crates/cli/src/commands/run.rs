@@ -153,7 +153,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 prompts_per_shard: 32,
                 ..Default::default()
             };
-            super::dataset::run(dest, &prompts, Some(teacher), None, None, options)
+            super::dataset::run(dest, &prompts, Some(teacher), cfg.train.device, None, None, options)
         })?;
     }
     let train_inputs = json!({"config": cfg.train, "data": data_inputs});
@@ -176,6 +176,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             batch_size: 8,
             no_speed: false,
             allow_same: false,
+            device: cfg.train.device,
             code_tasks: None,
             code_limit: None,
             code_max_tokens: 384,

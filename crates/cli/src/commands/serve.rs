@@ -109,6 +109,11 @@ pub struct ServeArgs {
     /// the instructions: f32, with a warning.
     #[arg(long, value_parser = super::generate::parse_precision())]
     matmuls: Option<distill_teacher::Precision>,
+
+    /// Where the model runs: `cpu`, or `cuda` / `cuda:N` on a binary built with `--features cuda`
+    /// (weights, KV caches and the batched decode on the GPU).
+    #[arg(long, env = "DISTILL_DEVICE", default_value = "cpu")]
+    device: distill_models::DeviceSpec,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -129,7 +134,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             );
         }
     }
-    let mut model = super::generate::load_model(args.model_flag.as_deref().or(args.model.as_deref()))?;
+    let mut model = super::generate::load_model(args.model_flag.as_deref().or(args.model.as_deref()), args.device)?;
     super::generate::use_matmuls(&mut model, args.matmuls)?;
     let name = args.name.clone().unwrap_or_else(|| default_name(&model.source));
     let options = ServeOptions {

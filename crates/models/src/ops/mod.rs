@@ -27,19 +27,34 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     rms_norm_composed(x, weight, eps)
 }
 
+/// Composed; a half-precision input is normalised in f32 and rounded back before the weight,
+/// as transformers does.
 fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(wide(dtype))?;
     let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?; // (…, 1)
     let inv_rms = (mean_sq + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv_rms)?.broadcast_mul(weight)
+    x.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(weight)
+}
+
+/// The dtype reductions of a `dtype` tensor run in: f32 for the half-precision types.
+fn wide(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
 }
 
 /// Softmax over the last dimension. The row maximum is subtracted for stability and detached:
 /// softmax is invariant to the shift, so its gradient through the maximum is zero anyway.
+/// A half-precision input is summed in f32, and the result rounded back.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(wide(dtype))?;
     let max = x.max_keepdim(D::Minus1)?.detach();
     let exp = x.broadcast_sub(&max)?.exp()?;
     let sum = exp.sum_keepdim(D::Minus1)?;
-    exp.broadcast_div(&sum)
+    exp.broadcast_div(&sum)?.to_dtype(dtype)
 }
 
 /// Attention weights `softmax(scores · scale + mask)` over the last dimension.

@@ -53,7 +53,8 @@ impl Student {
             position_ids: &batch.position_ids,
             segment_ids: &batch.segment_ids,
         };
-        let selected = self.hidden_at(&rows, &positions)?; // (N, C)
+        // The head in f32 on the variables: the cross-tokenizer losses read whole (N, V) rows.
+        let selected = self.hidden_at(&rows, &positions)?.to_dtype(self.model.dtype())?; // (N, C)
         let logits = selected.matmul(&self.model.lm_head_weight().t()?)?; // (N, V)
         let max = logits.max_keepdim(1)?.detach(); // (N, 1)
         let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?.flatten_all()?; // (N)
