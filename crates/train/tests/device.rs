@@ -41,7 +41,7 @@ fn an_f32_step_on_the_device_matches_the_cpu() {
 }
 
 /// bf16 weights, activations and gradients over f32 master weights: the loss within 1% of f32's,
-/// every parameter's gradient within a few percent of its largest entry.
+/// every parameter's gradient within 3% of its largest entry.
 #[test]
 fn a_bf16_mixed_precision_step_tracks_the_f32_step() {
     let cfg = config();
@@ -49,7 +49,7 @@ fn a_bf16_mixed_precision_step_tracks_the_f32_step() {
     let c = check_training(&cfg, &device(), DType::BF16, &batch, 4).unwrap();
     eprintln!("bf16 step: {c:?}");
     assert!((c.loss_device - c.loss_cpu).abs() < 0.01 * c.loss_cpu.abs(), "{c:?}");
-    assert!(c.max_grad_error < 0.05, "{c:?}");
+    assert!(c.max_grad_error < 0.03, "{c:?}");
 }
 
 #[test]

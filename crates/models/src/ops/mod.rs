@@ -27,14 +27,14 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     rms_norm_composed(x, weight, eps)
 }
 
-/// Composed; a half-precision input is normalised in f32 and rounded back before the weight,
-/// as transformers does.
+/// Composed; a half-precision input is normalised and weighted in f32 and rounded back, so the
+/// weight's gradient, a sum over every row, is summed in f32 too.
 fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(wide(dtype))?;
     let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?; // (…, 1)
     let inv_rms = (mean_sq + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(weight)
+    x.broadcast_mul(&inv_rms)?.broadcast_mul(&weight.to_dtype(wide(dtype))?)?.to_dtype(dtype)
 }
 
 /// The dtype reductions of a `dtype` tensor run in: f32 for the half-precision types.
@@ -224,8 +224,12 @@ fn on_rows(
     let mut dims = x.dims().to_vec();
     let c_in = *dims.last().unwrap_or(&0);
     let y = project(&x.reshape((x.elem_count() / c_in.max(1), c_in))?)?; // (rows, C_out)
+    // A half-precision bias is added in f32: its gradient, a sum over every row, is summed there.
     let y = match bias {
-        Some(b) => y.broadcast_add(b)?,
+        Some(b) => {
+            let dtype = y.dtype();
+            y.to_dtype(wide(dtype))?.broadcast_add(&b.to_dtype(wide(dtype))?)?.to_dtype(dtype)?
+        }
         None => y,
     };
     if let Some(last) = dims.last_mut() {
