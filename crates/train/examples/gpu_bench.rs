@@ -94,20 +94,32 @@ fn main() -> Result<()> {
             let batch = synthetic_batch(cfg.vocab_size, 2, 128, 16, 1);
             for dtype in [DType::F32, DType::BF16] {
                 let t = check_training(&cfg, &device, dtype, &batch, 3)?;
-                println!("{}", json!({"check": "train_step", "device": spec.to_string(), "dtype": format!("{dtype:?}"), "result": t}));
+                println!(
+                    "{}",
+                    json!({"check": "train_step", "device": spec.to_string(), "dtype": format!("{dtype:?}"), "result": t})
+                );
                 let s = check_scoring(&cfg, &device, dtype, (2, 128, 32), 5)?;
-                println!("{}", json!({"check": "teacher_topk", "device": spec.to_string(), "dtype": format!("{dtype:?}"), "result": s}));
+                println!(
+                    "{}",
+                    json!({"check": "teacher_topk", "device": spec.to_string(), "dtype": format!("{dtype:?}"), "result": s})
+                );
             }
         }
         Some("train") => {
             let steps = flag(&args, "--steps", 10usize)?;
             let s = time_training(&cfg, &device, compute, (b, l, k), (2, steps))?;
-            println!("{}", json!({"bench": "train", "device": spec.to_string(), "dtype": format!("{compute:?}"), "batch": b, "seq": l, "result": s}));
+            println!(
+                "{}",
+                json!({"bench": "train", "device": spec.to_string(), "dtype": format!("{compute:?}"), "batch": b, "seq": l, "result": s})
+            );
         }
         Some("score") => {
             let reps = flag(&args, "--reps", 3usize)?;
             let tps = time_scoring(&cfg, &device, compute, (b, l, k), (1, reps))?;
-            println!("{}", json!({"bench": "score", "device": spec.to_string(), "dtype": format!("{compute:?}"), "batch": b, "seq": l, "tokens_per_s": tps}));
+            println!(
+                "{}",
+                json!({"bench": "score", "device": spec.to_string(), "dtype": format!("{compute:?}"), "batch": b, "seq": l, "tokens_per_s": tps})
+            );
         }
         _ => bail!("say what to run: numerics, train or score (see the example's header)"),
     }

@@ -224,9 +224,10 @@ fn on_rows(
     let mut dims = x.dims().to_vec();
     let c_in = *dims.last().unwrap_or(&0);
     let y = project(&x.reshape((x.elem_count() / c_in.max(1), c_in))?)?; // (rows, C_out)
-    // A half-precision bias is added in f32: its gradient, a sum over every row, is summed there.
     let y = match bias {
         Some(b) => {
+            // A half-precision bias is added in f32: its gradient, a sum over every row, is
+            // summed there.
             let dtype = y.dtype();
             y.to_dtype(wide(dtype))?.broadcast_add(&b.to_dtype(wide(dtype))?)?.to_dtype(dtype)?
         }
