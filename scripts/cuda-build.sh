@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 eval "$(bash scripts/cuda-toolkit.sh)"
 home=${DISTILL_HOME:-$HOME/.cache/distill}/cuda
 if [ ! -f "$home/lib-link/libcuda.so" ]; then
-    cudarc=$(cargo metadata --format-version 1 --locked |
+    cudarc=$(cargo metadata --format-version 1 --locked --features distill-train/cuda |
         python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"))')
-    grep -ohE 'pub fn cu[A-Za-z0-9_]+\(' "$(dirname "$cudarc")/src/driver/sys/mod.rs" | sed 's/pub fn //; s/(//' |
+    grep -ohE 'pub (unsafe )?fn cu[A-Za-z0-9_]+\(' "$(dirname "$cudarc")/src/driver/sys/mod.rs" | sed -E 's/pub (unsafe )?fn //; s/\(//' |
         sort -u | sed 's/.*/void &(void) {}/' >"$home/libcuda-stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 "$home/libcuda-stub.c" -o "$home/lib-link/libcuda.so"
 fi
