@@ -11,7 +11,7 @@
 #
 #   bench/gpu.sh            # builds with `--features cuda` where cargo is, else runs the
 #                           # binaries scripts/cuda-build.sh left in .gpu/ (the lent machines
-#                           # have no Rust toolchain: build here, carry .gpu)
+#                           # have no Rust toolchain: build here, carry .gpu: `carry: [".gpu"]`)
 # Environment: GPU_BATCH (8), GPU_SEQ (512), GPU_STEPS (10) size the speed runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +28,13 @@ if command -v cargo >/dev/null; then
     BENCH=target/release/examples/gpu_bench
     TESTS=$(ls -t target/release/deps/device-* | grep -v '\.d$' | head -1)
 else
-    BENCH=.gpu/gpu_bench TESTS=.gpu/device_tests
-    [ -x "$BENCH" ] && [ -x "$TESTS" ] || { echo "no cargo here and no .gpu/ binaries: run scripts/cuda-build.sh where cargo is and carry .gpu" >&2; exit 1; }
+    BENCH=/tmp/distill-gpu/gpu_bench TESTS=/tmp/distill-gpu/device_tests
+    [ -f .gpu/gpu_bench.xz ] && [ -f .gpu/device_tests.xz ] || { echo "no cargo here and no .gpu/ binaries: run scripts/cuda-build.sh where cargo is and carry .gpu" >&2; exit 1; }
+    mkdir -p /tmp/distill-gpu
+    for f in gpu_bench device_tests; do
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' ".gpu/$f.xz" "/tmp/distill-gpu/$f"
+        chmod +x "/tmp/distill-gpu/$f"
+    done
     # The CUDA libraries the binaries link: PyTorch's wheels hold them.
     NV=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)
     [ -n "$NV" ] && export LD_LIBRARY_PATH="$(find "$NV/nvidia" -name 'lib' -type d | tr '\n' ':')${LD_LIBRARY_PATH:-}"
