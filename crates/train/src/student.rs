@@ -25,7 +25,7 @@ pub struct Student {
     head: HeadPath,
 }
 
-/// How [`Student::batch_loss`] applies the head and loss. Decided once, in [`Student::new`].
+/// How [`Student::batch_loss`] applies the head and loss. Decided once, in [`Student::with_compute`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HeadPath {
     /// [`crate::fused`]: the CPU kernel, in f32.
