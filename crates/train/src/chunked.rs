@@ -11,13 +11,11 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 
-use crate::fused::HeadLoss;
+use crate::fused::{HeadLoss, CHUNK_FLOATS};
 use crate::loss::{per_position_loss, LossConfig, PlainTargets};
 
-/// Upper bound on the floats of one logits chunk (rows × vocabulary): 64 MiB of f32.
-const CHUNK_FLOATS: usize = 16 << 20;
-
-/// Rows per chunk for a vocabulary of `v`.
+/// Rows per chunk for a vocabulary of `v`, within the fused head's budget of floats per logits
+/// chunk.
 pub fn chunk_rows(v: usize) -> usize {
     (CHUNK_FLOATS / v.max(1)).clamp(1, 4096)
 }

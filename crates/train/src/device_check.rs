@@ -206,22 +206,16 @@ pub fn time_training(
     let mut optimizer = Optimizer::new(&student, AdamWConfig::default(), schedule, Some(1.0))?;
     let loss = LossConfig::default();
     let batches: Vec<Batch> = (0..4).map(|s| synthetic_batch(cfg.vocab_size, b, l, k, s)).collect();
-    let (mut first, mut last) = (f64::NAN, f64::NAN);
-    let mut started = Instant::now();
-    for step in 0..warmup + steps {
-        if step == warmup {
-            device.synchronize()?;
-            started = Instant::now();
-        }
-        let micro = student.batch_loss(&batches[step % batches.len()], &loss)?.expect("scored positions");
+    let mut losses = Vec::with_capacity(warmup + steps);
+    let secs = timed(device, warmup, steps, |step| {
+        let micro = student
+            .batch_loss(&batches[step % batches.len()], &loss)?
+            .ok_or_else(|| candle_core::Error::Msg(format!("rows of {l} tokens leave no scored position")))?;
         optimizer.step(&micro.objective)?;
-        last = micro.loss;
-        if step == 0 {
-            first = micro.loss;
-        }
-    }
-    device.synchronize()?;
-    let secs = started.elapsed().as_secs_f64();
+        losses.push(micro.loss);
+        Ok(())
+    })?;
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
     Ok(TrainSpeed { tokens_per_s: (steps * b * l) as f64 / secs, steps, loss_first: first, loss_last: last })
 }
 
@@ -236,16 +230,33 @@ pub fn time_scoring(
 ) -> candle_core::Result<f64> {
     let model = random_model(cfg, 2, device, compute)?;
     let requests = score_requests(cfg.vocab_size, rows, len, 9);
-    let mut started = Instant::now();
-    for rep in 0..warmup + reps {
-        if rep == warmup {
-            device.synchronize()?;
-            started = Instant::now();
-        }
-        score_with(&model, &requests, k, 1.0).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let secs = timed(device, warmup, reps, |_| {
+        score_with(&model, &requests, k, 1.0).map(drop).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })?;
+    Ok((reps * rows * len) as f64 / secs)
+}
+
+/// Runs `run(i)` for i in 0..warmup + reps and returns the seconds the last `reps` took, the
+/// device synchronised at both ends of the timed span. `reps` must be at least 1.
+fn timed(
+    device: &Device,
+    warmup: usize,
+    reps: usize,
+    mut run: impl FnMut(usize) -> candle_core::Result<()>,
+) -> candle_core::Result<f64> {
+    if reps == 0 {
+        candle_core::bail!("nothing to time: at least one timed repetition is needed");
+    }
+    for i in 0..warmup {
+        run(i)?;
     }
     device.synchronize()?;
-    Ok((reps * rows * len) as f64 / started.elapsed().as_secs_f64())
+    let started = Instant::now();
+    for i in warmup..warmup + reps {
+        run(i)?;
+    }
+    device.synchronize()?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 fn candle_err(e: distill_models::Error) -> candle_core::Error {

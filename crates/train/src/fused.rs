@@ -33,7 +33,7 @@ use distill_kernels::reduce;
 use distill_models::cpu::with_f32;
 
 /// Upper bound on the floats of one logits chunk (rows × vocabulary): 64 MiB of f32.
-const CHUNK_FLOATS: usize = 16 << 20;
+pub(crate) const CHUNK_FLOATS: usize = 16 << 20;
 
 /// Rows per chunk for a vocabulary of `v`.
 fn chunk_rows(v: usize) -> usize {

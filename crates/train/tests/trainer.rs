@@ -64,6 +64,17 @@ fn prompts(dir: &Path, n: usize) -> std::path::PathBuf {
     file
 }
 
+/// A teacher-signal dataset of `n` prompts in `dir`/data: k = 4, up to 10 sampled tokens each.
+fn dataset(dir: &Path, teacher: &LocalTeacher, n: usize) -> distill_teacher::DatasetSummary {
+    let opts = DatasetOptions {
+        chat: false,
+        k: 4,
+        sampling: SamplingParams { temperature: 0.8, max_tokens: 10, ..Default::default() },
+        ..Default::default()
+    };
+    create_dataset(teacher, &prompts(dir, n), &dir.join("data"), &opts, &mut |_| {}).unwrap()
+}
+
 fn config(dir: &Path, model: &str, output: &str, steps: u64, extra: &str) -> TrainConfig {
     let data = dir.join("data");
     toml::from_str(&format!(
@@ -78,14 +89,7 @@ fn config(dir: &Path, model: &str, output: &str, steps: u64, extra: &str) -> Tra
 fn a_trainer_is_heard_stopped_and_resumed_through_the_library() {
     let dir = tempfile::tempdir().unwrap();
     let (model, teacher) = teacher(dir.path());
-    let opts = DatasetOptions {
-        chat: false,
-        k: 4,
-        sampling: SamplingParams { temperature: 0.8, max_tokens: 10, ..Default::default() },
-        ..Default::default()
-    };
-    let summary =
-        create_dataset(&teacher, &prompts(dir.path(), 12), &dir.path().join("data"), &opts, &mut |_| {}).unwrap();
+    let summary = dataset(dir.path(), &teacher, 12);
     assert_eq!(summary.manifest.prompts_done(), 12);
 
     // A whole run: every step and evaluation heard, the student saved.
@@ -217,13 +221,7 @@ fn teacher_layers(model: &str) -> usize {
 fn a_run_trains_in_bf16_and_a_missing_gpu_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (model, teacher) = teacher(dir.path());
-    let opts = DatasetOptions {
-        chat: false,
-        k: 4,
-        sampling: SamplingParams { temperature: 0.8, max_tokens: 10, ..Default::default() },
-        ..Default::default()
-    };
-    create_dataset(&teacher, &prompts(dir.path(), 8), &dir.path().join("data"), &opts, &mut |_| {}).unwrap();
+    dataset(dir.path(), &teacher, 8);
     let mut heard = Recorder::default();
     let mut cfg = config(dir.path(), &model, "bf16", 3, "");
     cfg.precision = distill_train::Compute::Bf16;
