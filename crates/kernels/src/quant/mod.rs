@@ -18,8 +18,9 @@
 //!   values, the exact integer dot products times `s·dx` plus `b·Σx`, in a fixed order: a row's
 //!   outputs do not depend on the other rows of the batch.
 
+mod avx2;
+mod avx512;
 mod blocks;
-mod kernel;
 
 pub use blocks::{dequantize, quantize_q8_0, random_blocks, BlockType};
 
@@ -35,17 +36,108 @@ pub(crate) const CHUNK: usize = 32;
 #[error("{0}")]
 pub struct QuantError(String);
 
-/// Whether this CPU runs the quantised kernel: AVX-512 with byte operations and VNNI.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::tile::available()
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
+/// Block types as the kernels' constant parameter.
+pub(crate) mod ty {
+    pub const Q4_0: u8 = 0;
+    pub const Q4_1: u8 = 1;
+    pub const Q5_0: u8 = 2;
+    pub const Q5_1: u8 = 3;
+    pub const Q8_0: u8 = 4;
+    pub const Q4K: u8 = 5;
+    pub const Q5K: u8 = 6;
+    pub const Q6K: u8 = 7;
+}
+
+/// Input rows per tile, the most either kernel is handed at once.
+pub(crate) const MAX_ROWS: usize = avx512::MAX_ROWS;
+/// Outputs per tile: two lane groups.
+pub(crate) const NR: usize = 2 * LANES;
+/// Chunks ahead of the one multiplied whose values are prefetched.
+const PREFETCH: usize = 8;
+
+/// The instruction sets the quantised product runs on. Both compute each unit's integer dot
+/// products exactly and scale them in the same order, so they agree bit for bit (Q8_0 aside: the
+/// AVX2 kernel multiplies its signed values, the offset folded in exactly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// AVX-512 with byte operations and VNNI: `vpdpbusd`, 16 outputs per instruction.
+    Avx512,
+    /// AVX2 with FMA and F16C: `vpmaddubsw` pairs summed in 16 bits, 8 outputs per instruction.
+    Avx2,
+}
+
+impl Kernel {
+    /// Every kernel this CPU runs, the fastest first.
+    pub(crate) fn supported() -> Vec<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let mut out = Vec::new();
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                out.push(Kernel::Avx512);
+            }
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                out.push(Kernel::Avx2);
+            }
+            out
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Vec::new()
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// The kernel products run on: the fastest this CPU has.
+    fn detected() -> Option<Kernel> {
+        static DETECTED: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| Kernel::supported().first().copied())
+    }
+}
+
+/// Whether this CPU runs a quantised kernel: AVX-512 VNNI, or AVX2 with FMA and F16C.
+pub fn available() -> bool {
+    Kernel::detected().is_some()
+}
+
+/// Rows `r0 .. r0 + rows` of `x` against lane groups `g0`, `g0 + 1` of `w`, written to `dst`:
+/// `rows` rows of [`NR`] values, `dst_rs` apart, by the fastest kernel this CPU has.
+///
+/// # Safety
+/// [`available`]; `rows` in 1..=[`MAX_ROWS`], the rows exist in `x`, `g0 + 1` is a group of `w`,
+/// `x` and `w` have the same K, and `dst` can take the rectangle.
+pub(crate) unsafe fn run_tile(
+    w: &QuantMatrix,
+    g0: usize,
+    x: &Rows,
+    r0: usize,
+    rows: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+) {
+    let kernel = Kernel::detected().expect("the quantised product needs AVX-512 VNNI or AVX2: check available()");
+    // SAFETY: the caller's.
+    unsafe { run_tile_on(kernel, w, g0, x, r0, rows, dst, dst_rs) }
+}
+
+/// [`run_tile`] on the given kernel.
+///
+/// # Safety
+/// As [`run_tile`], with `kernel` one of [`Kernel::supported`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run_tile_on(
+    kernel: Kernel,
+    w: &QuantMatrix,
+    g0: usize,
+    x: &Rows,
+    r0: usize,
+    rows: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+) {
+    // SAFETY (both arms): the caller's.
+    match kernel {
+        Kernel::Avx512 => unsafe { avx512::run_tile(w, g0, x, r0, rows, dst, dst_rs) },
+        Kernel::Avx2 => unsafe { avx2::run_tile(w, g0, x, r0, rows, dst, dst_rs) },
     }
 }
 
@@ -393,8 +485,6 @@ impl Rows {
         self.q.is_empty()
     }
 }
-
-pub(crate) use kernel::{run_tile, MAX_ROWS, NR};
 
 #[cfg(test)]
 mod tests;

@@ -32,12 +32,34 @@ fn every_block_type_keeps_llama_cpp_values() {
     }
 }
 
-/// Every block type through the kernel, for ragged rows (N not a multiple of the tile, M not of
-/// the tile height), against the f64 product of what the kernel multiplies.
+/// `x` (M, K) · Wᵀ through `kernel`'s tiles alone, one after another.
+fn product_on(kernel: Kernel, x: &[f32], w: &QuantMatrix) -> Vec<f32> {
+    let (n, k) = (w.rows(), w.cols());
+    let (rows, m) = (Rows::quantize(x, k), x.len() / k);
+    let mut y = vec![f32::NAN; m * n];
+    let mut tile = [0f32; MAX_ROWS * NR];
+    for panel in 0..n.div_ceil(NR) {
+        for r0 in (0..m).step_by(MAX_ROWS) {
+            let real = MAX_ROWS.min(m - r0);
+            // SAFETY: `kernel` runs here; rows r0.. < M, a panel of the matrix, a tile of MAX_ROWS × NR.
+            unsafe { run_tile_on(kernel, w, 2 * panel, &rows, r0, real, tile.as_mut_ptr(), NR) };
+            for r in 0..real {
+                for j in 0..NR.min(n - panel * NR) {
+                    y[(r0 + r) * n + panel * NR + j] = tile[r * NR + j];
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Every block type through each kernel this CPU runs, for ragged rows (N not a multiple of the
+/// tile, M not of the tile height), against the f64 product of what the kernel multiplies; and
+/// through the packed product's tasks.
 #[test]
-fn the_kernel_computes_the_product_for_every_block_type() {
+fn the_kernels_compute_the_product_for_every_block_type() {
     if !available() {
-        eprintln!("this CPU lacks AVX-512 VNNI: the quantised kernel is not exercised here");
+        eprintln!("this CPU lacks AVX-512 VNNI and AVX2: the quantised kernels are not exercised here");
         return;
     }
     for ty in BlockType::ALL {
@@ -47,14 +69,44 @@ fn the_kernel_computes_the_product_for_every_block_type() {
             let matrix = Arc::new(QuantMatrix::from_blocks(ty, n, k, &bytes).unwrap());
             let w = matrix.dequantize();
             let x = input(m, k);
-            let packed = PackedWeight::quantized(matrix);
-            assert_eq!(packed.precision(), Precision::Int8);
-            let y = packed::product(&x, &packed);
             let want = reference(&x, &w, (m, n, k));
             let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            for (i, (a, b)) in y.iter().zip(&want).enumerate() {
-                // The inputs' rounding: at most 2⁻¹⁶ of each block's largest value.
-                assert!((*a as f64 - b).abs() < 1e-4 * scale, "{ty:?} ({m}, {n}, {k}) y[{i}]: {a} vs {b}");
+            let packed = PackedWeight::quantized(matrix.clone());
+            assert_eq!(packed.precision(), Precision::Int8);
+            let mut runs = vec![("packed".to_string(), packed::product(&x, &packed))];
+            runs.extend(
+                Kernel::supported().into_iter().map(|kernel| (format!("{kernel:?}"), product_on(kernel, &x, &matrix))),
+            );
+            for (name, y) in runs {
+                for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                    // The inputs' rounding: at most 2⁻¹⁶ of each block's largest value.
+                    assert!((*a as f64 - b).abs() < 1e-4 * scale, "{name} {ty:?} ({m}, {n}, {k}) y[{i}]: {a} vs {b}");
+                }
+            }
+        }
+    }
+}
+
+/// Where the CPU runs both kernels, they give the same bits (Q8_0 aside, whose offset the AVX2
+/// kernel does not round through the inputs' sums: there within the inputs' rounding).
+#[test]
+fn the_kernels_agree_bit_for_bit() {
+    let kernels = Kernel::supported();
+    if kernels.len() < 2 {
+        eprintln!("this CPU runs {kernels:?}: nothing to compare");
+        return;
+    }
+    let (m, n) = (11, 64);
+    for ty in BlockType::ALL {
+        let k = 4 * ty.values();
+        let matrix = QuantMatrix::from_blocks(ty, n, k, &random_blocks(ty, n * k / ty.values(), 7)).unwrap();
+        let x = input(m, k);
+        let (a, b) = (product_on(kernels[0], &x, &matrix), product_on(kernels[1], &x, &matrix));
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            match ty {
+                BlockType::Q8_0 => assert!((a - b).abs() < 1e-5 * scale, "{ty:?} y[{i}]: {a} vs {b}"),
+                _ => assert!(a.to_bits() == b.to_bits(), "{ty:?} y[{i}]: {a} vs {b}"),
             }
         }
     }

@@ -1,31 +1,18 @@
 //! The AVX-512 VNNI tile: up to [`MAX_ROWS`] input rows × two lane groups (32 outputs), each
 //! unit's integer dot products in `vpdpbusd` accumulators, scaled into f32 sums at the unit's end.
 
-use super::{BlockType, QuantMatrix, Rows, CHUNK, LANES};
-
-/// Block types as the kernel's constant parameter.
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-const Q5_1: u8 = 3;
-const Q8_0: u8 = 4;
-const Q4K: u8 = 5;
-const Q5K: u8 = 6;
-const Q6K: u8 = 7;
+use super::ty::*;
+use super::{BlockType, QuantMatrix, Rows, CHUNK, LANES, PREFETCH};
 
 /// Input rows per tile: 4 integer accumulators per row (two groups, the values and their rests)
 /// stay in registers; the f32 sums, touched once per unit, may live in memory.
 pub(crate) const MAX_ROWS: usize = 6;
-/// Chunks ahead of the one multiplied whose values are prefetched.
-const PREFETCH: usize = 8;
-/// Outputs per tile: two lane groups.
-pub(crate) const NR: usize = 2 * LANES;
 
 /// Rows `r0 .. r0 + rows` of `x` against lane groups `g0`, `g0 + 1` of `w`, written to `dst`:
-/// `rows` rows of [`NR`] values, `dst_rs` apart.
+/// `rows` rows of [`super::NR`] values, `dst_rs` apart.
 ///
 /// # Safety
-/// The CPU has the kernel ([`super::available`]); `rows` in 1..=[`MAX_ROWS`], the rows exist in
+/// The CPU has AVX-512 VNNI ([`super::Kernel::Avx512`]); `rows` in 1..=[`MAX_ROWS`], the rows exist in
 /// `x`, `g0 + 1` is a group of `w`, `x` and `w` have the same K, and `dst` can take the rectangle.
 pub(crate) unsafe fn run_tile(
     w: &QuantMatrix,
@@ -222,5 +209,5 @@ unsafe fn tile<const TY: u8, const BITS: usize, const UNIT: usize, const R: usiz
     _: *mut f32,
     _: usize,
 ) {
-    unreachable!("quant::available() is false off x86_64")
+    unreachable!("no quantised kernel runs off x86_64")
 }
