@@ -269,7 +269,7 @@ fn the_default_teacher_runs_its_quantised_blocks_natively_unless_f32_is_asked() 
     assert!(native.status.success(), "{}\n{}", text(&native.stderr), distill_models::teacher::FETCH_HINT);
     let f32 = run(&["generate", "--max-tokens", "12", "--matmuls", "f32", prompt]);
     assert!(f32.status.success(), "{}", text(&f32.stderr));
-    // Without AVX-512 VNNI the weights were dequantised at load: both runs are the f32 path.
+    // Without AVX-512 VNNI or AVX2 the weights were dequantised at load: both runs are the f32 path.
     if distill_kernels::quant::available() {
         assert!(text(&native.stderr).contains("matmuls in int8"), "{}", text(&native.stderr));
         let said = text(&f32.stderr);

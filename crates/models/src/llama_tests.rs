@@ -368,7 +368,7 @@ fn quantised_weights_run_close_to_their_f32_values() {
     use distill_kernels::quant::{quantize_q8_0, BlockType, QuantMatrix};
     use std::sync::Arc;
     if !distill_kernels::quant::available() {
-        eprintln!("this CPU lacks AVX-512 VNNI: the quantised model path is not exercised here");
+        eprintln!("this CPU lacks AVX-512 VNNI and AVX2: the quantised model path is not exercised here");
         return;
     }
     for tied in [true, false] {

@@ -137,7 +137,7 @@ fn not_a_model_dir(dir: &Path) -> String {
 pub struct LoadOptions {
     /// Dequantise a GGUF file's quantised weights to f32 instead of keeping their blocks for the
     /// quantised kernel: what training from them needs, and the reference the kernel is measured
-    /// against. Without the kernel's instructions (AVX-512 VNNI) or off the CPU, they are
+    /// against. Without the kernels' instructions (AVX-512 VNNI, or AVX2 with FMA and F16C) or off the CPU, they are
     /// dequantised anyway.
     pub dequantize: bool,
 }

@@ -112,7 +112,9 @@ fn all_position_logits_match_an_f32_reference_forward() {
 fn the_int8_kernel_stays_close_to_the_f32_reference() {
     let reference = &fixture()["logits"];
     if teacher().model.packed_matmuls() != Some(distill_kernels::packed::Precision::Int8) {
-        eprintln!("this CPU lacks AVX-512 VNNI: the teacher runs dequantised, the int8 kernel is not exercised");
+        eprintln!(
+            "this CPU lacks AVX-512 VNNI and AVX2: the teacher runs dequantised, the int8 kernel is not exercised"
+        );
     }
     let logits = teacher_logits(&ids(&reference["ids"]));
     let columns = ids(&reference["columns"]);

@@ -130,7 +130,7 @@ pub struct GenerateArgs {
     synthesize_similarity: f64,
 
     /// Arithmetic of the model's matmuls. By default a GGUF file's quantised weights (Q4_0 … Q8_0,
-    /// Q4_K, Q5_K, Q6_K) run as they are, on 8-bit integer products (AVX-512 VNNI), and f32/f16/bf16
+    /// Q4_K, Q5_K, Q6_K) run as they are, on 8-bit integer products (AVX-512 VNNI or AVX2), and f32/f16/bf16
     /// weights in f32. Naming one applies it to every matmul: `f32` dequantises quantised weights
     /// (the reference path: 4 bytes per weight); `bf16` rounds weights and activations to bfloat16
     /// with f32 sums, faster on CPUs with AVX-512 BF16 at a small cost in fidelity
@@ -206,7 +206,7 @@ pub fn use_matmuls(model: &mut LoadedModel, requested: Option<Precision>) -> Res
         eprintln!("dequantised the file's quantised weights to f32 (--matmuls {asked})");
     }
     if got == Precision::F32 && asked != Precision::F32 {
-        let needs = if asked == Precision::Bf16 { "AVX-512 BF16" } else { "AVX-512 VNNI" };
+        let needs = if asked == Precision::Bf16 { "AVX-512 BF16" } else { "AVX-512 VNNI or AVX2" };
         eprintln!("warning: --matmuls {asked} needs a CPU with {needs}; running f32 matmuls");
     } else if got != Precision::F32 {
         eprintln!("matmuls in {got} (packed in {:.1} s)", started.elapsed().as_secs_f64());

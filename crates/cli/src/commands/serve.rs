@@ -101,7 +101,7 @@ pub struct ServeArgs {
     guard: Option<Level>,
 
     /// Arithmetic of the model's matmuls. By default a GGUF file's quantised weights (Q4_0 … Q8_0,
-    /// Q4_K, Q5_K, Q6_K) run as they are, on 8-bit integer products (AVX-512 VNNI), and f32/f16/bf16
+    /// Q4_K, Q5_K, Q6_K) run as they are, on 8-bit integer products (AVX-512 VNNI or AVX2), and f32/f16/bf16
     /// weights in f32. Naming one applies it to every matmul: `f32` dequantises quantised weights
     /// (the reference path: 4 bytes per weight); `bf16` rounds weights and activations to bfloat16
     /// with f32 sums, faster on CPUs with AVX-512 BF16 at a small cost in fidelity

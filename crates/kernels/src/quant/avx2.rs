@@ -191,48 +191,6 @@ unsafe fn tile<const TY: u8, const BITS: usize, const UNIT: usize, const R: usiz
         }
         for half in 0..CHUNK / UNIT {
             let unit = c * (CHUNK / UNIT) + half;
-            // Per row and octet, the unit's exact sums 256·Σ q·w + Σ lo·w.
-            let mut whole = [[_mm256_setzero_si256(); 4]; R];
-            for q0 in (half * UNIT / 4..(half + 1) * UNIT / 4).step_by(span) {
-                let mut hi = [[_mm256_setzero_si256(); 4]; R];
-                let mut lo = [[_mm256_setzero_si256(); 4]; R];
-                for quad in q0..q0 + span {
-                    // Each row's 4 inputs, loaded once for the 4 octets.
-                    let mut inputs = [(_mm256_setzero_si256(), _mm256_setzero_si256()); R];
-                    for (r, input) in inputs.iter_mut().enumerate() {
-                        let at = r * k + c * CHUNK + 4 * quad;
-                        // SAFETY: row r0 + r holds k ≥ (c + 1)·32 values.
-                        *input = unsafe {
-                            (
-                                _mm256_set1_epi32(xq.add(at).cast::<i32>().read_unaligned()),
-                                _mm256_set1_epi32(xlo.add(at).cast::<i32>().read_unaligned()),
-                            )
-                        };
-                    }
-                    for o in 0..4 {
-                        // SAFETY: chunk c of group g0 + o / 2.
-                        let v = unsafe { quad_of::<BITS>(chunk.add(o / 2 * bytes), quad, o % 2) };
-                        // Q8_0: |q| unsigned, its sign moved onto the inputs.
-                        let signed = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
-                        let v = if BITS == 8 { _mm256_abs_epi8(signed) } else { v };
-                        for (r, &(q, rest)) in inputs.iter().enumerate() {
-                            let (q, rest) = match BITS {
-                                8 => (_mm256_sign_epi8(q, signed), _mm256_sign_epi8(rest, signed)),
-                                _ => (q, rest),
-                            };
-                            hi[r][o] = _mm256_add_epi16(hi[r][o], _mm256_maddubs_epi16(v, q));
-                            lo[r][o] = _mm256_add_epi16(lo[r][o], _mm256_maddubs_epi16(v, rest));
-                        }
-                    }
-                }
-                for r in 0..R {
-                    for o in 0..4 {
-                        let sum =
-                            _mm256_add_epi32(_mm256_madd_epi16(hi[r][o], by256), _mm256_madd_epi16(lo[r][o], ones));
-                        whole[r][o] = _mm256_add_epi32(whole[r][o], sum);
-                    }
-                }
-            }
             let mut dx = [_mm256_setzero_ps(); R];
             let mut sums = [_mm256_setzero_ps(); R];
             for r in 0..R {
@@ -246,19 +204,65 @@ unsafe fn tile<const TY: u8, const BITS: usize, const UNIT: usize, const R: usiz
                     });
                 }
             }
-            for o in 0..4 {
-                let gi = o / 2;
-                // SAFETY: the group's records for `unit` and for its block of 256.
-                let (s, b) = unsafe {
-                    let unit_record = units.add((2 * unit + gi) * unit_bytes);
-                    let block_record = blocks.add((2 * (unit * UNIT / 256) + gi) * block_bytes);
-                    affine::<TY>(unit_record, block_record, o % 2)
-                };
-                for r in 0..R {
-                    let acc = &mut acc[r][o];
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(whole[r][o]), _mm256_mul_ps(s, dx[r]), *acc);
-                    if TY != Q8_0 {
-                        *acc = _mm256_fmadd_ps(b, sums[r], *acc);
+            // One group at a time: its two octets' accumulators for every row stay in registers.
+            for gi in 0..2 {
+                // SAFETY: chunk c of group g0 + gi.
+                let chunk = unsafe { chunk.add(gi * bytes) };
+                // Per row and octet, the unit's exact sums 256·Σ q·w + Σ lo·w.
+                let mut whole = [[_mm256_setzero_si256(); 2]; R];
+                for first in (0..UNIT / 4).step_by(span) {
+                    let mut hi = [[_mm256_setzero_si256(); 2]; R];
+                    let mut lo = [[_mm256_setzero_si256(); 2]; R];
+                    for quad in half * UNIT / 4 + first..half * UNIT / 4 + first + span {
+                        // Each row's 4 inputs, loaded once for both octets.
+                        let mut inputs = [(_mm256_setzero_si256(), _mm256_setzero_si256()); R];
+                        for (r, input) in inputs.iter_mut().enumerate() {
+                            let at = r * k + c * CHUNK + 4 * quad;
+                            // SAFETY: row r0 + r holds k ≥ (c + 1)·32 values.
+                            *input = unsafe {
+                                (
+                                    _mm256_set1_epi32(xq.add(at).cast::<i32>().read_unaligned()),
+                                    _mm256_set1_epi32(xlo.add(at).cast::<i32>().read_unaligned()),
+                                )
+                            };
+                        }
+                        for octet in 0..2 {
+                            // SAFETY: chunk c of the group.
+                            let v = unsafe { quad_of::<BITS>(chunk, quad, octet) };
+                            // Q8_0: |q| unsigned, its sign moved onto the inputs.
+                            let signed = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
+                            let v = if BITS == 8 { _mm256_abs_epi8(signed) } else { v };
+                            for (r, &(q, rest)) in inputs.iter().enumerate() {
+                                let (q, rest) = match BITS {
+                                    8 => (_mm256_sign_epi8(q, signed), _mm256_sign_epi8(rest, signed)),
+                                    _ => (q, rest),
+                                };
+                                hi[r][octet] = _mm256_add_epi16(hi[r][octet], _mm256_maddubs_epi16(v, q));
+                                lo[r][octet] = _mm256_add_epi16(lo[r][octet], _mm256_maddubs_epi16(v, rest));
+                            }
+                        }
+                    }
+                    for r in 0..R {
+                        for octet in 0..2 {
+                            let (hi, lo) = (hi[r][octet], lo[r][octet]);
+                            let sum = _mm256_add_epi32(_mm256_madd_epi16(hi, by256), _mm256_madd_epi16(lo, ones));
+                            whole[r][octet] = _mm256_add_epi32(whole[r][octet], sum);
+                        }
+                    }
+                }
+                for octet in 0..2 {
+                    // SAFETY: the group's records for `unit` and for its block of 256.
+                    let (s, b) = unsafe {
+                        let unit_record = units.add((2 * unit + gi) * unit_bytes);
+                        let block_record = blocks.add((2 * (unit * UNIT / 256) + gi) * block_bytes);
+                        affine::<TY>(unit_record, block_record, octet)
+                    };
+                    for r in 0..R {
+                        let acc = &mut acc[r][2 * gi + octet];
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(whole[r][octet]), _mm256_mul_ps(s, dx[r]), *acc);
+                        if TY != Q8_0 {
+                            *acc = _mm256_fmadd_ps(b, sums[r], *acc);
+                        }
                     }
                 }
             }

@@ -10,7 +10,7 @@
 //! - The layout interleaves 16 output rows ("lanes"): each 64-byte vector holds 4 consecutive
 //!   values of each of 16 rows (two such runs as the nibbles of 4-bit values, the fifth and sixth
 //!   bits in planes of their own), what one AVX-512 VNNI `vpdpbusd` multiplies against 4 values of
-//!   an input row.
+//!   an input row; the AVX2 kernel ([`Kernel::Avx2`]) takes each half of it as one register.
 //! - Inputs are rounded per block of 32 to a f32 scale and two 8-bit integers per value, the
 //!   value and the rest of its rounding ([`Rows`]): llama.cpp rounds to one (its q8 blocks), which
 //!   moved SmolLM2's next-token distributions by a mean KL of 4.7e-3 nats from the f32 path; the
@@ -400,25 +400,33 @@ fn fill_group(ty: BlockType, k: usize, rows: &[u8], out: Group) -> Result<(), (u
     }
     let bytes = chunk_bytes(bits);
     for (c, out) in quants.chunks_exact_mut(bytes).skip(half).step_by(2).enumerate() {
-        let value = |r: usize, i: usize| q[r * k + c * CHUNK + i];
         for r in 0..LANES {
+            let value: &[u8; CHUNK] = q[r * k + c * CHUNK..][..CHUNK].try_into().expect("a chunk of 32 values");
+            let lane = |plane: usize| plane + r * 4;
             for j in 0..4 {
                 if bits == 8 {
                     for quad in 0..8 {
-                        out[quad * 64 + r * 4 + j] = value(r, 4 * quad + j);
+                        out[lane(quad * 64) + j] = value[4 * quad + j];
                     }
                     continue;
                 }
                 for v in 0..4 {
-                    out[v * 64 + r * 4 + j] = (value(r, 8 * v + j) & 0xF) | (value(r, 8 * v + 4 + j) & 0xF) << 4;
+                    out[lane(v * 64) + j] = (value[8 * v + j] & 0xF) | (value[8 * v + 4 + j] & 0xF) << 4;
                 }
                 if bits == 5 {
-                    out[256 + r * 4 + j] = (0..8).map(|quad| ((value(r, 4 * quad + j) >> 4) & 1) << quad).sum();
+                    let mut plane = 0;
+                    for quad in 0..8 {
+                        plane |= ((value[4 * quad + j] >> 4) & 1) << quad;
+                    }
+                    out[lane(256) + j] = plane;
                 }
                 if bits == 6 {
-                    for plane in 0..2 {
-                        out[256 + 64 * plane + r * 4 + j] =
-                            (0..4).map(|p| ((value(r, 4 * (p + 4 * plane) + j) >> 4) & 3) << (2 * p)).sum();
+                    for p in 0..2 {
+                        let mut plane = 0;
+                        for quad in 0..4 {
+                            plane |= ((value[4 * (quad + 4 * p) + j] >> 4) & 3) << (2 * quad);
+                        }
+                        out[lane(256 + 64 * p) + j] = plane;
                     }
                 }
             }
