@@ -15,9 +15,11 @@ use super::{BlockType, QuantMatrix, Rows, CHUNK, LANES, PREFETCH};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Input rows per tile: 3 integer accumulators per row (the values, their rests and the unit's
-/// sum) and the shared registers fill the 16 of AVX2; larger row counts run as several tiles.
-const ROWS: usize = 1;
+/// Input rows per tile, a lane group at a time: per row, each octet's 16-bit sums of the values
+/// and of their rests and its unit sum (6 registers), and the row's inputs (2). Measured here
+/// (Zen, 1,024 × 512 Q4_K, 64 rows, one thread): 9.0 GMAC/s at 1 row, 11.4 at 2, 9.0 at 3 (spills).
+/// Larger row counts run as several tiles.
+const ROWS: usize = 2;
 /// Lanes of one 256-bit register of weights.
 const OCTET: usize = 8;
 
