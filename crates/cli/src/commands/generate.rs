@@ -209,7 +209,11 @@ pub fn use_matmuls(model: &mut LoadedModel, requested: Option<Precision>) -> Res
         let needs = if asked == Precision::Bf16 { "AVX-512 BF16" } else { "AVX-512 VNNI or AVX2" };
         eprintln!("warning: --matmuls {asked} needs a CPU with {needs}; running f32 matmuls");
     } else if got != Precision::F32 {
-        eprintln!("matmuls in {got} (packed in {:.1} s)", started.elapsed().as_secs_f64());
+        let kernel = match (got, distill_kernels::quant::kernel_name()) {
+            (Precision::Int8, Some(name)) => format!(", {name}"),
+            _ => String::new(),
+        };
+        eprintln!("matmuls in {got}{kernel} (packed in {:.1} s)", started.elapsed().as_secs_f64());
     }
     Ok(got)
 }

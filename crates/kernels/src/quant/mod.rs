@@ -99,6 +99,14 @@ pub fn available() -> bool {
     Kernel::detected().is_some()
 }
 
+/// The instructions the quantised products run on here, for messages: "AVX-512 VNNI" or "AVX2".
+pub fn kernel_name() -> Option<&'static str> {
+    Kernel::detected().map(|kernel| match kernel {
+        Kernel::Avx512 => "AVX-512 VNNI",
+        Kernel::Avx2 => "AVX2",
+    })
+}
+
 /// Rows `r0 .. r0 + rows` of `x` against lane groups `g0`, `g0 + 1` of `w`, written to `dst`:
 /// `rows` rows of [`NR`] values, `dst_rs` apart, by the fastest kernel this CPU has.
 ///
