@@ -244,6 +244,7 @@ const QUANT_MC: usize = 48;
 /// As [`PackedWeight::task`].
 unsafe fn quant_task(m: &QuantMatrix, x: &Rows, rows: Range<usize>, panels: Range<usize>, out: &Out) {
     let nr = quant::NR;
+    let kernel = quant::Kernel::detected().expect("`rows_of` checked that a quantised kernel runs here");
     let mut tile_out = [0f32; quant::MAX_ROWS * quant::NR];
     for panel in panels {
         let cols = nr.min(out.n - panel * nr);
@@ -257,7 +258,7 @@ unsafe fn quant_task(m: &QuantMatrix, x: &Rows, rows: Range<usize>, panels: Rang
             // SAFETY: the kernel runs here (`rows_of` checked); rows r0.. < M of `x`, groups
             // 2·panel and 2·panel + 1 of the matrix (whole pairs), and `dst` inside this task's
             // rectangle when direct, inside `tile_out` otherwise.
-            unsafe { quant::run_tile(m, 2 * panel, x, r0, real, dst, dst_rs) };
+            unsafe { quant::run_tile(kernel, m, 2 * panel, x, r0, real, dst, dst_rs) };
             if !direct {
                 // SAFETY: inside this task's rectangle.
                 unsafe { out.store(&tile_out, nr, real, (r0, panel * nr), cols) };

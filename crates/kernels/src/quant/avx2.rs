@@ -20,6 +20,7 @@ use std::arch::x86_64::*;
 /// (Zen, 1,024 × 512 Q4_K, 64 rows, one thread): 9.0 GMAC/s at 1 row, 11.4 at 2, 9.0 at 3 (spills).
 /// Larger row counts run as several tiles.
 const ROWS: usize = 2;
+const _: () = assert!(ROWS == 2, "run_rows dispatches tiles of 1 and 2 rows");
 /// Lanes of one 256-bit register of weights.
 const OCTET: usize = 8;
 
@@ -49,27 +50,8 @@ pub(crate) unsafe fn run_tile(
 
 /// [`run_tile`] for 1..=[`ROWS`] rows.
 unsafe fn run_rows(w: &QuantMatrix, g0: usize, x: &Rows, r0: usize, rows: usize, dst: *mut f32, dst_rs: usize) {
-    macro_rules! by_rows {
-        ($ty:ident, $bits:literal, $unit:literal) => {
-            // SAFETY (every arm): the caller's.
-            match rows {
-                1 => unsafe { tile::<$ty, $bits, $unit, 1>(w, g0, x, r0, dst, dst_rs) },
-                2 => unsafe { tile::<$ty, $bits, $unit, 2>(w, g0, x, r0, dst, dst_rs) },
-                3 => unsafe { tile::<$ty, $bits, $unit, 3>(w, g0, x, r0, dst, dst_rs) },
-                _ => unreachable!("no tile of {rows} rows"),
-            }
-        };
-    }
-    match w.ty {
-        BlockType::Q4_0 => by_rows!(Q4_0, 4, 32),
-        BlockType::Q4_1 => by_rows!(Q4_1, 4, 32),
-        BlockType::Q4K => by_rows!(Q4K, 4, 32),
-        BlockType::Q5_0 => by_rows!(Q5_0, 5, 32),
-        BlockType::Q5_1 => by_rows!(Q5_1, 5, 32),
-        BlockType::Q5K => by_rows!(Q5K, 5, 32),
-        BlockType::Q6K => by_rows!(Q6K, 6, 16),
-        BlockType::Q8_0 => by_rows!(Q8_0, 8, 32),
-    }
+    // SAFETY: the caller's.
+    unsafe { dispatch_tile!(tile, w.ty, rows, [1, 2], (w, g0, x, r0, dst, dst_rs)) }
 }
 
 /// Quads whose pair sums add up in 16 bits without overflow: (2^BITS − 1)·127·2 per pair for the

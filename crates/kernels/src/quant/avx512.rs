@@ -23,30 +23,8 @@ pub(crate) unsafe fn run_tile(
     dst: *mut f32,
     dst_rs: usize,
 ) {
-    macro_rules! by_rows {
-        ($ty:ident, $bits:literal, $unit:literal) => {
-            // SAFETY (every arm): the caller's.
-            match rows {
-                1 => unsafe { tile::<$ty, $bits, $unit, 1>(w, g0, x, r0, dst, dst_rs) },
-                2 => unsafe { tile::<$ty, $bits, $unit, 2>(w, g0, x, r0, dst, dst_rs) },
-                3 => unsafe { tile::<$ty, $bits, $unit, 3>(w, g0, x, r0, dst, dst_rs) },
-                4 => unsafe { tile::<$ty, $bits, $unit, 4>(w, g0, x, r0, dst, dst_rs) },
-                5 => unsafe { tile::<$ty, $bits, $unit, 5>(w, g0, x, r0, dst, dst_rs) },
-                6 => unsafe { tile::<$ty, $bits, $unit, 6>(w, g0, x, r0, dst, dst_rs) },
-                _ => unreachable!("no tile of {rows} rows"),
-            }
-        };
-    }
-    match w.ty {
-        BlockType::Q4_0 => by_rows!(Q4_0, 4, 32),
-        BlockType::Q4_1 => by_rows!(Q4_1, 4, 32),
-        BlockType::Q4K => by_rows!(Q4K, 4, 32),
-        BlockType::Q5_0 => by_rows!(Q5_0, 5, 32),
-        BlockType::Q5_1 => by_rows!(Q5_1, 5, 32),
-        BlockType::Q5K => by_rows!(Q5K, 5, 32),
-        BlockType::Q6K => by_rows!(Q6K, 6, 16),
-        BlockType::Q8_0 => by_rows!(Q8_0, 8, 32),
-    }
+    // SAFETY: the caller's.
+    unsafe { dispatch_tile!(tile, w.ty, rows, [1, 2, 3, 4, 5, 6], (w, g0, x, r0, dst, dst_rs)) }
 }
 
 #[cfg(target_arch = "x86_64")]

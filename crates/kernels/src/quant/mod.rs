@@ -18,6 +18,30 @@
 //!   values, the exact integer dot products times `s·dx` plus `b·Σx`, in a fixed order: a row's
 //!   outputs do not depend on the other rows of the batch.
 
+/// `$tile::<TY, BITS, UNIT, R>($args)`: the tile of one kernel instantiated for the block type
+/// `$block` (its constant, its bits and its unit) and for `$rows`, one of the row counts listed.
+/// The one table from block types to the kernels' constant parameters.
+macro_rules! dispatch_tile {
+    ($tile:ident, $block:expr, $rows:expr, [$($r:literal),+], $args:tt) => {
+        match $block {
+            BlockType::Q4_0 => dispatch_tile!(@rows $tile, Q4_0, 4, 32, $rows, [$($r),+], $args),
+            BlockType::Q4_1 => dispatch_tile!(@rows $tile, Q4_1, 4, 32, $rows, [$($r),+], $args),
+            BlockType::Q4K => dispatch_tile!(@rows $tile, Q4K, 4, 32, $rows, [$($r),+], $args),
+            BlockType::Q5_0 => dispatch_tile!(@rows $tile, Q5_0, 5, 32, $rows, [$($r),+], $args),
+            BlockType::Q5_1 => dispatch_tile!(@rows $tile, Q5_1, 5, 32, $rows, [$($r),+], $args),
+            BlockType::Q5K => dispatch_tile!(@rows $tile, Q5K, 5, 32, $rows, [$($r),+], $args),
+            BlockType::Q6K => dispatch_tile!(@rows $tile, Q6K, 6, 16, $rows, [$($r),+], $args),
+            BlockType::Q8_0 => dispatch_tile!(@rows $tile, Q8_0, 8, 32, $rows, [$($r),+], $args),
+        }
+    };
+    (@rows $tile:ident, $ty:ident, $bits:literal, $unit:literal, $rows:expr, [$($r:literal),+], $args:tt) => {
+        match $rows {
+            $($r => $tile::<{ super::ty::$ty }, $bits, $unit, $r> $args,)+
+            rows => unreachable!("no tile of {rows} rows"),
+        }
+    };
+}
+
 mod avx2;
 mod avx512;
 mod blocks;
@@ -88,7 +112,7 @@ impl Kernel {
     }
 
     /// The kernel products run on: the fastest this CPU has.
-    fn detected() -> Option<Kernel> {
+    pub(crate) fn detected() -> Option<Kernel> {
         static DETECTED: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| Kernel::supported().first().copied())
     }
@@ -108,31 +132,13 @@ pub fn kernel_name() -> Option<&'static str> {
 }
 
 /// Rows `r0 .. r0 + rows` of `x` against lane groups `g0`, `g0 + 1` of `w`, written to `dst`:
-/// `rows` rows of [`NR`] values, `dst_rs` apart, by the fastest kernel this CPU has.
+/// `rows` rows of [`NR`] values, `dst_rs` apart, by `kernel`.
 ///
 /// # Safety
-/// [`available`]; `rows` in 1..=[`MAX_ROWS`], the rows exist in `x`, `g0 + 1` is a group of `w`,
-/// `x` and `w` have the same K, and `dst` can take the rectangle.
-pub(crate) unsafe fn run_tile(
-    w: &QuantMatrix,
-    g0: usize,
-    x: &Rows,
-    r0: usize,
-    rows: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-) {
-    let kernel = Kernel::detected().expect("the quantised product needs AVX-512 VNNI or AVX2: check available()");
-    // SAFETY: the caller's.
-    unsafe { run_tile_on(kernel, w, g0, x, r0, rows, dst, dst_rs) }
-}
-
-/// [`run_tile`] on the given kernel.
-///
-/// # Safety
-/// As [`run_tile`], with `kernel` one of [`Kernel::supported`].
+/// `kernel` is one of [`Kernel::supported`]; `rows` in 1..=[`MAX_ROWS`], the rows exist in `x`,
+/// `g0 + 1` is a group of `w`, `x` and `w` have the same K, and `dst` can take the rectangle.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn run_tile_on(
+pub(crate) unsafe fn run_tile(
     kernel: Kernel,
     w: &QuantMatrix,
     g0: usize,

@@ -42,7 +42,7 @@ fn product_on(kernel: Kernel, x: &[f32], w: &QuantMatrix) -> Vec<f32> {
         for r0 in (0..m).step_by(MAX_ROWS) {
             let real = MAX_ROWS.min(m - r0);
             // SAFETY: `kernel` runs here; rows r0.. < M, a panel of the matrix, a tile of MAX_ROWS × NR.
-            unsafe { run_tile_on(kernel, w, 2 * panel, &rows, r0, real, tile.as_mut_ptr(), NR) };
+            unsafe { run_tile(kernel, w, 2 * panel, &rows, r0, real, tile.as_mut_ptr(), NR) };
             for r in 0..real {
                 for j in 0..NR.min(n - panel * NR) {
                     y[(r0 + r) * n + panel * NR + j] = tile[r * NR + j];
