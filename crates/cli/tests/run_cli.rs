@@ -25,14 +25,21 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
     let (train, heldout, ood) =
         (prompts("train.jsonl", 8, false), prompts("heldout.jsonl", 6, false), prompts("ood.jsonl", 3, true));
     let more = prompts("more.jsonl", 8, false);
+    let tasks = dir.path().join("tasks.jsonl");
+    std::fs::write(
+        &tasks,
+        "{\"task_id\": \"T/0\", \"prompt\": \"def add(a, b):\\n\", \"test\": \"def check(f):\\n    assert f(1, 2) == 3\\n\", \"entry_point\": \"add\"}\n",
+    )
+    .unwrap();
     let out = dir.path().join("run");
     let config = dir.path().join("pipeline.toml");
     std::fs::write(
         &config,
         format!(
-            "output = {:?}\n[teacher]\nmodel = {:?}\n[data]\ntrain_prompts = [{train:?}, {more:?}]\nheldout_prompts = {heldout:?}\nood_prompts = {ood:?}\nmax_train_prompts = 12\ncompletions = 2\nk = 8\nmax_tokens = 8\n[train]\nsteps = 6\nbatch_size = 2\nseq_len = 48\neval_every = 3\n[student]\ntype = \"prune\"\nkeep_layers = [0]\n[optimizer]\nlr = 0.002\n[eval]\nmax_tokens = 6\n[export]\ntypes = [\"q8_0\"]\n",
+            "output = {:?}\n[teacher]\nmodel = {:?}\n[data]\ntrain_prompts = [{train:?}, {more:?}]\nheldout_prompts = {heldout:?}\nood_prompts = {ood:?}\nmax_train_prompts = 12\ncompletions = 2\nk = 8\nmax_tokens = 8\n[train]\nsteps = 6\nbatch_size = 2\nseq_len = 48\neval_every = 3\n[student]\ntype = \"prune\"\nkeep_layers = [0]\n[optimizer]\nlr = 0.002\n[eval]\nmax_tokens = 6\ncode_tasks = {:?}\ncode_max_tokens = 4\n[export]\ntypes = [\"q8_0\"]\n",
             out.to_str().unwrap(),
-            teacher.to_str().unwrap()
+            teacher.to_str().unwrap(),
+            tasks.to_str().unwrap()
         ),
     )
     .unwrap();
@@ -42,6 +49,9 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
     assert!(stdout.contains("report.html"), "{stdout}");
     assert!(stdout.contains("retention student in_domain: top-1 agreement"), "{stdout}");
     assert!(stdout.contains("retention student (q8_0) out_of_domain"), "{stdout}");
+    // Code tasks are scored on the trained student only, not again on each export.
+    assert!(stdout.contains("code tasks student (1 tasks): pass@1 teacher 0.000, student 0.000"), "{stdout}");
+    assert!(!stdout.contains("code tasks student (q8_0)"), "{stdout}");
     for stage in ["teacher-signal-train", "teacher-signal-heldout", "train", "eval", "export-q8_0"] {
         assert!(out.join("stages").join(format!("{stage}.done")).is_file(), "{stage} not marked done");
     }
@@ -55,6 +65,7 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
     assert_eq!(html.matches("<svg").count(), 6, "six plots");
     assert!(html.contains("teacher-signal-train") && html.contains("training config"), "the run's section");
     assert!(html.contains("student (q8_0) — in-domain") && html.contains("student — out-of-domain"));
+    assert!(html.contains("Code tasks (executed pass@1"), "the code tasks' table");
     // The train stage used only the first 12 prompts: the first file's 8, then 4 of the second.
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("data/train/manifest.json")).unwrap()).unwrap();

@@ -93,6 +93,9 @@ pub struct DataSection {
     pub top_p: f64,
     #[serde(default)]
     pub seed: u64,
+    /// Strings that end a teacher completion (e.g. `"\ndef"` for code: one function per prompt).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
 }
 
 fn default_completions() -> usize {
@@ -127,11 +130,27 @@ pub struct EvalSection {
     #[serde(default = "default_eval_tokens")]
     pub max_tokens: usize,
     pub max_prompts: Option<usize>,
+    /// Code tasks in HumanEval's format: the trained student's and the teacher's executed pass@1
+    /// (as `distill eval --code-tasks`). `~/` is the home directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_tasks: Option<PathBuf>,
+    /// Only the first N code tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_limit: Option<usize>,
+    /// Tokens each model writes per code task (default 384).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_max_tokens: Option<usize>,
 }
 
 impl Default for EvalSection {
     fn default() -> Self {
-        Self { max_tokens: default_eval_tokens(), max_prompts: None }
+        Self {
+            max_tokens: default_eval_tokens(),
+            max_prompts: None,
+            code_tasks: None,
+            code_limit: None,
+            code_max_tokens: None,
+        }
     }
 }
 
@@ -200,15 +219,34 @@ impl PipelineFile {
         (train.loss, train.optimizer, train.schedule) = (self.loss, self.optimizer, self.schedule);
         train.validate()?;
         let d = &self.data;
-        if d.k == 0 || d.max_tokens == 0 || self.eval.max_tokens == 0 {
-            bail!("data.k, data.max_tokens and eval.max_tokens must be at least 1");
+        if d.k == 0 || d.max_tokens == 0 || self.eval.max_tokens == 0 || self.eval.code_max_tokens == Some(0) {
+            bail!("data.k, data.max_tokens, eval.max_tokens and eval.code_max_tokens must be at least 1");
+        }
+        let mut eval = self.eval;
+        if let Some(tasks) = &eval.code_tasks {
+            let path = home_relative(tasks);
+            if !path.is_file() {
+                bail!(
+                    "eval.code_tasks: {} does not exist\nHINT: scripts/fetch-humaneval.sh fetches HumanEval's 164 problems",
+                    path.display()
+                );
+            }
+            eval.code_tasks = Some(path);
         }
         for ty in &self.export.types {
             if GgufType::parse(ty).is_none() {
                 bail!("export.types: unknown type `{ty}` ({})", GgufType::NAMES);
             }
         }
-        Ok(Pipeline { output: self.output, teacher, data: self.data, train, eval: self.eval, export: self.export })
+        Ok(Pipeline { output: self.output, teacher, data: self.data, train, eval, export: self.export })
+    }
+}
+
+/// `~/…` as a shell would expand it (config files are not shell-expanded).
+fn home_relative(path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => path.to_path_buf(),
     }
 }
 
@@ -240,5 +278,28 @@ mod tests {
         assert!(err.contains("[train] sets `output`"), "{err}");
         let err = format!("{:#}", resolve(&text.replace("\"q4_0\"]", "\"q3\"]")).unwrap_err());
         assert!(err.contains("export.types: unknown type `q3`"), "{err}");
+    }
+
+    #[test]
+    fn code_tasks_are_checked_and_home_relative() {
+        let base = "output = \"o\"\n[teacher]\nmodel = \"t.gguf\"\n[data]\ntrain_prompts = \"a.jsonl\"\n\
+                    heldout_prompts = \"b.jsonl\"\n[train]\nsteps = 1\n[student]\ntype = \"prune\"\nkeep_every = 3\n";
+        assert_eq!(resolve(base).unwrap().eval.code_tasks, None);
+        let err = format!(
+            "{:#}",
+            resolve(&format!("{base}[eval]\ncode_tasks = \"/no/such/HumanEval.jsonl.gz\"\n")).unwrap_err()
+        );
+        assert!(err.contains("eval.code_tasks: /no/such/HumanEval.jsonl.gz does not exist"), "{err}");
+        assert!(err.contains("scripts/fetch-humaneval.sh"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = dir.path().join("tasks.jsonl");
+        std::fs::write(&tasks, "{}\n").unwrap();
+        let p = resolve(&format!("{base}[eval]\ncode_tasks = \"{}\"\ncode_limit = 3\n", tasks.display())).unwrap();
+        assert_eq!((p.eval.code_tasks.as_deref(), p.eval.code_limit), (Some(tasks.as_path()), Some(3)));
+        if let Some(home) = std::env::var_os("HOME") {
+            assert_eq!(home_relative(Path::new("~/x/y.gz")), Path::new(&home).join("x/y.gz"));
+        }
+        assert_eq!(home_relative(Path::new("rel/y.gz")), Path::new("rel/y.gz"));
     }
 }

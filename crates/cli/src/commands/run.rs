@@ -132,6 +132,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         top_p: d.top_p,
         seed: d.seed,
         max_tokens: d.max_tokens,
+        stop: d.stop.clone(),
         ..SamplingParams::default()
     };
     let mut data_inputs = Vec::new();
@@ -166,7 +167,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         .as_ref()
         .map(|p| prompt_subset(p, cfg.eval.max_prompts, &out.join("data/eval-ood.jsonl")))
         .transpose()?;
-    let eval = |model: &Path, json: &Path| {
+    // Code tasks are scored on the trained student only: the exports' figures are text ones.
+    let eval = |model: &Path, json: &Path, code: bool| {
         super::eval::run(super::eval::EvalArgs {
             student: model.display().to_string(),
             teacher: Some(teacher.clone()),
@@ -177,21 +179,26 @@ pub fn run(args: RunArgs) -> Result<()> {
             no_speed: false,
             allow_same: false,
             device: cfg.train.device,
-            code_tasks: None,
-            code_limit: None,
-            code_max_tokens: 384,
+            code_tasks: cfg.eval.code_tasks.clone().filter(|_| code),
+            code_limit: cfg.eval.code_limit,
+            code_max_tokens: cfg.eval.code_max_tokens.unwrap_or(384),
             out: Some(json.to_path_buf()),
         })
         .map(|_| ())
     };
-    let eval_inputs = json!({
+    let mut eval_inputs = json!({
         "student": train_inputs,
         "teacher": teacher,
         "eval": cfg.eval,
         "heldout": prompt_input(&d.heldout_prompts, cfg.eval.max_prompts)?,
         "ood": d.ood_prompts.as_deref().map(|p| prompt_input(p, cfg.eval.max_prompts)).transpose()?,
     });
-    stage(&out, "eval", &eval_inputs, &train_dir.join("eval.json"), || eval(&student, &train_dir.join("eval.json")))?;
+    if let Some(tasks) = &cfg.eval.code_tasks {
+        eval_inputs["code_tasks"] = prompt_input(tasks, cfg.eval.code_limit)?;
+    }
+    stage(&out, "eval", &eval_inputs, &train_dir.join("eval.json"), || {
+        eval(&student, &train_dir.join("eval.json"), true)
+    })?;
     for ty in &cfg.export.types {
         let file = out.join("export").join(format!("student.{ty}.gguf"));
         let inputs = json!({"student": train_inputs, "type": ty, "eval": eval_inputs});
@@ -205,7 +212,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 force: true,
             })?;
             // The deployed file is the one that counts: retention is measured again on it.
-            eval(&file, &train_dir.join(format!("eval-{ty}.json")))
+            eval(&file, &train_dir.join(format!("eval-{ty}.json")), false)
         })?;
     }
     let report = super::report::run(super::report::ReportArgs { run: train_dir.clone(), baseline: None })?;
@@ -230,6 +237,16 @@ fn summary(report: &distill_eval::Report, started: Instant) {
                 percent(r.perplexity_pct),
                 percent(Some(r.rouge_l_pct)),
                 percent(r.exact_match_pct)
+            );
+        }
+        if let Some(c) = e.code {
+            println!(
+                "code tasks {} ({} tasks): pass@1 teacher {:.3}, student {:.3}, retention {}",
+                e.model,
+                c.tasks,
+                c.teacher_pass_at_1,
+                c.student_pass_at_1,
+                percent(c.retention_pct)
             );
         }
     }

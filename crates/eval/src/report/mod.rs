@@ -48,6 +48,18 @@ pub struct EvaluatedModel {
     pub in_domain: Retention,
     pub out_of_domain: Option<Retention>,
     pub cost: CostReport,
+    /// Executed pass@1 on code tasks, where the evaluation ran them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodePassRate>,
+}
+
+/// Teacher and student pass@1 on a run's code tasks, without the per-task outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CodePassRate {
+    pub tasks: usize,
+    pub teacher_pass_at_1: f64,
+    pub student_pass_at_1: f64,
+    pub retention_pct: Option<f64>,
 }
 
 /// A written report: where the page is, and its figures.
@@ -278,7 +290,29 @@ pub fn write_report(run: &Path, baseline: Option<&Path>) -> Result<Report> {
                 in_domain: e.in_domain.retention,
                 out_of_domain: e.out_of_domain.as_ref().map(|r| r.retention),
                 cost: e.cost.clone(),
+                code: e.code.as_ref().map(|c| CodePassRate {
+                    tasks: c.tasks,
+                    teacher_pass_at_1: c.teacher.pass_at_1,
+                    student_pass_at_1: c.student.pass_at_1,
+                    retention_pct: c.retention_pct,
+                }),
             });
+        }
+        if evaluated.iter().any(|e| e.code.is_some()) {
+            html += "</table><h2>Code tasks (executed pass@1, greedy)</h2><table><tr><th>model</th><th>tasks</th>\
+                     <th>teacher</th><th>student</th><th>retention</th></tr>";
+            for e in &evaluated {
+                let Some(c) = e.code else { continue };
+                let _ = write!(
+                    html,
+                    "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
+                    esc(&e.model),
+                    c.tasks,
+                    c.teacher_pass_at_1,
+                    c.student_pass_at_1,
+                    percent(c.retention_pct)
+                );
+            }
         }
         html += "</table><h2>Cost on this machine</h2><table><tr><th>model</th><th>parameters</th><th>file</th>\
                  <th>peak memory</th><th>prefill tok/s</th><th>decode tok/s</th></tr>";
