@@ -15,11 +15,13 @@
 //! max_train_prompts = 96              # optional: the first N lines
 //! k = 32
 //! max_tokens = 48
+//! stop = ["\ndef"]                   # optional: strings that end a teacher completion
 //! [train]                             # a `distill train` config without dataset/eval_dataset/output
 //! steps = 30
 //! [student] …                         # as in `distill train`
 //! [eval]
 //! max_tokens = 32
+//! code_tasks = "~/.cache/distill/data/HumanEval.jsonl.gz"   # optional: executed pass@1
 //! [export]
 //! types = ["q8_0", "q4_0"]
 //! ```
