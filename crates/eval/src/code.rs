@@ -135,6 +135,9 @@ pub fn program(task: &CodeTask, completion: &str) -> String {
     format!("{}{}\n\n{}\n\ncheck({})\n", task.prompt, completion, task.test, task.entry_point)
 }
 
+/// Tokens each model writes per task unless told otherwise.
+pub const MAX_TOKENS: usize = 384;
+
 /// Where a completion of a function body ends: the next top-level statement.
 pub const STOPS: [&str; 5] = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"];
 

@@ -92,13 +92,18 @@ pub enum ModelLocation {
     HfDir(PathBuf),
 }
 
+/// `path` with a leading `~/` replaced by the home directory, as a shell would expand it (config
+/// files are not shell-expanded); any other path as it is.
+pub fn expand_home(path: &Path) -> PathBuf {
+    match (path.to_str().and_then(|s| s.strip_prefix("~/")), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Resolves a `--model` argument: an existing `.gguf` file or directory, else a Hub id.
 pub fn resolve(spec: &str) -> Result<ModelLocation> {
-    // `~/…` as a shell would expand it (config files are not shell-expanded).
-    let expanded = match (spec.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => Path::new(&home).join(rest),
-        _ => PathBuf::from(spec),
-    };
+    let expanded = expand_home(Path::new(spec));
     let path = expanded.as_path();
     if path.is_file() {
         return Ok(ModelLocation::Gguf(path.to_path_buf()));
@@ -494,4 +499,17 @@ fn load_hf_dir(dir: &Path, device: &Device, source: &str) -> Result<LoadedModel>
     stop_ids.extend(eos_id);
     let model = Llama::from_weights(cfg, &weights)?;
     Ok(finish(model, tokenizer, chat_template, stop_ids, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leading_tilde_is_the_home_directory() {
+        if let Some(home) = std::env::var_os("HOME") {
+            assert_eq!(expand_home(Path::new("~/x/y.gz")), Path::new(&home).join("x/y.gz"));
+        }
+        assert_eq!(expand_home(Path::new("rel/y.gz")), Path::new("rel/y.gz"));
+    }
 }

@@ -64,7 +64,7 @@ pub struct EvalArgs {
     pub(crate) code_limit: Option<usize>,
 
     /// Tokens each model writes per code task.
-    #[arg(long, default_value_t = 384, requires = "code_tasks")]
+    #[arg(long, default_value_t = distill_eval::code::MAX_TOKENS, requires = "code_tasks")]
     pub(crate) code_max_tokens: usize,
 
     /// Write the results (and a few samples) as JSON here (`--out` is accepted too).

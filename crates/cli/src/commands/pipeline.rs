@@ -137,7 +137,7 @@ pub struct EvalSection {
     /// Only the first N code tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_limit: Option<usize>,
-    /// Tokens each model writes per code task (default 384).
+    /// Tokens each model writes per code task (default [`distill_eval::code::MAX_TOKENS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_max_tokens: Option<usize>,
 }
@@ -224,7 +224,7 @@ impl PipelineFile {
         }
         let mut eval = self.eval;
         if let Some(tasks) = &eval.code_tasks {
-            let path = home_relative(tasks);
+            let path = distill_models::loader::expand_home(tasks);
             if !path.is_file() {
                 bail!(
                     "eval.code_tasks: {} does not exist\nHINT: scripts/fetch-humaneval.sh fetches HumanEval's 164 problems",
@@ -239,14 +239,6 @@ impl PipelineFile {
             }
         }
         Ok(Pipeline { output: self.output, teacher, data: self.data, train, eval, export: self.export })
-    }
-}
-
-/// `~/…` as a shell would expand it (config files are not shell-expanded).
-fn home_relative(path: &Path) -> PathBuf {
-    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
-        (Ok(rest), Some(home)) => Path::new(&home).join(rest),
-        _ => path.to_path_buf(),
     }
 }
 
@@ -281,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn code_tasks_are_checked_and_home_relative() {
+    fn code_tasks_are_checked_before_the_first_stage() {
         let base = "output = \"o\"\n[teacher]\nmodel = \"t.gguf\"\n[data]\ntrain_prompts = \"a.jsonl\"\n\
                     heldout_prompts = \"b.jsonl\"\n[train]\nsteps = 1\n[student]\ntype = \"prune\"\nkeep_every = 3\n";
         assert_eq!(resolve(base).unwrap().eval.code_tasks, None);
@@ -297,9 +289,5 @@ mod tests {
         std::fs::write(&tasks, "{}\n").unwrap();
         let p = resolve(&format!("{base}[eval]\ncode_tasks = \"{}\"\ncode_limit = 3\n", tasks.display())).unwrap();
         assert_eq!((p.eval.code_tasks.as_deref(), p.eval.code_limit), (Some(tasks.as_path()), Some(3)));
-        if let Some(home) = std::env::var_os("HOME") {
-            assert_eq!(home_relative(Path::new("~/x/y.gz")), Path::new(&home).join("x/y.gz"));
-        }
-        assert_eq!(home_relative(Path::new("rel/y.gz")), Path::new("rel/y.gz"));
     }
 }

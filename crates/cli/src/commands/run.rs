@@ -183,7 +183,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             device: cfg.train.device,
             code_tasks: cfg.eval.code_tasks.clone().filter(|_| code),
             code_limit: cfg.eval.code_limit,
-            code_max_tokens: cfg.eval.code_max_tokens.unwrap_or(384),
+            code_max_tokens: cfg.eval.code_max_tokens.unwrap_or(distill_eval::code::MAX_TOKENS),
             out: Some(json.to_path_buf()),
         })
         .map(|_| ())
