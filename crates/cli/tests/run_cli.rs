@@ -31,12 +31,15 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
         "{\"task_id\": \"T/0\", \"prompt\": \"def add(a, b):\\n\", \"test\": \"def check(f):\\n    assert f(1, 2) == 3\\n\", \"entry_point\": \"add\"}\n",
     )
     .unwrap();
+    let system = dir.path().join("system.txt");
+    std::fs::write(&system, "Be brief.\n").unwrap();
+    let system = system.to_str().unwrap();
     let out = dir.path().join("run");
     let config = dir.path().join("pipeline.toml");
     std::fs::write(
         &config,
         format!(
-            "output = {:?}\n[teacher]\nmodel = {:?}\n[data]\ntrain_prompts = [{train:?}, {more:?}]\nheldout_prompts = {heldout:?}\nood_prompts = {ood:?}\nmax_train_prompts = 12\ncompletions = 2\nk = 8\nmax_tokens = 8\n[train]\nsteps = 6\nbatch_size = 2\nseq_len = 48\neval_every = 3\n[student]\ntype = \"prune\"\nkeep_layers = [0]\n[optimizer]\nlr = 0.002\n[eval]\nmax_tokens = 6\ncode_tasks = {:?}\ncode_max_tokens = 4\n[export]\ntypes = [\"q8_0\"]\n",
+            "output = {:?}\n[teacher]\nmodel = {:?}\n[data]\ntrain_prompts = [{train:?}, {more:?}]\nheldout_prompts = {heldout:?}\nood_prompts = {ood:?}\nmax_train_prompts = 12\nsystem_prompts = {system:?}\nsystem_share = 1.0\ncompletions = 2\nk = 8\nmax_tokens = 8\n[train]\nsteps = 6\nbatch_size = 2\nseq_len = 48\neval_every = 3\n[student]\ntype = \"prune\"\nkeep_layers = [0]\n[optimizer]\nlr = 0.002\n[eval]\nmax_tokens = 6\ncode_tasks = {:?}\ncode_max_tokens = 4\n[export]\ntypes = [\"q8_0\"]\n",
             out.to_str().unwrap(),
             teacher.to_str().unwrap(),
             tasks.to_str().unwrap()
@@ -74,9 +77,18 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
     let heldout_manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("data/heldout/manifest.json")).unwrap()).unwrap();
     assert_eq!(heldout_manifest["spec"]["completions_per_prompt"], 1, "held-out prompts are sampled once");
+    // ... each given the system message (share 1).
     let used = std::fs::read_to_string(out.join("data/teacher-signal-train.jsonl")).unwrap();
-    let first_eight = std::fs::read_to_string(&train).unwrap();
-    assert!(used.starts_with(&first_eight) && used.lines().count() == 12, "{used}");
+    let users: Vec<String> = used
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["messages"][0]["content"], "Be brief.", "{l}");
+            v["messages"][1]["content"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let expected: Vec<String> = (0..8).chain(0..4).map(|i| format!("hello the {i} there")).collect();
+    assert_eq!(users, expected);
 
     let again = distill(&["run", config.to_str().unwrap()]);
     assert!(again.status.success(), "{}", text(&again.stderr));

@@ -138,6 +138,87 @@ pub fn first_records_across(paths: &[PathBuf], n: Option<usize>) -> Result<Strin
     Ok(lines)
 }
 
+/// Gives a `share` of the prompts in `lines` (JSON lines, as [`first_records_across`] returns
+/// them) a system message drawn from `systems`, so that a student learns to answer with the system
+/// messages real traffic carries, not only with the chat template's default. Which prompts and
+/// which message follow from `seed` and the line's position alone. Prompts that already have a
+/// system (or developer) message keep theirs; text prompts become a system and a user message.
+/// Returns the lines and how many of them gained a message.
+pub fn with_system_messages(lines: &str, systems: &[String], share: f64, seed: u64) -> Result<(String, usize)> {
+    if systems.is_empty() || systems.iter().any(|s| s.trim().is_empty()) {
+        return Err(Error::Input("system messages must be non-empty, and at least one is needed".into()));
+    }
+    if !(0.0..=1.0).contains(&share) {
+        return Err(Error::Input(format!("the share of prompts given a system message is {share}; expected 0 to 1")));
+    }
+    let mut out = String::with_capacity(lines.len());
+    let mut added = 0;
+    for (i, line) in lines.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let at = |m: String| Error::Input(format!("prompt {}: {m}", i + 1));
+        let value = serde_json::from_str(line).map_err(|e| at(format!("not valid JSON: {e}")))?;
+        let mut value = crate::collections::canonical(value).map_err(at)?;
+        let draw = splitmix64(seed ^ splitmix64(i as u64));
+        // The top 53 bits as a uniform number in [0, 1).
+        if (draw >> 11) as f64 / (1u64 << 53) as f64 >= share {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let system = &systems[(splitmix64(draw) % systems.len() as u64) as usize];
+        let obj = value.as_object_mut().ok_or_else(|| at("expected a JSON object".into()))?;
+        let messages = match obj.remove("prompt") {
+            Some(Value::String(text)) => vec![serde_json::json!({"role": "user", "content": text})],
+            Some(_) => return Err(at("`prompt` must be a string".into())),
+            None => match obj.remove("messages") {
+                Some(Value::Array(m)) => m,
+                _ => return Err(at("needs a `prompt` string or a `messages` array".into())),
+            },
+        };
+        let has_system =
+            messages.iter().any(|m| matches!(m.get("role").and_then(Value::as_str), Some("system" | "developer")));
+        let messages = if has_system {
+            messages
+        } else {
+            added += 1;
+            std::iter::once(serde_json::json!({"role": "system", "content": system})).chain(messages).collect()
+        };
+        obj.insert("messages".into(), Value::Array(messages));
+        out.push_str(&value.to_string());
+        out.push('\n');
+    }
+    Ok((out, added))
+}
+
+/// A file of system messages for [`with_system_messages`]: one per non-empty line; a line written
+/// as a JSON string (in double quotes) is decoded, so a message can hold `\n`.
+pub fn read_system_messages(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Input(format!("cannot read system messages {}: {e}", path.display())))?;
+    let mut messages = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let line = line.trim();
+        let message = if line.starts_with('"') {
+            serde_json::from_str::<String>(line)
+                .map_err(|e| Error::Input(format!("{}:{}: not a JSON string: {e}", path.display(), i + 1)))?
+        } else {
+            line.to_string()
+        };
+        messages.push(message);
+    }
+    if messages.is_empty() {
+        return Err(Error::Input(format!("{} holds no system messages (one per line)", path.display())));
+    }
+    Ok(messages)
+}
+
+/// SplitMix64's output function: a fixed, well-mixed hash of a 64-bit number.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 fn parse_record(value: &Value) -> LineResult<PromptRecord> {
     let obj = value.as_object().ok_or("expected a JSON object with `prompt` or `messages`")?;
     let id = match obj.get("metadata").and_then(|m| m.get("id")) {
@@ -340,5 +421,59 @@ mod tests {
         std::fs::write(&path, "[{\"prompt\": \"ok\"}, {\"prompt\": oops}]").unwrap();
         let err = read_prompt_file(&path).unwrap_err().to_string();
         assert!(err.contains("record 2 is not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn system_messages_go_to_a_share_of_the_prompts() {
+        let lines = (0..400)
+            .map(|i| {
+                if i % 2 == 0 {
+                    format!("{{\"prompt\": \"q{i}\", \"metadata\": {{\"id\": \"p{i}\"}}}}\n")
+                } else {
+                    format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"q{i}\"}}]}}\n")
+                }
+            })
+            .collect::<String>();
+        let systems = vec!["be brief".to_string(), "you sell shoes".to_string()];
+        let (out, added) = with_system_messages(&lines, &systems, 0.5, 3).unwrap();
+        assert!((150..250).contains(&added), "{added} of 400");
+        assert_eq!(with_system_messages(&lines, &systems, 0.5, 3).unwrap().0, out, "a function of seed and position");
+        assert_ne!(with_system_messages(&lines, &systems, 0.5, 4).unwrap().0, out);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        std::fs::write(&path, &out).unwrap();
+        let records = read_prompt_file(&path).unwrap();
+        assert_eq!(records.len(), 400);
+        let with_system: Vec<&PromptRecord> =
+            records.iter().filter(|r| matches!(&r.prompt, Prompt::Chat(m) if m[0].role == "system")).collect();
+        assert_eq!(with_system.len(), added);
+        assert!(systems
+            .iter()
+            .all(|s| with_system.iter().any(|r| matches!(&r.prompt, Prompt::Chat(m) if &m[0].content == s))));
+        // A text prompt keeps its id and becomes system + user; untouched lines stay as they were.
+        let text = with_system.iter().find(|r| r.id.is_some()).unwrap();
+        assert!(matches!(&text.prompt, Prompt::Chat(m) if m.len() == 2 && m[1].role == "user"));
+        assert!(out.lines().zip(lines.lines()).all(|(a, b)| a == b || a.contains("\"system\"")));
+
+        let (all, n) = with_system_messages(&lines, &systems, 1.0, 0).unwrap();
+        assert_eq!(n, 400);
+        let (again, n) = with_system_messages(&all, &systems, 1.0, 1).unwrap();
+        assert_eq!((n, again.matches("\"system\"").count()), (0, 400), "a system message is kept, not doubled");
+        assert_eq!(with_system_messages(&lines, &systems, 0.0, 0).unwrap(), (lines.clone(), 0));
+
+        let err = with_system_messages(&lines, &[], 0.5, 0).unwrap_err().to_string();
+        assert!(err.contains("at least one"), "{err}");
+        let err = with_system_messages(&lines, &systems, 1.5, 0).unwrap_err().to_string();
+        assert!(err.contains("expected 0 to 1"), "{err}");
+        let err =
+            with_system_messages("{\"prompt\": \"a\"}\n{\"prompt\": 3}\n", &systems, 1.0, 0).unwrap_err().to_string();
+        assert!(err.contains("prompt 2") && err.contains("must be a string"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("system.txt");
+        std::fs::write(&path, "be brief\n\n  \"two\\nlines\"  \n").unwrap();
+        assert_eq!(read_system_messages(&path).unwrap(), vec!["be brief".to_string(), "two\nlines".to_string()]);
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_system_messages(&path).unwrap_err().to_string().contains("holds no system messages"));
     }
 }

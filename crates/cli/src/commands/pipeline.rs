@@ -96,7 +96,17 @@ pub struct DataSection {
     /// Strings that end a teacher completion (e.g. `"\ndef"` for code: one function per prompt).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// System messages, one per line: a share (`system_share`, default 0.5) of the training
+    /// prompts without one get one of them, so the student also learns to answer under the system
+    /// messages real traffic carries (the held-out prompts stay as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompts: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_share: Option<f64>,
 }
+
+/// The share of training prompts given a system message when `system_prompts` is set.
+pub const DEFAULT_SYSTEM_SHARE: f64 = 0.5;
 
 fn default_completions() -> usize {
     1
@@ -222,6 +232,13 @@ impl PipelineFile {
         if d.k == 0 || d.max_tokens == 0 || self.eval.max_tokens == 0 || self.eval.code_max_tokens == Some(0) {
             bail!("data.k, data.max_tokens, eval.max_tokens and eval.code_max_tokens must be at least 1");
         }
+        match (&d.system_prompts, d.system_share) {
+            (None, Some(_)) => {
+                bail!("data.system_share is set without data.system_prompts (a file of system messages)")
+            }
+            (_, Some(share)) if !(0.0..=1.0).contains(&share) => bail!("data.system_share is {share}; expected 0 to 1"),
+            _ => {}
+        }
         let mut eval = self.eval;
         if let Some(tasks) = &eval.code_tasks {
             let path = distill_models::loader::expand_home(tasks);
@@ -270,6 +287,19 @@ mod tests {
         assert!(err.contains("[train] sets `output`"), "{err}");
         let err = format!("{:#}", resolve(&text.replace("\"q4_0\"]", "\"q3\"]")).unwrap_err());
         assert!(err.contains("export.types: unknown type `q3`"), "{err}");
+    }
+
+    #[test]
+    fn a_system_share_needs_system_messages() {
+        let base = "output = \"o\"\n[teacher]\nmodel = \"t.gguf\"\n[data]\ntrain_prompts = \"a.jsonl\"\n\
+                    heldout_prompts = \"b.jsonl\"\nSYSTEM\n[train]\nsteps = 1\n[student]\ntype = \"prune\"\nkeep_every = 3\n";
+        let with = |s: &str| resolve(&base.replace("SYSTEM", s));
+        let p = with("system_prompts = \"s.txt\"").unwrap();
+        assert_eq!((p.data.system_prompts.as_deref(), p.data.system_share), (Some(Path::new("s.txt")), None));
+        let err = format!("{:#}", with("system_share = 0.3").unwrap_err());
+        assert!(err.contains("without data.system_prompts"), "{err}");
+        let err = format!("{:#}", with("system_prompts = \"s.txt\"\nsystem_share = 2.0").unwrap_err());
+        assert!(err.contains("expected 0 to 1"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! k = 32
 //! max_tokens = 48
 //! stop = ["\ndef"]                   # optional: strings that end a teacher completion
+//! system_prompts = "system.txt"      # optional: system messages, one per line, given to a share
+//! system_share = 0.5                 #   of the training prompts
 //! [train]                             # a `distill train` config without dataset/eval_dataset/output
 //! steps = 30
 //! [student] …                         # as in `distill train`
@@ -145,9 +147,31 @@ pub fn run(args: RunArgs) -> Result<()> {
         let mut inputs = serde_json::to_value(d)?;
         inputs["teacher"] = json!(teacher);
         inputs["prompts"] = prompt_inputs(srcs, n)?;
+        let system = d.system_prompts.as_deref().filter(|_| name == "teacher-signal-train");
+        if let Some(path) = system {
+            inputs["system_prompts"] = prompt_input(path, None)?;
+        }
         data_inputs.push(inputs.clone());
         stage(&out, name, &inputs, dest, || {
-            let prompts = prompts_subset(srcs, n, &out.join(format!("data/{name}.jsonl")))?;
+            let copy = out.join(format!("data/{name}.jsonl"));
+            let prompts = match system {
+                None => prompts_subset(srcs, n, &copy)?,
+                Some(path) => {
+                    let systems = distill_teacher::prompts::read_system_messages(path)?;
+                    let lines = distill_teacher::prompts::first_records_across(srcs, n)?;
+                    let share = d.system_share.unwrap_or(super::pipeline::DEFAULT_SYSTEM_SHARE);
+                    let (lines, added) =
+                        distill_teacher::prompts::with_system_messages(&lines, &systems, share, d.seed)?;
+                    eprintln!(
+                        "{added} of {} training prompts given a system message from {}",
+                        lines.lines().count(),
+                        path.display()
+                    );
+                    std::fs::create_dir_all(copy.parent().expect("has a parent"))?;
+                    std::fs::write(&copy, lines)?;
+                    copy
+                }
+            };
             let options = distill_teacher::DatasetOptions {
                 sampling: sampling.clone(),
                 k: d.k,
