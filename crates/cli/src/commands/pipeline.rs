@@ -277,13 +277,13 @@ mod tests {
         assert_eq!(p.teacher, "teacher.gguf");
         assert_eq!(p.train.output, Path::new("runs/quickstart/train"));
         assert_eq!(p.train.dataset.as_deref(), Some(Path::new("runs/quickstart/data/train")));
-        assert_eq!((p.train.steps, p.train.optimizer.lr), (160, 1e-3));
+        assert_eq!((p.train.steps, p.train.optimizer.lr), (240, 1e-3));
         let StudentConfig::Prune { from, num_layers, .. } = &p.train.student else { panic!("a pruned student") };
         assert_eq!((from.as_str(), *num_layers), ("teacher.gguf", Some(10)), "cut from the pipeline's teacher");
         // The resolved pipeline is written as TOML for the record.
         assert!(toml::to_string(&p).unwrap().contains("[train.student]"));
 
-        let err = format!("{:#}", resolve(&text.replace("steps = 160", "steps = 160\noutput = \"x\"")).unwrap_err());
+        let err = format!("{:#}", resolve(&text.replace("steps = 240", "steps = 240\noutput = \"x\"")).unwrap_err());
         assert!(err.contains("[train] sets `output`"), "{err}");
         let err = format!("{:#}", resolve(&text.replace("\"q4_0\"]", "\"q3\"]")).unwrap_err());
         assert!(err.contains("export.types: unknown type `q3`"), "{err}");
