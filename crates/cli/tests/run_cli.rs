@@ -89,6 +89,10 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
         .collect();
     let expected: Vec<String> = (0..8).chain(0..4).map(|i| format!("hello the {i} there")).collect();
     assert_eq!(users, expected);
+    // The system file is an input of the training prompts' stage only.
+    let marker = |stage: &str| std::fs::read_to_string(out.join(format!("stages/{stage}.done"))).unwrap();
+    assert!(marker("teacher-signal-train").contains("system_prompts"));
+    assert!(!marker("teacher-signal-heldout").contains("system_"), "{}", marker("teacher-signal-heldout"));
 
     let again = distill(&["run", config.to_str().unwrap()]);
     assert!(again.status.success(), "{}", text(&again.stderr));

@@ -147,9 +147,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         let mut inputs = serde_json::to_value(d)?;
         inputs["teacher"] = json!(teacher);
         inputs["prompts"] = prompt_inputs(srcs, n)?;
+        // System messages go to the training prompts only: the held-out stage does not record them.
         let system = d.system_prompts.as_deref().filter(|_| name == "teacher-signal-train");
-        if let Some(path) = system {
-            inputs["system_prompts"] = prompt_input(path, None)?;
+        match system {
+            Some(path) => inputs["system_prompts"] = prompt_input(path, None)?,
+            None => {
+                let data = inputs.as_object_mut().expect("[data] is a table");
+                data.remove("system_prompts");
+                data.remove("system_share");
+            }
         }
         data_inputs.push(inputs.clone());
         stage(&out, name, &inputs, dest, || {
