@@ -154,35 +154,35 @@ pub fn with_system_messages(lines: &str, systems: &[String], share: f64, seed: u
     let mut out = String::with_capacity(lines.len());
     let mut added = 0;
     for (i, line) in lines.lines().filter(|l| !l.trim().is_empty()).enumerate() {
-        let at = |m: String| Error::Input(format!("prompt {}: {m}", i + 1));
-        let value = serde_json::from_str(line).map_err(|e| at(format!("not valid JSON: {e}")))?;
-        let mut value = crate::collections::canonical(value).map_err(at)?;
         let draw = splitmix64(seed ^ splitmix64(i as u64));
-        // The top 53 bits as a uniform number in [0, 1).
+        // The top 53 bits as a uniform number in [0, 1). Lines not drawn are checked where the
+        // prompt file is read.
         if (draw >> 11) as f64 / (1u64 << 53) as f64 >= share {
             out.push_str(line);
             out.push('\n');
             continue;
         }
-        let system = &systems[(splitmix64(draw) % systems.len() as u64) as usize];
-        let obj = value.as_object_mut().ok_or_else(|| at("expected a JSON object".into()))?;
-        let messages = match obj.remove("prompt") {
-            Some(Value::String(text)) => vec![serde_json::json!({"role": "user", "content": text})],
-            Some(_) => return Err(at("`prompt` must be a string".into())),
-            None => match obj.remove("messages") {
-                Some(Value::Array(m)) => m,
-                _ => return Err(at("needs a `prompt` string or a `messages` array".into())),
-            },
-        };
+        let at = |m: String| Error::Input(format!("prompt {}: {m}", i + 1));
+        let value = serde_json::from_str(line).map_err(|e| at(format!("not valid JSON: {e}")))?;
+        let mut value = crate::collections::canonical(value).map_err(at)?;
+        // The record as a prompt file would read it: the same checks and messages.
+        let record = parse_record(&value).map_err(at)?;
         let has_system =
-            messages.iter().any(|m| matches!(m.get("role").and_then(Value::as_str), Some("system" | "developer")));
-        let messages = if has_system {
-            messages
-        } else {
+            matches!(&record.prompt, Prompt::Chat(m) if m.iter().any(|m| m.role == "system" || m.role == "developer"));
+        if !has_system {
+            let obj = value.as_object_mut().expect("parse_record accepts JSON objects only");
+            let mut messages = match obj.remove("prompt") {
+                Some(text) => vec![serde_json::json!({"role": "user", "content": text})],
+                None => match obj.remove("messages") {
+                    Some(Value::Array(m)) => m,
+                    _ => unreachable!("parse_record accepts a `prompt` or a `messages` array"),
+                },
+            };
+            let system = &systems[(splitmix64(draw) % systems.len() as u64) as usize];
+            messages.insert(0, serde_json::json!({"role": "system", "content": system}));
+            obj.insert("messages".into(), Value::Array(messages));
             added += 1;
-            std::iter::once(serde_json::json!({"role": "system", "content": system})).chain(messages).collect()
-        };
-        obj.insert("messages".into(), Value::Array(messages));
+        }
         out.push_str(&value.to_string());
         out.push('\n');
     }

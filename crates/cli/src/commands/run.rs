@@ -113,9 +113,13 @@ fn prompts_subset(srcs: &[PathBuf], n: Option<usize>, dest: &Path) -> Result<Pat
     if let ([src], None) = (srcs, n) {
         return Ok(src.clone());
     }
-    let lines = distill_teacher::prompts::first_records_across(srcs, n)?;
-    std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
-    std::fs::write(dest, lines)?;
+    write_prompts(&distill_teacher::prompts::first_records_across(srcs, n)?, dest)
+}
+
+/// Prompt records (JSON lines) written as the run's copy at `dest`.
+fn write_prompts(lines: &str, dest: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dest.parent().expect("dest is a file under the run's data/"))?;
+    std::fs::write(dest, lines).with_context(|| format!("cannot write {}", dest.display()))?;
     Ok(dest.to_path_buf())
 }
 
@@ -163,19 +167,16 @@ pub fn run(args: RunArgs) -> Result<()> {
             let prompts = match system {
                 None => prompts_subset(srcs, n, &copy)?,
                 Some(path) => {
-                    let systems = distill_teacher::prompts::read_system_messages(path)?;
-                    let lines = distill_teacher::prompts::first_records_across(srcs, n)?;
+                    use distill_teacher::prompts::{first_records_across, read_system_messages, with_system_messages};
                     let share = d.system_share.unwrap_or(super::pipeline::DEFAULT_SYSTEM_SHARE);
-                    let (lines, added) =
-                        distill_teacher::prompts::with_system_messages(&lines, &systems, share, d.seed)?;
+                    let lines = first_records_across(srcs, n)?;
+                    let (lines, added) = with_system_messages(&lines, &read_system_messages(path)?, share, d.seed)?;
                     eprintln!(
                         "{added} of {} training prompts given a system message from {}",
                         lines.lines().count(),
                         path.display()
                     );
-                    std::fs::create_dir_all(copy.parent().expect("has a parent"))?;
-                    std::fs::write(&copy, lines)?;
-                    copy
+                    write_prompts(&lines, &copy)?
                 }
             };
             let options = distill_teacher::DatasetOptions {
