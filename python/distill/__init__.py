@@ -131,6 +131,8 @@ def build_dataset(
     completions: int = 1,
     chat: bool = True,
     system: Optional[str] = None,
+    system_file: Optional[PathLike] = None,
+    system_share: float = 0.5,
     batch_size: int = 8,
     prompts_per_shard: int = 64,
     layout: Optional[str] = None,
@@ -139,7 +141,9 @@ def build_dataset(
     """Has the teacher ``model`` (default: the default teacher) complete every prompt of the
     JSONL/Parquet file ``prompts`` and score its completions, storing the top-``k``
     log-probabilities in ``output`` — as ``distill generate --dataset`` does. Resumes an
-    interrupted build. ``layout`` is ``coded`` (default) or ``plain``. ``progress`` is ``True``
+    interrupted build. ``system_file`` (one system message per line) gives a ``system_share`` of
+    the prompts one of its messages, drawn by ``seed`` and position, as ``--system-file`` does.
+    ``layout`` is ``coded`` (default) or ``plain``. ``progress`` is ``True``
     (a line on stderr), ``False`` or ``callback(done_prompts, total)``. Returns the manifest."""
     callback = _stderr_progress("prompts") if progress is True else (progress or None)
     manifest = _distill.build_dataset(
@@ -157,6 +161,8 @@ def build_dataset(
         batch_size,
         prompts_per_shard,
         layout,
+        None if system_file is None else os.fspath(system_file),
+        system_share,
         callback,
     )
     return json.loads(manifest)

@@ -26,6 +26,8 @@ def build_dataset(
     batch_size: int,
     prompts_per_shard: int,
     layout: Optional[str],
+    system_file: Optional[str] = None,
+    system_share: float = 0.5,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> str: ...
 def train(text: str, format: str, on_event: Optional[Callable[[str, str], None]] = None) -> str: ...

@@ -1,5 +1,7 @@
 """distill.Dataset and build_dataset: what the teacher stored, read back as NumPy arrays."""
 
+import json
+
 import numpy as np
 import pyarrow.dataset
 import pyarrow.parquet as pq
@@ -79,3 +81,18 @@ def test_a_directory_that_is_not_a_dataset_is_a_clear_error(tmp_path):
 def test_a_resumed_build_with_other_settings_is_refused(coded, prompts, teacher):
     with pytest.raises(distill.DistillError, match="k"):
         distill.build_dataset(prompts, coded, model=teacher, k=4, max_tokens=12, prompts_per_shard=4, progress=False)
+
+
+def test_system_messages_from_a_file_go_to_a_share_of_the_prompts(tmp_path, prompts, teacher):
+    systems = tmp_path / "system.txt"
+    systems.write_text("Be brief.\nYou sell shoes.\n")
+    out = tmp_path / "data"
+    manifest = distill.build_dataset(
+        prompts, out, model=teacher, k=4, max_tokens=4, system_file=systems, system_share=1.0, progress=False
+    )
+    assert manifest["spec"]["system_messages"]["messages"] == 2
+    copy = [json.loads(l) for l in (out / "source" / "prompts.jsonl").read_text().splitlines()]
+    assert len(copy) == 6
+    assert all(r["messages"][0]["content"] in ("Be brief.", "You sell shoes.") for r in copy)
+    with pytest.raises(distill.DistillError, match="share of prompts given a system message is 2"):
+        distill.build_dataset(prompts, tmp_path / "other", model=teacher, system_file=systems, system_share=2.0)

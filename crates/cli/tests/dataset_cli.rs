@@ -307,3 +307,54 @@ fn bf16_matmuls_are_recorded_and_stay_close_to_f32() {
     // teacher is measured by bench/score_speed.sh and on sane tiny models by the models crate.
     assert!(diff / size < 0.05, "Σ|Δ log p| / Σ|log p| = {}", diff / size);
 }
+
+#[test]
+fn system_messages_from_a_file_go_to_a_share_of_the_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    tiny_gguf(&model, 22).unwrap();
+    let prompts = prompts(dir.path(), 10);
+    let systems = dir.path().join("system.txt");
+    std::fs::write(&systems, "Be brief.\n\"You sell shoes.\\nBe kind.\"\n").unwrap();
+    let out_dir = dir.path().join("data");
+    let (m, p, o, s) =
+        (model.to_str().unwrap(), prompts.to_str().unwrap(), out_dir.to_str().unwrap(), systems.to_str().unwrap());
+    let with_share = |share: &'static str| {
+        let mut args = dataset_args(m, p, o, "4");
+        args.extend(["--system-file", s, "--system-share", share]);
+        run(&args)
+    };
+    let out = with_share("1");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("10 of 10 prompts given one of 2 system messages"), "{}", text(&out.stderr));
+
+    // The teacher read every prompt after a system message; the dataset's copy of the prompts
+    // (what a student with another tokenizer renders) holds them, and the manifest records them.
+    let copy = distill_teacher::read_prompt_file(&distill_store::Source::of(&out_dir).prompts).unwrap();
+    assert_eq!(copy.len(), 10);
+    for record in &copy {
+        let distill_teacher::Prompt::Chat(messages) = &record.prompt else { panic!("{record:?}") };
+        assert_eq!(messages[0].role, "system");
+        assert!(["Be brief.", "You sell shoes.\nBe kind."].contains(&messages[0].content.as_str()));
+    }
+    assert!(copy[0].completion.is_some(), "a given completion is kept");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["spec"]["system_messages"]["messages"], 2);
+    assert_eq!(manifest["spec"]["system_messages"]["share"], 1.0);
+
+    let out = with_share("0.5");
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("system messages: dataset has 2 messages"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("for a share of 0.5"), "{}", text(&out.stderr));
+
+    let mut no_chat = dataset_args(m, p, o, "4");
+    no_chat.retain(|a| *a != "--chat");
+    no_chat.extend(["--system-file", s]);
+    let out = run(&no_chat);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--chat"), "{}", text(&out.stderr));
+    let out = run(&[dataset_args(m, p, o, "4"), vec!["--system-file", "missing.txt"]].concat());
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("cannot read system messages missing.txt"), "{}", text(&out.stderr));
+}

@@ -77,8 +77,9 @@ fn pipeline_runs_every_stage_then_resumes_by_skipping_them() {
     let heldout_manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("data/heldout/manifest.json")).unwrap()).unwrap();
     assert_eq!(heldout_manifest["spec"]["completions_per_prompt"], 1, "held-out prompts are sampled once");
-    // ... each given the system message (share 1).
-    let used = std::fs::read_to_string(out.join("data/teacher-signal-train.jsonl")).unwrap();
+    // ... each given the system message (share 1): the prompts as the teacher read them.
+    assert_eq!(manifest["spec"]["system_messages"]["share"], 1.0);
+    let used = std::fs::read_to_string(distill_store::Source::of(&out.join("data/train")).prompts).unwrap();
     let users: Vec<String> = used
         .lines()
         .map(|l| {

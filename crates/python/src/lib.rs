@@ -173,7 +173,7 @@ fn parse_prompt(text: String) -> PyResult<Prompt> {
 /// `progress(done, total)` hears each shard. Returns the manifest as JSON text.
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
-#[pyo3(signature = (prompts, output, model, k, max_tokens, temperature, top_p, seed, completions, chat, system, batch_size, prompts_per_shard, layout, progress=None))]
+#[pyo3(signature = (prompts, output, model, k, max_tokens, temperature, top_p, seed, completions, chat, system, batch_size, prompts_per_shard, layout, system_file=None, system_share=0.5, progress=None))]
 fn build_dataset(
     py: Python<'_>,
     prompts: PathBuf,
@@ -190,14 +190,21 @@ fn build_dataset(
     batch_size: usize,
     prompts_per_shard: usize,
     layout: Option<String>,
+    system_file: Option<PathBuf>,
+    system_share: f64,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     let layout = layout.map(|l| l.parse::<Layout>().map_err(py_err)).transpose()?;
+    let system_messages = system_file
+        .map(|path| distill_teacher::SystemMessages::from_file(&path, system_share))
+        .transpose()
+        .map_err(py_err)?;
     let sampling = SamplingParams { temperature, top_p, seed, max_tokens, ..Default::default() };
     sampling.validate().map_err(py_err)?;
     let opts = DatasetOptions {
         chat,
         system,
+        system_messages,
         sampling,
         k,
         completions,
@@ -211,7 +218,7 @@ fn build_dataset(
         let mut callback_error = None;
         let summary = distill_teacher::create_dataset(&teacher, &prompts, &output, &opts, &mut |event| {
             let (done, total) = match event {
-                DatasetProgress::Started { done, total } => (done, total),
+                DatasetProgress::Started { done, total, .. } => (done, total),
                 DatasetProgress::Shard { done, total, .. } => (done, total),
             };
             if let Some(callback) = &progress {

@@ -22,7 +22,7 @@ pub mod table;
 pub mod writer;
 
 pub use error::{Error, Result};
-pub use manifest::{DatasetSpec, Manifest, ShardInfo};
+pub use manifest::{DatasetSpec, Manifest, ShardInfo, SystemMessagesSpec};
 pub use pack::{pack_sequences, Batch, PackOptions, Packer};
 pub use quant::Layout;
 pub use reader::{Dataset, Truncation};

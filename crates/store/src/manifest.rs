@@ -48,6 +48,26 @@ pub struct DatasetSpec {
     /// Manifests written before this field existed were all f32.
     #[serde(default)]
     pub teacher_matmuls: Precision,
+    /// System messages given to a share of the prompts; none in manifests written before this
+    /// field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_messages: Option<SystemMessagesSpec>,
+}
+
+/// The system messages a dataset gave a share of its prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemMessagesSpec {
+    /// How many messages there were, and the SHA-256 of their list as JSON.
+    pub messages: usize,
+    pub sha256: String,
+    /// The share of the prompts drawn to get one.
+    pub share: f64,
+}
+
+impl std::fmt::Display for SystemMessagesSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} messages ({}) for a share of {}", self.messages, short(&self.sha256), self.share)
+    }
 }
 
 /// One complete shard.
@@ -164,6 +184,8 @@ impl DatasetSpec {
         check("prompts per shard", self.prompts_per_shard.to_string(), other.prompts_per_shard.to_string());
         check("quantization", format!("{:?}", self.quantization), format!("{:?}", other.quantization));
         check("teacher matmuls", self.teacher_matmuls.to_string(), other.teacher_matmuls.to_string());
+        let system = |s: &Option<SystemMessagesSpec>| s.as_ref().map_or_else(|| "none".to_string(), |s| s.to_string());
+        check("system messages", system(&self.system_messages), system(&other.system_messages));
         out
     }
 }

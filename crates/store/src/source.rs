@@ -37,13 +37,13 @@ impl Source {
         Self { prompts: dir.join(PROMPTS_FILE), tokenizer: dir.join(TOKENIZER_FILE), render: dir.join(RENDER_FILE) }
     }
 
-    /// Writes the three files (each atomically: a killed run leaves the old one or the new one).
-    pub fn write(&self, prompts_file: &Path, tokenizer_json: &str, settings: &RenderSettings) -> Result<()> {
+    /// Writes the three files (each atomically: a killed run leaves the old one or the new one):
+    /// `prompts` is the prompt file's content as the teacher read it.
+    pub fn write(&self, prompts: &[u8], tokenizer_json: &str, settings: &RenderSettings) -> Result<()> {
         if let Some(dir) = self.prompts.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let prompts = std::fs::read(prompts_file).map_err(|e| Error::io(prompts_file, e))?;
-        write_atomic(&self.prompts, &prompts)?;
+        write_atomic(&self.prompts, prompts)?;
         write_atomic(&self.tokenizer, tokenizer_json.as_bytes())?;
         let render = serde_json::to_vec_pretty(settings).map_err(|e| Error::Invalid(e.to_string()))?;
         write_atomic(&self.render, &render)

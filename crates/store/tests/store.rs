@@ -62,6 +62,7 @@ fn spec(prompts: usize, per_shard: usize) -> DatasetSpec {
         prompts_per_shard: per_shard,
         quantization: Quantization::default(),
         teacher_matmuls: distill_kernels::packed::Precision::F32,
+        system_messages: None,
     }
 }
 
@@ -199,6 +200,14 @@ fn a_run_with_other_settings_is_refused_with_the_reason() {
     let err = DatasetWriter::open(dir.path(), other, "p.jsonl").err().unwrap().to_string();
     assert!(err.contains("k: dataset has 8, this run has 16"), "{err}");
     assert!(err.contains("teacher"), "{err}");
+    let mut other = spec(10, 4);
+    other.system_messages =
+        Some(distill_store::SystemMessagesSpec { messages: 16, sha256: "ee".repeat(32), share: 0.5 });
+    let err = DatasetWriter::open(dir.path(), other, "p.jsonl").err().unwrap().to_string();
+    assert!(
+        err.contains("system messages: dataset has none, this run has 16 messages (eeeeeeeeeeee) for a share of 0.5"),
+        "{err}"
+    );
     let busy = tempfile::tempdir().unwrap();
     std::fs::write(busy.path().join("notes.txt"), "mine").unwrap();
     let err = DatasetWriter::open(busy.path(), spec(10, 4), "p.jsonl").err().unwrap().to_string();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use distill_models::SamplingParams;
 use distill_store::{DatasetSpec, DatasetWriter, Layout, Manifest, RenderSettings, Sequence, Source};
 
-use crate::prompts::{conversation, read_prompt_file, render, PromptRecord};
+use crate::prompts::{conversation, read_prompt_file, render, PromptRecord, SystemMessages};
 use crate::{Error, Result, ScoreRequest, Teacher, TeacherPrompt};
 
 /// How far apart the seeds of successive samples are (a prime): completion `s` of a prompt samples
@@ -25,6 +25,9 @@ pub struct DatasetOptions {
     pub chat: bool,
     /// System message for wrapped text prompts (the template's default when absent).
     pub system: Option<String>,
+    /// System messages given to a share of the prompts, drawn by `sampling.seed` and the
+    /// prompt's position (instead of `system`; needs `chat`).
+    pub system_messages: Option<SystemMessages>,
     pub sampling: SamplingParams,
     /// Top-k entries stored per completion token.
     pub k: usize,
@@ -47,6 +50,7 @@ impl Default for DatasetOptions {
         Self {
             chat: true,
             system: None,
+            system_messages: None,
             sampling: SamplingParams::default(),
             k: 32,
             completions: 1,
@@ -61,8 +65,9 @@ impl Default for DatasetOptions {
 /// Where a dataset run stands, reported as it goes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DatasetProgress {
-    /// The writer is open: `done` of `total` prompts were done by an earlier run.
-    Started { done: usize, total: usize },
+    /// The writer is open: `done` of `total` prompts were done by an earlier run;
+    /// `with_system` of them were given one of [`DatasetOptions::system_messages`].
+    Started { done: usize, total: usize, with_system: usize },
     /// A shard was written: `done` of `total` prompts; `tokens` completion tokens this run.
     Shard { done: usize, total: usize, tokens: usize, elapsed: Duration },
 }
@@ -91,8 +96,26 @@ pub fn create_dataset(
         return Err(Error::Input("k, completions, prompts_per_shard and batch_size must be at least 1".into()));
     }
     teacher.check_signal(opts.k, opts.logprob_temperature)?;
-    let records = read_prompt_file(prompts_file)?;
-    let prompts_hash = distill_store::sha256_file(prompts_file)?;
+    let mut records = read_prompt_file(prompts_file)?;
+    // The prompts as the teacher reads them: the file, or its records with system messages added.
+    let (prompts, with_system) = match &opts.system_messages {
+        None => (
+            std::fs::read(prompts_file)
+                .map_err(|e| Error::Input(format!("cannot read {}: {e}", prompts_file.display())))?,
+            0,
+        ),
+        Some(_) if opts.system.is_some() => {
+            return Err(Error::Input("give one system message or a file of them, not both".into()))
+        }
+        Some(_) if !opts.chat => {
+            return Err(Error::Input("system messages go into chat prompts: turn chat on (--chat)".into()))
+        }
+        Some(systems) => {
+            let added = systems.apply(&mut records, opts.sampling.seed);
+            (records.iter().map(|r| format!("{}\n", r.to_json())).collect::<String>().into_bytes(), added)
+        }
+    };
+    let prompts_hash = distill_store::sha256_hex(&prompts);
     let quantization = match opts.layout {
         Some(layout) => layout.quantization(),
         None => Manifest::read(output)?.map(|m| m.spec.quantization).unwrap_or_default(),
@@ -115,6 +138,11 @@ pub fn create_dataset(
         prompts_per_shard: opts.prompts_per_shard,
         quantization,
         teacher_matmuls: identity.matmuls,
+        system_messages: opts.system_messages.as_ref().map(|s| distill_store::SystemMessagesSpec {
+            messages: s.messages().len(),
+            sha256: distill_store::sha256_hex(serde_json::json!(s.messages()).to_string().as_bytes()),
+            share: s.share(),
+        }),
     };
     let mut writer = DatasetWriter::open(output, spec, &prompts_file.display().to_string())?;
     // What a student with another tokenizer needs to read the teacher's text back and render the
@@ -124,8 +152,8 @@ pub fn create_dataset(
         chat: opts.chat && (teacher.chat_template().is_some() || teacher.needs_messages()),
         system: opts.system.clone(),
     };
-    Source::of(output).write(prompts_file, &tokenizer.to_json()?, &settings)?;
-    progress(DatasetProgress::Started { done: writer.manifest().prompts_done(), total: records.len() });
+    Source::of(output).write(&prompts, &tokenizer.to_json()?, &settings)?;
+    progress(DatasetProgress::Started { done: writer.manifest().prompts_done(), total: records.len(), with_system });
     build_dataset(teacher, &records, opts, &mut writer, progress)
 }
 

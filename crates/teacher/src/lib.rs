@@ -24,7 +24,7 @@ pub use distill_kernels::TopK;
 use distill_models::{ChatMessage, ChatTemplate, SamplingParams, TextTokenizer};
 pub use distill_store::Layout;
 pub use local::{score_with, weights_hash, LocalTeacher};
-pub use prompts::{read_prompt_file, Prompt, PromptRecord};
+pub use prompts::{read_prompt_file, Prompt, PromptRecord, SystemMessages};
 pub use remote::{EndpointReport, RemoteOptions, RemoteTeacher};
 
 #[derive(Debug, thiserror::Error)]

@@ -138,58 +138,70 @@ pub fn first_records_across(paths: &[PathBuf], n: Option<usize>) -> Result<Strin
     Ok(lines)
 }
 
-/// Gives a `share` of the prompts in `lines` (JSON lines, as [`first_records_across`] returns
-/// them) a system message drawn from `systems`, so that a student learns to answer with the system
-/// messages real traffic carries, not only with the chat template's default. Which prompts and
-/// which message follow from `seed` and the line's position alone. Prompts that already have a
-/// system (or developer) message keep theirs; text prompts become a system and a user message.
-/// Returns the lines and how many of them gained a message.
-pub fn with_system_messages(lines: &str, systems: &[String], share: f64, seed: u64) -> Result<(String, usize)> {
-    if systems.is_empty() || systems.iter().any(|s| s.trim().is_empty()) {
-        return Err(Error::Input("system messages must be non-empty, and at least one is needed".into()));
-    }
-    if !(0.0..=1.0).contains(&share) {
-        return Err(Error::Input(format!("the share of prompts given a system message is {share}; expected 0 to 1")));
-    }
-    let mut out = String::with_capacity(lines.len());
-    let mut added = 0;
-    for (i, line) in lines.lines().filter(|l| !l.trim().is_empty()).enumerate() {
-        let draw = splitmix64(seed ^ splitmix64(i as u64));
-        // The top 53 bits as a uniform number in [0, 1). Lines not drawn are checked where the
-        // prompt file is read.
-        if (draw >> 11) as f64 / (1u64 << 53) as f64 >= share {
-            out.push_str(line);
-            out.push('\n');
-            continue;
-        }
-        let at = |m: String| Error::Input(format!("prompt {}: {m}", i + 1));
-        let value = serde_json::from_str(line).map_err(|e| at(format!("not valid JSON: {e}")))?;
-        let mut value = crate::collections::canonical(value).map_err(at)?;
-        // The record as a prompt file would read it: the same checks and messages.
-        let record = parse_record(&value).map_err(at)?;
-        let has_system =
-            matches!(&record.prompt, Prompt::Chat(m) if m.iter().any(|m| m.role == "system" || m.role == "developer"));
-        if !has_system {
-            let obj = value.as_object_mut().expect("parse_record accepts JSON objects only");
-            let mut messages = match obj.remove("prompt") {
-                Some(text) => vec![serde_json::json!({"role": "user", "content": text})],
-                None => match obj.remove("messages") {
-                    Some(Value::Array(m)) => m,
-                    _ => unreachable!("parse_record accepts a `prompt` or a `messages` array"),
-                },
-            };
-            let system = &systems[(splitmix64(draw) % systems.len() as u64) as usize];
-            messages.insert(0, serde_json::json!({"role": "system", "content": system}));
-            obj.insert("messages".into(), Value::Array(messages));
-            added += 1;
-        }
-        out.push_str(&value.to_string());
-        out.push('\n');
-    }
-    Ok((out, added))
+/// System messages given to a share of a dataset's prompts, so that a student learns to answer
+/// with the system messages real traffic carries, not only with the chat template's default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemMessages {
+    messages: Vec<String>,
+    share: f64,
 }
 
-/// A file of system messages for [`with_system_messages`]: one per non-empty line; a line written
+impl SystemMessages {
+    /// `messages` (at least one, none blank) for a `share` (0 to 1) of the prompts.
+    pub fn new(messages: Vec<String>, share: f64) -> Result<Self> {
+        if messages.is_empty() || messages.iter().any(|s| s.trim().is_empty()) {
+            return Err(Error::Input("system messages must be non-empty, and at least one is needed".into()));
+        }
+        if !(0.0..=1.0).contains(&share) {
+            return Err(Error::Input(format!(
+                "the share of prompts given a system message is {share}; expected 0 to 1"
+            )));
+        }
+        Ok(Self { messages, share })
+    }
+
+    /// The messages of a file ([`read_system_messages`]) for a `share` of the prompts.
+    pub fn from_file(path: &Path, share: f64) -> Result<Self> {
+        Self::new(read_system_messages(path)?, share)
+    }
+
+    pub fn messages(&self) -> &[String] {
+        &self.messages
+    }
+
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// Gives the drawn share of `records` a system message. Which records and which message
+    /// follow from `seed` and the record's position alone. Records that already have a system (or
+    /// developer) message keep theirs; text prompts become a system and a user message. Returns
+    /// how many records gained a message.
+    pub fn apply(&self, records: &mut [PromptRecord], seed: u64) -> usize {
+        let mut added = 0;
+        for (i, record) in records.iter_mut().enumerate() {
+            let draw = splitmix64(seed ^ splitmix64(i as u64));
+            // The top 53 bits as a uniform number in [0, 1).
+            if (draw >> 11) as f64 / (1u64 << 53) as f64 >= self.share {
+                continue;
+            }
+            let system =
+                ChatMessage::new("system", &self.messages[(splitmix64(draw) % self.messages.len() as u64) as usize]);
+            match &mut record.prompt {
+                Prompt::Chat(m) if m.iter().any(|m| m.role == "system" || m.role == "developer") => continue,
+                Prompt::Chat(m) => m.insert(0, system),
+                Prompt::Text(text) => {
+                    let user = ChatMessage::new("user", std::mem::take(text));
+                    record.prompt = Prompt::Chat(vec![system, user]);
+                }
+            }
+            added += 1;
+        }
+        added
+    }
+}
+
+/// A file of system messages for [`SystemMessages`]: one per non-empty line; a line written
 /// as a JSON string (in double quotes) is decoded, so a message can hold `\n`.
 pub fn read_system_messages(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
@@ -327,6 +339,25 @@ pub fn render(
 }
 
 impl PromptRecord {
+    /// The record as one line of a prompt file, which reads back as the same record.
+    pub fn to_json(&self) -> Value {
+        let mut obj = serde_json::Map::new();
+        match &self.prompt {
+            Prompt::Text(text) => obj.insert("prompt".into(), text.as_str().into()),
+            Prompt::Chat(messages) => obj.insert("messages".into(), serde_json::json!(messages)),
+        };
+        if let Some(completion) = &self.completion {
+            obj.insert("completion".into(), completion.as_str().into());
+        }
+        if let Some(id) = &self.id {
+            obj.insert("metadata".into(), serde_json::json!({ "id": id }));
+        }
+        if let Some(reference) = &self.reference {
+            obj.insert("reference".into(), reference.as_str().into());
+        }
+        Value::Object(obj)
+    }
+
     /// `metadata.id`, else `line-N`.
     pub fn name(&self) -> String {
         self.id.clone().unwrap_or_else(|| format!("line-{}", self.line))
@@ -434,40 +465,47 @@ mod tests {
                 }
             })
             .collect::<String>();
-        let systems = vec!["be brief".to_string(), "you sell shoes".to_string()];
-        let (out, added) = with_system_messages(&lines, &systems, 0.5, 3).unwrap();
-        assert!((150..250).contains(&added), "{added} of 400");
-        assert_eq!(with_system_messages(&lines, &systems, 0.5, 3).unwrap().0, out, "a function of seed and position");
-        assert_ne!(with_system_messages(&lines, &systems, 0.5, 4).unwrap().0, out);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.jsonl");
-        std::fs::write(&path, &out).unwrap();
-        let records = read_prompt_file(&path).unwrap();
-        assert_eq!(records.len(), 400);
+        std::fs::write(&path, &lines).unwrap();
+        let original = read_prompt_file(&path).unwrap();
+        let systems = SystemMessages::new(vec!["be brief".into(), "you sell shoes".into()], 0.5).unwrap();
+        let mixed = |s: &SystemMessages, seed| {
+            let mut records = original.clone();
+            let added = s.apply(&mut records, seed);
+            (records, added)
+        };
+        let (records, added) = mixed(&systems, 3);
+        assert!((150..250).contains(&added), "{added} of 400");
+        assert_eq!(mixed(&systems, 3).0, records, "a function of seed and position");
+        assert_ne!(mixed(&systems, 4).0, records);
         let with_system: Vec<&PromptRecord> =
             records.iter().filter(|r| matches!(&r.prompt, Prompt::Chat(m) if m[0].role == "system")).collect();
         assert_eq!(with_system.len(), added);
         assert!(systems
+            .messages()
             .iter()
             .all(|s| with_system.iter().any(|r| matches!(&r.prompt, Prompt::Chat(m) if &m[0].content == s))));
-        // A text prompt keeps its id and becomes system + user; untouched lines stay as they were.
+        // A text prompt keeps its id and becomes system + user; records not drawn stay as they were.
         let text = with_system.iter().find(|r| r.id.is_some()).unwrap();
         assert!(matches!(&text.prompt, Prompt::Chat(m) if m.len() == 2 && m[1].role == "user"));
-        assert!(out.lines().zip(lines.lines()).all(|(a, b)| a == b || a.contains("\"system\"")));
+        assert_eq!(records.iter().zip(&original).filter(|(a, b)| a != b).count(), added);
 
-        let (all, n) = with_system_messages(&lines, &systems, 1.0, 0).unwrap();
+        // Written back as a prompt file, the records read back the same.
+        let out: String = records.iter().map(|r| format!("{}\n", r.to_json())).collect();
+        std::fs::write(&path, &out).unwrap();
+        assert_eq!(read_prompt_file(&path).unwrap(), records);
+
+        let all = SystemMessages::new(systems.messages().to_vec(), 1.0).unwrap();
+        let (mut twice, n) = mixed(&all, 0);
         assert_eq!(n, 400);
-        let (again, n) = with_system_messages(&all, &systems, 1.0, 1).unwrap();
-        assert_eq!((n, again.matches("\"system\"").count()), (0, 400), "a system message is kept, not doubled");
-        assert_eq!(with_system_messages(&lines, &systems, 0.0, 0).unwrap(), (lines.clone(), 0));
+        assert_eq!(all.apply(&mut twice, 1), 0, "a system message is kept, not doubled");
+        assert_eq!(mixed(&SystemMessages::new(vec!["x".into()], 0.0).unwrap(), 0), (original.clone(), 0));
 
-        let err = with_system_messages(&lines, &[], 0.5, 0).unwrap_err().to_string();
+        let err = SystemMessages::new(vec![], 0.5).unwrap_err().to_string();
         assert!(err.contains("at least one"), "{err}");
-        let err = with_system_messages(&lines, &systems, 1.5, 0).unwrap_err().to_string();
+        let err = SystemMessages::new(vec!["x".into()], 1.5).unwrap_err().to_string();
         assert!(err.contains("expected 0 to 1"), "{err}");
-        let err =
-            with_system_messages("{\"prompt\": \"a\"}\n{\"prompt\": 3}\n", &systems, 1.0, 0).unwrap_err().to_string();
-        assert!(err.contains("prompt 2") && err.contains("must be a string"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("system.txt");

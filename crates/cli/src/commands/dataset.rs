@@ -36,7 +36,10 @@ pub fn run(
     };
     let (mut bar, mut log) = (None, None);
     let summary = create_dataset(teacher.as_ref(), prompts_file, output, &opts, &mut |event| match event {
-        DatasetProgress::Started { done, total } => {
+        DatasetProgress::Started { done, total, with_system } => {
+            if let Some(systems) = &opts.system_messages {
+                eprintln!("{with_system} of {total} prompts given one of {} system messages", systems.messages().len());
+            }
             if done > 0 {
                 eprintln!("resuming {}: {done} of {total} prompts already done", output.display());
             }

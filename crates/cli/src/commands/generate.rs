@@ -101,6 +101,17 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1.0, requires = "dataset", help_heading = "Dataset")]
     logprob_temperature: f32,
 
+    /// System messages, one per line (a line in double quotes is read as a JSON string, so it can
+    /// hold \n), given to a share of the prompts (--system-share), so that a student learns to
+    /// answer under the system messages real traffic carries. Which prompts get which message
+    /// follows from --seed and the prompt's position; prompts with their own system message keep it.
+    #[arg(long, value_name = "FILE", requires_all = ["dataset", "chat"], conflicts_with = "system", help_heading = "Dataset")]
+    system_file: Option<PathBuf>,
+
+    /// The share of the prompts given a message from --system-file (0 to 1).
+    #[arg(long, default_value_t = 0.5, requires = "system_file", help_heading = "Dataset")]
+    system_share: f64,
+
     /// How shards store the top-k: `coded` (range-coded, about half the bytes, read through
     /// distill) or `plain` (lists any Parquet reader uses as they are). Default: coded for a new
     /// dataset, the dataset's own layout when resuming one.
@@ -233,6 +244,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let options = distill_teacher::DatasetOptions {
             chat: args.chat,
             system: args.system.clone(),
+            system_messages: args
+                .system_file
+                .as_deref()
+                .map(|path| distill_teacher::SystemMessages::from_file(path, args.system_share))
+                .transpose()?,
             sampling: params,
             k: args.k,
             completions: args.completions,

@@ -113,11 +113,7 @@ fn prompts_subset(srcs: &[PathBuf], n: Option<usize>, dest: &Path) -> Result<Pat
     if let ([src], None) = (srcs, n) {
         return Ok(src.clone());
     }
-    write_prompts(&distill_teacher::prompts::first_records_across(srcs, n)?, dest)
-}
-
-/// Prompt records (JSON lines) written as the run's copy at `dest`.
-fn write_prompts(lines: &str, dest: &Path) -> Result<PathBuf> {
+    let lines = distill_teacher::prompts::first_records_across(srcs, n)?;
     std::fs::create_dir_all(dest.parent().expect("dest is a file under the run's data/"))?;
     std::fs::write(dest, lines).with_context(|| format!("cannot write {}", dest.display()))?;
     Ok(dest.to_path_buf())
@@ -163,23 +159,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         data_inputs.push(inputs.clone());
         stage(&out, name, &inputs, dest, || {
-            let copy = out.join(format!("data/{name}.jsonl"));
-            let prompts = match system {
-                None => prompts_subset(srcs, n, &copy)?,
-                Some(path) => {
-                    use distill_teacher::prompts::{first_records_across, read_system_messages, with_system_messages};
-                    let share = d.system_share.unwrap_or(super::pipeline::DEFAULT_SYSTEM_SHARE);
-                    let lines = first_records_across(srcs, n)?;
-                    let (lines, added) = with_system_messages(&lines, &read_system_messages(path)?, share, d.seed)?;
-                    eprintln!(
-                        "{added} of {} training prompts given a system message from {}",
-                        lines.lines().count(),
-                        path.display()
-                    );
-                    write_prompts(&lines, &copy)?
-                }
-            };
+            let prompts = prompts_subset(srcs, n, &out.join(format!("data/{name}.jsonl")))?;
+            let share = d.system_share.unwrap_or(super::pipeline::DEFAULT_SYSTEM_SHARE);
             let options = distill_teacher::DatasetOptions {
+                system_messages: system
+                    .map(|path| distill_teacher::SystemMessages::from_file(path, share))
+                    .transpose()?,
                 sampling: sampling.clone(),
                 k: d.k,
                 // Held-out prompts are scored once: their curve needs no second sample.
