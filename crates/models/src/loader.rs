@@ -66,10 +66,12 @@ impl LoadedModel {
 
     /// Runs the matmuls as asked: None keeps a GGUF file's quantised weights as they are (the
     /// int8 kernel) and runs the others in f32; a named precision applies to every matmul, so
-    /// quantised weights are dequantised first unless it is int8. Falls back to f32 where the CPU
-    /// lacks the instructions. For inference only.
+    /// quantised weights are dequantised first unless it is int8. A precision the CPU lacks the
+    /// instructions for falls back to the file's own arithmetic, as if none was named. For
+    /// inference only.
     pub fn use_matmuls(&mut self, requested: Option<distill_kernels::packed::Precision>) -> Result<Matmuls> {
         use distill_kernels::packed::Precision;
+        let requested = requested.filter(|p| *p == Precision::F32 || p.available());
         let dequantized = requested.is_some_and(|p| p != Precision::Int8) && self.model.dequantize();
         let running = self.pack_matmuls(requested.unwrap_or_default())?;
         Ok(Matmuls { running, dequantized })

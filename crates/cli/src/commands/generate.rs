@@ -146,7 +146,7 @@ pub struct GenerateArgs {
     /// (the reference path: 4 bytes per weight); `bf16` rounds weights and activations to bfloat16
     /// with f32 sums, faster on CPUs with AVX-512 BF16 at a small cost in fidelity
     /// (docs/performance.md); `int8` also rounds f32 weights to Q8_0 blocks. Where the CPU lacks
-    /// the instructions: f32, with a warning.
+    /// the instructions: the file's own (as without --matmuls), with a warning.
     #[arg(long, value_parser = parse_precision(), conflicts_with = "teacher_urls")]
     matmuls: Option<Precision>,
 
@@ -216,10 +216,11 @@ pub fn use_matmuls(model: &mut LoadedModel, requested: Option<Precision>) -> Res
     if done.dequantized {
         eprintln!("dequantised the file's quantised weights to f32 (--matmuls {asked})");
     }
-    if got == Precision::F32 && asked != Precision::F32 {
+    if requested.is_some_and(|asked| asked != got) {
         let needs = if asked == Precision::Bf16 { "AVX-512 BF16" } else { "AVX-512 VNNI or AVX2" };
-        eprintln!("warning: --matmuls {asked} needs a CPU with {needs}; running f32 matmuls");
-    } else if got != Precision::F32 {
+        eprintln!("warning: --matmuls {asked} needs a CPU with {needs}; running the file's own {got} matmuls");
+    }
+    if got != Precision::F32 {
         let kernel = match (got, distill_kernels::quant::kernel_name()) {
             (Precision::Int8, Some(name)) => format!(", {name}"),
             _ => String::new(),

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use distill_kernels::packed::Precision;
 use distill_models::export::GgufType;
 use distill_train::config::{ScheduleConfig, TrainConfig};
 use distill_train::optim::AdamWConfig;
@@ -18,6 +19,10 @@ pub struct Pipeline {
     pub output: PathBuf,
     /// The teacher model (the fetched default teacher unless `[teacher] model` names one).
     pub teacher: String,
+    /// The arithmetic of the teacher's matmuls while it writes the teacher signal (`--matmuls`);
+    /// none: the file's own (quantised weights as they are, else f32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teacher_matmuls: Option<Precision>,
     pub data: DataSection,
     pub train: TrainConfig,
     pub eval: EvalSection,
@@ -67,6 +72,7 @@ struct PipelineFile {
 #[serde(deny_unknown_fields)]
 struct TeacherSection {
     model: Option<String>,
+    matmuls: Option<Precision>,
 }
 
 /// `[data]`: the prompts and how the teacher answers them.
@@ -93,6 +99,9 @@ pub struct DataSection {
     pub top_p: f64,
     #[serde(default)]
     pub seed: u64,
+    /// Prompts the teacher answers as one batch (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
     /// Strings that end a teacher completion (e.g. `"\ndef"` for code: one function per prompt).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
@@ -229,8 +238,15 @@ impl PipelineFile {
         (train.loss, train.optimizer, train.schedule) = (self.loss, self.optimizer, self.schedule);
         train.validate()?;
         let d = &self.data;
-        if d.k == 0 || d.max_tokens == 0 || self.eval.max_tokens == 0 || self.eval.code_max_tokens == Some(0) {
-            bail!("data.k, data.max_tokens, eval.max_tokens and eval.code_max_tokens must be at least 1");
+        if d.k == 0
+            || d.max_tokens == 0
+            || d.batch_size == Some(0)
+            || self.eval.max_tokens == 0
+            || self.eval.code_max_tokens == Some(0)
+        {
+            bail!(
+                "data.k, data.max_tokens, data.batch_size, eval.max_tokens and eval.code_max_tokens must be at least 1"
+            );
         }
         match (&d.system_prompts, d.system_share) {
             (None, Some(_)) => {
@@ -255,7 +271,15 @@ impl PipelineFile {
                 bail!("export.types: unknown type `{ty}` ({})", GgufType::NAMES);
             }
         }
-        Ok(Pipeline { output: self.output, teacher, data: self.data, train, eval, export: self.export })
+        Ok(Pipeline {
+            output: self.output,
+            teacher,
+            teacher_matmuls: self.teacher.matmuls,
+            data: self.data,
+            train,
+            eval,
+            export: self.export,
+        })
     }
 }
 
@@ -277,13 +301,13 @@ mod tests {
         assert_eq!(p.teacher, "teacher.gguf");
         assert_eq!(p.train.output, Path::new("runs/quickstart/train"));
         assert_eq!(p.train.dataset.as_deref(), Some(Path::new("runs/quickstart/data/train")));
-        assert_eq!((p.train.steps, p.train.optimizer.lr), (240, 1e-3));
+        assert_eq!((p.train.steps, p.train.optimizer.lr), (360, 1e-3));
         let StudentConfig::Prune { from, num_layers, .. } = &p.train.student else { panic!("a pruned student") };
         assert_eq!((from.as_str(), *num_layers), ("teacher.gguf", Some(10)), "cut from the pipeline's teacher");
         // The resolved pipeline is written as TOML for the record.
         assert!(toml::to_string(&p).unwrap().contains("[train.student]"));
 
-        let err = format!("{:#}", resolve(&text.replace("steps = 240", "steps = 240\noutput = \"x\"")).unwrap_err());
+        let err = format!("{:#}", resolve(&text.replace("steps = 360", "steps = 360\noutput = \"x\"")).unwrap_err());
         assert!(err.contains("[train] sets `output`"), "{err}");
         let err = format!("{:#}", resolve(&text.replace("\"q4_0\"]", "\"q3\"]")).unwrap_err());
         assert!(err.contains("export.types: unknown type `q3`"), "{err}");
@@ -300,6 +324,21 @@ mod tests {
         assert!(err.contains("without data.system_prompts"), "{err}");
         let err = format!("{:#}", with("system_prompts = \"s.txt\"\nsystem_share = 2.0").unwrap_err());
         assert!(err.contains("expected 0 to 1"), "{err}");
+    }
+
+    #[test]
+    fn the_teachers_matmuls_and_batch_size_are_read_and_checked() {
+        let base = "output = \"o\"\n[teacher]\nmodel = \"t.gguf\"\nMATMULS\n[data]\ntrain_prompts = \"a.jsonl\"\n\
+                    heldout_prompts = \"b.jsonl\"\nBATCH\n[train]\nsteps = 1\n[student]\ntype = \"prune\"\nkeep_every = 3\n";
+        let with = |m: &str, b: &str| resolve(&base.replace("MATMULS", m).replace("BATCH", b));
+        let p = with("", "").unwrap();
+        assert_eq!((p.teacher_matmuls, p.data.batch_size), (None, None));
+        let p = with("matmuls = \"bf16\"", "batch_size = 32").unwrap();
+        assert_eq!((p.teacher_matmuls, p.data.batch_size), (Some(Precision::Bf16), Some(32)));
+        let err = format!("{:#}", with("", "batch_size = 0").unwrap_err());
+        assert!(err.contains("data.batch_size"), "{err}");
+        let err = format!("{:#}", with("matmuls = \"fp8\"", "").unwrap_err());
+        assert!(err.contains("fp8"), "{err}");
     }
 
     #[test]

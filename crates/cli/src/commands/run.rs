@@ -8,12 +8,14 @@
 //! output = "runs/quickstart"
 //! [teacher]
 //! model = "…gguf"                 # default: the fetched default teacher
+//! matmuls = "bf16"                # optional: as `--matmuls`, while it writes the teacher signal
 //! [data]
 //! train_prompts = "examples/support/train.jsonl"   # or a list of files, read one after another
 //! heldout_prompts = "examples/support/heldout.jsonl"
 //! ood_prompts = "examples/ood.jsonl"   # optional
 //! max_train_prompts = 96              # optional: the first N lines
 //! k = 32
+//! batch_size = 8                    # prompts the teacher answers as one batch
 //! max_tokens = 48
 //! stop = ["\ndef"]                   # optional: strings that end a teacher completion
 //! system_prompts = "system.txt"      # optional: system messages, one per line, given to a share
@@ -34,6 +36,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use distill_models::SamplingParams;
+use distill_teacher::DatasetOptions;
 use serde_json::{json, Value};
 
 use super::eval::percent;
@@ -146,6 +149,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     ] {
         let mut inputs = serde_json::to_value(d)?;
         inputs["teacher"] = json!(teacher);
+        if let Some(matmuls) = cfg.teacher_matmuls {
+            inputs["teacher_matmuls"] = json!(matmuls);
+        }
         inputs["prompts"] = prompt_inputs(srcs, n)?;
         // System messages go to the training prompts only: the held-out stage does not record them.
         let system = d.system_prompts.as_deref().filter(|_| name == "teacher-signal-train");
@@ -161,7 +167,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         stage(&out, name, &inputs, dest, || {
             let prompts = prompts_subset(srcs, n, &out.join(format!("data/{name}.jsonl")))?;
             let share = d.system_share.unwrap_or(super::pipeline::DEFAULT_SYSTEM_SHARE);
-            let options = distill_teacher::DatasetOptions {
+            let options = DatasetOptions {
                 system_messages: system
                     .map(|path| distill_teacher::SystemMessages::from_file(path, share))
                     .transpose()?,
@@ -170,9 +176,10 @@ pub fn run(args: RunArgs) -> Result<()> {
                 // Held-out prompts are scored once: their curve needs no second sample.
                 completions: if name == "teacher-signal-train" { d.completions } else { 1 },
                 prompts_per_shard: 32,
+                batch_size: d.batch_size.unwrap_or(DatasetOptions::default().batch_size),
                 ..Default::default()
             };
-            super::dataset::run(dest, &prompts, Some(teacher), cfg.train.device, None, None, options)
+            super::dataset::run(dest, &prompts, Some(teacher), cfg.train.device, cfg.teacher_matmuls, None, options)
         })?;
     }
     let train_inputs = json!({"config": cfg.train, "data": data_inputs});

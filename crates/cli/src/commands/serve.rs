@@ -106,7 +106,7 @@ pub struct ServeArgs {
     /// (the reference path: 4 bytes per weight); `bf16` rounds weights and activations to bfloat16
     /// with f32 sums, faster on CPUs with AVX-512 BF16 at a small cost in fidelity
     /// (docs/performance.md); `int8` also rounds f32 weights to Q8_0 blocks. Where the CPU lacks
-    /// the instructions: f32, with a warning.
+    /// the instructions: the file's own (as without --matmuls), with a warning.
     #[arg(long, value_parser = super::generate::parse_precision())]
     matmuls: Option<distill_teacher::Precision>,
 
