@@ -280,7 +280,9 @@ fn bad_requests_get_a_4xx_naming_the_field() {
         parse(&body)["choices"][0]["message"]["content"].as_str().unwrap().to_string()
     };
     let greedy = text_of(json!({"temperature": 0}));
-    let sampled = (1..=8).any(|seed| text_of(json!({"temperature": 2, "seed": seed})) != greedy);
+    // The tiny model's top token leads by 8 nats or more, so at T 2 about one text in 30 leaves
+    // the greedy path: 64 seeds make that near certain (2 of them do).
+    let sampled = (1..=64).any(|seed| text_of(json!({"temperature": 2, "seed": seed})) != greedy);
     assert!(sampled, "without top_k these seeds sample away from the greedy text");
     for seed in 1..=8 {
         assert_eq!(text_of(json!({"temperature": 2, "top_k": 1, "seed": seed})), greedy, "seed {seed}");

@@ -51,8 +51,8 @@ fn dataset(dir: &Path, model: &str, name: &str, prompts: usize, seed: usize) -> 
 fn pruned_student_learns_from_the_teacher_signal() {
     let dir = tempfile::tempdir().unwrap();
     let m = &teacher(dir.path(), 31);
-    let train = dataset(dir.path(), m, "train", 24, 1);
-    let heldout = dataset(dir.path(), m, "heldout", 8, 2);
+    let train = dataset(dir.path(), m, "train", 48, 1);
+    let heldout = dataset(dir.path(), m, "heldout", 24, 2);
     let run = dir.path().join("run");
     let config = dir.path().join("run.toml");
     std::fs::write(
@@ -77,10 +77,10 @@ fn pruned_student_learns_from_the_teacher_signal() {
     let evals: Vec<f64> = metrics.iter().filter_map(|m| m["eval_kl"].as_f64()).collect();
     assert_eq!(evals.len(), 5, "evaluations at steps 0, 20, 40, 60, 80");
     eprintln!("held-out KL at steps 0, 20, 40, 60, 80: {evals:?}");
-    // At lr 0.002 over 40 steps the curve was not monotone and the last figure swung by ±10%
-    // with rounding-level changes to the optimizer (eps × 1.001); at 0.001 over 80 steps it ends
-    // at 0.68–0.75 of the start under the same perturbations.
-    assert!(evals[4] < evals[0] * 0.8, "held-out KL did not fall enough: {evals:?}");
+    // The teacher's completions are sampled, so the figure depends on the draw. With 24 training
+    // and 8 held-out prompts it ended at 0.68–0.96 of the start over five seed pairs; with 48 and
+    // 24 at 0.78–0.81 over three (at lr 0.001, 80 steps), falling at every evaluation.
+    assert!(evals[4] < evals[0] * 0.85, "held-out KL did not fall enough: {evals:?}");
     assert!(run.join("config.toml").is_file());
     let student = run.join("final");
     let out = distill(&["generate", "--model", student.to_str().unwrap(), "--max-tokens", "4", "--json", "the"]);
