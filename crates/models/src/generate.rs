@@ -59,7 +59,7 @@ impl Sampler {
 
     /// Next token for one row of logits (V). Top-p sorts only a head of the most likely tokens,
     /// grown until it holds the nucleus, not the whole vocabulary (a sort of 49k–152k values per
-    /// token was a quarter of a sampled dataset's time).
+    /// token was a tenth of a sampled dataset's time).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature == 0.0 {
             return argmax(logits);
