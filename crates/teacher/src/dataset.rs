@@ -65,8 +65,8 @@ impl Default for DatasetOptions {
 /// Where a dataset run stands, reported as it goes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DatasetProgress {
-    /// The writer is open: `done` of `total` prompts were done by an earlier run;
-    /// `with_system` of them were given one of [`DatasetOptions::system_messages`].
+    /// The writer is open: `done` of `total` prompts were done by an earlier run, and
+    /// `with_system` of all `total` were given one of [`DatasetOptions::system_messages`].
     Started { done: usize, total: usize, with_system: usize },
     /// A shard was written: `done` of `total` prompts; `tokens` completion tokens this run.
     Shard { done: usize, total: usize, tokens: usize, elapsed: Duration },
