@@ -173,7 +173,7 @@ fn parse_prompt(text: String) -> PyResult<Prompt> {
 /// `progress(done, total)` hears each shard. Returns the manifest as JSON text.
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
-#[pyo3(signature = (prompts, output, model, k, max_tokens, temperature, top_p, seed, completions, chat, system, batch_size, prompts_per_shard, layout, system_file=None, system_share=0.5, progress=None))]
+#[pyo3(signature = (prompts, output, model, k, max_tokens, temperature, top_p, seed, completions, chat, system, batch_size, prompts_per_shard, layout, system_file=None, system_share=distill_teacher::SystemMessages::DEFAULT_SHARE, progress=None))]
 fn build_dataset(
     py: Python<'_>,
     prompts: PathBuf,

@@ -147,6 +147,9 @@ pub struct SystemMessages {
 }
 
 impl SystemMessages {
+    /// The share of the prompts given a message when none is named.
+    pub const DEFAULT_SHARE: f64 = 0.5;
+
     /// `messages` (at least one, none blank) for a `share` (0 to 1) of the prompts.
     pub fn new(messages: Vec<String>, share: f64) -> Result<Self> {
         if messages.is_empty() || messages.iter().any(|s| s.trim().is_empty()) {

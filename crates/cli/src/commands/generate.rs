@@ -109,7 +109,7 @@ pub struct GenerateArgs {
     system_file: Option<PathBuf>,
 
     /// The share of the prompts given a message from --system-file (0 to 1).
-    #[arg(long, default_value_t = 0.5, requires = "system_file", help_heading = "Dataset")]
+    #[arg(long, default_value_t = distill_teacher::SystemMessages::DEFAULT_SHARE, requires = "system_file", help_heading = "Dataset")]
     system_share: f64,
 
     /// How shards store the top-k: `coded` (range-coded, about half the bytes, read through

@@ -114,9 +114,6 @@ pub struct DataSection {
     pub system_share: Option<f64>,
 }
 
-/// The share of training prompts given a system message when `system_prompts` is set.
-pub const DEFAULT_SYSTEM_SHARE: f64 = 0.5;
-
 fn default_completions() -> usize {
     1
 }

@@ -166,7 +166,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         data_inputs.push(inputs.clone());
         stage(&out, name, &inputs, dest, || {
             let prompts = prompts_subset(srcs, n, &out.join(format!("data/{name}.jsonl")))?;
-            let share = d.system_share.unwrap_or(super::pipeline::DEFAULT_SYSTEM_SHARE);
+            let share = d.system_share.unwrap_or(distill_teacher::SystemMessages::DEFAULT_SHARE);
             let options = DatasetOptions {
                 system_messages: system
                     .map(|path| distill_teacher::SystemMessages::from_file(path, share))
