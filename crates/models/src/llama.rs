@@ -542,9 +542,31 @@ impl Llama {
                 }
             }
         };
-        let q = rotated(&block.q_proj, block.q_bias.as_ref(), block.q_norm.as_ref())?; // (B, H, T, D)
-        let k = rotated(&block.k_proj, block.k_bias.as_ref(), block.k_norm.as_ref())?; // (B, KVH, T, D)
-        let v = block.v_proj.apply(x, block.v_bias.as_ref())?.reshape((b, t, kv, d))?;
+        let projections = [
+            (&block.q_proj, block.q_bias.as_ref()),
+            (&block.k_proj, block.k_bias.as_ref()),
+            (&block.v_proj, block.v_bias.as_ref()),
+        ];
+        let (q, k, v) = match proj::project_together(&projections, x)?.as_deref() {
+            // A decoding step: the three products in one parallel loop, then split and rotated.
+            Some([q, k, v]) => {
+                let heads = |y: &Tensor, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+                    let y = y.reshape((b, t, n, d))?;
+                    let y = match norm {
+                        Some(norm) => self.rms_norm(&y, norm)?,
+                        None => y,
+                    };
+                    Ok(ops::rope_heads(&y, cos, sin)?)
+                };
+                (heads(q, h, block.q_norm.as_ref())?, heads(k, kv, block.k_norm.as_ref())?, v.clone())
+            }
+            _ => (
+                rotated(&block.q_proj, block.q_bias.as_ref(), block.q_norm.as_ref())?, // (B, H, T, D)
+                rotated(&block.k_proj, block.k_bias.as_ref(), block.k_norm.as_ref())?, // (B, KVH, T, D)
+                block.v_proj.apply(x, block.v_bias.as_ref())?,
+            ),
+        };
+        let v = v.reshape((b, t, kv, d))?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match cache {
             Some(slot) => {

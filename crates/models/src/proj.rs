@@ -120,6 +120,29 @@ pub(crate) fn swiglu(gate: &Proj, up: &Proj, x: &Tensor) -> candle_core::Result<
     }
 }
 
+/// `x @ wᵢᵀ (+ biasᵢ)` for projections of one input, as one parallel loop when that helps: all
+/// packed alike and few rows (a decoding step, where each product alone is short). None
+/// otherwise, for the caller's usual path; the values are the same either way.
+pub(crate) fn project_together(
+    projections: &[(&Proj, Option<&Tensor>)],
+    x: &Tensor,
+) -> candle_core::Result<Option<Vec<Tensor>>> {
+    let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+    let packed: Option<Vec<_>> = projections
+        .iter()
+        .map(|(w, bias)| match w {
+            Proj::Packed { packed, .. } if packed.splits_columns(rows) => Some((packed, *bias)),
+            _ => None,
+        })
+        .collect();
+    match packed {
+        Some(packed) if packed.windows(2).all(|w| w[0].0.precision() == w[1].0.precision()) => {
+            ops::linear_packed_many(x, &packed).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// A projection of (B, T, C) split into heads of `head_dim` and rotated: (B, N, T, D), as
 /// [`ops::rope_heads`] of the projection. A packed weight without bias takes the fused kernel.
 pub(crate) fn rope_heads(

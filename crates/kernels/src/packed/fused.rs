@@ -72,9 +72,55 @@ fn swiglu_into(x: &[f32], gate: &PackedWeight, up: &PackedWeight, m: usize, out:
 }
 
 /// Whether [`matmul_rope`] gives each task whole rows: when [`grid`] does not split the panels.
-fn whole_rows(w: &PackedWeight, m: usize) -> bool {
+pub(super) fn whole_rows(w: &PackedWeight, m: usize) -> bool {
     let (nr, mc) = w.tiling();
     panel_groups(m, w.n, nr, mc) == 1
+}
+
+/// `x` · Wᵢᵀ for several weights of one input and one precision (a layer's query, key and value
+/// projections), each as a new (M, Nᵢ) vector: the input is prepared once (rounded once for the
+/// quantised kernel), and the tasks of every product run in one parallel loop over their panels
+/// side by side. Where a few rows make each product short (a decoding step), one loop instead of
+/// one per product saves the waits in between. Each product is bit for bit [`super::product`]'s.
+pub fn products(x: &[f32], weights: &[&PackedWeight]) -> Vec<Vec<f32>> {
+    let Some(first) = weights.first() else { return Vec::new() };
+    assert!(
+        weights.iter().all(|w| (w.k, w.precision()) == (first.k, first.precision())),
+        "packed products: the weights differ in inputs or precision"
+    );
+    let m = first.rows_of(x);
+    let (nr, mc) = first.tiling();
+    // Where each weight's panels start in the panels side by side.
+    let starts: Vec<usize> = weights
+        .iter()
+        .scan(0, |at, w| {
+            let start = *at;
+            *at += w.n.div_ceil(nr);
+            Some(start)
+        })
+        .collect();
+    let panels = starts.last().map_or(0, |s| s + weights[weights.len() - 1].n.div_ceil(nr));
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| Vec::with_capacity(m * w.n)).collect();
+    let targets: Vec<Out> =
+        outs.iter_mut().zip(weights).map(|(y, w)| Out::new(&mut y.spare_capacity_mut()[..m * w.n], w.n)).collect();
+    let input = first.prepare(x);
+    grid(m, panels * nr, nr, mc, |rows, span| {
+        for ((w, &start), out) in weights.iter().zip(&starts).zip(&targets) {
+            let own = span.start.max(start)..span.end.min(start + w.n.div_ceil(nr));
+            if !own.is_empty() {
+                // SAFETY: `grid` hands each task a disjoint span of the panels side by side, so
+                // disjoint rectangles of each output, which outlives the loop.
+                unsafe { w.task(&input, rows.clone(), own.start - start..own.end - start, out) };
+            }
+        }
+    });
+    drop(targets);
+    for (y, w) in outs.iter_mut().zip(weights) {
+        // SAFETY: the panels side by side cover every panel of every weight, for every row, and
+        // a task writes all of its rectangle.
+        unsafe { y.set_len(m * w.n) };
+    }
+    outs
 }
 
 /// `y` (B, N, T, D) = RoPE(`x` · Wᵀ) for an (B·T, K) input and a weight of N·D outputs: a query or
@@ -147,6 +193,50 @@ mod tests {
                 let y = matmul_swiglu(&x, &pg, &pu);
                 for (i, (y, w)) in y.iter().zip(&want).enumerate() {
                     assert!(y.to_bits() == w.to_bits(), "{precision:?} ({m}, {n}, {k}) y[{i}]: {y} vs {w}");
+                }
+            }
+        }
+    }
+
+    /// Several products in one loop give, bit for bit, each product alone: f32 and bf16 packings,
+    /// ragged panels, one row and many; quantised blocks of two types side by side (a query in
+    /// Q4_K beside a value in Q6_K, as Q4_K_M files mix them) where the CPU runs that kernel.
+    #[test]
+    fn products_side_by_side_are_each_product_alone() {
+        use crate::quant::{random_blocks, BlockType, QuantMatrix};
+        use std::sync::Arc;
+        let k = 64;
+        let shapes = [(1, [70, 5, 33]), (3, [40, 100, 1]), (2 * single::MC + 5, [97, 16, 40])];
+        for (m, ns) in shapes {
+            let (x, _) = case(m, 1, k);
+            let mut packings: Vec<Vec<PackedWeight>> = Vec::new();
+            for precision in [Precision::F32, Precision::Bf16] {
+                if precision.available() {
+                    let ws = ns.iter().map(|&n| PackedWeight::pack(&case(1, n, k).1, n, k, precision));
+                    packings.push(ws.collect());
+                }
+            }
+            if Precision::Int8.available() {
+                let quant = |(i, &n): (usize, &usize)| {
+                    let ty = [BlockType::Q4K, BlockType::Q6K, BlockType::Q8_0][i % 3];
+                    let k = 256;
+                    let blocks = random_blocks(ty, n * k / ty.values(), i as u64 + 1);
+                    PackedWeight::quantized(Arc::new(QuantMatrix::from_blocks(ty, n, k, &blocks).unwrap()))
+                };
+                packings.push(ns.iter().enumerate().map(quant).collect());
+            }
+            for ws in &packings {
+                let k = ws[0].in_features();
+                let x: Vec<f32> = (0..m * k).map(|i| x[i % x.len()]).collect();
+                let got = products(&x, &ws.iter().collect::<Vec<_>>());
+                for (w, got) in ws.iter().zip(&got) {
+                    let want = super::super::product(&x, w);
+                    assert!(
+                        got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{:?} ({m}, {}, {k}): the product side by side differs",
+                        w.precision(),
+                        w.out_features()
+                    );
                 }
             }
         }

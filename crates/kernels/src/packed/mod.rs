@@ -22,7 +22,7 @@ pub mod bf16;
 mod fused;
 mod single;
 
-pub use fused::{matmul_rope, matmul_swiglu};
+pub use fused::{matmul_rope, matmul_swiglu, products};
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -224,6 +224,13 @@ impl PackedWeight {
             (Panels::Quant(m), Input::Q8(x)) => unsafe { quant_task(m, x, rows, panels, out) },
             _ => unreachable!("an input prepared for another packing"),
         }
+    }
+
+    /// Whether a product of `m` rows splits the columns among tasks, as for the few rows of a
+    /// decoding step: then each product is short, and [`products`] of several weights in one
+    /// parallel loop saves the most.
+    pub fn splits_columns(&self, m: usize) -> bool {
+        !fused::whole_rows(self, m)
     }
 
     pub fn precision(&self) -> Precision {

@@ -178,6 +178,44 @@ unsafe fn tile<const TY: u8, const BITS: usize, const UNIT: usize, const R: usiz
     }
 }
 
+/// [`super::round_block`] on AVX-512, the same bits: the same operations per value, in the same
+/// order. None, for the scalar loop, where a value is not finite (whose conversions to integers
+/// differ between the two).
+///
+/// # Safety
+/// The CPU has AVX-512F and BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn round_block(x: &[f32; CHUNK], q: &mut [i8; CHUNK], lo: &mut [i8; CHUNK]) -> Option<f32> {
+    // SAFETY (the loads and stores): two vectors of 16 inside the arrays of 32.
+    let v = unsafe { [_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16))] };
+    let finite = |v: __m512| _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, _mm512_sub_ps(v, v)) == 0xFFFF;
+    if !(finite(v[0]) && finite(v[1])) {
+        return None;
+    }
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+    let inv = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    let magic = _mm512_set1_ps(super::MAGIC);
+    let round = |v: __m512| _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+    let (low, high) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    for (half, v) in v.into_iter().enumerate() {
+        let scaled = _mm512_mul_ps(v, inv);
+        let hi = round(scaled);
+        let rest = round(_mm512_mul_ps(_mm512_sub_ps(scaled, hi), _mm512_set1_ps(256.0)));
+        let rest = _mm512_min_ps(_mm512_max_ps(rest, low), high);
+        unsafe {
+            _mm_storeu_si128(q.as_mut_ptr().add(16 * half).cast(), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(hi)));
+            _mm_storeu_si128(lo.as_mut_ptr().add(16 * half).cast(), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(rest)));
+        }
+    }
+    Some(amax / 127.0)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn round_block(_: &[f32; CHUNK], _: &mut [i8; CHUNK], _: &mut [i8; CHUNK]) -> Option<f32> {
+    None
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile<const TY: u8, const BITS: usize, const UNIT: usize, const R: usize>(
     _: &QuantMatrix,

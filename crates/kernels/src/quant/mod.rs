@@ -449,12 +449,26 @@ fn fill_group(ty: BlockType, k: usize, rows: &[u8], out: Group) -> Result<(), (u
     Ok(())
 }
 
+/// 1.5·2²³: adding and subtracting it rounds an f32 of magnitude below 2²² to an integer.
+const MAGIC: f32 = 12_582_912.0;
+
 /// `v` rounded to the nearest integer (ties to even) for |v| < 2²²: adding and subtracting 1.5·2²³
 /// leaves no fraction bits. Vectorises, where `f32::round` is a libm call per value here.
 #[inline(always)]
 fn round(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC) - MAGIC
+}
+
+/// One block of `x` rounded into `q` and `lo`; returns its scale `d`.
+fn round_block(x: &[f32; CHUNK], q: &mut [i8; CHUNK], lo: &mut [i8; CHUNK]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for ((q, lo), &v) in q.iter_mut().zip(lo.iter_mut()).zip(x) {
+        let hi = round(v * inv);
+        *q = hi as i8;
+        *lo = round((v * inv - hi) * 256.0).clamp(-127.0, 127.0) as i8;
+    }
+    amax / 127.0
 }
 
 /// Input rows rounded for the kernel: per block of 32 values a scale `d` and two 8-bit integers
@@ -476,6 +490,7 @@ impl Rows {
         let (mut q, mut lo) = (vec![0i8; x.len()], vec![0i8; x.len()]);
         let (mut d, mut sums) = (vec![0f32; chunks], vec![0f32; 2 * chunks]);
         let per_task = (16 * 1024 / CHUNK).max(1);
+        let avx512 = Kernel::detected() == Some(Kernel::Avx512);
         q.par_chunks_mut(CHUNK * per_task)
             .zip(lo.par_chunks_mut(CHUNK * per_task))
             .zip(d.par_chunks_mut(per_task).zip(sums.par_chunks_mut(2 * per_task)))
@@ -483,14 +498,12 @@ impl Rows {
             .for_each(|(((q, lo), (d, sums)), x)| {
                 let blocks = q.chunks_mut(CHUNK).zip(lo.chunks_mut(CHUNK)).zip(d.iter_mut().zip(sums.chunks_mut(2)));
                 for (((q, lo), (d, sums)), x) in blocks.zip(x.chunks(CHUNK)) {
-                    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    *d = amax / 127.0;
-                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-                    for ((q, lo), &v) in q.iter_mut().zip(lo.iter_mut()).zip(x) {
-                        let hi = round(v * inv);
-                        *q = hi as i8;
-                        *lo = round((v * inv - hi) * 256.0).clamp(-127.0, 127.0) as i8;
-                    }
+                    let x: &[f32; CHUNK] = x.try_into().expect("whole blocks of 32");
+                    let (q, lo): (&mut [i8; CHUNK], &mut [i8; CHUNK]) =
+                        (q.try_into().expect("whole blocks"), lo.try_into().expect("whole blocks"));
+                    // SAFETY: the CPU has AVX-512 (the kernel was detected).
+                    let fast = if avx512 { unsafe { avx512::round_block(x, &mut *q, &mut *lo) } } else { None };
+                    *d = fast.unwrap_or_else(|| round_block(x, q, lo));
                     sums[0] = x[..16].iter().sum();
                     sums[1] = x[16..].iter().sum();
                 }

@@ -166,3 +166,40 @@ fn bad_blocks_are_errors_not_panics() {
     let err = QuantMatrix::from_blocks(ty, 4, 256, &nan).unwrap_err();
     assert!(err.to_string().contains("row 1, block 0") && err.to_string().contains("not finite"), "{err}");
 }
+
+/// The AVX-512 rounding of an input block gives the scalar loop's bits: mixed magnitudes, ties
+/// of the rounding (values at halves of the scale), zeros and a block of zeros; a block holding
+/// an infinity or a NaN is left to the scalar loop.
+#[test]
+fn inputs_round_alike_with_and_without_avx512() {
+    if Kernel::detected() != Some(Kernel::Avx512) {
+        eprintln!("this CPU lacks AVX-512: the vector rounding is not exercised here");
+        return;
+    }
+    let mut blocks: Vec<[f32; CHUNK]> = (0..200u32)
+        .map(|b| {
+            std::array::from_fn(|i| {
+                let v = ((b as usize * 131 + i * 37) % 61) as f32 - 30.0;
+                v * 10f32.powi((b % 7) as i32 - 3) / (1.0 + (i % 5) as f32)
+            })
+        })
+        .collect();
+    // Exact halves of the scale (127 / amax = 1): ties, both ways.
+    blocks.push(std::array::from_fn(|i| if i == 0 { 127.0 } else { i as f32 - 15.5 }));
+    blocks.push([0.0; CHUNK]);
+    blocks.push(std::array::from_fn(|i| if i % 2 == 0 { -0.0 } else { 1e-30 }));
+    for (b, x) in blocks.iter().enumerate() {
+        let (mut q, mut lo, mut q2, mut lo2) = ([0i8; CHUNK], [0i8; CHUNK], [0i8; CHUNK], [0i8; CHUNK]);
+        let want = round_block(x, &mut q, &mut lo);
+        // SAFETY: the CPU has AVX-512 (checked above).
+        let got = unsafe { avx512::round_block(x, &mut q2, &mut lo2) };
+        assert_eq!(got.map(f32::to_bits), Some(want.to_bits()), "block {b}: scale");
+        assert_eq!((q, lo), (q2, lo2), "block {b}: rounded values");
+    }
+    for bad in [f32::INFINITY, f32::NAN] {
+        let mut x = blocks[0];
+        x[7] = bad;
+        // SAFETY: as above.
+        assert_eq!(unsafe { avx512::round_block(&x, &mut [0; CHUNK], &mut [0; CHUNK]) }, None, "{bad}");
+    }
+}

@@ -213,6 +213,28 @@ pub fn rope_heads_packed(
     }
 }
 
+/// `x @ wᵢᵀ (+ biasᵢ)` for several packed weights of the same input and precision, in one
+/// parallel loop ([`distill_kernels::packed::products`]): each (…, C_outᵢ), the same values as
+/// [`linear_packed`] of each. Inference only: the outputs carry no gradient.
+pub fn linear_packed_many(x: &Tensor, weights: &[(&Arc<PackedWeight>, Option<&Tensor>)]) -> Result<Vec<Tensor>> {
+    let c_in = x.dims().last().copied().unwrap_or(0);
+    let alike = weights.windows(2).all(|w| w[0].0.precision() == w[1].0.precision());
+    if !cpu_f32(&[x]) || !alike || weights.iter().any(|(w, _)| w.in_features() != c_in) {
+        candle_core::bail!("packed products: input {:?} {:?} does not fit the weights", x.dims(), x.dtype());
+    }
+    let x = x.contiguous()?;
+    let packs: Vec<&PackedWeight> = weights.iter().map(|(w, _)| w.as_ref()).collect();
+    let ys = crate::cpu::with_f32(&x, |data| distill_kernels::packed::products(data, &packs))?;
+    let rows = x.elem_count() / c_in.max(1);
+    ys.into_iter()
+        .zip(weights)
+        .map(|(y, (w, bias))| {
+            let y = Tensor::from_vec(y, (rows, w.out_features()), x.device())?;
+            on_rows(&x, w.out_features(), *bias, |_| Ok(y))
+        })
+        .collect()
+}
+
 /// Applies `project` ((rows, C_in) → (rows, C_out)) to the rows of a (…, C_in) input, adds the
 /// bias and restores the leading dimensions: (…, C_out).
 fn on_rows(
