@@ -23,7 +23,8 @@ mkdir -p "$work"
 rm -f "$work"/serve.db*
 peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
-# load NAME PID PORT: the single-stream and the loaded run against one server, then its peak RSS.
+# load NAME PID PORT: the single-stream and the loaded run against one server, and its peak RSS
+# after each (after one stream: the weights and the server, with a negligible KV cache).
 load() {
   wait_up "http://127.0.0.1:$3/v1/models"
   # llama.cpp's server answers 503 while it loads the model: wait for /health to say 200.
@@ -34,6 +35,7 @@ load() {
   for c in 1 "$concurrency"; do
     python3 bench/reference/serve_load.py "http://127.0.0.1:$3" "$key" teacher --concurrency "$c" \
       --max-tokens "$max_tokens" > "$work/$1-$c.json"
+    [[ $c == 1 ]] && peak_rss_mib "$2" > "$work/$1-rss-1.txt"
   done
   peak_rss_mib "$2" > "$work/$1-rss.txt"
   kill "$2"; wait "$2" 2>/dev/null || true
@@ -59,12 +61,14 @@ load = lambda name: json.load(open(f"{work}/{name}.json"))
 result = {"concurrency": int(c)}
 for tool, name in (("distill", "distill"), ("llama.cpp", "llama")):
     rss = int(open(f"{work}/{name}-rss.txt").read())
-    result[tool] = {"single": load(f"{name}-1"), "loaded": load(f"{name}-{c}"), "peak_rss_mib": rss}
-print(f"{'server':<10} {'1 stream tok/s':>15} {c + ' streams: TTFT p50':>22} {'p99':>7} {'total tok/s':>12} {'errors':>7} {'peak RSS':>9}")
+    rss_single = int(open(f"{work}/{name}-rss-1.txt").read())
+    result[tool] = {"single": load(f"{name}-1"), "loaded": load(f"{name}-{c}"), "peak_rss_mib": rss,
+                    "peak_rss_single_mib": rss_single}
+print(f"{'server':<10} {'1 stream tok/s':>15} {'RSS':>9} {c + ' streams: TTFT p50':>22} {'p99':>7} {'total tok/s':>12} {'errors':>7} {'peak RSS':>9}")
 for tool in ("distill", "llama.cpp"):
     r = result[tool]
     s, l = r["single"], r["loaded"]
-    print(f"{tool:<10} {s['per_stream_tok_s_p50'] or 0:>15.1f} {l['ttft_p50_s']:>20.2f} s {l['ttft_p99_s']:>5.2f} s"
+    print(f"{tool:<10} {s['per_stream_tok_s_p50'] or 0:>15.1f} {r['peak_rss_single_mib']:>5} MiB {l['ttft_p50_s']:>20.2f} s {l['ttft_p99_s']:>5.2f} s"
           f" {l['total_tok_s']:>12.1f} {l['errors']:>7} {r['peak_rss_mib']:>6} MiB")
 d, q = result["distill"]["loaded"], result["llama.cpp"]["loaded"]
 print(f"distill / llama.cpp at {c} streams: total throughput {d['total_tok_s'] / q['total_tok_s']:.2f}x, "
