@@ -127,6 +127,10 @@ pub(crate) fn project_together(
     projections: &[(&Proj, Option<&Tensor>)],
     x: &Tensor,
 ) -> candle_core::Result<Option<Vec<Tensor>>> {
+    // Packed weights run on f32 CPU inputs; any other input takes the usual path and its error.
+    if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32) {
+        return Ok(None);
+    }
     let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
     let packed: Option<Vec<_>> = projections
         .iter()
