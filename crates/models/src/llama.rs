@@ -531,40 +531,35 @@ impl Llama {
         let attend = frame.for_layer(block.attention);
         let (cos, sin, mask) = (&attend.cos, &attend.sin, &attend.mask);
         let (h, kv, d) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
-        // Projected, split into heads (each normed where the family norms q and k) and rotated.
-        let rotated = |w: &Proj, bias: Option<&Tensor>, norm: Option<&Tensor>| -> Result<Tensor> {
-            match norm {
-                None => Ok(proj::rope_heads(w, bias, x, (cos, sin), d)?),
-                Some(norm) => {
-                    let y = w.apply(x, bias)?;
-                    let y = y.reshape((b, t, y.dim(2)? / d, d))?;
-                    Ok(ops::rope_heads(&self.rms_norm(&y, norm)?, cos, sin)?)
-                }
-            }
-        };
         let projections = [
             (&block.q_proj, block.q_bias.as_ref()),
             (&block.k_proj, block.k_bias.as_ref()),
             (&block.v_proj, block.v_bias.as_ref()),
         ];
+        // A projection (B, T, N·D) split into heads, each normed where the family norms q and k,
+        // and rotated: (B, N, T, D).
+        let heads = |y: &Tensor, norm: Option<&Tensor>| -> Result<Tensor> {
+            let y = y.reshape((b, t, y.dim(2)? / d, d))?;
+            let y = match norm {
+                Some(norm) => self.rms_norm(&y, norm)?,
+                None => y,
+            };
+            Ok(ops::rope_heads(&y, cos, sin)?)
+        };
         let (q, k, v) = match proj::project_together(&projections, x)?.as_deref() {
-            // A decoding step: the three products in one parallel loop, then split and rotated.
-            Some([q, k, v]) => {
-                let heads = |y: &Tensor, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
-                    let y = y.reshape((b, t, n, d))?;
-                    let y = match norm {
-                        Some(norm) => self.rms_norm(&y, norm)?,
-                        None => y,
-                    };
-                    Ok(ops::rope_heads(&y, cos, sin)?)
+            // A decoding step: the three products in one parallel loop.
+            Some([q, k, v]) => (heads(q, block.q_norm.as_ref())?, heads(k, block.k_norm.as_ref())?, v.clone()),
+            _ => {
+                // A product each; without a norm, a packed weight's kernel rotates as it writes.
+                let rotated = |(w, bias): (&Proj, Option<&Tensor>), norm: Option<&Tensor>| -> Result<Tensor> {
+                    match norm {
+                        None => Ok(proj::rope_heads(w, bias, x, (cos, sin), d)?),
+                        Some(norm) => heads(&w.apply(x, bias)?, Some(norm)),
+                    }
                 };
-                (heads(q, h, block.q_norm.as_ref())?, heads(k, kv, block.k_norm.as_ref())?, v.clone())
+                let [q, k, (v, v_bias)] = projections;
+                (rotated(q, block.q_norm.as_ref())?, rotated(k, block.k_norm.as_ref())?, v.apply(x, v_bias)?)
             }
-            _ => (
-                rotated(&block.q_proj, block.q_bias.as_ref(), block.q_norm.as_ref())?, // (B, H, T, D)
-                rotated(&block.k_proj, block.k_bias.as_ref(), block.k_norm.as_ref())?, // (B, KVH, T, D)
-                block.v_proj.apply(x, block.v_bias.as_ref())?,
-            ),
         };
         let v = v.reshape((b, t, kv, d))?;
         let v = v.transpose(1, 2)?.contiguous()?;
